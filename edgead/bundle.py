@@ -1,0 +1,298 @@
+"""The bundle: one `.edgead` zip file holding a manifest, graph(s) and arrays. Torch-free.
+
+This is the only code shared by `edgead.export` (writes) and `edgead.runtime` (reads), so the two
+sides cannot drift apart. A bundle is untrusted input: `read_bundle` checks the zip magic, the
+member names (no absolute paths, no `..`), sizes, the manifest schema and the sha256 of every
+member before anything is used. Nothing is ever unpickled (`np.load(allow_pickle=False)`).
+
+Layout of a bundle::
+
+    manifest.json        Manifest (below), with {member: {sha256, size}} for every other member
+    model.onnx           graph for ONNX Runtime / TensorRT (always present)
+    model.xml, model.bin OpenVINO IR (target openvino)
+    memory_bank.faiss    faiss index (PatchCore, kNN/LOF)
+    arrays/<name>.npy    extra arrays named in the manifest's `arrays`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from edgead._io import atomic_open
+from edgead.errors import BundleError
+
+BUNDLE_FORMAT = "edgead-bundle"
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MAX_MEMBERS = 64
+MAX_MEMBER_BYTES = 4 * 1024**3  # 4 GiB: refuse zip bombs long before RAM runs out
+MAX_MANIFEST_BYTES = 4 * 1024**2
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputSpec:
+    """What the graph takes.
+
+    Images: uint8, NHWC, RGB, shape (B, H, W, 3) with H, W = `image_size`; the runtime resizes
+    frames to `image_size` with `resize` (OpenCV interpolation name) and the graph normalises with
+    `mean`/`std` (on 0..1 RGB). Tabular: float32 (B, n_features) raw feature values; the graph
+    standardises them.
+    """
+
+    name: str
+    dtype: str  # "uint8" | "float32"
+    shape: tuple[int | None, ...]  # None marks the dynamic batch axis
+    layout: str = "NHWC"  # "NHWC" for images, "NC" for tabular
+    channel_order: str = "RGB"
+    image_size: tuple[int, int] | None = None  # (H, W) px
+    resize: str = "area"  # OpenCV interpolation used to reach image_size
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    feature_names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputSpec:
+    """One named graph output: shape with None for the batch axis."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexSpec:
+    """A nearest-neighbour index stored in the bundle (faiss's own file format)."""
+
+    file: str
+    factory: str  # faiss index_factory string, e.g. "Flat", "SQ8", "PCA64,PQ16"
+    metric: str  # "l2" (faiss returns squared L2; the runtime takes the square root)
+    dim: int  # dimension of the vectors the graph outputs (before any PCA in the index)
+    n_vectors: int
+    nprobe: int | None = None
+    k: int = 1
+    rerank: int = 0  # 0: no re-ranking; else exact re-rank of the top-`rerank` candidates
+    rerank_array: str | None = None  # array name (fp16 copy of the bank) used for re-ranking
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """Everything the device needs besides the member files themselves."""
+
+    schema_version: int
+    edgead_version: str
+    detector: str  # registry name, e.g. "patchcore"
+    modality: str  # "image" | "tabular"
+    target: str  # "onnx" | "openvino" | "tensorrt"
+    precision: str  # "fp32" | "fp16"
+    graphs: dict[str, str]  # format -> member, e.g. {"onnx": "model.onnx", "openvino": "model.xml"}
+    input: InputSpec
+    outputs: tuple[OutputSpec, ...]
+    postprocess: dict[str, Any]  # how the runtime turns graph outputs into score + map
+    threshold: float | None  # raw-score units; decision = raw >= threshold
+    normalisation: dict[str, Any]  # {"method": "minmax_threshold", "min", "max", "threshold"}
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # member -> {sha256, size}
+    backbone: str | None = None
+    index: IndexSpec | None = None
+    arrays: dict[str, str] = field(default_factory=dict)  # array name -> member (.npy)
+    metrics: dict[str, Any] = field(default_factory=dict)  # measured at export
+    export: dict[str, Any] = field(default_factory=dict)  # opset, parity errors, timings
+    build: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT engine build settings
+    config: dict[str, Any] = field(default_factory=dict)  # the detector's resolved config
+    format: str = BUNDLE_FORMAT
+
+    def to_json(self) -> str:
+        """The manifest as JSON text (tuples become lists)."""
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Parse a manifest dict; raises BundleError on a wrong format, schema or shape."""
+        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+            raise BundleError(
+                f"not an edgead bundle manifest (format={data.get('format')!r} "
+                f"if a dict, expected {BUNDLE_FORMAT!r})"
+                if isinstance(data, dict)
+                else "manifest.json is not a JSON object"
+            )
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"bundle schema_version {version!r} is not supported by this edgead "
+                f"(supports {SCHEMA_VERSION}); re-export the model with a matching edgead version"
+            )
+        try:
+            fields = {f.name for f in dataclasses.fields(cls)}
+            unknown = set(data) - fields
+            if unknown:
+                raise BundleError(f"manifest has unknown keys {sorted(unknown)}")
+            kwargs = dict(data)
+            kwargs["input"] = _build(InputSpec, data["input"])
+            kwargs["outputs"] = tuple(_build(OutputSpec, o) for o in data["outputs"])
+            if data.get("index") is not None:
+                kwargs["index"] = _build(IndexSpec, data["index"])
+            return cls(**kwargs)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"manifest.json is malformed: {exc!r}") from exc
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    """Build a nested spec dataclass, turning lists into tuples."""
+    hints = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - hints
+    if unknown:
+        raise BundleError(f"manifest {cls.__name__} has unknown keys {sorted(unknown)}")
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**clean)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def array_to_npy_bytes(array: np.ndarray) -> bytes:
+    """Serialise an array to .npy bytes (no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_bytes_to_array(data: bytes, name: str) -> np.ndarray:
+    """Read .npy bytes with pickles refused; BundleError names the member on failure."""
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"bundle member '{name}' is not a valid .npy array: {exc}") from exc
+
+
+def _check_member_name(name: str) -> None:
+    path = PurePosixPath(name)
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or ".." in path.parts
+        or ":" in name
+        or path.is_absolute()
+    ):
+        raise BundleError(f"bundle member name {name!r} is unsafe (absolute or '..'); refusing it")
+
+
+def write_bundle(path: str | Path, manifest: Manifest, members: dict[str, bytes]) -> Manifest:
+    """Write `manifest` and `members` as one zip file at `path`, atomically.
+
+    Fills `manifest.files` with the sha256 and size of every member. Returns the manifest written.
+    """
+    for name in members:
+        _check_member_name(name)
+        if name == MANIFEST_NAME:
+            raise BundleError("members may not be called manifest.json")
+    files = {name: {"sha256": sha256_bytes(data), "size": len(data)} for name, data in members.items()}
+    manifest = dataclasses.replace(manifest, files=files)
+    with atomic_open(path, "wb") as fh:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+            zf.writestr(MANIFEST_NAME, manifest.to_json())
+            for name, data in members.items():
+                zf.writestr(name, data)
+    return manifest
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its manifest and member bytes (all hashes checked)."""
+
+    path: Path
+    manifest: Manifest
+    members: dict[str, bytes]
+    sha256: str  # of the whole bundle file
+
+    def member(self, name: str) -> bytes:
+        """Bytes of member `name`; BundleError when the manifest names a member that is absent."""
+        try:
+            return self.members[name]
+        except KeyError as exc:
+            raise BundleError(f"bundle {self.path} has no member '{name}'") from exc
+
+    def array(self, name: str) -> np.ndarray:
+        """The extra array `name` listed in the manifest's `arrays`."""
+        if name not in self.manifest.arrays:
+            raise BundleError(f"bundle {self.path} has no array '{name}'")
+        member = self.manifest.arrays[name]
+        return npy_bytes_to_array(self.member(member), member)
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Open and verify a bundle: magic, member names and sizes, schema, sha256 of every member.
+
+    Raises:
+        BundleError: anything about the file is wrong; the message says what and what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"bundle not found: {path}")
+    raw = path.read_bytes()
+    if raw[:4] != _ZIP_MAGIC:
+        raise BundleError(
+            f"{path} is not an edgead bundle (wrong magic {raw[:4]!r}); "
+            "make one with `edgead export RUN --out MODEL.edgead`"
+        )
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(raw))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise BundleError(f"{path} is truncated or not a valid zip archive: {exc}") from exc
+    if len(infos) > MAX_MEMBERS:
+        raise BundleError(f"{path} has {len(infos)} members (at most {MAX_MEMBERS}); refusing it")
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        raise BundleError(f"{path} has duplicate member names; refusing it")
+    for info in infos:
+        _check_member_name(info.filename)
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise BundleError(f"{path}: member {info.filename!r} is {info.file_size} bytes; refusing it")
+    if MANIFEST_NAME not in names:
+        raise BundleError(f"{path} has no {MANIFEST_NAME}; it is not an edgead bundle")
+    try:
+        manifest_info = zf.getinfo(MANIFEST_NAME)
+        if manifest_info.file_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: manifest.json is too large ({manifest_info.file_size} bytes)")
+        manifest_data = json.loads(zf.read(MANIFEST_NAME))
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise BundleError(f"{path}: manifest.json cannot be read: {exc}") from exc
+    manifest = Manifest.from_dict(manifest_data)
+    listed = set(manifest.files)
+    present = set(names) - {MANIFEST_NAME}
+    if listed - present:
+        raise BundleError(f"{path} is missing member(s) {sorted(listed - present)} named in its manifest")
+    if present - listed:
+        raise BundleError(f"{path} has member(s) {sorted(present - listed)} not listed in its manifest")
+    members: dict[str, bytes] = {}
+    for name in sorted(listed):
+        try:
+            data = zf.read(name)
+        except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
+            raise BundleError(f"{path}: member {name!r} cannot be read ({exc}); the file is damaged") from exc
+        expected = manifest.files[name]
+        if len(data) != expected.get("size") or sha256_bytes(data) != expected.get("sha256"):
+            raise BundleError(
+                f"{path}: member {name!r} fails its sha256/size check; the bundle was modified "
+                "or damaged; re-export or copy it again"
+            )
+        members[name] = data
+    for fmt, member in manifest.graphs.items():
+        if member not in members:
+            raise BundleError(f"{path}: graph '{fmt}' names member {member!r}, which is absent")
+    if manifest.index is not None and manifest.index.file not in members:
+        raise BundleError(f"{path}: index file {manifest.index.file!r} is absent")
+    return Bundle(path=path, manifest=manifest, members=members, sha256=sha256_bytes(raw))

@@ -1,0 +1,63 @@
+"""Shared CLI plumbing: consoles, error mapping, rich progress bars as `Progress` callbacks."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from edgead.errors import EdgeadError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """Decorator: an EdgeadError becomes one red line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EdgeadError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[Callable[[int, int, str], None]]:
+    """Yield a `progress(done, total, description)` callback drawing one rich bar per description.
+
+    Bars go to stderr so `--json` output on stdout stays clean.
+    """
+    if not enabled:
+        yield lambda done, total, description: None
+        return
+    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def update(done: int, total: int, description: str) -> None:
+        if description not in tasks:
+            tasks[description] = bars.add_task(description, total=total)
+        bars.update(tasks[description], completed=done, total=total)
+
+    with bars:
+        yield update
+
+
+def print_json(data: Any) -> None:
+    """One JSON object on stdout (no rich markup)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=float) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,57 @@
+"""`edgead` command line: one module per command, joined here. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from edgead import __version__
+from edgead.cli import bench, build_engine, demo, devices, eval as eval_cmd, export, predict, run, train
+
+app = typer.Typer(
+    name="edgead",
+    help="Train anomaly detectors on normal data, export them, and run them on edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _callback(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """Install one rich log handler for the whole process."""
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+    from rich.logging import RichHandler
+
+    from edgead.cli._common import err_console
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+
+
+app.command("train")(train.train)
+app.command("eval")(eval_cmd.eval_command)
+app.command("export")(export.export)
+app.command("build-engine")(build_engine.build_engine)
+app.command("predict")(predict.predict)
+app.command("run")(run.run)
+app.command("bench")(bench.bench)
+app.command("devices")(devices.devices)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

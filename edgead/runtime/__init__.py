@@ -1,0 +1,1 @@
+"""The device runtime: load a bundle and score frames or rows. Imports no torch."""
