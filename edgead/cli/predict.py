@@ -1,10 +1,134 @@
-"""`edgead predict` (placeholder: being written)."""
+"""`edgead predict MODEL.edgead IMAGE_OR_DIR... | ROWS.csv | -`: score with the torch-free runtime."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
+from edgead.cli._common import console, handle_errors, print_json
 
-def predict() -> None:
-    """Not written yet."""
-    raise typer.Exit(code=1)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@handle_errors
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Bundle made by `edgead export`.",
+                                           exists=True, dir_okay=False, resolve_path=True)],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Images or folders (image bundles); a .csv/.npz/.parquet table or '-' for JSON lines "
+             "on stdin (tabular bundles).")],
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | gpu | npu")] = "auto",
+    backend: Annotated[str | None, typer.Option(help="onnxruntime | openvino | tensorrt")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for graph and search.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    save_maps: Annotated[Path | None, typer.Option(
+        "--save-maps", help="Folder for anomaly-map overlays (PNG) of each image.")] = None,
+    label_column: Annotated[str | None, typer.Option(
+        help="Label column to drop from a .csv/.parquet table.")] = None,
+) -> None:
+    """Score images or rows with a bundle; prints one line (or JSON object) per item."""
+    from edgead.runtime import Detector
+
+    with Detector.load(bundle, device=device, backend=backend, threads=threads) as det:
+        header = {"bundle": str(bundle), "backend": det.backend, "fallbacks": det.fallbacks}
+        if det.manifest.modality == "tabular":
+            items = _predict_rows(det, inputs, label_column)
+        else:
+            items = _predict_images(det, inputs, save_maps)
+    if json_out:
+        print_json({**header, "results": items})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{bundle.name} on {header['backend']}")
+    for col in ("item", "raw_score", "score", "anomaly"):
+        table.add_column(col)
+    for item in items:
+        table.add_row(str(item["item"]), f"{item['raw_score']:.5g}", f"{item['score']:.3f}",
+                      {True: "[red]yes[/]", False: "no", None: "?"}[item["is_anomaly"]])
+    console.print(table)
+
+
+def _image_paths(inputs: list[str]) -> list[Path]:
+    from edgead.errors import DataError
+
+    paths: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DataError(f"{raw} is neither an image file nor a folder")
+    if not paths:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {inputs}")
+    return paths
+
+
+def _predict_images(det: Any, inputs: list[str], save_maps: Path | None) -> list[dict[str, Any]]:
+    import cv2
+
+    from edgead.errors import DataError
+
+    items = []
+    for path in _image_paths(inputs):
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise DataError(f"{path} cannot be read as an image (damaged or unsupported format)")
+        res = det(frame, channel_order="BGR")
+        item = {"item": str(path), "raw_score": res.raw_score, "score": res.score,
+                "is_anomaly": res.is_anomaly, "timings_ms": res.timings_ms}
+        if save_maps is not None and res.anomaly_map is not None:
+            from edgead.runtime.eval import write_overlay
+
+            item["map"] = str(write_overlay(save_maps / f"{path.stem}_map.png", frame,
+                                            res.anomaly_map, det.manifest.normalisation, "BGR"))
+        items.append(item)
+    return items
+
+
+def _predict_rows(det: Any, inputs: list[str], label_column: str | None) -> list[dict[str, Any]]:
+    import numpy as np
+
+    from edgead.errors import DataError
+
+    names = det.manifest.input.feature_names
+    if inputs == ["-"]:
+        rows = []
+        for number, line in enumerate(sys.stdin, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"stdin line {number} is not JSON: {exc}") from exc
+            if isinstance(value, dict):
+                if names is None:
+                    raise DataError("this bundle has no feature names; send rows as JSON lists")
+                missing = [n for n in names if n not in value]
+                if missing:
+                    raise DataError(f"stdin line {number} lacks features {missing}")
+                value = [value[n] for n in names]
+            rows.append(value)
+        X = np.asarray(rows, dtype=np.float64) if rows else np.zeros((0, 0))
+        labels = [f"stdin:{i + 1}" for i in range(len(rows))]
+    else:
+        from edgead.data.tabular import check_columns, load_table
+
+        if len(inputs) != 1:
+            raise DataError("tabular bundles take one table file (or '-' for stdin)")
+        table = load_table(inputs[0], label_column=label_column)
+        if names is not None:
+            check_columns(table, names)
+        X = table.X
+        labels = [f"{inputs[0]}:{i}" for i in range(table.n_rows)]
+    if len(X) == 0:
+        raise DataError("no rows to score")
+    scores = det.score_rows(X)
+    return [{"item": label, "raw_score": float(r), "score": float(s), "is_anomaly": bool(a)}
+            for label, r, s, a in zip(labels, scores.raw_scores, scores.scores, scores.is_anomaly)]

@@ -1,0 +1,10 @@
+"""torch -> ONNX / OpenVINO IR / TensorRT build settings; parity; bundle writing.
+
+    from edgead.export import export_run
+    manifest = export_run("runs/mpdd", target="openvino", precision="fp32", out="model.edgead")
+"""
+
+from edgead.export.exporter import TARGETS, export_detector, export_run
+from edgead.export.index_member import build_index_member
+
+__all__ = ["TARGETS", "build_index_member", "export_detector", "export_run"]

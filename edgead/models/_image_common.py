@@ -1,0 +1,220 @@
+"""Helpers shared by the image detectors (PaDiM, FastFlow, conv AE/VAE, image Deep SVDD).
+
+- `UInt8Normalize`: the first layer of every exported image graph; uint8 (B, S, S, 3) RGB NHWC in,
+  normalised float32 (B, 3, S, S) out, so preprocessing travels inside the graph.
+- `build_backbone`: a frozen feature extractor from `edgead.models.backbones`, built
+  deterministically (a seeded init when `pretrained=False`, for tests).
+- `check_images` / `iter_batches`: input validation and batching of uint8 image sequences.
+- `maps_to_output`: grid maps -> `ScoreOutput` with the same post-processing as the runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgead.errors import DataError
+from edgead.models.base import Progress, ScoreOutput, no_progress
+from edgead.runtime.postprocess import upsample_and_blur
+
+logger = logging.getLogger(__name__)
+
+#: Seed used to initialise a backbone built with `pretrained=False` (tests), so that a detector
+#: rebuilt from a run directory gets the very same random weights.
+_RANDOM_BACKBONE_SEED = 0
+
+
+class UInt8Normalize(nn.Module):
+    """uint8 (B, S, S, 3) RGB NHWC -> float32 (B, 3, S, S), `(x / 255 - mean) / std`.
+
+    Args:
+        mean: per-channel mean on 0..1 RGB (3 floats).
+        std: per-channel std on 0..1 RGB (3 floats).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32).view(1, 3, 1, 1)
+        std_t = torch.tensor([float(s) for s in std], dtype=torch.float32).view(1, 3, 1, 1)
+        # Fold 1/255 and the std into one scale: x * scale + shift.
+        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
+        self.register_buffer("shift", -mean_t / std_t, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 (B, 3, S, S) normalised images from uint8 (B, S, S, 3)."""
+        x = images.permute(0, 3, 1, 2).to(torch.float32)
+        return x * self.scale + self.shift
+
+
+def build_backbone(name: str, pretrained: bool) -> nn.Module:
+    """A frozen backbone (eval mode, no grads) from `edgead.models.backbones.create_backbone`.
+
+    With `pretrained=False` the random init is seeded, so two calls give identical weights
+    (a run directory does not store backbone weights; they are rebuilt from the config).
+    """
+    from edgead.models.backbones import create_backbone
+
+    if pretrained:
+        return create_backbone(name, pretrained=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_RANDOM_BACKBONE_SEED)
+        return create_backbone(name, pretrained=False)
+
+
+class BackboneFeatures(nn.Module):
+    """uint8 (B, S, S, 3) RGB -> the backbone's feature maps, normalising inside the graph.
+
+    forward returns the backbone's list of float32 maps, (B, c_i, S / r_i, S / r_i) for each
+    stage i, with c_i / r_i from `backbone.feature_info`.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.normalize = UInt8Normalize(backbone.mean, backbone.std)
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """List of float32 feature maps from uint8 (B, S, S, 3) RGB images."""
+        return list(self.backbone(self.normalize(images)))
+
+
+def backbone_channels_strides(backbone: nn.Module) -> tuple[list[int], list[int]]:
+    """([channels per stage], [stride per stage in px]) read from `backbone.feature_info`."""
+    info = backbone.feature_info
+    return [int(c) for c in info.channels()], [int(r) for r in info.reduction()]
+
+
+def feature_grid(image_size: int, stride: int) -> tuple[int, int]:
+    """(h, w) of a feature map of stride `stride` px for a square input of `image_size` px."""
+    side = -(-int(image_size) // int(stride))  # ceil: conv nets pad odd sizes up
+    return side, side
+
+
+def check_images(images: Sequence[np.ndarray] | np.ndarray, image_size: int) -> int:
+    """Number of images after checking each is uint8 (S, S, 3) with S = `image_size`.
+
+    Raises:
+        DataError: empty input, wrong dtype or wrong shape (message says how to fix it).
+    """
+    n_images = len(images)
+    if n_images == 0:
+        raise DataError("got no images; pass a non-empty sequence of uint8 (S, S, 3) RGB arrays")
+    expected = (image_size, image_size, 3)
+    for i in (0, n_images - 1):
+        image = np.asarray(images[i])
+        if image.dtype != np.uint8 or image.shape != expected:
+            raise DataError(
+                f"image {i} is {image.dtype} {image.shape}; expected uint8 {expected} RGB. Resize "
+                f"with edgead.runtime.preprocess.resize_frame(img, ({image_size}, {image_size}))"
+                " or set image_size in the detector config"
+            )
+    return n_images
+
+
+def iter_batches(images: Sequence[np.ndarray] | np.ndarray, batch_size: int,
+                 progress: Progress = no_progress,
+                 description: str = "images") -> Iterator[torch.Tensor]:
+    """Yield uint8 (b, S, S, 3) tensors of at most `batch_size` images, reporting progress."""
+    n_images = len(images)
+    for start in range(0, n_images, batch_size):
+        stop = min(start + batch_size, n_images)
+        batch = np.stack([np.asarray(images[i], dtype=np.uint8) for i in range(start, stop)])
+        yield torch.from_numpy(batch)
+        progress(stop, n_images, description)
+
+
+def maps_to_output(grid_maps: np.ndarray, image_size: int, sigma: float,
+                   scores: np.ndarray | None = None) -> ScoreOutput:
+    """`ScoreOutput` from grid maps, post-processed exactly as the runtime does.
+
+    Args:
+        grid_maps: float32 (N, h, w) raw map values at the model's grid.
+        image_size: S px; maps are upsampled (bilinear) to (S, S), then blurred.
+        sigma: Gaussian sigma in px (0 = no blur).
+        scores: float32 (N,) image scores from the graph ("graph" kind); None means the max of
+            each post-processed map ("map" kind, score "map_max").
+
+    Returns:
+        ScoreOutput with scores (N,) and anomaly_maps (N, S, S), both float32.
+    """
+    maps = upsample_and_blur(grid_maps.astype(np.float32), (image_size, image_size), sigma)
+    if scores is None:
+        scores = maps.reshape(maps.shape[0], -1).max(axis=1)
+    return ScoreOutput(scores=np.asarray(scores, dtype=np.float32), anomaly_maps=maps)
+
+
+def module_state(prefix: str, module: nn.Module) -> dict[str, np.ndarray]:
+    """`{prefix + key: array}` from a module's state_dict (float/int arrays, copied to CPU)."""
+    return {f"{prefix}{k}": v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def load_module_state(prefix: str, module: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load the arrays named `prefix + key` into `module` (strict: every key must be there).
+
+    Raises:
+        DataError: an array is missing or has the wrong shape (the run was made by another config).
+    """
+    state: dict[str, Any] = {}
+    for key, value in module.state_dict().items():
+        name = f"{prefix}{key}"
+        if name not in arrays:
+            raise DataError(f"state array '{name}' is missing; the run does not match this detector")
+        array = np.asarray(arrays[name])
+        if tuple(array.shape) != tuple(value.shape):
+            raise DataError(f"state array '{name}' has shape {array.shape}, expected "
+                            f"{tuple(value.shape)}; the run was made with another config")
+        state[key] = torch.from_numpy(array.copy())
+    module.load_state_dict(state)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU torch.Generator seeded with `seed` (pass it to shuffles/initialisers)."""
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def train_epochs(module: nn.Module, inputs: torch.Tensor,
+                 batch_loss: Callable[[torch.Tensor], torch.Tensor], *, epochs: int,
+                 batch_size: int, lr: float, weight_decay: float, generator: torch.Generator,
+                 progress: Progress = no_progress, description: str = "epochs") -> list[float]:
+    """Mean loss per epoch after training `module` with Adam on shuffled mini-batches.
+
+    Args:
+        module: put in train mode here; the caller switches it to eval afterwards.
+        inputs: float32 (N, ...) training tensors, indexed along dim 0.
+        batch_loss: maps a batch (b, ...) to a scalar loss.
+        generator: seeded; drives the shuffling.
+
+    Raises:
+        DataError: the loss became NaN/inf (the message names the epoch; lower lr).
+    """
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+    n_items = int(inputs.shape[0])
+    module.train()
+    losses: list[float] = []
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        order = torch.randperm(n_items, generator=generator)
+        total = 0.0
+        for lo in range(0, n_items, batch_size):
+            idx = order[lo: lo + batch_size]
+            loss = batch_loss(inputs[idx])
+            if not torch.isfinite(loss):
+                raise DataError(f"{description}: loss became {loss.item()} at epoch {epoch}; "
+                                "lower lr or check the training images")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.item()) * len(idx)
+        losses.append(total / n_items)
+        progress(epoch + 1, epochs, description)
+    logger.info("%s: %d epochs in %.1f s, loss %.4g -> %.4g", description, epochs,
+                time.perf_counter() - start, losses[0], losses[-1])
+    return losses

@@ -1,0 +1,87 @@
+"""Autoencoder for tabular rows (registry name "ae").
+
+An MLP encoder D -> hidden_sizes -> latent and a mirrored decoder, trained on standardised
+normal rows to minimise the reconstruction MSE. Score = per-row mean squared reconstruction error
+over the D standardised features (units: squared standard deviations of the training rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgead.errors import ConfigError
+from edgead.models._tabular import TabularNetDetector, make_mlp, validate_common
+from edgead.models.base import register_detector
+
+
+@dataclass(frozen=True, kw_only=True)
+class AEConfig:
+    """Autoencoder settings.
+
+    hidden_sizes: encoder widths (the decoder mirrors them).
+    latent_dim: bottleneck width; 0 = auto: max(2, D // 2), at most hidden_sizes[-1].
+    epochs / patience: maximum epochs, and epochs without a validation improvement before
+        stopping. val_fraction: share of the normal training rows held out for early stopping.
+    """
+
+    hidden_sizes: tuple[int, ...] = (64, 32)
+    latent_dim: int = 0
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    val_fraction: float = 0.1
+    patience: int = 10
+
+    def validate(self) -> None:
+        """ConfigError on out-of-range values."""
+        validate_common(self)
+        if self.latent_dim < 0:
+            raise ConfigError(f"AEConfig: latent_dim must be >= 0 (0 = auto), got {self.latent_dim}")
+
+
+def latent_width(latent_dim: int, n_features: int, last_hidden: int) -> int:
+    """The bottleneck width: `latent_dim`, or when 0, max(2, D // 2) capped at `last_hidden`."""
+    if latent_dim > 0:
+        return latent_dim
+    return max(1, min(last_hidden, max(2, n_features // 2)))
+
+
+class AENet(nn.Module):
+    """MLP autoencoder over standardised rows.
+
+    forward(x float32 (B, D)) -> float32 (B,): mean over features of (x - decode(encode(x)))^2.
+    """
+
+    def __init__(self, n_features: int, hidden_sizes: tuple[int, ...], latent_dim: int) -> None:
+        super().__init__()
+        sizes = [n_features, *hidden_sizes, latent_dim]
+        self.encoder = make_mlp(sizes)
+        self.decoder = make_mlp(sizes[::-1])
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction (B, D) of standardised rows x (B, D)."""
+        return self.decoder(self.encoder(x))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row training loss (B,): the reconstruction MSE."""
+        return self(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row reconstruction MSE (B,) float32; export-safe."""
+        return ((x - self.reconstruct(x)) ** 2).mean(dim=1)
+
+
+@register_detector("ae")
+class AutoEncoder(TabularNetDetector):
+    """MLP autoencoder; score = reconstruction MSE of standardised rows."""
+
+    config_cls = AEConfig
+
+    def _build_network(self, n_features: int) -> nn.Module:
+        cfg: AEConfig = self.config
+        latent = latent_width(cfg.latent_dim, n_features, cfg.hidden_sizes[-1])
+        return AENet(n_features, cfg.hidden_sizes, latent)

@@ -1,0 +1,104 @@
+"""Variational autoencoder for tabular rows (registry name "vae").
+
+Encoder D -> hidden_sizes -> (mu, logvar) of a diagonal Gaussian over z (latent_dim), decoder
+z -> mirrored hidden sizes -> D (a unit-variance Gaussian mean). Training minimises, per row,
+SSE(x, decode(z)) + kl_weight * KL(q(z|x) || N(0, I)) with one reparameterised sample z.
+
+Score (deterministic, also in the exported graph): per-row reconstruction error + 0.5 * KL,
+where the reconstruction error is the sum over the D standardised features of
+(x - decode(mu))^2, i.e. the decoder is fed the posterior mean z = mu (no sampling at test or
+export time), and KL is the closed-form KL(q(z|x) || N(0, I)) in nats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgead.errors import ConfigError
+from edgead.models._tabular import TabularNetDetector, make_mlp, validate_common
+from edgead.models.autoencoder import latent_width
+from edgead.models.base import register_detector
+
+_LOGVAR_MIN, _LOGVAR_MAX = -10.0, 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAEConfig:
+    """VAE settings.
+
+    hidden_sizes: encoder widths (the decoder mirrors them).
+    latent_dim: z width; 0 = auto: max(2, D // 2), at most hidden_sizes[-1].
+    kl_weight: weight of the KL term in the training loss (1 = the ELBO for a unit-variance
+        Gaussian decoder up to a factor); the score always uses 0.5 * KL.
+    """
+
+    hidden_sizes: tuple[int, ...] = (64, 32)
+    latent_dim: int = 0
+    kl_weight: float = 1.0
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    val_fraction: float = 0.1
+    patience: int = 10
+
+    def validate(self) -> None:
+        """ConfigError on out-of-range values."""
+        validate_common(self)
+        if self.latent_dim < 0 or self.kl_weight < 0:
+            raise ConfigError(f"VAEConfig: need latent_dim >= 0 and kl_weight >= 0, got "
+                              f"latent_dim={self.latent_dim}, kl_weight={self.kl_weight}")
+
+
+class VAENet(nn.Module):
+    """VAE over standardised rows.
+
+    forward(x float32 (B, D)) -> float32 (B,): SSE(x, decode(mu)) + 0.5 * KL.
+    """
+
+    def __init__(self, n_features: int, hidden_sizes: tuple[int, ...], latent_dim: int,
+                 kl_weight: float) -> None:
+        super().__init__()
+        self.kl_weight = kl_weight
+        self.encoder = make_mlp([n_features, *hidden_sizes], final_activation=True)
+        self.to_mu = nn.Linear(hidden_sizes[-1], latent_dim)
+        self.to_logvar = nn.Linear(hidden_sizes[-1], latent_dim)
+        self.decoder = make_mlp([latent_dim, *hidden_sizes[::-1], n_features])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar), each (B, latent_dim); logvar clamped to [-10, 10] for stability."""
+        h = self.encoder(x)
+        return self.to_mu(h), torch.clamp(self.to_logvar(h), _LOGVAR_MIN, _LOGVAR_MAX)
+
+    @staticmethod
+    def kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """KL(N(mu, exp(logvar)) || N(0, I)) per row (B,), nats."""
+        return 0.5 * (mu ** 2 + torch.exp(logvar) - 1.0 - logvar).sum(dim=1)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row training loss (B,): SSE + kl_weight * KL; z is sampled in train mode, mu in eval."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        sse = ((x - self.decoder(z)) ** 2).sum(dim=1)
+        return sse + self.kl_weight * self.kl(mu, logvar)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic score (B,): SSE(x, decode(mu)) + 0.5 * KL; export-safe."""
+        mu, logvar = self.encode(x)
+        sse = ((x - self.decoder(mu)) ** 2).sum(dim=1)
+        return sse + 0.5 * self.kl(mu, logvar)
+
+
+@register_detector("vae")
+class VAE(TabularNetDetector):
+    """Variational autoencoder; score = reconstruction SSE (z = mu) + 0.5 * KL."""
+
+    config_cls = VAEConfig
+
+    def _build_network(self, n_features: int) -> nn.Module:
+        cfg: VAEConfig = self.config
+        latent = latent_width(cfg.latent_dim, n_features, cfg.hidden_sizes[-1])
+        return VAENet(n_features, cfg.hidden_sizes, latent, cfg.kl_weight)

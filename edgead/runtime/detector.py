@@ -1,0 +1,430 @@
+"""`Detector`: load a verified bundle, pick a backend, score frames or rows. Torch-free.
+
+    det = Detector.load("model.edgead", device="auto")
+    res = det(frame_bgr)                      # uint8 (H, W, 3) from OpenCV
+    res.raw_score, res.score, res.is_anomaly, res.anomaly_map, res.timings_ms
+
+Device selection walks an ordered list of (backend, device) candidates and stops at the first
+that initialises; each one that fails is logged with its reason (logger.warning) and kept in
+`detector.fallbacks`. The last candidate is always ONNX Runtime on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgead.bundle import Bundle, Manifest, read_bundle
+from edgead.errors import BackendUnavailableError, BundleError, DataError, unknown_name_error
+from edgead.runtime.backends.base import Backend, check_outputs
+from edgead.runtime.nn_index import FaissIndex
+from edgead.runtime.postprocess import normalise_scores, resize_map, upsample_and_blur
+from edgead.runtime.preprocess import resize_frame
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "gpu", "npu")
+BACKEND_ALIASES = {"onnxruntime": "onnxruntime", "ort": "onnxruntime", "openvino": "openvino",
+                   "ov": "openvino", "tensorrt": "tensorrt", "trt": "tensorrt"}
+IMAGE_KINDS = ("nn_index", "map", "graph")
+ROW_KINDS = ("rows", "rows_nn_index")
+
+
+@dataclass
+class Result:
+    """The verdict on one frame.
+
+    Attributes:
+        raw_score: detector units, higher = more anomalous.
+        score: normalised to [0, 1] with the threshold at 0.5 (NaN when the bundle is uncalibrated).
+        is_anomaly: raw_score >= threshold (None when the bundle has no threshold).
+        anomaly_map: float32 (H, W) at the frame's resolution, raw units; None if the graph has none.
+        timings_ms: per-stage wall time of the batch this frame was in: preprocess, graph,
+            search (nearest-neighbour), postprocess.
+    """
+
+    raw_score: float
+    score: float
+    is_anomaly: bool | None
+    anomaly_map: np.ndarray | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RowScores:
+    """Scores for tabular rows: raw_scores float32 (N,), scores float32 (N,) in [0, 1],
+    is_anomaly bool (N,) (all False with a warning when uncalibrated)."""
+
+    raw_scores: np.ndarray
+    scores: np.ndarray
+    is_anomaly: np.ndarray
+
+
+BackendFactory = Callable[[Bundle, str, "int | None"], Backend]
+
+
+def _make_ort(bundle: Bundle, device: str, threads: int | None) -> Backend:
+    from edgead.runtime.backends.ort import OrtBackend
+    from edgead.runtime.backends.tensorrt import engine_cache_dir
+
+    m = bundle.manifest
+    trt_precision = m.build.get("tensorrt", {}).get("precision", m.precision)
+    return OrtBackend(bundle.member(m.graphs["onnx"]), device=device, threads=threads,
+                      fp16=trt_precision == "fp16", cache_dir=engine_cache_dir(bundle.path) / "ort-trt")
+
+
+def _make_openvino(bundle: Bundle, device: str, threads: int | None) -> Backend:
+    from edgead.runtime.backends.openvino import OpenVinoBackend
+
+    m = bundle.manifest
+    if "openvino" not in m.graphs:
+        raise BackendUnavailableError("this bundle has no OpenVINO IR; export it with --target openvino")
+    xml = m.graphs["openvino"]
+    weights = xml[: -len(".xml")] + ".bin"
+    return OpenVinoBackend(bundle.member(xml), bundle.member(weights), device=device,
+                           precision=m.precision, threads=threads)
+
+
+def _make_tensorrt(bundle: Bundle, device: str, threads: int | None) -> Backend:
+    from edgead.runtime.backends.tensorrt import DEFAULT_BUILD, TensorRtBackend, load_or_build_engine
+
+    m = bundle.manifest
+    settings = {**DEFAULT_BUILD, "precision": m.precision, **m.build.get("tensorrt", {})}
+    shape = tuple(1 if d is None else int(d) for d in m.input.shape)
+    engine, _ = load_or_build_engine(bundle.path, bundle.sha256, bundle.member(m.graphs["onnx"]),
+                                     settings, shape)
+    return TensorRtBackend(engine, precision=str(settings["precision"]))
+
+
+#: backend name -> factory(bundle, device, threads). Tests may swap entries (monkeypatch.setitem).
+BACKEND_FACTORIES: dict[str, BackendFactory] = {
+    "onnxruntime": _make_ort,
+    "openvino": _make_openvino,
+    "tensorrt": _make_tensorrt,
+}
+
+
+def backend_candidates(manifest: Manifest, device: str, backend: str | None) -> list[tuple[str, str]]:
+    """Ordered (backend, backend device) pairs to try for `device`; ONNX Runtime CPU comes last.
+
+    Args:
+        manifest: the bundle's manifest (which graphs and build settings it carries).
+        device: "auto" | "cpu" | "cuda" | "gpu" | "npu".
+        backend: None (any), "onnxruntime", "openvino" or "tensorrt".
+    """
+    has_ir = "openvino" in manifest.graphs
+    is_trt = manifest.target == "tensorrt" or "tensorrt" in manifest.build
+    table: dict[str, list[tuple[str, str]]] = {
+        "auto": [("tensorrt", "cuda")] * is_trt + [("onnxruntime", "tensorrt")] * is_trt
+        + [("onnxruntime", "cuda")] + [("openvino", "GPU"), ("openvino", "CPU")] * has_ir,
+        "cpu": [("openvino", "CPU")] * has_ir,
+        "cuda": [("tensorrt", "cuda")] * is_trt + [("onnxruntime", "tensorrt")] * is_trt
+        + [("onnxruntime", "cuda")],
+        "gpu": [("openvino", "GPU")] * has_ir + [("onnxruntime", "cuda")],
+        "npu": [("openvino", "NPU")] * has_ir,
+    }
+    candidates = table[device]
+    if backend is not None:
+        candidates = [c for c in candidates if c[0] == backend]
+        if not candidates and backend != "onnxruntime":  # e.g. openvino on "cuda": try it, then CPU
+            candidates = [(backend, {"openvino": "CPU", "tensorrt": "cuda"}[backend])]
+    ordered: list[tuple[str, str]] = []
+    for candidate in [*candidates, ("onnxruntime", "cpu")]:
+        if candidate not in ordered:
+            ordered.append(candidate)
+    return ordered
+
+
+class Detector:
+    """A loaded bundle bound to one backend. Build with `Detector.load`.
+
+    Attributes:
+        manifest: the verified bundle manifest.
+        backend: name of what is used, e.g. "onnxruntime/CPUExecutionProvider", "openvino/CPU".
+        fallbacks: "wanted X: reason" for each candidate that failed before `backend`.
+    """
+
+    def __init__(self, bundle: Bundle, backend: Backend, fallbacks: Sequence[str] = ()) -> None:
+        self._bundle = bundle
+        self.manifest: Manifest = bundle.manifest
+        self._backend: Backend | None = backend
+        self.fallbacks: list[str] = list(fallbacks)
+        post = self.manifest.postprocess
+        kind = post.get("kind")
+        if kind not in IMAGE_KINDS + ROW_KINDS:
+            raise BundleError(f"bundle post-processing kind {kind!r} is unknown to this runtime "
+                              f"(knows {IMAGE_KINDS + ROW_KINDS}); upgrade edgead")
+        self._kind: str = kind
+        self._index: FaissIndex | None = None
+        if kind.endswith("nn_index"):
+            spec = self.manifest.index
+            if spec is None:
+                raise BundleError(f"post-processing {kind!r} needs an index, but the manifest has none")
+            self._index = FaissIndex.from_bytes(bundle.member(spec.file), spec.factory)
+            if spec.nprobe is not None:
+                import faiss
+
+                faiss.ParameterSpace().set_index_parameter(self._index.index, "nprobe", int(spec.nprobe))
+            if self._index.dim != spec.dim:
+                raise BundleError(f"index dimension {self._index.dim} differs from the manifest's {spec.dim}")
+        norm = self.manifest.normalisation
+        self._calibrated = self.manifest.threshold is not None and all(
+            k in norm for k in ("min", "max", "threshold"))
+        if not self._calibrated:
+            logger.warning("bundle %s has no threshold/normalisation: score is NaN and is_anomaly None",
+                           bundle.path)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", backend: str | None = None,
+             threads: int | None = None) -> Detector:
+        """Verify the bundle at `path` and bind it to the best backend available for `device`.
+
+        Args:
+            path: a `.edgead` bundle.
+            device: "auto" (best available), "cpu", "cuda", "gpu" (OpenVINO GPU / CUDA), "npu".
+            backend: None (any), "onnxruntime", "openvino" or "tensorrt" (aliases ort/ov/trt).
+            threads: intra-op CPU threads for the graph and the nearest-neighbour search
+                (faiss's OpenMP pool is process-wide); None keeps the libraries' defaults.
+
+        Raises:
+            BundleError: the bundle fails verification.
+            BackendUnavailableError: not even ONNX Runtime on the CPU could load the graph.
+        """
+        device = device.lower()
+        if device not in DEVICES:
+            raise unknown_name_error("device", device, DEVICES)
+        if backend is not None:
+            if backend.lower() not in BACKEND_ALIASES:
+                raise unknown_name_error("backend", backend, BACKEND_ALIASES)
+            backend = BACKEND_ALIASES[backend.lower()]
+        bundle = read_bundle(path)
+        if threads is not None:
+            _set_search_threads(int(threads))
+        fallbacks: list[str] = []
+        last_error: BackendUnavailableError | None = None
+        for name, dev in backend_candidates(bundle.manifest, device, backend):
+            try:
+                engine = BACKEND_FACTORIES[name](bundle, dev, threads)
+            except BackendUnavailableError as exc:
+                reason = f"wanted {name}/{dev}: {exc}"
+                logger.warning("backend fallback: %s", reason)
+                fallbacks.append(reason)
+                last_error = exc
+                continue
+            if fallbacks:
+                logger.warning("using %s after %d fallback(s)", engine.name, len(fallbacks))
+            return cls(bundle, engine, fallbacks)
+        raise BackendUnavailableError(
+            f"no backend could load {path}: {'; '.join(fallbacks)}") from last_error
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend in use, e.g. 'onnxruntime/CPUExecutionProvider'."""
+        return self._engine().name
+
+    @property
+    def backend_info(self) -> dict[str, object]:
+        """Facts the backend reports (providers used, precision hint, threads)."""
+        return dict(self._engine().info)
+
+    def _engine(self) -> Backend:
+        if self._backend is None:
+            raise BackendUnavailableError("detector was closed; load it again")
+        return self._backend
+
+    def close(self) -> None:
+        """Release the backend."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ images
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) px the graph takes."""
+        size = self.manifest.input.image_size
+        if size is None:
+            raise DataError("this bundle scores tabular rows; use score_rows()")
+        return int(size[0]), int(size[1])
+
+    def __call__(self, frame: np.ndarray | Sequence[np.ndarray],
+                 channel_order: str = "BGR") -> Result | list[Result]:
+        """Score one frame (-> Result) or a list of frames (-> list of Results).
+
+        Args:
+            frame: uint8 (H, W, 3) (also (H, W) gray or (H, W, 4)), any H, W; or a list of them.
+                A 4-D uint8 array (B, H, W, 3) is treated as a batch.
+            channel_order: "BGR" (OpenCV's cv2.imread, the default) or "RGB".
+
+        Raises:
+            DataError: not uint8, wrong number of dimensions or channels, or a tabular bundle.
+        """
+        if self._kind in ROW_KINDS:
+            raise DataError("this bundle scores tabular rows; call detector.score_rows(rows)")
+        single = isinstance(frame, np.ndarray) and frame.ndim in (2, 3)
+        frames = [frame] if single else list(frame)  # type: ignore[arg-type]
+        if not frames:
+            return []
+        results = self._score_frames(frames, channel_order)
+        return results[0] if single else results
+
+    def _score_frames(self, frames: list[np.ndarray], channel_order: str) -> list[Result]:
+        t0 = time.perf_counter()
+        size_hw = self.image_size
+        resize = self.manifest.input.resize
+        batch = np.stack([resize_frame(_check_frame(f), size_hw, resize, channel_order)
+                          for f in frames])
+        t1 = time.perf_counter()
+        outputs = self._run_graph(batch)
+        t2 = time.perf_counter()
+        raw, maps, search_ms = self._image_scores(outputs, len(frames))
+        t3 = time.perf_counter()
+        normalised, decisions = self._decide(raw)
+        full_maps = [None if maps is None else resize_map(maps[i], f.shape[:2])
+                     for i, f in enumerate(frames)]
+        t4 = time.perf_counter()
+        timings = {"preprocess": (t1 - t0) * 1e3, "graph": (t2 - t1) * 1e3, "search": search_ms,
+                   "postprocess": (t3 - t2) * 1e3 - search_ms + (t4 - t3) * 1e3}
+        return [Result(raw_score=float(raw[i]), score=float(normalised[i]),
+                       is_anomaly=None if decisions is None else bool(decisions[i]),
+                       anomaly_map=full_maps[i], timings_ms=dict(timings))
+                for i in range(len(frames))]
+
+    def _run_graph(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Graph outputs for `batch`, split into chunks of the backend's max_batch."""
+        engine = self._engine()
+        step = engine.max_batch or len(batch)
+        names = tuple(o.name for o in self.manifest.outputs)
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(batch), step):
+            out = engine.run(np.ascontiguousarray(batch[start:start + step]))
+            check_outputs(out, names, engine.name)
+            parts.append(out)
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in names}
+
+    def _image_scores(self, outputs: dict[str, np.ndarray], n: int
+                      ) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """(raw scores (B,), maps (B, S, S) at input size or None, search time ms)."""
+        post = self.manifest.postprocess
+        sigma = float(post.get("blur_sigma", 0.0))
+        search_ms = 0.0
+        if self._kind == "nn_index":
+            grid_h, grid_w = (int(v) for v in post["grid"])
+            t0 = time.perf_counter()
+            patch = self._patch_distances(outputs["embedding"], n, grid_h * grid_w)
+            search_ms = (time.perf_counter() - t0) * 1e3
+            patch = patch.reshape(n, grid_h, grid_w)
+            maps = upsample_and_blur(patch, self.image_size, sigma)
+            mode = post.get("score", "max")
+            if mode == "max":
+                raw = patch.reshape(n, -1).max(axis=1)
+            elif mode == "map_max":
+                raw = maps.reshape(n, -1).max(axis=1)
+            else:
+                raise BundleError(f"nn_index score {mode!r} is unknown to this runtime (max, map_max)")
+            return raw.astype(np.float32), maps, search_ms
+        if self._kind == "map":
+            maps = upsample_and_blur(outputs["anomaly_map"].reshape(n, *outputs["anomaly_map"].shape[-2:]),
+                                     self.image_size, sigma)
+            return maps.reshape(n, -1).max(axis=1).astype(np.float32), maps, 0.0
+        raw = outputs["score"].reshape(n).astype(np.float32)
+        maps = None
+        if "anomaly_map" in outputs:
+            grid = outputs["anomaly_map"].reshape(n, *outputs["anomaly_map"].shape[-2:])
+            maps = grid if grid.shape[1:] == self.image_size and sigma == 0 else \
+                upsample_and_blur(grid, self.image_size, sigma)
+        return raw, maps, 0.0
+
+    def _patch_distances(self, embedding: np.ndarray, n: int, per_item: int) -> np.ndarray:
+        """float32 (n * per_item,): distance (L2) of every vector to its k nearest bank entries, averaged."""
+        if self._index is None or self.manifest.index is None:
+            raise BundleError("bundle has no nearest-neighbour index")
+        vectors = embedding.reshape(n * per_item, -1)
+        k = int(self.manifest.postprocess.get("k", self.manifest.index.k))
+        distances, _ = self._index.search(vectors, k)
+        return distances.mean(axis=1) if k > 1 else distances[:, 0]
+
+    def _decide(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(normalised scores float32, decisions bool or None when uncalibrated)."""
+        if not self._calibrated:
+            return np.full(raw.shape, np.nan, dtype=np.float32), None
+        normalised = normalise_scores(raw, self.manifest.normalisation)
+        return normalised, raw >= float(self.manifest.threshold)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ rows
+    def score_rows(self, rows: np.ndarray) -> RowScores:
+        """Scores for tabular rows.
+
+        Args:
+            rows: (N, D) real numbers (converted to float32), D = the bundle's feature count,
+                no NaN/inf.
+
+        Raises:
+            DataError: an image bundle, wrong shape, non-numeric or non-finite values.
+        """
+        if self._kind not in ROW_KINDS:
+            raise DataError("this bundle scores images; call detector(frame)")
+        rows = _check_rows(rows, self.manifest.input.shape[-1])
+        outputs = self._run_graph(rows)
+        n = len(rows)
+        if self._kind == "rows":
+            raw = outputs["score"].reshape(n).astype(np.float32)
+        else:
+            raw = self._patch_distances(outputs["embedding"], n, 1).astype(np.float32)
+        normalised, decisions = self._decide(raw)
+        if decisions is None:
+            decisions = np.zeros(n, dtype=bool)
+        return RowScores(raw_scores=raw, scores=normalised, is_anomaly=decisions)
+
+
+def _check_frame(frame: Any) -> np.ndarray:
+    """The frame itself if it is a uint8 image array; DataError naming what is wrong otherwise."""
+    if not isinstance(frame, np.ndarray):
+        raise DataError(f"a frame must be a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise DataError(f"a frame must be uint8 (0..255), got dtype {frame.dtype}; "
+                        "convert with (x * 255).clip(0, 255).astype(np.uint8)")
+    if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (1, 3, 4))):
+        raise DataError(f"a frame must have shape (H, W), (H, W, 3) or (H, W, 4); got {frame.shape}")
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise DataError(f"a frame must not be empty; got shape {frame.shape}")
+    return frame
+
+
+def _check_rows(rows: Any, n_features: int | None) -> np.ndarray:
+    """float32 C-contiguous (N, D) rows; DataError when shape, dtype or values are wrong."""
+    array = np.asarray(rows)
+    if array.dtype.kind not in "fiub":
+        raise DataError(f"rows must be numbers, got dtype {array.dtype}")
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or (n_features is not None and array.shape[1] != n_features):
+        raise DataError(f"rows must have shape (N, {n_features}); got {array.shape}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise DataError("rows contain NaN or inf; impute or drop them before scoring")
+    return array
+
+
+def _set_search_threads(threads: int) -> None:
+    """Limit faiss's OpenMP pool (process-wide) to `threads`."""
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss is a core dependency
+        return
+    faiss.omp_set_num_threads(threads)

@@ -1,0 +1,624 @@
+"""The inspection loop behind `edgead run`: frames in, decisions out, for weeks. Torch-free.
+
+    capture thread -> bounded queue -> score (Detector) -> results.jsonl, anomalies/*.jpg, status
+
+Outputs (under `out_dir`, or JSON lines on a stream when there is none):
+    results.jsonl   one JSON object per scored frame, written as whole lines and flushed each
+                    time, fsynced on exit; a partial last line left by a hard kill is trimmed
+                    when the file is opened again
+    anomalies/      anomalous frames with their heat-map overlay (JPEG, written atomically)
+    summary.json    counts, latencies, backend and fallbacks of the run (written atomically)
+
+Accounting: every frame read is exactly one of scored, dropped or corrupt, so
+`scored + dropped + corrupt == read` holds at the end (`RunSummary.accounted`).
+
+Faults: the capture thread reconnects live sources; a frame the detector rejects (DataError) is
+counted corrupt; a backend that fails mid-run is replaced by `fallback_factory()` (e.g. the bundle
+reloaded on the CPU), the switch is logged and recorded, and the frame is scored again; a stop
+request (SIGINT/SIGTERM via `stop_on_signals`) finishes the frame in flight, then flushes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import cv2
+import numpy as np
+
+from edgead._io import write_bytes_atomic, write_json_atomic
+from edgead.errors import BackendUnavailableError, ConfigError, DataError
+from edgead.runtime.capture import CaptureThread, EndOfStream, Frame
+
+logger = logging.getLogger(__name__)
+
+
+class FrameDetector(Protocol):
+    """What the loop needs from `edgead.runtime.Detector` (duck-typed so tests can fake it)."""
+
+    backend: str
+    fallbacks: list[str]
+
+    def __call__(self, frame: np.ndarray, channel_order: str = "BGR") -> Any:
+        """A Result with raw_score, score, is_anomaly, anomaly_map, timings_ms."""
+
+    def close(self) -> None:
+        """Release the backend."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """Options of the inspection loop.
+
+    Attributes:
+        roi: (x, y, w, h) px crop applied to every frame before scoring; None: whole frame.
+        out_dir: folder for results.jsonl, anomalies/ and summary.json; None: JSON lines go to
+            `LoopConfig.stream` (stdout in the CLI) and no images are saved.
+        save_anomalies: save anomalous frames with their heat-map overlay.
+        max_saved_images: stop saving images after this many (disk guard; logged once).
+        status_every_s: seconds between status log lines; 0 disables them.
+        latency_window: latencies kept for the percentiles (a bounded window).
+        max_fallbacks: backend replacements allowed mid-run before the loop gives up.
+        stall_warn_s: log a warning when no frame arrived for this long (live sources).
+    """
+
+    roi: tuple[int, int, int, int] | None = None
+    out_dir: Path | None = None
+    save_anomalies: bool = True
+    max_saved_images: int = 10_000
+    status_every_s: float = 10.0
+    latency_window: int = 2048
+    max_fallbacks: int = 1
+    stall_warn_s: float = 10.0
+
+
+def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
+    """(x, y, w, h) px from 'x,y,w,h'; ConfigError when malformed."""
+    if text is None or not text.strip():
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError as exc:
+        raise ConfigError(f"--roi expects x,y,w,h in whole pixels, got {text!r}") from exc
+    if len(values) != 4 or values[0] < 0 or values[1] < 0 or values[2] <= 0 or values[3] <= 0:
+        raise ConfigError(f"--roi expects x,y,w,h with x, y >= 0 and w, h > 0; got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass
+class FallbackRecord:
+    """A backend replaced mid-run."""
+
+    frame_index: int
+    from_backend: str
+    to_backend: str
+    reason: str
+    at: str  # ISO 8601 UTC
+
+
+@dataclass
+class RunSummary:
+    """What a run did; written to summary.json and returned by `run_inspection`.
+
+    Latencies are milliseconds from capture to the result line being written.
+    """
+
+    source: str
+    backend: str
+    started_at: str
+    ended_at: str = ""
+    stop_reason: str = ""
+    duration_s: float = 0.0
+    read: int = 0
+    scored: int = 0
+    dropped: int = 0
+    corrupt: int = 0
+    anomalies: int = 0
+    saved_images: int = 0
+    reconnects: int = 0
+    outages: int = 0
+    fps: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    load_fallbacks: list[str] = field(default_factory=list)
+    runtime_fallbacks: list[FallbackRecord] = field(default_factory=list)
+
+    @property
+    def accounted(self) -> bool:
+        """scored + dropped + corrupt == read."""
+        return self.scored + self.dropped + self.corrupt == self.read
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (with `accounted`)."""
+        data = asdict(self)
+        data["accounted"] = self.accounted
+        return data
+
+
+class LoopStats:
+    """Live counters and a bounded latency window, shared with the HTTP endpoint (thread-safe)."""
+
+    def __init__(self, window: int) -> None:
+        self._lock = threading.Lock()
+        self.latencies_ms: deque[float] = deque(maxlen=window)
+        self.scored = 0
+        self.corrupt = 0
+        self.anomalies = 0
+        self.last_score: float | None = None
+        self.last_scored_at: float | None = None  # perf_counter
+        self.started_at = time.perf_counter()
+        self.backend = ""
+        self.fallbacks = 0
+        self._fps_mark = (self.started_at, 0)
+        self.fps = 0.0
+
+    def record(self, latency_ms: float, score: float, is_anomaly: bool) -> None:
+        """Count one scored frame."""
+        with self._lock:
+            self.latencies_ms.append(latency_ms)
+            self.scored += 1
+            self.anomalies += int(is_anomaly)
+            self.last_score = score
+            self.last_scored_at = time.perf_counter()
+
+    def add_corrupt(self) -> None:
+        """Count one frame the detector rejected."""
+        with self._lock:
+            self.corrupt += 1
+
+    def update_fps(self) -> float:
+        """Frames scored per second since the previous call."""
+        with self._lock:
+            now = time.perf_counter()
+            mark_t, mark_n = self._fps_mark
+            if now - mark_t > 0:
+                self.fps = (self.scored - mark_n) / (now - mark_t)
+            self._fps_mark = (now, self.scored)
+            return self.fps
+
+    def percentiles(self) -> dict[str, float]:
+        """p50/p95/p99 of the latency window, ms (empty when nothing was scored)."""
+        with self._lock:
+            values = np.fromiter(self.latencies_ms, dtype=np.float64)
+        if values.size == 0:
+            return {}
+        p50, p95, p99 = np.percentile(values, [50, 95, 99])
+        return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(values.max())}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for /metrics and /healthz."""
+        with self._lock:
+            return {"scored": self.scored, "corrupt": self.corrupt, "anomalies": self.anomalies,
+                    "last_score": self.last_score, "last_scored_at": self.last_scored_at,
+                    "backend": self.backend, "fallbacks": self.fallbacks, "fps": self.fps}
+
+
+class JsonlWriter:
+    """Appends one JSON object per line; every line is written whole and flushed, fsync on close.
+
+    A partial last line (left by a power cut or kill -9) is trimmed when the file is opened.
+    """
+
+    def __init__(self, path: Path | None, stream: IO[str] | None = None) -> None:
+        self.path = path
+        self._owns = path is not None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _trim_partial_line(path)
+            self._fh: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        elif stream is not None:
+            self._fh = stream
+        else:
+            raise ConfigError("JsonlWriter needs a path or a stream")
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Write `record` as one line and flush it."""
+        self._fh.write(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        """Flush, fsync (files) and close."""
+        self._fh.flush()
+        if self._owns:
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+
+
+def _trim_partial_line(path: Path) -> None:
+    """Cut `path` back to its last newline if it ends in the middle of a line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 1))
+        if fh.read(1) == b"\n":
+            return
+        block = 65536
+        pos = size
+        while pos > 0:
+            start = max(0, pos - block)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                fh.truncate(start + cut + 1)
+                logger.warning("%s ended in a partial line (%d bytes); trimmed it", path,
+                               size - start - cut - 1)
+                return
+            pos = start
+        fh.truncate(0)
+        logger.warning("%s held only a partial line; emptied it", path)
+
+
+def _finite(value: float) -> float | None:
+    """`value` as float, or None when NaN/inf (JSON has no NaN)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def overlay_heatmap(frame_bgr: np.ndarray, anomaly_map: np.ndarray, normalisation: dict[str, Any]
+                    ) -> np.ndarray:
+    """uint8 (H, 2W, 3) BGR panel: the frame, and the frame blended with a JET heat map.
+
+    Args:
+        frame_bgr: uint8 (H, W, 3) BGR (gray or BGRA are converted).
+        anomaly_map: float32 (H, W) raw-score units at frame resolution.
+        normalisation: the manifest's {"min", "max", "threshold"}; the colour scale puts the
+            threshold at the middle (green), as the normalised score does. Without it the map's
+            own min/max is used.
+    """
+    if frame_bgr.ndim == 2:
+        frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
+    elif frame_bgr.shape[2] == 4:
+        frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_BGRA2BGR)
+    elif frame_bgr.shape[2] == 1:
+        frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
+    amap = anomaly_map.astype(np.float32, copy=False)
+    if all(k in normalisation for k in ("min", "max", "threshold")):
+        span = float(normalisation["max"]) - float(normalisation["min"]) or 1.0
+        scaled = np.clip((amap - float(normalisation["threshold"])) / span + 0.5, 0.0, 1.0)
+    else:
+        lo, hi = float(amap.min()), float(amap.max())
+        scaled = (amap - lo) / (hi - lo) if hi > lo else np.zeros_like(amap)
+    if scaled.shape != frame_bgr.shape[:2]:
+        scaled = cv2.resize(scaled, (frame_bgr.shape[1], frame_bgr.shape[0]),
+                            interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    blended = cv2.addWeighted(frame_bgr, 0.55, heat, 0.45, 0.0)
+    return np.concatenate([frame_bgr, blended], axis=1)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM set `stop_event` instead of killing the process.
+
+    Only works in the main thread (Python's rule); elsewhere it does nothing and says so.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        logger.debug("not in the main thread: SIGINT/SIGTERM handlers not installed")
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if not stop_event.is_set():
+            logger.info("%s received: finishing the frame in flight, then stopping",
+                        signal.Signals(signum).name)
+        stop_event.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class InspectionLoop:
+    """Scores frames from a started CaptureThread until it ends or `stop_event` is set.
+
+    Args:
+        detector: a loaded detector (FrameDetector).
+        capture: an opened CaptureThread (call `capture.open()` first for a clean start-up error).
+        config: LoopConfig.
+        stop_event: the same Event the capture thread watches.
+        fallback_factory: returns a replacement detector when the current one fails mid-run
+            (typically `lambda: Detector.load(path, device="cpu")`); None: a failure ends the run.
+        stream: where JSON lines go when `config.out_dir` is None (e.g. sys.stdout).
+        stats: LoopStats shared with an HTTP endpoint; a new one when None.
+    """
+
+    def __init__(self, detector: FrameDetector, capture: CaptureThread, config: LoopConfig,
+                 stop_event: threading.Event, *,
+                 fallback_factory: Callable[[], FrameDetector] | None = None,
+                 stream: IO[str] | None = None, stats: LoopStats | None = None) -> None:
+        self.detector = detector
+        self.capture = capture
+        self.config = config
+        self.stop_event = stop_event
+        self.fallback_factory = fallback_factory
+        self.stream = stream
+        self.stats = stats or LoopStats(config.latency_window)
+        self.stats.backend = detector.backend
+        self.summary = RunSummary(source=capture.source_name, backend=detector.backend,
+                                  started_at=_utc_now(),
+                                  load_fallbacks=list(getattr(detector, "fallbacks", [])))
+        self._roi_checked = False
+        self._saving_stopped_logged = False
+
+    # -- public ------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        """Run to the end of the source or a stop request; returns (and writes) the summary."""
+        out_dir = self.config.out_dir
+        writer = JsonlWriter(out_dir / "results.jsonl" if out_dir else None, self.stream)
+        start = time.perf_counter()
+        stop_reason = "error"
+        if not self.capture.is_alive():
+            self.capture.start()
+        next_status = start + self.config.status_every_s
+        try:
+            stop_reason = self._consume(writer, next_status)
+        finally:
+            self.stop_event.set()
+            self.capture.join(timeout=max(5.0, self.capture.config.timeout_ms / 1000 + 1))
+            if self.capture.is_alive():
+                logger.error("capture thread did not stop within its read timeout; counts may "
+                             "miss the frame it is reading")
+            self.capture.drain()
+            writer.close()
+            self._finish(stop_reason, time.perf_counter() - start)
+        return self.summary
+
+    # -- internals ---------------------------------------------------------------------------
+    def _consume(self, writer: JsonlWriter, next_status: float) -> str:
+        import queue as queue_mod
+
+        last_frame_seen = time.perf_counter()
+        stall_warned = False
+        while True:
+            if self.stop_event.is_set():
+                return "signal"
+            try:
+                item = self.capture.queue.get(timeout=0.2)
+            except queue_mod.Empty:
+                now = time.perf_counter()
+                if now - last_frame_seen > self.config.stall_warn_s and not stall_warned:
+                    logger.warning("no frame from %s for %.0f s", self.capture.source_name,
+                                   now - last_frame_seen)
+                    stall_warned = True
+                next_status = self._maybe_status(next_status)
+                continue
+            if isinstance(item, EndOfStream):
+                if item.error is not None:
+                    raise item.error
+                if item.reason == "source_lost":
+                    logger.error("%s was lost and did not come back", self.capture.source_name)
+                return item.reason
+            last_frame_seen, stall_warned = time.perf_counter(), False
+            self._process(item, writer)
+            next_status = self._maybe_status(next_status)
+
+    def _crop(self, frame: Frame) -> np.ndarray | None:
+        """The ROI of the frame; None (corrupt) when it does not fit; ConfigError on the first."""
+        roi = self.config.roi
+        if roi is None:
+            return frame.image
+        x, y, w, h = roi
+        height, width = frame.image.shape[:2]
+        if x + w > width or y + h > height:
+            if not self._roi_checked:
+                raise ConfigError(f"--roi {x},{y},{w},{h} does not fit the {width}x{height} frames "
+                                  f"of {self.capture.source_name}; choose x+w <= {width} and "
+                                  f"y+h <= {height}")
+            logger.warning("frame %d (%dx%d) is too small for the ROI; skipped", frame.index,
+                           width, height)
+            return None
+        self._roi_checked = True
+        return frame.image[y:y + h, x:x + w]
+
+    def _score(self, image: np.ndarray, frame_index: int) -> Any:
+        """Score with the current detector, replacing it once per failure when allowed."""
+        try:
+            return self.detector(image, channel_order="BGR")
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a backend failure: fall back, recorded
+            used = len(self.summary.runtime_fallbacks)
+            if self.fallback_factory is None or used >= self.config.max_fallbacks:
+                raise BackendUnavailableError(
+                    f"backend {self.detector.backend} failed on frame {frame_index} ({exc!r}) and "
+                    f"no fallback is left ({used} used of {self.config.max_fallbacks})") from exc
+            old = self.detector.backend
+            logger.error("backend %s failed on frame %d: %r; falling back", old, frame_index, exc)
+            with contextlib.suppress(Exception):
+                self.detector.close()
+            self.detector = self.fallback_factory()
+            record = FallbackRecord(frame_index=frame_index, from_backend=old,
+                                    to_backend=self.detector.backend, reason=repr(exc), at=_utc_now())
+            self.summary.runtime_fallbacks.append(record)
+            self.summary.backend = self.detector.backend
+            self.stats.backend = self.detector.backend
+            self.stats.fallbacks += 1
+            logger.warning("now scoring with %s (fallback %d of %d)", self.detector.backend,
+                           used + 1, self.config.max_fallbacks)
+            return self.detector(image, channel_order="BGR")
+
+    def _process(self, frame: Frame, writer: JsonlWriter) -> None:
+        dequeued = time.perf_counter()
+        image = self._crop(frame)
+        if image is None:
+            self.stats.add_corrupt()
+            return
+        try:
+            result = self._score(image, frame.index)
+        except DataError as exc:
+            self.stats.add_corrupt()
+            logger.warning("frame %d rejected by the detector: %s", frame.index, exc)
+            return
+        scored = time.perf_counter()
+        is_anomaly = bool(result.is_anomaly)
+        record: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(frame.timestamp, timezone.utc).isoformat(timespec="milliseconds"),
+            "frame": frame.index,
+            "raw_score": _finite(result.raw_score),
+            "score": _finite(result.score),
+            "is_anomaly": None if result.is_anomaly is None else is_anomaly,
+            "latency_ms": {"queue": round((dequeued - frame.captured_at) * 1e3, 3),
+                           **{k: round(float(v), 3) for k, v in result.timings_ms.items()},
+                           "score": round((scored - dequeued) * 1e3, 3)},
+        }
+        if is_anomaly:
+            saved = self._save_anomaly(frame, image, result)
+            if saved is not None:
+                record["image"] = saved
+        record["latency_ms"]["total"] = round((time.perf_counter() - frame.captured_at) * 1e3, 3)
+        writer.write(record)
+        self.stats.record(record["latency_ms"]["total"], float(result.score), is_anomaly)
+
+    def _save_anomaly(self, frame: Frame, image: np.ndarray, result: Any) -> str | None:
+        """Write the overlay panel of an anomalous frame; its path relative to out_dir, or None."""
+        out_dir = self.config.out_dir
+        if out_dir is None or not self.config.save_anomalies or result.anomaly_map is None:
+            return None
+        if self.summary.saved_images >= self.config.max_saved_images:
+            if not self._saving_stopped_logged:
+                logger.warning("saved %d anomaly images (the limit); not saving more",
+                               self.config.max_saved_images)
+                self._saving_stopped_logged = True
+            return None
+        norm = getattr(getattr(self.detector, "manifest", None), "normalisation", {}) or {}
+        panel = overlay_heatmap(image, result.anomaly_map, norm)
+        ok, encoded = cv2.imencode(".jpg", panel, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            logger.warning("could not encode the overlay of frame %d; not saved", frame.index)
+            return None
+        name = f"anomalies/frame_{frame.index:09d}.jpg"
+        write_bytes_atomic(out_dir / name, encoded.tobytes())
+        self.summary.saved_images += 1
+        return name
+
+    def _maybe_status(self, next_status: float) -> float:
+        if self.config.status_every_s <= 0 or time.perf_counter() < next_status:
+            return next_status
+        self.log_status()
+        return time.perf_counter() + self.config.status_every_s
+
+    def log_status(self) -> None:
+        """One status line: fps, p50/p95 latency, counts, backend."""
+        fps = self.stats.update_fps()
+        pct = self.stats.percentiles()
+        counts = self.capture.counters.snapshot()
+        snap = self.stats.snapshot()
+        logger.info("status: %.1f fps | latency p50 %.1f ms p95 %.1f ms | read %d scored %d "
+                    "dropped %d corrupt %d | anomalies %d | reconnects %d | %s",
+                    fps, pct.get("p50", float("nan")), pct.get("p95", float("nan")),
+                    counts["read"], snap["scored"], counts["dropped"],
+                    counts["corrupt"] + snap["corrupt"], snap["anomalies"], counts["reconnects"],
+                    snap["backend"])
+
+    def _finish(self, stop_reason: str, duration_s: float) -> None:
+        counts = self.capture.counters.snapshot()
+        snap = self.stats.snapshot()
+        s = self.summary
+        s.ended_at = _utc_now()
+        s.stop_reason = stop_reason
+        s.duration_s = round(duration_s, 3)
+        s.read, s.dropped = counts["read"], counts["dropped"]
+        s.corrupt = counts["corrupt"] + snap["corrupt"]
+        s.scored, s.anomalies = snap["scored"], snap["anomalies"]
+        s.reconnects, s.outages = counts["reconnects"], counts["outages"]
+        s.fps = round(s.scored / duration_s, 3) if duration_s > 0 else 0.0
+        s.latency_ms = {k: round(v, 3) for k, v in self.stats.percentiles().items()}
+        if not s.accounted:
+            logger.error("frame accounting is off: scored %d + dropped %d + corrupt %d != read %d",
+                         s.scored, s.dropped, s.corrupt, s.read)
+        if self.config.out_dir is not None:
+            write_json_atomic(self.config.out_dir / "summary.json", s.to_dict())
+        logger.info("run ended (%s): read %d, scored %d, dropped %d, corrupt %d, anomalies %d, "
+                    "%.1f fps, backend %s%s", stop_reason, s.read, s.scored, s.dropped, s.corrupt,
+                    s.anomalies, s.fps, s.backend,
+                    f", {len(s.runtime_fallbacks)} fallback(s)" if s.runtime_fallbacks else "")
+
+
+def run_inspection(model: str | Path, source: str, *, device: str = "auto",
+                   backend: str | None = None, threads: int | None = None,
+                   config: LoopConfig = LoopConfig(), drop: str | None = None,
+                   loop_source: bool = False, max_frames: int | None = None,
+                   open_retries: int = 3, backoff_initial_s: float = 0.5,
+                   backoff_max_s: float = 10.0, http_port: int | None = None,
+                   http_host: str = "127.0.0.1", stream: IO[str] | None = None,
+                   stop_event: threading.Event | None = None) -> RunSummary:
+    """Load `model`, open `source` and run the inspection loop until the source ends or a stop.
+
+    Args:
+        model: a `.edgead` bundle.
+        source: camera index, /dev/videoN, rtsp/http URL, video file or image folder.
+        device, backend, threads: passed to `Detector.load`; a mid-run backend failure reloads
+            the bundle with device="cpu".
+        config: LoopConfig (ROI, output folder, status period, ...).
+        drop: "oldest" | "newest" | "none"; None: oldest for live sources, none for files.
+        loop_source: replay a file/folder from the start when it ends (soak tests, demos).
+        max_frames: stop after this many frames read.
+        open_retries, backoff_initial_s, backoff_max_s: opening/reconnecting (see CaptureConfig).
+        http_port: serve /healthz and /metrics on `http_host`:port when given.
+        stream: JSON lines destination when `config.out_dir` is None.
+        stop_event: set it to stop (the CLI wires SIGINT/SIGTERM to it).
+
+    Raises:
+        DataError: the source cannot be opened after `open_retries` attempts.
+        BundleError / BackendUnavailableError: from loading the bundle.
+    """
+    from edgead.runtime.capture import CaptureConfig, open_reader, parse_source
+    from edgead.runtime.detector import Detector
+
+    spec = parse_source(source)
+    capture_config = CaptureConfig(
+        queue_size=2 if spec.is_live else 4,
+        drop=drop or ("oldest" if spec.is_live else "none"),
+        loop=loop_source, max_frames=max_frames, open_retries=open_retries,
+        backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
+    stop_event = stop_event or threading.Event()
+    capture = CaptureThread(lambda: open_reader(spec, capture_config.timeout_ms), capture_config,
+                            is_live=spec.is_live, stop_event=stop_event, name=str(spec))
+    capture.open()
+    detector = Detector.load(model, device=device, backend=backend, threads=threads)
+    logger.info("scoring %s with %s (drop policy %s)", spec, detector.backend, capture_config.drop)
+
+    def fallback() -> FrameDetector:
+        return Detector.load(model, device="cpu", threads=threads)
+
+    loop = InspectionLoop(detector, capture, config, stop_event, fallback_factory=fallback,
+                          stream=stream)
+    server = None
+    if http_port is not None:
+        from edgead.runtime.metrics_http import MetricsServer
+
+        def collect() -> tuple[dict[str, int], dict[str, Any], dict[str, float], dict[str, str]]:
+            return (capture.counters.snapshot(), loop.stats.snapshot(), loop.stats.percentiles(),
+                    {"model": str(model), "backend": loop.stats.backend, "source": str(spec)})
+
+        server = MetricsServer(http_port, collect, host=http_host,
+                               stall_after_s=max(30.0, config.stall_warn_s)).start()
+    try:
+        return loop.run()
+    finally:
+        if server is not None:
+            server.close()
+        with contextlib.suppress(Exception):
+            loop.detector.close()

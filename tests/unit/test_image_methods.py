@@ -1,0 +1,215 @@
+"""Unit tests: PaDiM, FastFlow, conv AE / VAE and image Deep SVDD on tiny synthetic images.
+
+A tiny random backbone (strides and channels deliberately unlike EfficientNet's) stands in for
+the real one, so the detectors are checked to size themselves from `feature_info`.
+Parity tolerance: exported graphs must match the torch module within 1e-3 relative (fp32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgead.errors import ConfigError, DataError, NotFittedError
+from edgead.models.backbones import FeatureExtractor, FeatureInfo, list_backbones, register_backbone
+from edgead.models.base import create_detector, get_detector_class, list_detectors
+
+TINY = "tiny_test_image_methods"
+SIZE = 32
+RTOL = 1e-3
+
+
+class _TinyBackbone(FeatureExtractor):
+    """Two maps at strides 4 and 8 with 6 and 10 channels (float32, normalised input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, 6, 3, 2, 1), nn.ReLU(), nn.Conv2d(6, 6, 3, 2, 1))
+        self.stage2 = nn.Sequential(nn.ReLU(), nn.Conv2d(6, 10, 3, 2, 1))
+        self.feature_info = FeatureInfo(channel_counts=(6, 10), reductions=(4, 8))
+        self.mean = (0.4, 0.5, 0.6)
+        self.std = (0.2, 0.25, 0.3)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        first = self.stage1(images)
+        return [first, self.stage2(first)]
+
+
+if TINY not in list_backbones():
+    register_backbone(TINY)(lambda pretrained: _TinyBackbone())
+
+CONFIGS: dict[str, dict] = {
+    "padim": {"image_size": SIZE, "backbone": TINY, "pretrained": False, "n_features": 12},
+    "fastflow": {"image_size": SIZE, "backbone": TINY, "pretrained": False, "n_blocks": 2,
+                 "epochs": 3, "batch_size": 8},
+    "conv_ae": {"image_size": SIZE, "work_size": 16, "base_channels": 4, "latent_dim": 8,
+                "epochs": 3, "batch_size": 8},
+    "conv_vae": {"image_size": SIZE, "work_size": 16, "base_channels": 4, "latent_dim": 8,
+                 "epochs": 3, "batch_size": 8},
+    "deep_svdd_image": {"image_size": SIZE, "work_size": 16, "base_channels": 4, "rep_dim": 8,
+                        "epochs": 3, "batch_size": 8},
+}
+NAMES = sorted(CONFIGS)
+
+
+def _images(n: int, seed: int, defect: bool = False) -> np.ndarray:
+    """uint8 (n, SIZE, SIZE, 3): smooth gradients + noise; `defect` adds a bright square."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(60, 180, SIZE, dtype=np.float32)
+    base = np.stack([ramp[None, :].repeat(SIZE, 0), ramp[:, None].repeat(SIZE, 1),
+                     np.full((SIZE, SIZE), 120, np.float32)], axis=-1)
+    out = base[None] + rng.normal(0, 6, size=(n, SIZE, SIZE, 3))
+    if defect:
+        for image in out:
+            y, x = rng.integers(2, SIZE - 10, size=2)
+            image[y: y + 8, x: x + 8] = 255.0
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict:
+    """Each detector fitted once on 16 normal images (seed 0)."""
+    train = _images(16, seed=1)
+    detectors = {}
+    for name in NAMES:
+        det = create_detector(name, CONFIGS[name])
+        det.fit(train, seed=0)
+        detectors[name] = det
+    return detectors
+
+
+def test_registered_as_image_detectors() -> None:
+    names = list_detectors("image")
+    for name in NAMES:
+        assert name in names
+        assert get_detector_class(name).modality == "image"
+    assert get_detector_class("conv-vae").name == "conv_vae"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_score_shapes_and_separation(name: str, fitted: dict) -> None:
+    det = fitted[name]
+    normal, defective = _images(6, seed=2), _images(6, seed=3, defect=True)
+    out = det.score(np.concatenate([normal, defective]))
+    assert out.scores.shape == (12,) and out.scores.dtype == np.float32
+    assert out.anomaly_maps.shape == (12, SIZE, SIZE) and out.anomaly_maps.dtype == np.float32
+    assert np.all(np.isfinite(out.scores)) and np.all(np.isfinite(out.anomaly_maps))
+    # A saturated 8x8 square is far from the training distribution for every method here.
+    assert out.scores[6:].mean() > out.scores[:6].mean()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_round_trip(name: str, fitted: dict) -> None:
+    det = fitted[name]
+    arrays = det.state_arrays()
+    assert all(isinstance(a, np.ndarray) and a.dtype != object for a in arrays.values())
+    clone = create_detector(name, CONFIGS[name])
+    clone.load_state_arrays({k: v.copy() for k, v in arrays.items()})
+    images = _images(4, seed=4, defect=True)
+    np.testing.assert_allclose(clone.score(images).scores, det.score(images).scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_and_openvino_parity(name: str, fitted: dict, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    det = fitted[name]
+    spec = det.export_spec()
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(spec.module, (torch.from_numpy(spec.example_input),), str(path),
+                      input_names=[spec.input_name], output_names=list(spec.output_names),
+                      opset_version=17, dynamo=False,
+                      dynamic_axes={spec.input_name: {0: "batch"}})
+    images = _images(3, seed=5, defect=True)
+    with torch.inference_mode():
+        expected = [t.numpy() for t in spec.module(torch.from_numpy(images))]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(list(spec.output_names), {spec.input_name: images})
+    for want, have in zip(expected, got):
+        np.testing.assert_allclose(have, want, rtol=RTOL, atol=RTOL * np.abs(want).max())
+    try:
+        import openvino as ov
+    except ImportError:
+        return
+    compiled = ov.Core().compile_model(ov.Core().read_model(str(path)), "CPU")
+    result = compiled(images)
+    for want, output in zip(expected, compiled.outputs):
+        np.testing.assert_allclose(result[output], want, rtol=RTOL,
+                                   atol=RTOL * np.abs(want).max())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_spec_contract(name: str, fitted: dict) -> None:
+    spec = fitted[name].export_spec()
+    assert spec.example_input.dtype == np.uint8 and spec.example_input.shape == (1, SIZE, SIZE, 3)
+    kind = spec.postprocess["kind"]
+    if kind == "map":
+        assert spec.output_names == ("anomaly_map",) and spec.postprocess["score"] == "map_max"
+    else:
+        assert kind == "graph" and spec.output_names == ("score", "anomaly_map")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_not_fitted_and_bad_input(name: str) -> None:
+    det = create_detector(name, CONFIGS[name])
+    with pytest.raises(NotFittedError):
+        det.score(_images(1, seed=0))
+    with pytest.raises(NotFittedError):
+        det.export_spec()
+    with pytest.raises(DataError, match="expected uint8"):
+        det.fit(np.zeros((2, SIZE + 1, SIZE + 1, 3), dtype=np.uint8))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="n_featurs"):
+        create_detector("padim", {"n_featurs": 3})
+    with pytest.raises(ConfigError, match="work_size"):
+        create_detector("conv_ae", {"work_size": 100})
+    with pytest.raises(ConfigError, match="multiple"):
+        create_detector("deep_svdd_image", {"image_size": 200, "work_size": 128})
+
+
+def test_padim_statistics_and_seeded_subset(fitted: dict) -> None:
+    det = fitted["padim"]
+    state = det.state_arrays()
+    grid = SIZE // 4  # finest stride of the tiny backbone
+    assert state["mean"].shape == (grid * grid, 12)
+    assert state["precision"].shape == (grid * grid, 12, 12)
+    np.testing.assert_allclose(state["precision"], state["precision"].transpose(0, 2, 1),
+                               rtol=1e-5, atol=1e-6)
+    # Precision must invert the covariance + eps*I: eigenvalues positive and finite.
+    assert np.linalg.eigvalsh(state["precision"].astype(np.float64)).min() > 0
+    other = create_detector("padim", CONFIGS["padim"])
+    other.fit(_images(16, seed=1), seed=0)
+    np.testing.assert_array_equal(other.state_arrays()["channel_index"], state["channel_index"])
+    assert det.describe()["statistics_mb"] >= 0
+
+
+def test_padim_matches_numpy_mahalanobis(fitted: dict) -> None:
+    det = fitted["padim"]
+    images = _images(2, seed=6, defect=True)
+    graph = det.export_spec().module
+    with torch.inference_mode():
+        emb = graph.embedding(torch.from_numpy(images)).numpy().astype(np.float64)
+        got = graph(torch.from_numpy(images))[0].numpy()
+    state = det.state_arrays()
+    diff = emb.reshape(2, emb.shape[1], -1).transpose(0, 2, 1) - state["mean"]
+    want = np.sqrt(np.einsum("bpd,pde,bpe->bp", diff, state["precision"], diff))
+    np.testing.assert_allclose(got.reshape(2, -1), want, rtol=1e-4)
+
+
+def test_fastflow_learns(fitted: dict) -> None:
+    losses = fitted["fastflow"].train_losses_
+    assert len(losses) == CONFIGS["fastflow"]["epochs"]
+    assert losses[-1] < losses[0]
+
+
+def test_training_is_seeded() -> None:
+    train = _images(8, seed=1)
+    scores = []
+    for _ in range(2):
+        det = create_detector("conv_vae", CONFIGS["conv_vae"])
+        det.fit(train, seed=3)
+        scores.append(det.score(train[:2]).scores)
+    np.testing.assert_array_equal(scores[0], scores[1])
