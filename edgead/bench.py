@@ -136,7 +136,7 @@ def latency_frames(data: str | None, n: int, seed: int = 0) -> list[np.ndarray]:
 
         paths = MVTecFolder(Path(data), 32).test_paths[:max(1, n)]
         frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
-        bad = [str(p) for p, f in zip(paths, frames) if f is None]
+        bad = [str(p) for p, f in zip(paths, frames, strict=True) if f is None]
         if bad:
             raise DataError(f"cannot decode {bad[:3]} for benchmarking")
         return frames  # type: ignore[return-value]
@@ -339,7 +339,7 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
 
 
 def _add_accuracy(results: list[dict[str, Any]], manifests: dict[str, Any]) -> None:
-    """AUROC, its change vs the bundle's export-time AUROC, and max |raw score diff| vs reference."""
+    """AUROC, its change vs the bundle's export-time AUROC, max |raw score diff| vs reference."""
     with_scores = [r for r in results if r.get("status") == "ok" and "scores" in r]
     if not with_scores:
         return

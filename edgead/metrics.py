@@ -16,6 +16,8 @@ from edgead.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy >= 2.0 renamed trapz
+
 #: AUPRO integrates the per-region-overlap curve up to this false-positive rate (MVTec AD).
 AUPRO_MAX_FPR = 0.3
 
@@ -36,10 +38,9 @@ def _check_labels_scores(labels: np.ndarray, scores: np.ndarray) -> tuple[np.nda
     labels = labels.astype(np.int64)
     n_pos = int(labels.sum())
     if n_pos == 0 or n_pos == labels.size:
-        kind = "anomalies" if n_pos == labels.size else "normal samples"
-        raise DataError(f"all {labels.size} labels are {'1' if n_pos else '0'}: AUROC/F1 need both "
-                        f"normal and anomalous samples; add {'normal samples' if n_pos else 'anomalies'}"
-                        f" to the test set (it has only {kind.split()[0] if n_pos else 'normals'})")
+        missing = "normal samples" if n_pos else "anomalies"
+        raise DataError(f"all {labels.size} labels are {1 if n_pos else 0}: AUROC/F1 need both "
+                        f"normal and anomalous samples; add {missing} to the test set")
     return labels, scores
 
 
@@ -199,7 +200,7 @@ def _aupro_sorted(masks: np.ndarray, maps: np.ndarray, neg_sorted: np.ndarray, m
     end = int(np.searchsorted(fpr, max_fpr, side="right"))
     pro_at_max = float(np.interp(max_fpr, fpr, pro))
     x, y = np.r_[fpr[:end], max_fpr], np.r_[pro[:end], pro_at_max]
-    return float(np.trapezoid(y, x) / max_fpr)
+    return float(_trapezoid(y, x) / max_fpr)
 
 
 def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = AUPRO_MAX_FPR,

@@ -81,7 +81,7 @@ def overlay_panel(image_rgb: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarr
         tiles.append(np.repeat(np.asarray(mask, dtype=bool)[:, :, None] * np.uint8(255), 3, axis=2))
         names.append("ground truth")
     scale = max(0.3, min(width, height) / 512.0)
-    for tile, name in zip(tiles, names):
+    for tile, name in zip(tiles, names, strict=True):
         _label(tile, name, scale * 0.8)
 
     gap = np.full((height, _GAP_PX, 3), 255, dtype=np.uint8)

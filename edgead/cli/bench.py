@@ -28,7 +28,7 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here.")] = None,
     isolate: Annotated[bool, typer.Option(help="One process per backend (clean peak RSS).")] = True,
 ) -> None:
-    """Benchmark bundles on every backend available here; table on stdout, JSON and PNG on request."""
+    """Benchmark bundles on every backend here; table on stdout, JSON and PNG on request."""
     from edgead._io import write_json_atomic
     from edgead.bench import bench_bundles, render_chart
     from edgead.errors import ConfigError
@@ -64,8 +64,9 @@ def render_table(report: dict[str, Any]) -> None:
     dev = report["device"]
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items()
                          if v and k in ("onnxruntime", "openvino", "tensorrt", "faiss"))
-    console.print(f"[bold]device:[/] {dev['cpu_model']} ({dev['arch']}, {dev['usable_cores']} usable "
-                  f"cores), accelerators: {', '.join(dev['cuda_gpus']) or 'none'}; OpenVINO "
+    accelerators = ", ".join(dev["cuda_gpus"]) or "none"
+    console.print(f"[bold]device:[/] {dev['cpu_model']} ({dev['arch']}, "
+                  f"{dev['usable_cores']} usable cores), accelerators: {accelerators}; OpenVINO "
                   f"devices {list(dev['openvino_devices'])}; profile {dev['profile']}; {versions}",
                   highlight=False)
     results = report["results"]

@@ -1,4 +1,4 @@
-"""`edgead build-engine MODEL.edgead`: build (or refresh) the TensorRT engine cached beside a bundle."""
+"""`edgead build-engine MODEL.edgead`: build the TensorRT engine cached beside a bundle."""
 
 from __future__ import annotations
 
@@ -12,9 +12,18 @@ from edgead.cli._common import console, handle_errors
 
 @handle_errors
 def build_engine(
-    bundle: Annotated[Path, typer.Argument(help="Bundle exported with --target tensorrt.",
-                                           exists=True, dir_okay=False, resolve_path=True)],
-    rebuild: Annotated[bool, typer.Option(help="Build even when a valid cached engine exists.")] = False,
+    bundle: Annotated[
+        Path,
+        typer.Argument(
+            help="Bundle exported with --target tensorrt.",
+            exists=True,
+            dir_okay=False,
+            resolve_path=True,
+        ),
+    ],
+    rebuild: Annotated[
+        bool, typer.Option(help="Build even when a valid cached engine exists.")
+    ] = False,
 ) -> None:
     """Build the TensorRT engine for this GPU and cache it next to the bundle."""
     from edgead.bundle import read_bundle
@@ -22,9 +31,18 @@ def build_engine(
 
     verified = read_bundle(bundle)
     manifest = verified.manifest
-    settings = {**DEFAULT_BUILD, "precision": manifest.precision, **manifest.build.get("tensorrt", {})}
+    settings = {
+        **DEFAULT_BUILD,
+        "precision": manifest.precision,
+        **manifest.build.get("tensorrt", {}),
+    }
     shape = tuple(1 if d is None else int(d) for d in manifest.input.shape)
-    engine, path = load_or_build_engine(verified.path, verified.sha256,
-                                        verified.member(manifest.graphs["onnx"]), settings, shape,
-                                        rebuild=rebuild)
+    engine, path = load_or_build_engine(
+        verified.path,
+        verified.sha256,
+        verified.member(manifest.graphs["onnx"]),
+        settings,
+        shape,
+        rebuild=rebuild,
+    )
     console.print(f"TensorRT engine ({settings['precision']}, {len(engine) / 1e6:.1f} MB): {path}")

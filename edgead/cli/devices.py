@@ -1,4 +1,4 @@
-"""`edgead devices`: describe this machine, its matching device profile and the backends that work."""
+"""`edgead devices`: this machine, its matching device profile and the backends that work."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`edgead predict MODEL.edgead IMAGE_OR_DIR... | ROWS.csv | -`: score with the torch-free runtime."""
+"""`edgead predict MODEL.edgead IMAGE_OR_DIR... | ROWS.csv | -`: torch-free scoring."""
 
 from __future__ import annotations
 
@@ -16,19 +16,30 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 @handle_errors
 def predict(
-    bundle: Annotated[Path, typer.Argument(help="Bundle made by `edgead export`.",
-                                           exists=True, dir_okay=False, resolve_path=True)],
-    inputs: Annotated[list[str], typer.Argument(
-        help="Images or folders (image bundles); a .csv/.npz/.parquet table or '-' for JSON lines "
-             "on stdin (tabular bundles).")],
+    bundle: Annotated[
+        Path,
+        typer.Argument(
+            help="Bundle made by `edgead export`.", exists=True, dir_okay=False, resolve_path=True
+        ),
+    ],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Images or folders (image bundles); a .csv/.npz/.parquet table or '-' for JSON "
+            "lines on stdin (tabular bundles)."
+        ),
+    ],
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | gpu | npu")] = "auto",
     backend: Annotated[str | None, typer.Option(help="onnxruntime | openvino | tensorrt")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for graph and search.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
-    save_maps: Annotated[Path | None, typer.Option(
-        "--save-maps", help="Folder for anomaly-map overlays (PNG) of each image.")] = None,
-    label_column: Annotated[str | None, typer.Option(
-        help="Label column to drop from a .csv/.parquet table.")] = None,
+    save_maps: Annotated[
+        Path | None,
+        typer.Option("--save-maps", help="Folder for anomaly-map overlays (PNG) of each image."),
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="Label column to drop from a .csv/.parquet table.")
+    ] = None,
 ) -> None:
     """Score images or rows with a bundle; prints one line (or JSON object) per item."""
     from edgead.runtime import Detector
@@ -48,8 +59,12 @@ def predict(
     for col in ("item", "raw_score", "score", "anomaly"):
         table.add_column(col)
     for item in items:
-        table.add_row(str(item["item"]), f"{item['raw_score']:.5g}", f"{item['score']:.3f}",
-                      {True: "[red]yes[/]", False: "no", None: "?"}[item["is_anomaly"]])
+        table.add_row(
+            str(item["item"]),
+            f"{item['raw_score']:.5g}",
+            f"{item['score']:.3f}",
+            {True: "[red]yes[/]", False: "no", None: "?"}[item["is_anomaly"]],
+        )
     console.print(table)
 
 
@@ -81,13 +96,25 @@ def _predict_images(det: Any, inputs: list[str], save_maps: Path | None) -> list
         if frame is None:
             raise DataError(f"{path} cannot be read as an image (damaged or unsupported format)")
         res = det(frame, channel_order="BGR")
-        item = {"item": str(path), "raw_score": res.raw_score, "score": res.score,
-                "is_anomaly": res.is_anomaly, "timings_ms": res.timings_ms}
+        item = {
+            "item": str(path),
+            "raw_score": res.raw_score,
+            "score": res.score,
+            "is_anomaly": res.is_anomaly,
+            "timings_ms": res.timings_ms,
+        }
         if save_maps is not None and res.anomaly_map is not None:
             from edgead.runtime.eval import write_overlay
 
-            item["map"] = str(write_overlay(save_maps / f"{path.stem}_map.png", frame,
-                                            res.anomaly_map, det.manifest.normalisation, "BGR"))
+            item["map"] = str(
+                write_overlay(
+                    save_maps / f"{path.stem}_map.png",
+                    frame,
+                    res.anomaly_map,
+                    det.manifest.normalisation,
+                    "BGR",
+                )
+            )
         items.append(item)
     return items
 
@@ -130,5 +157,9 @@ def _predict_rows(det: Any, inputs: list[str], label_column: str | None) -> list
     if len(X) == 0:
         raise DataError("no rows to score")
     scores = det.score_rows(X)
-    return [{"item": label, "raw_score": float(r), "score": float(s), "is_anomaly": bool(a)}
-            for label, r, s, a in zip(labels, scores.raw_scores, scores.scores, scores.is_anomaly)]
+    return [
+        {"item": label, "raw_score": float(r), "score": float(s), "is_anomaly": bool(a)}
+        for label, r, s, a in zip(
+            labels, scores.raw_scores, scores.scores, scores.is_anomaly, strict=True
+        )
+    ]

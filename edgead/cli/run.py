@@ -23,18 +23,27 @@ def run(
     threads: Annotated[int | None, typer.Option(help="CPU threads for the backend.")] = None,
     roi: Annotated[str | None, typer.Option(help="Crop x,y,w,h (px) before scoring.")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for results.jsonl, anomalies/ and "
-                                             "summary.json (default: JSON lines on stdout).")] = None,
+                                             "summary.json (default: JSON lines on "
+                                             "stdout).")] = None,
     drop: Annotated[str | None, typer.Option(help="When scoring falls behind: oldest | newest | "
                                              "none (default: oldest for live sources, none for "
                                              "files and folders).")] = None,
-    http: Annotated[int | None, typer.Option(help="Serve /healthz and /metrics on this port.")] = None,
+    http: Annotated[int | None, typer.Option(
+        help="Serve /healthz and /metrics on this port.")] = None,
     http_host: Annotated[str, typer.Option(help="Address for --http.")] = "127.0.0.1",
     max_frames: Annotated[int | None, typer.Option(help="Stop after N frames read.")] = None,
-    status_every: Annotated[float, typer.Option(help="Seconds between status lines (0: off).")] = 10.0,
-    loop: Annotated[bool, typer.Option("--loop", help="Replay a video file or folder at its end.")] = False,
+    status_every: Annotated[float, typer.Option(
+        help="Seconds between status lines (0: off).")] = 10.0,
+    loop: Annotated[bool, typer.Option(
+        "--loop", help="Replay a video file or folder at its end.")] = False,
+    fps: Annotated[float | None, typer.Option(help="Deliver file/folder frames at this rate, "
+                                              "as a camera would (default: as fast as they "
+                                              "decode).")] = None,
     open_retries: Annotated[int, typer.Option(help="Attempts to open the source at start.")] = 3,
-    backoff: Annotated[float, typer.Option(help="First reconnect delay, s (doubles, max 10 s).")] = 0.5,
-    save_anomalies: Annotated[bool, typer.Option(help="Save anomalous frames with heat maps.")] = True,
+    backoff: Annotated[float, typer.Option(
+        help="First reconnect delay, s (doubles, max 10 s).")] = 0.5,
+    save_anomalies: Annotated[bool, typer.Option(
+        help="Save anomalous frames with heat maps.")] = True,
 ) -> None:
     """Score a camera, stream, video or folder frame by frame; Ctrl-C or SIGTERM stops cleanly."""
     import sys
@@ -49,7 +58,7 @@ def run(
     with stop_on_signals(stop):
         summary = run_inspection(model, source, device=device, backend=backend, threads=threads,
                                  config=config, drop=drop, loop_source=loop, max_frames=max_frames,
-                                 open_retries=open_retries, backoff_initial_s=backoff,
+                                 pace_fps=fps, open_retries=open_retries, backoff_initial_s=backoff,
                                  http_port=http, http_host=http_host,
                                  stream=sys.stdout if out is None else None, stop_event=stop)
     fallbacks = "".join(f"\n  fallback at frame {f.frame_index}: {f.from_backend} -> "

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from edgead.errors import ConfigError, DataError
 from edgead.data.images import ImageTestSet, LazySequence, load_resized
+from edgead.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ def read_elpv_labels(folder: Path) -> tuple[list[Path], np.ndarray, list[str]]:
         raise DataError(f"cannot parse {folder / 'labels.csv'} ({exc})") from exc
     table = np.atleast_1d(table)
     paths = [folder / str(p) for p in table["path"]]
-    return paths, np.asarray(table["probability"], dtype=np.float64), [str(t) for t in table["type"]]
+    probs = np.asarray(table["probability"], dtype=np.float64)
+    return paths, probs, [str(t) for t in table["type"]]
 
 
 def _subsample(indices: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -117,7 +118,7 @@ class ElpvDataset:
         self.test_paths = [paths[i] for i in test_good] + [paths[i] for i in test_bad]
         self.test_labels = np.r_[np.zeros(len(test_good)), np.ones(len(test_bad))].astype(np.int64)
         self.test_defect_types = [_GOOD] * len(test_good) + [_DEFECTIVE] * len(test_bad)
-        self.cell_types = {str(p): t for p, t in zip(paths, types)}
+        self.cell_types = {str(p): t for p, t in zip(paths, types, strict=True)}
         missing = [p for p in self.train_paths + self.test_paths if not p.is_file()]
         if missing:
             raise DataError(f"{len(missing)} ELPV image(s) missing, e.g. {missing[0]}; "

@@ -322,7 +322,8 @@ class MVTecFolder:
         if not test_dir.is_dir():
             raise DataError(f"folder {test_dir} does not exist; expected test/good and "
                             "test/<defect> folders")
-        defects = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
+        defects = sorted(p.name for p in test_dir.iterdir()
+                         if p.is_dir() and not p.name.startswith("."))
         if not defects:
             raise DataError(f"no class folders (good, <defect>) in {test_dir}")
         gt_dir = self.root / "ground_truth"
@@ -340,9 +341,9 @@ class MVTecFolder:
                 if defect != GOOD and self._has_masks:
                     mask = _find_mask(gt_dir, defect, path)
                     if mask is None:
-                        raise DataError(
-                            f"no mask for {path}: expected {gt_dir / defect / (path.stem + '_mask.png')}"
-                            " (ground_truth exists, so every defective image needs a mask)")
+                        expected = gt_dir / defect / f"{path.stem}_mask.png"
+                        raise DataError(f"no mask for {path}: expected {expected} (ground_truth "
+                                        "exists, so every defective image needs a mask)")
                 self.test_paths.append(path)
                 self.test_defect_types.append(defect)
                 self.mask_paths.append(mask)
@@ -380,7 +381,8 @@ class MVTecFolder:
         """The test split with labels, defect types, paths and (lazy) masks."""
         masks = None
         if self._has_masks:
-            masks = LazySequence(list(zip(self.test_paths, self.mask_paths)), self._load_mask)
+            keys = list(zip(self.test_paths, self.mask_paths, strict=True))
+            masks = LazySequence(keys, self._load_mask)
         return ImageTestSet(
             images=LazySequence(self.test_paths, self._load_image),
             labels=self.test_labels.copy(),
@@ -414,17 +416,26 @@ def load_image_dataset(spec: str | Path, image_size: int, **kwargs: Any) -> Imag
     Args:
         spec: "elpv" or the path of an MVTec-layout category folder.
         image_size: S in px.
-        **kwargs: passed to the data set class (e.g. seed, max_train for ELPV).
+        **kwargs: passed to the data set class; None values are dropped. ELPV: seed,
+            train_fraction, max_train, max_test. Folder: interpolation (seed is accepted and
+            ignored: the folder fixes the split).
 
     Raises:
         DataError: the spec is neither "elpv" nor an existing folder.
+        ConfigError: an ELPV-only option given for a folder.
     """
+    options = {key: value for key, value in kwargs.items() if value is not None}
     if str(spec).strip().lower() == "elpv":
         from edgead.data.elpv import ElpvDataset
 
-        return ElpvDataset(image_size, **kwargs)
+        return ElpvDataset(image_size, **options)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return MVTecFolder(path, image_size, **kwargs)
+        options.pop("seed", None)  # a folder has a fixed split; the seed only matters for ELPV
+        unknown = sorted(set(options) - {"interpolation"})
+        if unknown:
+            raise ConfigError(f"option(s) {', '.join(unknown)} apply to 'elpv' only, not to the "
+                              f"folder {path}; remove them")
+        return MVTecFolder(path, image_size, **options)
     raise DataError(f"image data '{spec}' is neither 'elpv' nor an existing folder; pass an "
                     "MVTec-layout category folder (with train/good and test/) or 'elpv'")

@@ -212,9 +212,9 @@ def match_profile(info: MachineInfo, profiles: Iterable[DeviceProfile] | None = 
 
 def _probe_onnxruntime(provider: str, options: dict[str, Any] | None = None) -> BackendProbe:
     label = f"onnxruntime/{provider}"
-    import onnxruntime as ort
-
     import warnings
+
+    import onnxruntime as ort
 
     start = time.perf_counter()
     try:

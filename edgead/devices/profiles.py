@@ -1,4 +1,4 @@
-"""Device profiles: what each edge target prefers (backends, precision, threads, budgets). Torch-free.
+"""Device profiles: what each edge target prefers (backends, precision, threads). Torch-free.
 
 A profile is a TOML file in this package (`edgead/devices/<name>.toml`) loaded into a frozen
 `DeviceProfile` through `edgead.config.from_dict`, so an unknown key in a profile is an error that
@@ -114,7 +114,8 @@ class DeviceProfile:
         if self.target not in TARGETS:
             raise unknown_name_error(f"target in profile '{self.name}'", self.target, TARGETS)
         if self.precision not in PRECISIONS:
-            raise unknown_name_error(f"precision in profile '{self.name}'", self.precision, PRECISIONS)
+            raise unknown_name_error(f"precision in profile '{self.name}'", self.precision,
+                                     PRECISIONS)
         if self.threads < 0 or self.image_size <= 0 or self.memory_budget_mib <= 0:
             raise ConfigError(f"profile '{self.name}': threads must be >= 0, image_size and "
                               f"memory_budget_mib > 0 (got {self.threads}, {self.image_size}, "
@@ -122,7 +123,8 @@ class DeviceProfile:
         if not self.backends:
             raise ConfigError(f"profile '{self.name}' lists no [[backends]]; add at least one")
         if not self.sources:
-            raise ConfigError(f"profile '{self.name}' cites no sources; say where its facts come from")
+            raise ConfigError(f"profile '{self.name}' cites no sources; say where its facts "
+                              "come from")
 
 
 def profile_from_dict(data: dict[str, Any], origin: str = "<dict>") -> DeviceProfile:
@@ -196,7 +198,8 @@ def load_profile(name: str) -> DeviceProfile:
         raise ConfigError(f"device profile {name}.toml is not valid TOML: {exc}") from exc
     profile = profile_from_dict(data, origin=f"{name}.toml")
     if profile.name != name:
-        raise ConfigError(f"device profile {name}.toml says name = '{profile.name}'; they must agree")
+        raise ConfigError(f"device profile {name}.toml says name = '{profile.name}'; "
+                          "they must agree")
     return profile
 
 

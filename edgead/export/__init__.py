@@ -1,7 +1,7 @@
 """torch -> ONNX / OpenVINO IR / TensorRT build settings; parity; bundle writing.
 
-    from edgead.export import export_run
-    manifest = export_run("runs/mpdd", target="openvino", precision="fp32", out="model.edgead")
+from edgead.export import export_run
+manifest = export_run("runs/mpdd", target="openvino", precision="fp32", out="model.edgead")
 """
 
 from edgead.export.exporter import TARGETS, export_detector, export_run

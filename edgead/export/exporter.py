@@ -48,7 +48,11 @@ def _check_choice(kind: str, value: str, allowed: Sequence[str]) -> None:
 def _normalisation_stats(module: Any) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
     """(mean, std) on 0..1 RGB recovered from a UInt8Normalize submodule (scale, shift), if any."""
     for sub in module.modules():
-        if type(sub).__name__ == "UInt8Normalize" and hasattr(sub, "scale") and hasattr(sub, "shift"):
+        if (
+            type(sub).__name__ == "UInt8Normalize"
+            and hasattr(sub, "scale")
+            and hasattr(sub, "shift")
+        ):
             scale = sub.scale.detach().cpu().double().flatten().numpy()
             shift = sub.shift.detach().cpu().double().flatten().numpy()
             std = 1.0 / (255.0 * scale)
@@ -62,30 +66,52 @@ def _input_spec(detector: BaseDetector, spec: ExportSpec, meta: dict[str, Any]) 
     batch: int | None = None if spec.dynamic_batch else int(example.shape[0])
     if detector.modality == "image":
         if example.dtype != np.uint8 or example.ndim != 4 or example.shape[3] != 3:
-            raise ExportError(f"{detector.name}: image export needs a uint8 (B, S, S, 3) example "
-                              f"input; got {example.dtype} {example.shape}")
+            raise ExportError(
+                f"{detector.name}: image export needs a uint8 (B, S, S, 3) example "
+                f"input; got {example.dtype} {example.shape}"
+            )
         mean, std = _normalisation_stats(spec.module)
         size = (int(example.shape[1]), int(example.shape[2]))
-        return InputSpec(name=spec.input_name, dtype="uint8", shape=(batch, *size, 3),
-                         layout="NHWC", channel_order="RGB", image_size=size, resize="area",
-                         mean=mean, std=std)
+        return InputSpec(
+            name=spec.input_name,
+            dtype="uint8",
+            shape=(batch, *size, 3),
+            layout="NHWC",
+            channel_order="RGB",
+            image_size=size,
+            resize="area",
+            mean=mean,
+            std=std,
+        )
     if example.ndim != 2:
         raise ExportError(f"{detector.name}: tabular export needs a float32 (B, D) example input")
-    names = getattr(detector, "feature_names_", None) or (meta.get("data") or {}).get("feature_names")
-    return InputSpec(name=spec.input_name, dtype="float32", shape=(batch, int(example.shape[1])),
-                     layout="NC", channel_order="", resize="", feature_names=tuple(names) if names else None)
+    names = getattr(detector, "feature_names_", None) or (meta.get("data") or {}).get(
+        "feature_names"
+    )
+    return InputSpec(
+        name=spec.input_name,
+        dtype="float32",
+        shape=(batch, int(example.shape[1])),
+        layout="NC",
+        channel_order="",
+        resize="",
+        feature_names=tuple(names) if names else None,
+    )
 
 
-def _reference_inputs(detector: BaseDetector, spec: ExportSpec, parity_inputs: np.ndarray | None,
-                      seed: int = 0) -> tuple[np.ndarray, str]:
+def _reference_inputs(
+    detector: BaseDetector, spec: ExportSpec, parity_inputs: np.ndarray | None, seed: int = 0
+) -> tuple[np.ndarray, str]:
     """Inputs for the parity check and where they came from."""
     if parity_inputs is not None and len(parity_inputs):
         dtype = np.uint8 if detector.modality == "image" else np.float32
         return np.ascontiguousarray(parity_inputs, dtype=dtype), "run data"
     rng = np.random.default_rng(seed)
     example = spec.example_input
-    logger.warning("no training/test data given for the parity check; using the trace example "
-                   "and random inputs (weaker than real images)")
+    logger.warning(
+        "no training/test data given for the parity check; using the trace example "
+        "and random inputs (weaker than real images)"
+    )
     if detector.modality == "image":
         noise = rng.integers(0, 256, size=(3, *example.shape[1:]), dtype=np.uint8)
     else:
@@ -93,11 +119,19 @@ def _reference_inputs(detector: BaseDetector, spec: ExportSpec, parity_inputs: n
     return np.concatenate([example[:1], noise]).astype(example.dtype), "synthetic"
 
 
-def export_detector(detector: BaseDetector, meta: dict[str, Any], target: str, precision: str,
-                    out: str | Path, *, parity_inputs: np.ndarray | None = None,
-                    evaluate: Evaluator | None = None, device_profile: str | None = None,
-                    index: dict[str, Any] | None = None,
-                    progress: Progress = no_progress) -> Manifest:
+def export_detector(
+    detector: BaseDetector,
+    meta: dict[str, Any],
+    target: str,
+    precision: str,
+    out: str | Path,
+    *,
+    parity_inputs: np.ndarray | None = None,
+    evaluate: Evaluator | None = None,
+    device_profile: str | None = None,
+    index: dict[str, Any] | None = None,
+    progress: Progress = no_progress,
+) -> Manifest:
     """Export a fitted detector to the bundle `out` and return the manifest written.
 
     Args:
@@ -119,16 +153,19 @@ def export_detector(detector: BaseDetector, meta: dict[str, Any], target: str, p
     _check_choice("target", target, TARGETS)
     _check_choice("precision", precision, PRECISIONS)
     if target == "onnx" and precision == "fp16":
-        raise ExportError("an --target onnx bundle runs fp32 on ONNX Runtime; for fp16 use "
-                          "--target openvino or --target tensorrt")
+        raise ExportError(
+            "an --target onnx bundle runs fp32 on ONNX Runtime; for fp16 use "
+            "--target openvino or --target tensorrt"
+        )
     detector.check_is_fitted()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     spec = detector.export_spec()
     kind = str(spec.postprocess.get("kind"))
     progress(0, 5, "export")
-    onnx_model = export_onnx(spec.module, spec.example_input, spec.input_name, spec.output_names,
-                             spec.dynamic_batch)
+    onnx_model = export_onnx(
+        spec.module, spec.example_input, spec.input_name, spec.output_names, spec.dynamic_batch
+    )
     timings["onnx_s"] = time.perf_counter() - t0
     members: dict[str, bytes] = {"model.onnx": onnx_model}
     graphs = {"onnx": "model.onnx"}
@@ -144,12 +181,16 @@ def export_detector(detector: BaseDetector, meta: dict[str, Any], target: str, p
     index_report: dict[str, Any] | None = None
     if kind.endswith("nn_index"):
         if "memory_bank" not in arrays:
-            raise ExportError(f"{detector.name}: post-processing {kind!r} needs arrays['memory_bank']")
+            raise ExportError(
+                f"{detector.name}: post-processing {kind!r} needs arrays['memory_bank']"
+            )
         bank = arrays.pop("memory_bank")
         options = {"k": int(spec.postprocess.get("k", 1)), **(index or {})}
         members["memory_bank.faiss"], index_spec, index_report = build_index_member(bank, options)
     elif index:
-        raise ExportError(f"--index applies to nearest-neighbour detectors; {detector.name} has none")
+        raise ExportError(
+            f"--index applies to nearest-neighbour detectors; {detector.name} has none"
+        )
     from edgead.bundle import array_to_npy_bytes
 
     array_members = {name: f"arrays/{name}.npy" for name in arrays}
@@ -158,21 +199,33 @@ def export_detector(detector: BaseDetector, meta: dict[str, Any], target: str, p
 
     inputs, inputs_source = _reference_inputs(detector, spec, parity_inputs)
     reference = run_torch(spec.module, inputs, spec.output_names)
-    outputs = tuple(OutputSpec(name=name, shape=(None, *reference[name].shape[1:]))
-                    for name in spec.output_names)
+    outputs = tuple(
+        OutputSpec(name=name, shape=(None, *reference[name].shape[1:]))
+        for name in spec.output_names
+    )
     threshold = (meta.get("threshold") or {}).get("value")
     build: dict[str, Any] = {}
     if target == "tensorrt":
         build["tensorrt"] = {"precision": precision, **TENSORRT_BUILD}
     config = meta.get("config") or {}
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION, edgead_version=__version__, detector=detector.name,
-        modality=detector.modality, target=target, precision=precision, graphs=graphs,
-        input=_input_spec(detector, spec, meta), outputs=outputs, postprocess=dict(spec.postprocess),
+        schema_version=SCHEMA_VERSION,
+        edgead_version=__version__,
+        detector=detector.name,
+        modality=detector.modality,
+        target=target,
+        precision=precision,
+        graphs=graphs,
+        input=_input_spec(detector, spec, meta),
+        outputs=outputs,
+        postprocess=dict(spec.postprocess),
         threshold=None if threshold is None else float(threshold),
         normalisation=dict(meta.get("normalisation") or {}),
-        backbone=config.get("backbone"), index=index_spec, arrays=array_members,
-        build=build, config=dict(config),
+        backbone=config.get("backbone"),
+        index=index_spec,
+        arrays=array_members,
+        build=build,
+        config=dict(config),
     )
     progress(2, 5, "export")
     with tempfile.TemporaryDirectory(prefix="edgead-export-") as tmp:
@@ -192,11 +245,16 @@ def export_detector(detector: BaseDetector, meta: dict[str, Any], target: str, p
     import torch
 
     export_info = {
-        "opset": OPSET, "exporter": "torch.onnx.export(dynamo=False)",
-        "dynamic_batch": bool(spec.dynamic_batch), "torch_version": torch.__version__,
-        "parity_inputs": {"n": int(len(inputs)), "source": inputs_source}, "parity": parity,
-        "index": index_report, "device_profile": device_profile,
-        "run": {"seed": meta.get("seed"), "data": meta.get("data")}, "host": platform.machine(),
+        "opset": OPSET,
+        "exporter": "torch.onnx.export(dynamo=False)",
+        "dynamic_batch": bool(spec.dynamic_batch),
+        "torch_version": torch.__version__,
+        "parity_inputs": {"n": int(len(inputs)), "source": inputs_source},
+        "parity": parity,
+        "index": index_report,
+        "device_profile": device_profile,
+        "run": {"seed": meta.get("seed"), "data": meta.get("data")},
+        "host": platform.machine(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     manifest = dataclasses.replace(manifest, metrics=metrics, export=export_info)
@@ -206,8 +264,14 @@ def export_detector(detector: BaseDetector, meta: dict[str, Any], target: str, p
     return written
 
 
-def _parity(detector: BaseDetector, candidate: Path, target: str, precision: str,
-            inputs: np.ndarray, reference: dict[str, np.ndarray]) -> dict[str, Any]:
+def _parity(
+    detector: BaseDetector,
+    candidate: Path,
+    target: str,
+    precision: str,
+    inputs: np.ndarray,
+    reference: dict[str, np.ndarray],
+) -> dict[str, Any]:
     """Graph and score parity of every backend the target runs on here; ExportError on mismatch."""
     from edgead.runtime.detector import Detector
 
@@ -220,11 +284,17 @@ def _parity(detector: BaseDetector, candidate: Path, target: str, precision: str
         det = Detector.load(candidate, device="cpu", backend=name)
         try:
             if det.fallbacks:
-                raise ExportError(f"parity check needs {name}, but it could not load the graph: "
-                                  f"{det.fallbacks[-1]}")
+                raise ExportError(
+                    f"parity check needs {name}, but it could not load the graph: "
+                    f"{det.fallbacks[-1]}"
+                )
             graph_out = det._run_graph(inputs)  # noqa: SLF001 - the exporter checks raw outputs
-            entry: dict[str, Any] = {"backend": det.backend, "precision": level,
-                                     "outputs": check_graph_parity(graph_out, reference, level, det.backend)}
+            entry: dict[str, Any] = {
+                "backend": det.backend,
+                "precision": level,
+                "backend_info": det.backend_info,
+                "outputs": check_graph_parity(graph_out, reference, level, det.backend),
+            }
             if detector.modality == "image":
                 results = det(list(inputs), channel_order="RGB")
                 scores = np.array([r.raw_score for r in results])  # type: ignore[union-attr]
@@ -236,8 +306,10 @@ def _parity(detector: BaseDetector, candidate: Path, target: str, precision: str
         finally:
             det.close()
     if target == "tensorrt":
-        report["tensorrt"] = {"checked": False, "reason": "the engine is built on the device; "
-                              "ONNX Runtime checked model.onnx here"}
+        report["tensorrt"] = {
+            "checked": False,
+            "reason": "the engine is built on the device; ONNX Runtime checked model.onnx here",
+        }
     return report
 
 
@@ -252,9 +324,16 @@ def _metric_deltas(metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, A
     return out
 
 
-def export_run(run_dir: str | Path, target: str, precision: str, out: str | Path,
-               device_profile: str | None = None, index: dict[str, Any] | None = None,
-               progress: Progress = no_progress, data: str | Path | None = None) -> Manifest:
+def export_run(
+    run_dir: str | Path,
+    target: str,
+    precision: str,
+    out: str | Path,
+    device_profile: str | None = None,
+    index: dict[str, Any] | None = None,
+    progress: Progress = no_progress,
+    data: str | Path | None = None,
+) -> Manifest:
     """Export the run in `run_dir` to the bundle `out` (see `export_detector`).
 
     Parity inputs and export-time metrics come from the run's data (`run.json` data.path, or
@@ -274,11 +353,23 @@ def export_run(run_dir: str | Path, target: str, precision: str, out: str | Path
         def evaluate(bundle: Path) -> dict[str, Any]:
             return evaluate_bundle(bundle, data_path, device="cpu", backend=None)
     else:
-        logger.warning("run data %s is not available; parity uses synthetic inputs and the "
-                       "manifest gets no metrics", data_path)
-    return export_detector(detector, meta, target, precision, out, parity_inputs=parity_inputs,
-                           evaluate=evaluate, device_profile=device_profile, index=index,
-                           progress=progress)
+        logger.warning(
+            "run data %s is not available; parity uses synthetic inputs and the "
+            "manifest gets no metrics",
+            data_path,
+        )
+    return export_detector(
+        detector,
+        meta,
+        target,
+        precision,
+        out,
+        parity_inputs=parity_inputs,
+        evaluate=evaluate,
+        device_profile=device_profile,
+        index=index,
+        progress=progress,
+    )
 
 
 def _run_data_path(meta: dict[str, Any]) -> Path | None:
@@ -286,16 +377,18 @@ def _run_data_path(meta: dict[str, Any]) -> Path | None:
     return Path(path) if path else None
 
 
-def _parity_inputs_from_data(detector: BaseDetector, data_path: Path, meta: dict[str, Any],
-                             n_train: int = 3, n_test: int = 3) -> np.ndarray | None:
+def _parity_inputs_from_data(
+    detector: BaseDetector, data_path: Path, meta: dict[str, Any], n_train: int = 3, n_test: int = 3
+) -> np.ndarray | None:
     """A few training and test inputs from the run's data, or None (logged) when unreadable."""
     from edgead.runtime.eval import load_eval_data
 
     try:
         train, test, _, _ = load_eval_data(data_path, meta, detector.modality, with_train=True)
     except Exception as exc:  # noqa: BLE001 - data problems only weaken the check; logged
-        logger.warning("cannot read %s for the parity check (%s); using synthetic inputs",
-                       data_path, exc)
+        logger.warning(
+            "cannot read %s for the parity check (%s); using synthetic inputs", data_path, exc
+        )
         return None
     parts = [np.asarray(train[:n_train]), np.asarray(test[:n_test])]
     return np.concatenate([p for p in parts if len(p)])

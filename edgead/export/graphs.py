@@ -1,4 +1,4 @@
-"""torch module -> ONNX bytes -> OpenVINO IR bytes. Export side only (uses torch, onnx, openvino)."""
+"""torch module -> ONNX bytes -> OpenVINO IR bytes. Export side (torch, onnx, openvino)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,13 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 
 
-def export_onnx(module: Any, example_input: np.ndarray, input_name: str,
-                output_names: tuple[str, ...], dynamic_batch: bool = True) -> bytes:
+def export_onnx(
+    module: Any,
+    example_input: np.ndarray,
+    input_name: str,
+    output_names: tuple[str, ...],
+    dynamic_batch: bool = True,
+) -> bytes:
     """ONNX graph (opset 17, static H/W) of `module`, checked with `onnx.checker(full_check=True)`.
 
     Uses the TorchScript exporter (`dynamo=False`): it produces plain opset-17 graphs that ONNX
@@ -44,9 +49,20 @@ def export_onnx(module: Any, example_input: np.ndarray, input_name: str,
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(module, (example,), buf, opset_version=OPSET, dynamo=False,
-                              input_names=[input_name], output_names=list(output_names),
-                              dynamic_axes=axes, do_constant_folding=True)
+            # Static H, W are intended: shape-to-int tracer warnings and slice folding notes.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*Constant folding.*")
+            torch.onnx.export(
+                module,
+                (example,),
+                buf,
+                opset_version=OPSET,
+                dynamo=False,
+                input_names=[input_name],
+                output_names=list(output_names),
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
     except Exception as exc:  # the exporter raises many types; all mean the same to the user
         raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {exc}") from exc
     data = buf.getvalue()
@@ -68,7 +84,8 @@ def export_openvino_ir(onnx_model: bytes, fp16: bool) -> tuple[bytes, bytes]:
         import openvino as ov
     except ImportError as exc:
         raise BackendUnavailableError(
-            "export to OpenVINO needs openvino; install edgead[openvino]") from exc
+            "export to OpenVINO needs openvino; install edgead[openvino]"
+        ) from exc
     with tempfile.TemporaryDirectory(prefix="edgead-ov-") as tmp:
         src = Path(tmp) / "model.onnx"
         src.write_bytes(onnx_model)
@@ -80,20 +97,23 @@ def export_openvino_ir(onnx_model: bytes, fp16: bool) -> tuple[bytes, bytes]:
         return (Path(tmp) / "model.xml").read_bytes(), (Path(tmp) / "model.bin").read_bytes()
 
 
-def run_torch(module: Any, inputs: np.ndarray, output_names: tuple[str, ...],
-              batch_size: int = 8) -> dict[str, np.ndarray]:
+def run_torch(
+    module: Any, inputs: np.ndarray, output_names: tuple[str, ...], batch_size: int = 8
+) -> dict[str, np.ndarray]:
     """Reference outputs of the torch module: output name -> float32 numpy (B, ...)."""
     import torch
 
     parts: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
-            out = module(torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size])))
+            out = module(torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size])))
             if not isinstance(out, (tuple, list)):
                 out = (out,)
             if len(out) != len(output_names):
-                raise ExportError(f"the export module returned {len(out)} outputs; the spec names "
-                                  f"{len(output_names)} ({list(output_names)})")
-            for name, tensor in zip(output_names, out):
+                raise ExportError(
+                    f"the export module returned {len(out)} outputs; the spec names "
+                    f"{len(output_names)} ({list(output_names)})"
+                )
+            for name, tensor in zip(output_names, out, strict=True):
                 parts[name].append(tensor.detach().float().cpu().numpy())
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 INDEX_FILE = "memory_bank.faiss"
 
 
-def build_index_member(bank: np.ndarray, options: dict[str, Any] | None = None
-                       ) -> tuple[bytes, IndexSpec, dict[str, Any]]:
+def build_index_member(
+    bank: np.ndarray, options: dict[str, Any] | None = None
+) -> tuple[bytes, IndexSpec, dict[str, Any]]:
     """(faiss index bytes, IndexSpec for the manifest, report) for a memory bank.
 
     Args:
@@ -37,19 +38,35 @@ def build_index_member(bank: np.ndarray, options: dict[str, Any] | None = None
     factory = str(options.pop("factory", "Flat"))
     k = int(options.pop("k", 1))
     if options:
-        raise ExportError(f"unknown index options {sorted(options)}; this exporter knows factory, k")
+        raise ExportError(
+            f"unknown index options {sorted(options)}; this exporter knows factory, k"
+        )
     if factory != "Flat":
         raise ExportError(f"index {factory!r} is not supported yet; only the exact 'Flat' index is")
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     if bank.ndim != 2 or len(bank) == 0 or not np.isfinite(bank).all():
-        raise ExportError(f"memory bank must be a finite float (M, D) array; got shape {bank.shape}")
+        raise ExportError(
+            f"memory bank must be a finite float (M, D) array; got shape {bank.shape}"
+        )
     t0 = time.perf_counter()
     index = FaissIndex.build(bank, factory)
     data = index.to_bytes()
-    spec = IndexSpec(file=INDEX_FILE, factory=factory, metric="l2", dim=int(bank.shape[1]),
-                     n_vectors=int(bank.shape[0]), k=k)
-    report = {"factory": factory, "n_vectors": spec.n_vectors, "dim": spec.dim, "bytes": len(data),
-              "build_s": round(time.perf_counter() - t0, 3)}
-    logger.info("index %s: %d x %d vectors, %.1f MiB", factory, spec.n_vectors, spec.dim,
-                len(data) / 2**20)
+    spec = IndexSpec(
+        file=INDEX_FILE,
+        factory=factory,
+        metric="l2",
+        dim=int(bank.shape[1]),
+        n_vectors=int(bank.shape[0]),
+        k=k,
+    )
+    report = {
+        "factory": factory,
+        "n_vectors": spec.n_vectors,
+        "dim": spec.dim,
+        "bytes": len(data),
+        "build_s": round(time.perf_counter() - t0, 3),
+    }
+    logger.info(
+        "index %s: %d x %d vectors, %.1f MiB", factory, spec.n_vectors, spec.dim, len(data) / 2**20
+    )
     return data, spec, report

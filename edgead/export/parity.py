@@ -1,4 +1,4 @@
-"""Parity between the torch reference and an exported graph: errors measured, export refused on mismatch."""
+"""Parity between the torch reference and an exported graph: errors measured; mismatch refused."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> tuple[float, flo
     return abs_err, abs_err / max(scale, 1e-12)
 
 
-def check_graph_parity(graph: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-                       precision: str, backend: str) -> dict[str, dict[str, float]]:
-    """Per-output {max_abs_err, max_rel_err, tolerance}; ExportError naming the output on mismatch."""
+def check_graph_parity(
+    graph: dict[str, np.ndarray], reference: dict[str, np.ndarray], precision: str, backend: str
+) -> dict[str, dict[str, float]]:
+    """Per-output {max_abs_err, max_rel_err, tolerance}; ExportError naming the output if off."""
     tolerance = GRAPH_TOLERANCE[precision]
     report: dict[str, dict[str, float]] = {}
     for name, expected in reference.items():
@@ -37,12 +38,14 @@ def check_graph_parity(graph: dict[str, np.ndarray], reference: dict[str, np.nda
             raise ExportError(
                 f"parity check failed on {backend}: output '{name}' differs from torch by "
                 f"max abs {abs_err:.3g} (relative {rel_err:.3g}, tolerance {tolerance:g} for "
-                f"{precision}); the graph does not reproduce the model, so nothing was written")
+                f"{precision}); the graph does not reproduce the model, so nothing was written"
+            )
     return report
 
 
-def check_score_parity(scores: np.ndarray, reference: np.ndarray, precision: str,
-                       backend: str) -> dict[str, float]:
+def check_score_parity(
+    scores: np.ndarray, reference: np.ndarray, precision: str, backend: str
+) -> dict[str, float]:
     """{max_rel_err, tolerance} of per-image scores; ExportError on mismatch."""
     tolerance = SCORE_TOLERANCE[precision]
     scores = np.asarray(scores, dtype=np.float64)
@@ -54,5 +57,6 @@ def check_score_parity(scores: np.ndarray, reference: np.ndarray, precision: str
         raise ExportError(
             f"parity check failed on {backend}: output 'score' of item {i} is {scores[i]:.6g} vs "
             f"torch {reference[i]:.6g} (relative error {worst:.3g}, tolerance {tolerance:g} for "
-            f"{precision}); nothing was written")
+            f"{precision}); nothing was written"
+        )
     return {"max_rel_err": worst, "tolerance": tolerance}

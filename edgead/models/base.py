@@ -156,7 +156,7 @@ def create_detector(name: str, cfg: dict[str, Any] | None = None) -> BaseDetecto
 # Each family module registers itself on import. Missing optional families are skipped.
 _FAMILIES = (
     "patchcore", "padim", "fastflow", "conv_ae", "deep_svdd_image",
-    "autoencoder", "vae", "deep_svdd", "iforest", "classical",
+    "autoencoder", "vae", "deep_svdd", "iforest", "knn", "lof", "kde", "gmm", "ocsvm",
 )
 
 

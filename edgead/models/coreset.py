@@ -1,19 +1,17 @@
 """Greedy k-center coreset selection (PatchCore's memory-bank subsampling), fast on a few cores.
 
 The algorithm is the classic farthest-point (Gonzalez) greedy: start from a seeded random
-vector, then repeatedly add the vector farthest from everything selected so far. Two things keep
-it fast on a 2-core CPU:
+vector, then repeatedly add the vector farthest from everything selected so far, and keep for
+every vector its squared distance to the nearest selected one. Distances are measured after a
+seeded Gaussian random projection to `projection_dim` dimensions (Johnson-Lindenstrauss).
 
-- Distances are measured after a seeded Gaussian random projection to `projection_dim`
-  dimensions (Johnson-Lindenstrauss), with the projected vectors stored in a compact dtype
-  (float16 by default) so each pass reads half the memory of float32.
-- Each step touches only the vectors whose nearest-centre distance can still shrink. With the
-  triangle inequality, a vector x with nearest centre a(x) at distance d(x) cannot get closer to
-  the new centre c unless ||c - a(x)|| < 2 d(x); one vectorised (N,) comparison finds them, and
-  only those rows are multiplied. Late in the run that is a small fraction of the data.
-
-There is no Python loop over vectors: each of the M steps is a handful of tensor operations.
-Torch is used on the CPU only.
+Each step's work is one (N,) minimum and one argmax. The distances from all N vectors to the
+next centres come from blocked matrix products: when the farthest vector is not among the
+vectors of the current block, the `block_size` currently farthest vectors are taken as the next
+block and their distance rows are computed with one (N, P) x (P, B) product. The farthest
+vectors tend to stay farthest, so one pass over the data serves many steps, and the result is
+the same as the plain greedy (it is exact, not an approximation). There is no Python loop over
+vectors. Torch is used on the CPU only.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,138 +29,130 @@ from edgead.models.base import Progress, no_progress
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-#: When more than this fraction of vectors must be updated, one full pass beats gather + matvec.
-_FULL_PASS_FRACTION = 0.4
+
+@dataclass
+class CoresetStats:
+    """What a coreset run cost: seconds, passes over the data, vectors kept."""
+
+    n_vectors: int = 0
+    n_selected: int = 0
+    n_blocks: int = 0
+    seconds: float = 0.0
 
 
 def coreset_size(n_vectors: int, ratio: float) -> int:
     """Number of vectors kept: round(n_vectors * ratio), at least 1 and at most n_vectors."""
     if not 0.0 < ratio <= 1.0:
-        raise ConfigError(f"coreset ratio must be in (0, 1], got {ratio}")
+        raise ConfigError(f"coreset_ratio must be in (0, 1], got {ratio}")
     return int(min(n_vectors, max(1, round(n_vectors * ratio))))
 
 
 def random_projection(features: torch.Tensor, projection_dim: int, seed: int,
                       chunk_rows: int = 65536) -> torch.Tensor:
-    """float32 (N, P) Gaussian random projection of `features` (N, D); identity when P >= D.
+    """float32 (N, P) Gaussian random projection of `features` (N, D); a copy when P <= 0 or P >= D.
 
     Args:
         features: float32 (N, D).
-        projection_dim: P, target dimension; values <= 0 or >= D keep the original vectors.
+        projection_dim: P, the target dimension.
         seed: seeds the projection matrix (entries N(0, 1/P), so distances are kept on average).
-        chunk_rows: rows projected per matmul, bounding temporary memory.
+        chunk_rows: rows projected per product, bounding temporary memory.
     """
     n_dims = features.shape[1]
     if projection_dim <= 0 or projection_dim >= n_dims:
-        return features
+        return features.clone()
     gen = torch.Generator().manual_seed(seed)
     matrix = torch.randn(n_dims, projection_dim, generator=gen) / math.sqrt(projection_dim)
     out = torch.empty(features.shape[0], projection_dim, dtype=torch.float32)
     for start in range(0, features.shape[0], chunk_rows):
-        out[start:start + chunk_rows] = features[start:start + chunk_rows] @ matrix
+        torch.mm(features[start:start + chunk_rows], matrix, out=out[start:start + chunk_rows])
     return out
 
 
 def greedy_coreset(features: np.ndarray, ratio: float, *, projection_dim: int = 128,
-                   seed: int = 0, dtype: str = "float16",
-                   progress: Progress = no_progress) -> np.ndarray:
+                   seed: int = 0, dtype: str = "float32", block_size: int = 32,
+                   progress: Progress = no_progress,
+                   stats: CoresetStats | None = None) -> np.ndarray:
     """Indices of a greedy k-center coreset of `features`, in selection order.
 
     Args:
-        features: float32 (N, D) patch embeddings (any float dtype is converted once).
+        features: float32 (N, D) patch embeddings (other float dtypes are converted once).
         ratio: fraction of the N vectors to keep, in (0, 1].
         projection_dim: P of the random projection used for distances (<= 0: none).
         seed: seeds the projection and the first centre.
-        dtype: storage/compute dtype of the projected vectors for the distance products:
-            "float16" (default), "bfloat16" or "float32". Norms and running distances stay float32.
-        progress: called as progress(done, total, "coreset") every ~1 % of the steps.
+        dtype: dtype of the projected vectors in the block products: "float32" (default;
+            fastest on CPUs without native half-precision units), "float16" or "bfloat16"
+            (half the memory; fast on CPUs with AVX512-FP16/AMX). Running distances stay float32.
+        block_size: B, centres whose distance rows one pass over the data computes.
+        progress: called as progress(done, total, "coreset") about every 1 % of the steps.
+        stats: when given, filled with the run's cost.
 
     Returns:
-        int64 (M,) indices into `features`, M = coreset_size(N, ratio), all distinct.
+        int64 (M,) distinct indices into `features`, M = coreset_size(N, ratio).
 
     Raises:
         DataError: `features` is not a non-empty 2-D array of finite values.
-        ConfigError: bad ratio or dtype.
+        ConfigError: bad ratio, dtype or block size.
     """
     if features.ndim != 2 or features.shape[0] == 0:
         raise DataError(f"coreset needs a non-empty (N, D) array, got shape {features.shape}")
     if dtype not in _DTYPES:
         raise ConfigError(f"coreset dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if block_size < 1:
+        raise ConfigError(f"coreset block_size must be >= 1, got {block_size}")
     n_vectors = features.shape[0]
     n_select = coreset_size(n_vectors, ratio)
+    t0 = time.perf_counter()
     if n_select >= n_vectors:
         return np.arange(n_vectors, dtype=np.int64)
-    t0 = time.perf_counter()
     feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     if not bool(torch.isfinite(feats).all()):
         raise DataError("coreset input holds NaN or infinite values; check the feature extractor")
     proj = random_projection(feats, projection_dim, seed)
-    proj = proj - proj.mean(dim=0, keepdim=True)
-    # Scale so the largest norm is 1: float16 products then cannot overflow.
+    proj -= proj.mean(dim=0, keepdim=True)
     scale = float(proj.norm(dim=1).max())
-    if scale > 0:
-        proj = proj / scale
+    if scale > 0:  # largest norm 1: half-precision products cannot overflow
+        proj /= scale
     sq_norms = (proj * proj).sum(dim=1)  # float32 (N,)
-    compact = proj.to(_DTYPES[dtype]).contiguous()
+    # Augmented vectors [x, 1] and centres [c, -|c|^2 / 2] turn one addmm into squared
+    # distances: |x|^2 - 2 (x.c - |c|^2 / 2) = |x - c|^2.
+    vectors = torch.cat([proj, torch.ones(n_vectors, 1)], dim=1).to(_DTYPES[dtype])
+    centres_aug = torch.cat([proj, (-0.5 * sq_norms)[:, None]], dim=1).to(_DTYPES[dtype])
     del proj
+    sq_col = sq_norms[:, None].to(_DTYPES[dtype])
 
     gen = torch.Generator().manual_seed(seed)
     first = int(torch.randint(n_vectors, (1,), generator=gen))
-    selected = torch.empty(n_select, dtype=torch.int64)
-    centres = torch.empty(n_select, compact.shape[1], dtype=torch.float32)
-    centre_sq = torch.empty(n_select, dtype=torch.float32)
-
-    selected[0] = first
-    centres[0] = compact[first].float()
-    centre_sq[0] = sq_norms[first]
-    min_dist = _dist_to(compact, sq_norms, centres[0], centre_sq[0])  # float32 (N,), L2
-    nearest = torch.zeros(n_vectors, dtype=torch.int64)
-    min_dist[first] = 0.0
-    n_rows_touched = n_vectors
+    selected = np.empty(n_select, dtype=np.int64)
+    min_sq = torch.full((n_vectors,), float("inf"), dtype=torch.float32)
+    block_rows: dict[int, int] = {}
+    block = torch.empty(0)
+    n_blocks = 0
     report_every = max(1, n_select // 100)
-    for step in range(1, n_select):
-        idx = int(torch.argmax(min_dist))
+    idx = first
+    for step in range(n_select):
+        if idx not in block_rows:
+            cand = torch.topk(min_sq, min(block_size, n_vectors)).indices if step else \
+                torch.tensor([idx])
+            if not bool((cand == idx).any()):
+                cand[-1] = idx
+            # (B, N) squared distances from the block's vectors to every vector: one pass.
+            block = torch.addmm(sq_col, vectors, centres_aug[cand].T, alpha=-2.0)
+            block = block.T.contiguous().float()
+            block_rows = {int(c): r for r, c in enumerate(cand.tolist())}
+            n_blocks += 1
         selected[step] = idx
-        centre = compact[idx].float()
-        centres[step] = centre
-        centre_sq[step] = sq_norms[idx]
-        # Distances from the new centre to every earlier centre (step,), for the pruning bound.
-        cc_sq = centre_sq[:step] + centre_sq[step] - 2.0 * (centres[:step] @ centre)
-        centre_dist = cc_sq.clamp_min_(0.0).sqrt_()
-        candidates = centre_dist[nearest] < 2.0 * min_dist
-        n_cand = int(candidates.sum())
-        if n_cand > _FULL_PASS_FRACTION * n_vectors:
-            new_dist = _dist_to(compact, sq_norms, centre, centre_sq[step])
-            closer = new_dist < min_dist
-            min_dist = torch.where(closer, new_dist, min_dist)
-            nearest = torch.where(closer, torch.tensor(step), nearest)
-            n_rows_touched += n_vectors
-        elif n_cand > 0:
-            rows = candidates.nonzero().squeeze(1)
-            new_dist = _dist_to(compact[rows], sq_norms[rows], centre, centre_sq[step])
-            closer = new_dist < min_dist[rows]
-            rows = rows[closer]
-            min_dist[rows] = new_dist[closer]
-            nearest[rows] = step
-            n_rows_touched += n_cand
-        min_dist[idx] = 0.0
+        torch.minimum(min_sq, block[block_rows.pop(idx)], out=min_sq)
+        min_sq[idx] = -1.0  # never pick a selected vector again
+        idx = int(torch.argmax(min_sq))
         if step % report_every == 0:
             progress(step, n_select, "coreset")
     progress(n_select, n_select, "coreset")
     seconds = time.perf_counter() - t0
-    logger.debug("coreset: %d of %d vectors in %.2f s (%.1f%% of rows touched per step on average)",
-                 n_select, n_vectors, seconds, 100.0 * n_rows_touched / (n_vectors * n_select))
-    return selected.numpy()
-
-
-def _dist_to(vectors: torch.Tensor, sq_norms: torch.Tensor, centre: torch.Tensor,
-             centre_sq: torch.Tensor) -> torch.Tensor:
-    """float32 (N,) Euclidean distances (L2, not squared) from `vectors` (N, P) to `centre` (P,).
-
-    Uses ||x||^2 + ||c||^2 - 2 x.c with the product in the storage dtype of `vectors`.
-    Not for traced/exported paths.
-    """
-    dots = (vectors @ centre.to(vectors.dtype)).float()
-    return (sq_norms + centre_sq - 2.0 * dots).clamp_min_(0.0).sqrt_()
+    logger.debug("coreset: %d of %d vectors in %.2f s, %d passes over the data",
+                 n_select, n_vectors, seconds, n_blocks)
+    if stats is not None:
+        stats.n_vectors, stats.n_selected = n_vectors, n_select
+        stats.n_blocks, stats.seconds = n_blocks, seconds
+    return selected

@@ -1,8 +1,8 @@
 """The device runtime: load a bundle and score frames or rows. Imports no torch.
 
-    from edgead.runtime import Detector
-    det = Detector.load("model.edgead", device="auto")
-    result = det(frame_bgr)
+from edgead.runtime import Detector
+det = Detector.load("model.edgead", device="auto")
+result = det(frame_bgr)
 """
 
 from edgead.runtime.detector import Detector, Result, RowScores

@@ -80,8 +80,8 @@ def parse_source(source: str) -> SourceSpec:
         return SourceSpec("folder", str(path))
     if path.is_file():
         return SourceSpec("file", str(path))
-    raise DataError(f"source {source!r} is not a camera index, URL, device or existing file/folder; "
-                    "check the path, or give a camera index such as 0")
+    raise DataError(f"source {source!r} is not a camera index, URL, device or existing "
+                    "file/folder; check the path, or give a camera index such as 0")
 
 
 class FolderReader:
@@ -118,7 +118,8 @@ def open_reader(spec: SourceSpec, timeout_ms: int = 5000) -> FrameReader:
     if spec.kind == "folder":
         return FolderReader(spec.target)
     if spec.kind == "url":
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
         cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, params)
     elif spec.kind == "device":
         cap = cv2.VideoCapture(str(spec.target), cv2.CAP_V4L2)
@@ -143,6 +144,8 @@ class CaptureConfig:
         reconnect_retries: attempts per outage of a live source (None: forever).
         backoff_initial_s, backoff_max_s: first and largest wait between attempts (doubles).
         timeout_ms: open/read timeout handed to OpenCV for URLs.
+        pace_fps: read at most this many frames per second (replay a file or folder as a
+            camera would deliver it); None reads as fast as the source allows.
     """
 
     queue_size: int = 2
@@ -154,17 +157,21 @@ class CaptureConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
     timeout_ms: int = 5000
+    pace_fps: float | None = None
 
     def validate(self) -> None:
         """Raise ConfigError on a bad value."""
         if self.drop not in DROP_POLICIES:
-            raise ConfigError(f"--drop must be one of {', '.join(DROP_POLICIES)}; got {self.drop!r}")
+            raise ConfigError(f"--drop must be one of {', '.join(DROP_POLICIES)}; "
+                              f"got {self.drop!r}")
         if not 1 <= self.queue_size <= 64:
             raise ConfigError(f"queue_size must be 1..64, got {self.queue_size}")
         if self.open_retries < 1:
             raise ConfigError(f"open_retries must be >= 1, got {self.open_retries}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"--max-frames must be >= 1, got {self.max_frames}")
+        if self.pace_fps is not None and self.pace_fps <= 0:
+            raise ConfigError(f"--fps must be > 0, got {self.pace_fps}")
 
 
 @dataclass
@@ -309,7 +316,8 @@ class CaptureThread(threading.Thread):
         attempt = 0
         while not self.stop_event.is_set():
             attempt += 1
-            if self.config.reconnect_retries is not None and attempt > self.config.reconnect_retries:
+            limit = self.config.reconnect_retries
+            if limit is not None and attempt > limit:
                 logger.error("%s did not come back after %d attempts; giving up",
                              self.source_name, self.config.reconnect_retries)
                 return False
@@ -354,9 +362,14 @@ class CaptureThread(threading.Thread):
         if self._reader is None:
             self.open()
         index = 0
+        paced_start = time.perf_counter()
         while not self.stop_event.is_set():
             if self.config.max_frames is not None and index >= self.config.max_frames:
                 return EndOfStream("max_frames")
+            if self.config.pace_fps is not None:
+                wait_s = paced_start + index / self.config.pace_fps - time.perf_counter()
+                if wait_s > 0 and self.stop_event.wait(wait_s):
+                    break
             try:
                 ok, image = self._reader.read()  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - a raising read is a failed read

@@ -30,8 +30,14 @@ from edgead.runtime.preprocess import resize_frame
 logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "gpu", "npu")
-BACKEND_ALIASES = {"onnxruntime": "onnxruntime", "ort": "onnxruntime", "openvino": "openvino",
-                   "ov": "openvino", "tensorrt": "tensorrt", "trt": "tensorrt"}
+BACKEND_ALIASES = {
+    "onnxruntime": "onnxruntime",
+    "ort": "onnxruntime",
+    "openvino": "openvino",
+    "ov": "openvino",
+    "tensorrt": "tensorrt",
+    "trt": "tensorrt",
+}
 IMAGE_KINDS = ("nn_index", "map", "graph")
 ROW_KINDS = ("rows", "rows_nn_index")
 
@@ -44,7 +50,7 @@ class Result:
         raw_score: detector units, higher = more anomalous.
         score: normalised to [0, 1] with the threshold at 0.5 (NaN when the bundle is uncalibrated).
         is_anomaly: raw_score >= threshold (None when the bundle has no threshold).
-        anomaly_map: float32 (H, W) at the frame's resolution, raw units; None if the graph has none.
+        anomaly_map: float32 (H, W) at the frame's resolution, raw units; None without a map.
         timings_ms: per-stage wall time of the batch this frame was in: preprocess, graph,
             search (nearest-neighbour), postprocess.
     """
@@ -75,8 +81,13 @@ def _make_ort(bundle: Bundle, device: str, threads: int | None) -> Backend:
 
     m = bundle.manifest
     trt_precision = m.build.get("tensorrt", {}).get("precision", m.precision)
-    return OrtBackend(bundle.member(m.graphs["onnx"]), device=device, threads=threads,
-                      fp16=trt_precision == "fp16", cache_dir=engine_cache_dir(bundle.path) / "ort-trt")
+    return OrtBackend(
+        bundle.member(m.graphs["onnx"]),
+        device=device,
+        threads=threads,
+        fp16=trt_precision == "fp16",
+        cache_dir=engine_cache_dir(bundle.path) / "ort-trt",
+    )
 
 
 def _make_openvino(bundle: Bundle, device: str, threads: int | None) -> Backend:
@@ -84,21 +95,33 @@ def _make_openvino(bundle: Bundle, device: str, threads: int | None) -> Backend:
 
     m = bundle.manifest
     if "openvino" not in m.graphs:
-        raise BackendUnavailableError("this bundle has no OpenVINO IR; export it with --target openvino")
+        raise BackendUnavailableError(
+            "this bundle has no OpenVINO IR; export it with --target openvino"
+        )
     xml = m.graphs["openvino"]
     weights = xml[: -len(".xml")] + ".bin"
-    return OpenVinoBackend(bundle.member(xml), bundle.member(weights), device=device,
-                           precision=m.precision, threads=threads)
+    return OpenVinoBackend(
+        bundle.member(xml),
+        bundle.member(weights),
+        device=device,
+        precision=m.precision,
+        threads=threads,
+    )
 
 
 def _make_tensorrt(bundle: Bundle, device: str, threads: int | None) -> Backend:
-    from edgead.runtime.backends.tensorrt import DEFAULT_BUILD, TensorRtBackend, load_or_build_engine
+    from edgead.runtime.backends.tensorrt import (
+        DEFAULT_BUILD,
+        TensorRtBackend,
+        load_or_build_engine,
+    )
 
     m = bundle.manifest
     settings = {**DEFAULT_BUILD, "precision": m.precision, **m.build.get("tensorrt", {})}
     shape = tuple(1 if d is None else int(d) for d in m.input.shape)
-    engine, _ = load_or_build_engine(bundle.path, bundle.sha256, bundle.member(m.graphs["onnx"]),
-                                     settings, shape)
+    engine, _ = load_or_build_engine(
+        bundle.path, bundle.sha256, bundle.member(m.graphs["onnx"]), settings, shape
+    )
     return TensorRtBackend(engine, precision=str(settings["precision"]))
 
 
@@ -110,7 +133,9 @@ BACKEND_FACTORIES: dict[str, BackendFactory] = {
 }
 
 
-def backend_candidates(manifest: Manifest, device: str, backend: str | None) -> list[tuple[str, str]]:
+def backend_candidates(
+    manifest: Manifest, device: str, backend: str | None
+) -> list[tuple[str, str]]:
     """Ordered (backend, backend device) pairs to try for `device`; ONNX Runtime CPU comes last.
 
     Args:
@@ -121,10 +146,13 @@ def backend_candidates(manifest: Manifest, device: str, backend: str | None) -> 
     has_ir = "openvino" in manifest.graphs
     is_trt = manifest.target == "tensorrt" or "tensorrt" in manifest.build
     table: dict[str, list[tuple[str, str]]] = {
-        "auto": [("tensorrt", "cuda")] * is_trt + [("onnxruntime", "tensorrt")] * is_trt
-        + [("onnxruntime", "cuda")] + [("openvino", "GPU"), ("openvino", "CPU")] * has_ir,
+        "auto": [("tensorrt", "cuda")] * is_trt
+        + [("onnxruntime", "tensorrt")] * is_trt
+        + [("onnxruntime", "cuda")]
+        + [("openvino", "GPU"), ("openvino", "CPU")] * has_ir,
         "cpu": [("openvino", "CPU")] * has_ir,
-        "cuda": [("tensorrt", "cuda")] * is_trt + [("onnxruntime", "tensorrt")] * is_trt
+        "cuda": [("tensorrt", "cuda")] * is_trt
+        + [("onnxruntime", "tensorrt")] * is_trt
         + [("onnxruntime", "cuda")],
         "gpu": [("openvino", "GPU")] * has_ir + [("onnxruntime", "cuda")],
         "npu": [("openvino", "NPU")] * has_ir,
@@ -158,32 +186,48 @@ class Detector:
         post = self.manifest.postprocess
         kind = post.get("kind")
         if kind not in IMAGE_KINDS + ROW_KINDS:
-            raise BundleError(f"bundle post-processing kind {kind!r} is unknown to this runtime "
-                              f"(knows {IMAGE_KINDS + ROW_KINDS}); upgrade edgead")
+            raise BundleError(
+                f"bundle post-processing kind {kind!r} is unknown to this runtime "
+                f"(knows {IMAGE_KINDS + ROW_KINDS}); upgrade edgead"
+            )
         self._kind: str = kind
         self._index: FaissIndex | None = None
         if kind.endswith("nn_index"):
             spec = self.manifest.index
             if spec is None:
-                raise BundleError(f"post-processing {kind!r} needs an index, but the manifest has none")
+                raise BundleError(
+                    f"post-processing {kind!r} needs an index, but the manifest has none"
+                )
             self._index = FaissIndex.from_bytes(bundle.member(spec.file), spec.factory)
             if spec.nprobe is not None:
                 import faiss
 
-                faiss.ParameterSpace().set_index_parameter(self._index.index, "nprobe", int(spec.nprobe))
+                faiss.ParameterSpace().set_index_parameter(
+                    self._index.index, "nprobe", int(spec.nprobe)
+                )
             if self._index.dim != spec.dim:
-                raise BundleError(f"index dimension {self._index.dim} differs from the manifest's {spec.dim}")
+                raise BundleError(
+                    f"index dimension {self._index.dim} differs from the manifest's {spec.dim}"
+                )
         norm = self.manifest.normalisation
         self._calibrated = self.manifest.threshold is not None and all(
-            k in norm for k in ("min", "max", "threshold"))
+            k in norm for k in ("min", "max", "threshold")
+        )
         if not self._calibrated:
-            logger.warning("bundle %s has no threshold/normalisation: score is NaN and is_anomaly None",
-                           bundle.path)
+            logger.warning(
+                "bundle %s has no threshold/normalisation: score is NaN and is_anomaly None",
+                bundle.path,
+            )
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", backend: str | None = None,
-             threads: int | None = None) -> Detector:
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        backend: str | None = None,
+        threads: int | None = None,
+    ) -> Detector:
         """Verify the bundle at `path` and bind it to the best backend available for `device`.
 
         Args:
@@ -222,7 +266,8 @@ class Detector:
                 logger.warning("using %s after %d fallback(s)", engine.name, len(fallbacks))
             return cls(bundle, engine, fallbacks)
         raise BackendUnavailableError(
-            f"no backend could load {path}: {'; '.join(fallbacks)}") from last_error
+            f"no backend could load {path}: {'; '.join(fallbacks)}"
+        ) from last_error
 
     @property
     def backend(self) -> str:
@@ -260,8 +305,9 @@ class Detector:
             raise DataError("this bundle scores tabular rows; use score_rows()")
         return int(size[0]), int(size[1])
 
-    def __call__(self, frame: np.ndarray | Sequence[np.ndarray],
-                 channel_order: str = "BGR") -> Result | list[Result]:
+    def __call__(
+        self, frame: np.ndarray | Sequence[np.ndarray], channel_order: str = "BGR"
+    ) -> Result | list[Result]:
         """Score one frame (-> Result) or a list of frames (-> list of Results).
 
         Args:
@@ -274,6 +320,10 @@ class Detector:
         """
         if self._kind in ROW_KINDS:
             raise DataError("this bundle scores tabular rows; call detector.score_rows(rows)")
+        if not isinstance(frame, (np.ndarray, list, tuple)):
+            raise DataError(
+                f"expected a uint8 image array or a list of them, got {type(frame).__name__}"
+            )
         single = isinstance(frame, np.ndarray) and frame.ndim in (2, 3)
         frames = [frame] if single else list(frame)  # type: ignore[arg-type]
         if not frames:
@@ -285,23 +335,35 @@ class Detector:
         t0 = time.perf_counter()
         size_hw = self.image_size
         resize = self.manifest.input.resize
-        batch = np.stack([resize_frame(_check_frame(f), size_hw, resize, channel_order)
-                          for f in frames])
+        batch = np.stack(
+            [resize_frame(_check_frame(f), size_hw, resize, channel_order) for f in frames]
+        )
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
         t2 = time.perf_counter()
         raw, maps, search_ms = self._image_scores(outputs, len(frames))
         t3 = time.perf_counter()
         normalised, decisions = self._decide(raw)
-        full_maps = [None if maps is None else resize_map(maps[i], f.shape[:2])
-                     for i, f in enumerate(frames)]
+        full_maps = [
+            None if maps is None else resize_map(maps[i], f.shape[:2]) for i, f in enumerate(frames)
+        ]
         t4 = time.perf_counter()
-        timings = {"preprocess": (t1 - t0) * 1e3, "graph": (t2 - t1) * 1e3, "search": search_ms,
-                   "postprocess": (t3 - t2) * 1e3 - search_ms + (t4 - t3) * 1e3}
-        return [Result(raw_score=float(raw[i]), score=float(normalised[i]),
-                       is_anomaly=None if decisions is None else bool(decisions[i]),
-                       anomaly_map=full_maps[i], timings_ms=dict(timings))
-                for i in range(len(frames))]
+        timings = {
+            "preprocess": (t1 - t0) * 1e3,
+            "graph": (t2 - t1) * 1e3,
+            "search": search_ms,
+            "postprocess": (t3 - t2) * 1e3 - search_ms + (t4 - t3) * 1e3,
+        }
+        return [
+            Result(
+                raw_score=float(raw[i]),
+                score=float(normalised[i]),
+                is_anomaly=None if decisions is None else bool(decisions[i]),
+                anomaly_map=full_maps[i],
+                timings_ms=dict(timings),
+            )
+            for i in range(len(frames))
+        ]
 
     def _run_graph(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Graph outputs for `batch`, split into chunks of the backend's max_batch."""
@@ -310,15 +372,16 @@ class Detector:
         names = tuple(o.name for o in self.manifest.outputs)
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, len(batch), step):
-            out = engine.run(np.ascontiguousarray(batch[start:start + step]))
+            out = engine.run(np.ascontiguousarray(batch[start : start + step]))
             check_outputs(out, names, engine.name)
             parts.append(out)
         if len(parts) == 1:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts]) for name in names}
 
-    def _image_scores(self, outputs: dict[str, np.ndarray], n: int
-                      ) -> tuple[np.ndarray, np.ndarray | None, float]:
+    def _image_scores(
+        self, outputs: dict[str, np.ndarray], n: int
+    ) -> tuple[np.ndarray, np.ndarray | None, float]:
         """(raw scores (B,), maps (B, S, S) at input size or None, search time ms)."""
         post = self.manifest.postprocess
         sigma = float(post.get("blur_sigma", 0.0))
@@ -336,22 +399,30 @@ class Detector:
             elif mode == "map_max":
                 raw = maps.reshape(n, -1).max(axis=1)
             else:
-                raise BundleError(f"nn_index score {mode!r} is unknown to this runtime (max, map_max)")
+                raise BundleError(
+                    f"nn_index score {mode!r} is unknown to this runtime (max, map_max)"
+                )
             return raw.astype(np.float32), maps, search_ms
         if self._kind == "map":
-            maps = upsample_and_blur(outputs["anomaly_map"].reshape(n, *outputs["anomaly_map"].shape[-2:]),
-                                     self.image_size, sigma)
+            maps = upsample_and_blur(
+                outputs["anomaly_map"].reshape(n, *outputs["anomaly_map"].shape[-2:]),
+                self.image_size,
+                sigma,
+            )
             return maps.reshape(n, -1).max(axis=1).astype(np.float32), maps, 0.0
         raw = outputs["score"].reshape(n).astype(np.float32)
         maps = None
         if "anomaly_map" in outputs:
             grid = outputs["anomaly_map"].reshape(n, *outputs["anomaly_map"].shape[-2:])
-            maps = grid if grid.shape[1:] == self.image_size and sigma == 0 else \
-                upsample_and_blur(grid, self.image_size, sigma)
+            maps = (
+                grid
+                if grid.shape[1:] == self.image_size and sigma == 0
+                else upsample_and_blur(grid, self.image_size, sigma)
+            )
         return raw, maps, 0.0
 
     def _patch_distances(self, embedding: np.ndarray, n: int, per_item: int) -> np.ndarray:
-        """float32 (n * per_item,): distance (L2) of every vector to its k nearest bank entries, averaged."""
+        """float32 (n * per_item,): L2 distance to the k nearest bank entries, averaged."""
         if self._index is None or self.manifest.index is None:
             raise BundleError("bundle has no nearest-neighbour index")
         vectors = embedding.reshape(n * per_item, -1)
@@ -397,10 +468,14 @@ def _check_frame(frame: Any) -> np.ndarray:
     if not isinstance(frame, np.ndarray):
         raise DataError(f"a frame must be a numpy array, got {type(frame).__name__}")
     if frame.dtype != np.uint8:
-        raise DataError(f"a frame must be uint8 (0..255), got dtype {frame.dtype}; "
-                        "convert with (x * 255).clip(0, 255).astype(np.uint8)")
+        raise DataError(
+            f"a frame must be uint8 (0..255), got dtype {frame.dtype}; "
+            "convert with (x * 255).clip(0, 255).astype(np.uint8)"
+        )
     if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (1, 3, 4))):
-        raise DataError(f"a frame must have shape (H, W), (H, W, 3) or (H, W, 4); got {frame.shape}")
+        raise DataError(
+            f"a frame must have shape (H, W), (H, W, 3) or (H, W, 4); got {frame.shape}"
+        )
     if frame.shape[0] < 1 or frame.shape[1] < 1:
         raise DataError(f"a frame must not be empty; got shape {frame.shape}")
     return frame

@@ -28,11 +28,17 @@ Progress = Callable[[int, int, str], None]
 def no_progress(done: int, total: int, description: str) -> None:
     """A progress callback that does nothing."""
 
+
 BATCH = 8
 
 
-def load_eval_data(data: str | Path, meta: dict[str, Any], modality: str, with_train: bool = False,
-                   image_size: int | None = None) -> tuple[Any, Any, np.ndarray, Any]:
+def load_eval_data(
+    data: str | Path,
+    meta: dict[str, Any],
+    modality: str,
+    with_train: bool = False,
+    image_size: int | None = None,
+) -> tuple[Any, Any, np.ndarray, Any]:
     """(train inputs or None, test inputs, labels int64 (N,), masks or None) from `data`.
 
     Images: an MVTec-layout folder (or "elpv") loaded at `image_size` (default: the config's),
@@ -59,9 +65,15 @@ def load_eval_data(data: str | Path, meta: dict[str, Any], modality: str, with_t
     return train, table.X[test_idx], table.y[test_idx], None
 
 
-def evaluate_bundle(bundle_path: str | Path, data: str | Path, device: str = "cpu",
-                    backend: str | None = None, save_maps: str | Path | None = None,
-                    progress: Progress = no_progress, threads: int | None = None) -> dict[str, Any]:
+def evaluate_bundle(
+    bundle_path: str | Path,
+    data: str | Path,
+    device: str = "cpu",
+    backend: str | None = None,
+    save_maps: str | Path | None = None,
+    progress: Progress = no_progress,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Metrics of the bundle at `bundle_path` on the labelled test data in `data`.
 
     Args:
@@ -100,26 +112,49 @@ def evaluate_bundle(bundle_path: str | Path, data: str | Path, device: str = "cp
                     if masks is not None and res.anomaly_map is not None:
                         maps.append(res.anomaly_map)
                     if save_maps is not None and res.anomaly_map is not None:
-                        write_overlay(Path(save_maps) / f"{start + j:04d}_label{labels[start + j]}.png",
-                                      batch[j], res.anomaly_map, m.normalisation)
+                        write_overlay(
+                            Path(save_maps) / f"{start + j:04d}_label{labels[start + j]}.png",
+                            batch[j],
+                            res.anomaly_map,
+                            m.normalisation,
+                        )
                 progress(min(start + BATCH, n), n, "evaluate")
         scores = metrics.image_metrics(labels, raw)
         threshold = m.threshold if m.threshold is not None else scores["f1_threshold"]
-        runtime = {"backend": det.backend, "fallbacks": det.fallbacks,
-                   "latency_ms_p50": float(np.median(per_item_ms)) if per_item_ms else None}
+        runtime = {
+            "backend": det.backend,
+            "fallbacks": det.fallbacks,
+            "latency_ms_p50": float(np.median(per_item_ms)) if per_item_ms else None,
+        }
     if m.modality == "tabular":
-        return {"auroc": scores["auroc"], "auprc": scores["auprc"], "f1": scores["f1"],
-                "threshold": float(threshold), "n_test": int(n), "runtime": runtime}
-    out: dict[str, Any] = {"image_auroc": scores["auroc"], "image_auprc": scores["auprc"],
-                           "image_f1": scores["f1"], "threshold": float(threshold), "n_test": int(n)}
+        return {
+            "auroc": scores["auroc"],
+            "auprc": scores["auprc"],
+            "f1": scores["f1"],
+            "threshold": float(threshold),
+            "n_test": int(n),
+            "runtime": runtime,
+        }
+    out: dict[str, Any] = {
+        "image_auroc": scores["auroc"],
+        "image_auprc": scores["auprc"],
+        "image_f1": scores["f1"],
+        "threshold": float(threshold),
+        "n_test": int(n),
+    }
     if masks is not None and maps:
         out.update(metrics.pixel_metrics(np.stack(list(masks)), np.stack(maps)))
     out["runtime"] = runtime
     return out
 
 
-def write_overlay(path: Path, rgb: np.ndarray, anomaly_map: np.ndarray,
-                  normalisation: dict[str, Any], channel_order: str = "RGB") -> Path:
+def write_overlay(
+    path: Path,
+    rgb: np.ndarray,
+    anomaly_map: np.ndarray,
+    normalisation: dict[str, Any],
+    channel_order: str = "RGB",
+) -> Path:
     """PNG of the frame blended with a JET heat map scaled by the bundle's min/max (raw units).
 
     Args:
@@ -137,4 +172,3 @@ def write_overlay(path: Path, rgb: np.ndarray, anomaly_map: np.ndarray,
     if not cv2.imwrite(str(path), overlay):
         raise DataError(f"cannot write the overlay {path}; check the folder is writable")
     return path
-

@@ -6,7 +6,8 @@ Outputs (under `out_dir`, or JSON lines on a stream when there is none):
     results.jsonl   one JSON object per scored frame, written as whole lines and flushed each
                     time, fsynced on exit; a partial last line left by a hard kill is trimmed
                     when the file is opened again
-    anomalies/      anomalous frames with their heat-map overlay (JPEG, written atomically)
+    anomalies/      anomalous frames with their heat-map overlay (edgead.viz.overlay_panel,
+                    JPEG, written atomically)
     summary.json    counts, latencies, backend and fallbacks of the run (written atomically)
 
 Accounting: every frame read is exactly one of scored, dropped or corrupt, so
@@ -25,6 +26,7 @@ import json
 import logging
 import math
 import os
+import queue
 import signal
 import threading
 import time
@@ -41,6 +43,8 @@ import numpy as np
 from edgead._io import write_bytes_atomic, write_json_atomic
 from edgead.errors import BackendUnavailableError, ConfigError, DataError
 from edgead.runtime.capture import CaptureThread, EndOfStream, Frame
+from edgead.runtime.preprocess import to_rgb
+from edgead.viz import overlay_panel
 
 logger = logging.getLogger(__name__)
 
@@ -269,38 +273,6 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def overlay_heatmap(frame_bgr: np.ndarray, anomaly_map: np.ndarray, normalisation: dict[str, Any]
-                    ) -> np.ndarray:
-    """uint8 (H, 2W, 3) BGR panel: the frame, and the frame blended with a JET heat map.
-
-    Args:
-        frame_bgr: uint8 (H, W, 3) BGR (gray or BGRA are converted).
-        anomaly_map: float32 (H, W) raw-score units at frame resolution.
-        normalisation: the manifest's {"min", "max", "threshold"}; the colour scale puts the
-            threshold at the middle (green), as the normalised score does. Without it the map's
-            own min/max is used.
-    """
-    if frame_bgr.ndim == 2:
-        frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
-    elif frame_bgr.shape[2] == 4:
-        frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_BGRA2BGR)
-    elif frame_bgr.shape[2] == 1:
-        frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
-    amap = anomaly_map.astype(np.float32, copy=False)
-    if all(k in normalisation for k in ("min", "max", "threshold")):
-        span = float(normalisation["max"]) - float(normalisation["min"]) or 1.0
-        scaled = np.clip((amap - float(normalisation["threshold"])) / span + 0.5, 0.0, 1.0)
-    else:
-        lo, hi = float(amap.min()), float(amap.max())
-        scaled = (amap - lo) / (hi - lo) if hi > lo else np.zeros_like(amap)
-    if scaled.shape != frame_bgr.shape[:2]:
-        scaled = cv2.resize(scaled, (frame_bgr.shape[1], frame_bgr.shape[0]),
-                            interpolation=cv2.INTER_LINEAR)
-    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    blended = cv2.addWeighted(frame_bgr, 0.55, heat, 0.45, 0.0)
-    return np.concatenate([frame_bgr, blended], axis=1)
-
-
 @contextlib.contextmanager
 def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM set `stop_event` instead of killing the process.
@@ -387,8 +359,6 @@ class InspectionLoop:
 
     # -- internals ---------------------------------------------------------------------------
     def _consume(self, writer: JsonlWriter, next_status: float) -> str:
-        import queue as queue_mod
-
         last_frame_seen = time.perf_counter()
         stall_warned = False
         while True:
@@ -396,7 +366,7 @@ class InspectionLoop:
                 return "signal"
             try:
                 item = self.capture.queue.get(timeout=0.2)
-            except queue_mod.Empty:
+            except queue.Empty:
                 now = time.perf_counter()
                 if now - last_frame_seen > self.config.stall_warn_s and not stall_warned:
                     logger.warning("no frame from %s for %.0f s", self.capture.source_name,
@@ -450,7 +420,8 @@ class InspectionLoop:
                 self.detector.close()
             self.detector = self.fallback_factory()
             record = FallbackRecord(frame_index=frame_index, from_backend=old,
-                                    to_backend=self.detector.backend, reason=repr(exc), at=_utc_now())
+                                    to_backend=self.detector.backend, reason=repr(exc),
+                                    at=_utc_now())
             self.summary.runtime_fallbacks.append(record)
             self.summary.backend = self.detector.backend
             self.stats.backend = self.detector.backend
@@ -474,7 +445,8 @@ class InspectionLoop:
         scored = time.perf_counter()
         is_anomaly = bool(result.is_anomaly)
         record: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(frame.timestamp, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(frame.timestamp, timezone.utc).isoformat(
+                timespec="milliseconds"),
             "frame": frame.index,
             "raw_score": _finite(result.raw_score),
             "score": _finite(result.score),
@@ -503,8 +475,16 @@ class InspectionLoop:
                 self._saving_stopped_logged = True
             return None
         norm = getattr(getattr(self.detector, "manifest", None), "normalisation", {}) or {}
-        panel = overlay_heatmap(image, result.anomaly_map, norm)
-        ok, encoded = cv2.imencode(".jpg", panel, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        title = (f"frame {frame.index}  score {float(result.score):.3f}  "
+                 f"raw {float(result.raw_score):.4g}")
+        try:
+            panel = overlay_panel(to_rgb(image, "BGR"), result.anomaly_map,
+                                  vmin=norm.get("min"), vmax=norm.get("max"), title=title)
+        except DataError as exc:
+            logger.warning("no overlay for frame %d: %s", frame.index, exc)
+            return None
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             logger.warning("could not encode the overlay of frame %d; not saved", frame.index)
             return None
@@ -560,6 +540,7 @@ def run_inspection(model: str | Path, source: str, *, device: str = "auto",
                    backend: str | None = None, threads: int | None = None,
                    config: LoopConfig = LoopConfig(), drop: str | None = None,
                    loop_source: bool = False, max_frames: int | None = None,
+                   pace_fps: float | None = None,
                    open_retries: int = 3, backoff_initial_s: float = 0.5,
                    backoff_max_s: float = 10.0, http_port: int | None = None,
                    http_host: str = "127.0.0.1", stream: IO[str] | None = None,
@@ -575,6 +556,8 @@ def run_inspection(model: str | Path, source: str, *, device: str = "auto",
         drop: "oldest" | "newest" | "none"; None: oldest for live sources, none for files.
         loop_source: replay a file/folder from the start when it ends (soak tests, demos).
         max_frames: stop after this many frames read.
+        pace_fps: deliver file/folder frames at this rate, as a camera would (None: as fast
+            as they decode).
         open_retries, backoff_initial_s, backoff_max_s: opening/reconnecting (see CaptureConfig).
         http_port: serve /healthz and /metrics on `http_host`:port when given.
         stream: JSON lines destination when `config.out_dir` is None.
@@ -591,7 +574,7 @@ def run_inspection(model: str | Path, source: str, *, device: str = "auto",
     capture_config = CaptureConfig(
         queue_size=2 if spec.is_live else 4,
         drop=drop or ("oldest" if spec.is_live else "none"),
-        loop=loop_source, max_frames=max_frames, open_retries=open_retries,
+        loop=loop_source, max_frames=max_frames, open_retries=open_retries, pace_fps=pace_fps,
         backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
     stop_event = stop_event or threading.Event()
     capture = CaptureThread(lambda: open_reader(spec, capture_config.timeout_ms), capture_config,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def render_metrics(counts: dict[str, int], snap: dict[str, Any], quantiles: dict[str, float],
@@ -51,7 +56,7 @@ def render_metrics(counts: dict[str, int], snap: dict[str, Any], quantiles: dict
            snap["fallbacks"])
     metric("edgead_fps", "gauge", "Frames scored per second (last status interval).", snap["fps"])
     metric("edgead_last_score", "gauge", "Normalised score of the last frame (0.5 = threshold).",
-           snap["last_score"] if snap["last_score"] is not None and snap["last_score"] == snap["last_score"] else None)
+           _finite_or_none(snap["last_score"]))
     lines.append("# HELP edgead_latency_ms Capture-to-result latency over the recent window, ms.")
     lines.append("# TYPE edgead_latency_ms summary")
     for key, q in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):

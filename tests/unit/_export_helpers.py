@@ -96,18 +96,29 @@ class TinyPatch(BaseDetector):
         return {**arrays, "bank": self.bank_}
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        state = {k[len("embedder."):]: torch.from_numpy(v) for k, v in arrays.items()
-                 if k.startswith("embedder.")}
+        state = {
+            k[len("embedder.") :]: torch.from_numpy(v)
+            for k, v in arrays.items()
+            if k.startswith("embedder.")
+        }
         self.embedder.load_state_dict(state)
         self.bank_ = arrays["bank"]
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec(
-            module=self.embedder, example_input=np.zeros((1, SIZE_PX, SIZE_PX, 3), np.uint8),
-            input_name="images", output_names=("embedding",),
-            postprocess={"kind": "nn_index", "grid": [GRID, GRID], "k": 1,
-                         "blur_sigma": self.config.blur_sigma, "score": "max"},
-            arrays={"memory_bank": self.bank_})
+            module=self.embedder,
+            example_input=np.zeros((1, SIZE_PX, SIZE_PX, 3), np.uint8),
+            input_name="images",
+            output_names=("embedding",),
+            postprocess={
+                "kind": "nn_index",
+                "grid": [GRID, GRID],
+                "k": 1,
+                "blur_sigma": self.config.blur_sigma,
+                "score": "max",
+            },
+            arrays={"memory_bank": self.bank_},
+        )
 
 
 class RowsGraph(nn.Module):
@@ -158,9 +169,13 @@ class TinyRows(BaseDetector):
         self.mean_, self.std_ = arrays["mean"], arrays["std"]
 
     def export_spec(self) -> ExportSpec:
-        return ExportSpec(module=RowsGraph(self.mean_, self.std_).eval(),
-                          example_input=np.zeros((2, len(self.mean_)), np.float32),
-                          input_name="rows", output_names=("score",), postprocess={"kind": "rows"})
+        return ExportSpec(
+            module=RowsGraph(self.mean_, self.std_).eval(),
+            example_input=np.zeros((2, len(self.mean_)), np.float32),
+            input_name="rows",
+            output_names=("score",),
+            postprocess={"kind": "rows"},
+        )
 
 
 for _name, _cls in (("_tiny_patch", TinyPatch), ("_tiny_rows", TinyRows)):
@@ -174,12 +189,18 @@ def synthetic_images(n: int, seed: int, anomalous: bool = False) -> list[np.ndar
     ramp = np.linspace(60, 180, SIZE_PX, dtype=np.float32)
     images = []
     for _ in range(n):
-        img = np.stack([ramp[None, :].repeat(SIZE_PX, 0), ramp[:, None].repeat(SIZE_PX, 1),
-                        np.full((SIZE_PX, SIZE_PX), 120, np.float32)], axis=-1)
+        img = np.stack(
+            [
+                ramp[None, :].repeat(SIZE_PX, 0),
+                ramp[:, None].repeat(SIZE_PX, 1),
+                np.full((SIZE_PX, SIZE_PX), 120, np.float32),
+            ],
+            axis=-1,
+        )
         img += rng.normal(0, 6, img.shape).astype(np.float32)
         if anomalous:
             y, x = rng.integers(2, SIZE_PX - 10, size=2)
-            img[y:y + 8, x:x + 8] = 255
+            img[y : y + 8, x : x + 8] = 255
         images.append(img.clip(0, 255).astype(np.uint8))
     return images
 
@@ -187,9 +208,15 @@ def synthetic_images(n: int, seed: int, anomalous: bool = False) -> list[np.ndar
 def run_meta(scores: np.ndarray) -> dict[str, Any]:
     """Threshold + normalisation like a run.json, from validation scores."""
     thr = float(np.percentile(scores, 99))
-    return {"threshold": {"value": thr, "policy": "percentile:99"},
-            "normalisation": {"method": "minmax_threshold", "min": float(scores.min()),
-                              "max": float(scores.max()), "threshold": thr}}
+    return {
+        "threshold": {"value": thr, "policy": "percentile:99"},
+        "normalisation": {
+            "method": "minmax_threshold",
+            "min": float(scores.min()),
+            "max": float(scores.max()),
+            "threshold": thr,
+        },
+    }
 
 
 _CACHE_DIR: list[Path] = []
@@ -207,7 +234,7 @@ def _cache_dir() -> Path:
     return _CACHE_DIR[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fitted_tiny() -> tuple[TinyPatch, dict[str, Any]]:
     """A TinyPatch fitted on 8 synthetic images and its run-like meta (shared by test modules)."""
     det = TinyPatch(TinyPatchConfig())
@@ -220,7 +247,7 @@ def parity_images() -> np.ndarray:
     return np.stack(synthetic_images(3, seed=2) + synthetic_images(3, seed=3, anomalous=True))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_bundle(target: str, precision: str = "fp32") -> Path:
     """Path of a TinyPatch bundle exported once per test process."""
     from edgead.export import export_detector

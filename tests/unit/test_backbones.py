@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from edgead.errors import ConfigError
-from edgead.models.backbones import create_backbone, list_backbones, register_backbone
-from edgead.models.backbones import efficientnet_lite
-
-torch.set_num_threads(2)
+from edgead.models.backbones import (
+    create_backbone,
+    efficientnet_lite,
+    list_backbones,
+    register_backbone,
+)
 
 #: ImageNet classes that fit sklearn's china.jpg (a Chinese temple with a pagoda roof).
 _CHINA_CLASSES = {442, 449, 483, 663, 698, 832}  # bell cote, boathouse, castle, monastery,
@@ -54,7 +56,7 @@ def test_feature_contract(name: str) -> None:
     with torch.no_grad():
         feats = net(torch.randn(2, 3, 64, 96, device=device))
     assert len(feats) == 2
-    for feat, channels, stride in zip(feats, info.channels(), info.reduction()):
+    for feat, channels, stride in zip(feats, info.channels(), info.reduction(), strict=True):
         assert feat.dtype == torch.float32
         assert tuple(feat.shape) == (2, channels, 64 // stride, 96 // stride)
 
@@ -97,7 +99,8 @@ def test_lite0_random_or_misconfigured_weights_fail_the_photo_check(
     torch.manual_seed(0)
     random_net = create_backbone("efficientnet_lite0", pretrained=False)
     with torch.no_grad():
-        logits = random_net.classify(_normalised(sample_photos["china.jpg"], (0.5,) * 3, (0.5,) * 3))
+        x = _normalised(sample_photos["china.jpg"], (0.5,) * 3, (0.5,) * 3)
+        logits = random_net.classify(x)
     assert float(logits.softmax(-1).max()) < 0.05
 
     # With symmetric instead of TF "same" padding the pretrained net no longer finds the daisy.
@@ -145,3 +148,22 @@ def test_resnet_weights_are_read_only_from_local_files(
     assert net.pretrained
     assert torch.equal(net.layer3[0].conv1.weight, reference["layer3.0.conv1.weight"])
     assert torch.equal(net.bn1.running_var, reference["bn1.running_var"])
+
+
+@pytest.mark.parametrize("kernel, size, expected_pads", [
+    (3, 16, (0, 1)),   # even input, k3 s2: TF pads 0 before, 1 after
+    (5, 16, (1, 2)),   # even input, k5 s2: 1 before, 2 after
+    (3, 15, (1, 1)),   # odd input: symmetric
+])
+def test_conv2d_same_matches_tensorflow_padding(kernel: int, size: int,
+                                                expected_pads: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    conv = efficientnet_lite.Conv2dSame(2, 3, kernel, 2, 0, bias=False)
+    x = torch.randn(1, 2, size, size)
+    before, after = expected_pads
+    reference = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, [before, after, before, after]), conv.weight, stride=2)
+    with torch.no_grad():
+        out = conv(x)
+    assert out.shape[-1] == -(-size // 2)
+    torch.testing.assert_close(out, reference)

@@ -25,17 +25,26 @@ from edgead.errors import BundleError
 
 def _manifest() -> Manifest:
     return Manifest(
-        schema_version=SCHEMA_VERSION, edgead_version="0.1.0", detector="x", modality="tabular",
-        target="onnx", precision="fp32", graphs={"onnx": "model.onnx"},
+        schema_version=SCHEMA_VERSION,
+        edgead_version="0.1.0",
+        detector="x",
+        modality="tabular",
+        target="onnx",
+        precision="fp32",
+        graphs={"onnx": "model.onnx"},
         input=InputSpec(name="rows", dtype="float32", shape=(None, 3), layout="NC"),
-        outputs=(OutputSpec(name="score", shape=(None,)),), postprocess={"kind": "rows"},
-        threshold=1.0, normalisation={"method": "minmax_threshold", "min": 0.0, "max": 2.0,
-                                      "threshold": 1.0},
-        arrays={"w": "arrays/w.npy"})
+        outputs=(OutputSpec(name="score", shape=(None,)),),
+        postprocess={"kind": "rows"},
+        threshold=1.0,
+        normalisation={"method": "minmax_threshold", "min": 0.0, "max": 2.0, "threshold": 1.0},
+        arrays={"w": "arrays/w.npy"},
+    )
 
 
-MEMBERS = {"model.onnx": b"not really onnx but hashed" * 10,
-           "arrays/w.npy": array_to_npy_bytes(np.arange(6, dtype=np.float32))}
+MEMBERS = {
+    "model.onnx": b"not really onnx but hashed" * 10,
+    "arrays/w.npy": array_to_npy_bytes(np.arange(6, dtype=np.float32)),
+}
 
 
 @pytest.fixture()
@@ -45,8 +54,9 @@ def good(tmp_path: Path) -> Path:
     return path
 
 
-def _rewrite(src: Path, dst: Path, *, members: dict[str, bytes] | None = None,
-             manifest: dict | None = None) -> Path:
+def _rewrite(
+    src: Path, dst: Path, *, members: dict[str, bytes] | None = None, manifest: dict | None = None
+) -> Path:
     """Copy a bundle, replacing member bytes and/or the manifest JSON (no re-hashing)."""
     with zipfile.ZipFile(src) as zf:
         data = {name: zf.read(name) for name in zf.namelist()}
@@ -107,7 +117,9 @@ def test_unlisted_extra_member_is_refused(good: Path, tmp_path: Path) -> None:
         read_bundle(bad)
 
 
-@pytest.mark.parametrize("name", ["../evil.txt", "a/../../evil.txt", "/etc/passwd", "C:evil", "a\\b"])
+@pytest.mark.parametrize(
+    "name", ["../evil.txt", "a/../../evil.txt", "/etc/passwd", "C:evil", "a\\b"]
+)
 def test_unsafe_member_names_are_refused(good: Path, tmp_path: Path, name: str) -> None:
     bad = _rewrite(good, tmp_path / "bad.edgead", members={**MEMBERS, name: b"x"})
     with pytest.raises(BundleError, match="unsafe"):

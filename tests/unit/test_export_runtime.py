@@ -78,7 +78,12 @@ def rows_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TinyRow
 def test_manifest_records_contract_threshold_and_parity(onnx_bundle: Path, meta: dict) -> None:
     bundle = read_bundle(onnx_bundle)
     m = bundle.manifest
-    assert (m.detector, m.modality, m.target, m.precision) == ("_tiny_patch", "image", "onnx", "fp32")
+    assert (m.detector, m.modality, m.target, m.precision) == (
+        "_tiny_patch",
+        "image",
+        "onnx",
+        "fp32",
+    )
     assert m.input.dtype == "uint8" and m.input.shape == (None, SIZE_PX, SIZE_PX, 3)
     assert m.input.mean == pytest.approx((0.485, 0.456, 0.406), abs=1e-5)
     assert m.input.std == pytest.approx((0.229, 0.224, 0.225), abs=1e-5)
@@ -94,13 +99,15 @@ def test_manifest_records_contract_threshold_and_parity(onnx_bundle: Path, meta:
 
 
 @pytest.mark.parametrize("which", ["onnx_bundle", "openvino_bundle"])
-def test_runtime_matches_torch_scores_and_maps(request: pytest.FixtureRequest, which: str,
-                                               tiny: TinyPatch, test_images: np.ndarray) -> None:
+def test_runtime_matches_torch_scores_and_maps(
+    request: pytest.FixtureRequest, which: str, tiny: TinyPatch, test_images: np.ndarray
+) -> None:
     path = request.getfixturevalue(which)
     expected = tiny.score(list(test_images))
     with Detector.load(path, device="cpu", threads=1) as det:
-        assert det.backend == ("openvino/CPU" if which == "openvino_bundle"
-                               else "onnxruntime/CPUExecutionProvider")
+        assert det.backend == (
+            "openvino/CPU" if which == "openvino_bundle" else "onnxruntime/CPUExecutionProvider"
+        )
         assert det.fallbacks == []
         results = det(list(test_images), channel_order="RGB")
     raw = np.array([r.raw_score for r in results])
@@ -108,7 +115,9 @@ def test_runtime_matches_torch_scores_and_maps(request: pytest.FixtureRequest, w
     maps = np.stack([r.anomaly_map for r in results])
     np.testing.assert_allclose(maps, expected.anomaly_maps, atol=1e-4)
     assert raw[3:].min() > raw[:3].max(), "the bright squares must score above normal images"
-    assert all(set(r.timings_ms) == {"preprocess", "graph", "search", "postprocess"} for r in results)
+    assert all(
+        set(r.timings_ms) == {"preprocess", "graph", "search", "postprocess"} for r in results
+    )
 
 
 def test_openvino_precision_hint_is_explicit(openvino_bundle: Path) -> None:
@@ -119,8 +128,9 @@ def test_openvino_precision_hint_is_explicit(openvino_bundle: Path) -> None:
 
 
 def test_frame_resolution_channel_order_and_normalised_score(onnx_bundle: Path) -> None:
-    rgb = np.ascontiguousarray(np.kron(synthetic_images(1, seed=5, anomalous=True)[0],
-                                       np.ones((3, 4, 1), np.uint8)))  # (96, 128, 3)
+    rgb = np.ascontiguousarray(
+        np.kron(synthetic_images(1, seed=5, anomalous=True)[0], np.ones((3, 4, 1), np.uint8))
+    )  # (96, 128, 3)
     with Detector.load(onnx_bundle, device="cpu") as det:
         from_rgb = det(rgb, channel_order="RGB")
         from_bgr = det(rgb[:, :, ::-1].copy())  # BGR is the default
@@ -137,12 +147,15 @@ def test_frame_resolution_channel_order_and_normalised_score(onnx_bundle: Path) 
     assert (from_rgb.score >= 0.5) == from_rgb.is_anomaly
 
 
-@pytest.mark.parametrize("frame, match", [
-    (np.zeros((32, 32, 3), np.float32), "uint8"),
-    (np.zeros((32, 32, 5), np.uint8), "shape"),
-    (np.zeros((0, 32, 3), np.uint8), "empty|shape"),
-    ("image.png", "numpy array"),
-])
+@pytest.mark.parametrize(
+    "frame, match",
+    [
+        (np.zeros((32, 32, 3), np.float32), "uint8"),
+        (np.zeros((32, 32, 5), np.uint8), "shape"),
+        (np.zeros((0, 32, 3), np.uint8), "empty|shape"),
+        ("image.png", "numpy array"),
+    ],
+)
 def test_wrong_frames_are_refused(onnx_bundle: Path, frame: object, match: str) -> None:
     with Detector.load(onnx_bundle, device="cpu") as det, pytest.raises(DataError, match=match):
         det([frame])  # type: ignore[list-item]
@@ -171,7 +184,8 @@ def test_image_bundle_refuses_rows(onnx_bundle: Path) -> None:
 
 
 def test_backend_failing_to_initialise_falls_back_and_says_so(
-        openvino_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    openvino_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(bundle: object, device: str, threads: object) -> Backend:
         raise BackendUnavailableError("simulated: plugin crashed while compiling")
 
@@ -185,15 +199,19 @@ def test_backend_failing_to_initialise_falls_back_and_says_so(
     det.close()
 
 
-def test_absent_devices_fall_back_to_ort_cpu(openvino_bundle: Path, tmp_path: Path,
-                                             tiny: TinyPatch, meta: dict) -> None:
+def test_absent_devices_fall_back_to_ort_cpu(
+    openvino_bundle: Path, tmp_path: Path, tiny: TinyPatch, meta: dict
+) -> None:
     with Detector.load(openvino_bundle, device="npu") as det:  # no NPU plugin on the test machine
         assert det.backend in ("openvino/NPU", "onnxruntime/CPUExecutionProvider")
         if det.backend.startswith("onnxruntime"):
             assert det.fallbacks and "NPU" in det.fallbacks[0]
     trt = tmp_path / "trt.edgead"
     m = export_detector(tiny, meta, "tensorrt", "fp16", trt)
-    assert m.build["tensorrt"]["precision"] == "fp16" and m.export["parity"]["tensorrt"]["checked"] is False
+    assert (
+        m.build["tensorrt"]["precision"] == "fp16"
+        and m.export["parity"]["tensorrt"]["checked"] is False
+    )
     assert m.export["parity_inputs"]["source"] == "synthetic"
     with Detector.load(trt, device="cuda") as det:
         if det.backend.startswith("onnxruntime/CPU"):
@@ -203,10 +221,14 @@ def test_absent_devices_fall_back_to_ort_cpu(openvino_bundle: Path, tmp_path: Pa
 
 def test_candidates_order(openvino_bundle: Path) -> None:
     m = read_bundle(openvino_bundle).manifest
-    assert detector_module.backend_candidates(m, "cpu", None) == [("openvino", "CPU"),
-                                                                  ("onnxruntime", "cpu")]
-    assert detector_module.backend_candidates(m, "auto", None)[-2:] == [("openvino", "CPU"),
-                                                                        ("onnxruntime", "cpu")]
+    assert detector_module.backend_candidates(m, "cpu", None) == [
+        ("openvino", "CPU"),
+        ("onnxruntime", "cpu"),
+    ]
+    assert detector_module.backend_candidates(m, "auto", None)[-2:] == [
+        ("openvino", "CPU"),
+        ("onnxruntime", "cpu"),
+    ]
     assert detector_module.backend_candidates(m, "cpu", "onnxruntime") == [("onnxruntime", "cpu")]
     with pytest.raises(ConfigError, match="unknown device 'tpu'"):
         Detector.load(openvino_bundle, device="tpu")
@@ -258,7 +280,9 @@ def test_graph_parity_names_output_and_error() -> None:
     from edgead.export.parity import check_graph_parity
 
     ref = {"embedding": np.ones((2, 3), np.float32)}
-    with pytest.raises(ExportError, match=r"output 'embedding' differs from torch by max abs 0\.01"):
+    with pytest.raises(
+        ExportError, match=r"output 'embedding' differs from torch by max abs 0\.01"
+    ):
         check_graph_parity({"embedding": ref["embedding"] + 0.01}, ref, "fp32", "ort")
 
 
@@ -269,17 +293,20 @@ def test_unsupported_choices_are_refused(tiny: TinyPatch, meta: dict, tmp_path: 
         export_detector(tiny, meta, "tflite", "fp32", tmp_path / "x.edgead")
 
 
-def test_openvino_fp16_export_records_looser_parity(tiny: TinyPatch, meta: dict, tmp_path: Path,
-                                                    test_images: np.ndarray) -> None:
-    m = export_detector(tiny, meta, "openvino", "fp16", tmp_path / "h.edgead",
-                        parity_inputs=test_images)
+def test_openvino_fp16_export_records_looser_parity(
+    tiny: TinyPatch, meta: dict, tmp_path: Path, test_images: np.ndarray
+) -> None:
+    m = export_detector(
+        tiny, meta, "openvino", "fp16", tmp_path / "h.edgead", parity_inputs=test_images
+    )
     entry = m.export["parity"]["openvino"]
     assert entry["precision"] == "fp16" and entry["outputs"]["embedding"]["tolerance"] == 5e-2
     assert entry["outputs"]["embedding"]["max_rel_err"] < 5e-2
 
 
-def test_cli_export_predict_build_engine(tmp_path: Path, tiny: TinyPatch, meta: dict,
-                                         onnx_bundle: Path) -> None:
+def test_cli_export_predict_build_engine(
+    tmp_path: Path, tiny: TinyPatch, meta: dict, onnx_bundle: Path
+) -> None:
     import cv2
 
     from edgead.cli.main import app
@@ -288,15 +315,28 @@ def test_cli_export_predict_build_engine(tmp_path: Path, tiny: TinyPatch, meta: 
     run_dir = save_run(tmp_path / "run", tiny, meta)
     runner = CliRunner()
     out = tmp_path / "cli.edgead"
-    res = runner.invoke(app, ["export", str(run_dir), "--target", "onnx", "--out", str(out), "--json"])
+    res = runner.invoke(
+        app, ["export", str(run_dir), "--target", "onnx", "--out", str(out), "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["detector"] == "_tiny_patch" and out.is_file()
     images = tmp_path / "imgs"
     images.mkdir()
     for i, img in enumerate(synthetic_images(2, seed=9)):
         cv2.imwrite(str(images / f"{i}.png"), img[:, :, ::-1])
-    res = runner.invoke(app, ["predict", str(out), str(images), "--device", "cpu", "--json",
-                              "--save-maps", str(tmp_path / "maps")])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(out),
+            str(images),
+            "--device",
+            "cpu",
+            "--json",
+            "--save-maps",
+            str(tmp_path / "maps"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)
     assert payload["backend"] == "onnxruntime/CPUExecutionProvider"
@@ -315,23 +355,34 @@ def test_cli_predict_rows_from_stdin(rows_bundle: tuple) -> None:
 
     path, det_torch, rows = rows_bundle
     lines = "\n".join(json.dumps([float(v) for v in row]) for row in rows[:3])
-    named = json.dumps(dict(zip("abcde", map(float, rows[3]))))
-    res = CliRunner().invoke(app, ["predict", str(path), "-", "--device", "cpu", "--json"],
-                             input=lines + "\n" + named + "\n")
+    named = json.dumps(dict(zip("abcde", map(float, rows[3]), strict=True)))
+    res = CliRunner().invoke(
+        app,
+        ["predict", str(path), "-", "--device", "cpu", "--json"],
+        input=lines + "\n" + named + "\n",
+    )
     assert res.exit_code == 0, res.output
     got = [r["raw_score"] for r in json.loads(res.stdout)["results"]]
     np.testing.assert_allclose(got, det_torch.score(rows[:4]).scores, rtol=1e-5)
 
 
-def test_export_run_measures_metrics_through_runtime(tmp_path: Path, tiny: TinyPatch, meta: dict,
-                                                     synthetic_mvtec: Path) -> None:
+def test_export_run_measures_metrics_through_runtime(
+    tmp_path: Path, tiny: TinyPatch, meta: dict, synthetic_mvtec: Path
+) -> None:
     from edgead.export import export_run
     from edgead.rundir import save_run
     from edgead.runtime.eval import evaluate_bundle
 
-    run_dir = save_run(tmp_path / "run", tiny, {**meta, "seed": 0,
-                                                "data": {"path": str(synthetic_mvtec)},
-                                                "metrics": {"image_auroc": 0.5}})
+    run_dir = save_run(
+        tmp_path / "run",
+        tiny,
+        {
+            **meta,
+            "seed": 0,
+            "data": {"path": str(synthetic_mvtec)},
+            "metrics": {"image_auroc": 0.5},
+        },
+    )
     out = tmp_path / "m.edgead"
     manifest = export_run(run_dir, "onnx", "fp32", out)
     assert manifest.export["parity_inputs"] == {"n": 6, "source": "run data"}  # 3 train + 3 test

@@ -46,8 +46,10 @@ def _real_image() -> Path:
 
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     if not photo.is_file():
-        pytest.skip("no real image: neither ../shared/datasets/mpdd_metal_plate nor matplotlib's "
-                    "sample photo is available")
+        pytest.skip(
+            "no real image: neither ../shared/datasets/mpdd_metal_plate nor matplotlib's "
+            "sample photo is available"
+        )
     return photo
 
 
@@ -58,13 +60,20 @@ def test_runtime_scores_real_image_without_torch(tmp_path: Path, target: str) ->
     det, _ = fitted_tiny()
     bundle = tiny_bundle(target)
     image = _real_image()
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(bundle), str(image)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(bundle), str(image)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["torch_loaded"] is False
-    assert out["backend"] == ("openvino/CPU" if target == "openvino" else "onnxruntime/CPUExecutionProvider")
+    assert out["backend"] == (
+        "openvino/CPU" if target == "openvino" else "onnxruntime/CPUExecutionProvider"
+    )
     assert out["map_shape"] == out["frame_shape"][:2]
     # The same frame scored by the torch detector in this process gives the same raw score.
     frame = cv2.imread(str(image), cv2.IMREAD_COLOR)

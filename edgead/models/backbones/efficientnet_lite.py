@@ -55,13 +55,11 @@ class Conv2dSame(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """float32 (B, C_out, ceil(H/s), ceil(W/s)) from (B, C_in, H, W)."""
         pads: list[int] = []
-        for size, k, s, d in zip(
-            (int(x.shape[-1]), int(x.shape[-2])),
-            (self.kernel_size[1], self.kernel_size[0]),
-            (self.stride[1], self.stride[0]),
-            (self.dilation[1], self.dilation[0]),
-        ):
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        for dim in (1, 0):  # width first: F.pad takes (left, right, top, bottom)
+            size = int(x.shape[dim - 2])
+            kernel, stride, dilation = self.kernel_size[dim], self.stride[dim], self.dilation[dim]
+            span = (math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1
+            total = max(span - size, 0)
             pads += [total // 2, total - total // 2]
         return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation,
                         self.groups)
@@ -215,7 +213,7 @@ def _load_lite0_weights(model: EfficientNetLite0, path: Path) -> None:
         raise ConfigError(f"{path}: {len(source)} tensors, expected {len(target)} for "
                           "efficientnet_lite0; the weights file is not EfficientNet-Lite0")
     mapped = {}
-    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
         if tuple(tensor.shape) != tuple(expected.shape):
             raise ConfigError(f"{path}: tensor {src_key} has shape {tuple(tensor.shape)} but "
                               f"{dst_key} needs {tuple(expected.shape)}; wrong weights file")

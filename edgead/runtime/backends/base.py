@@ -47,7 +47,7 @@ class Backend(Protocol):
 
 
 class NumpyBackend:
-    """A backend that calls a numpy function: the fake used by unit tests (like httpx's MockTransport).
+    """A backend that calls a numpy function: the unit-test fake (like httpx's MockTransport).
 
     Args:
         fn: maps the input batch to {output name: array}.
@@ -55,8 +55,12 @@ class NumpyBackend:
         max_batch: largest batch per call (None = any).
     """
 
-    def __init__(self, fn: Callable[[np.ndarray], dict[str, np.ndarray]], name: str = "numpy/fake",
-                 max_batch: int | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[np.ndarray], dict[str, np.ndarray]],
+        name: str = "numpy/fake",
+        max_batch: int | None = None,
+    ) -> None:
         self._fn: Callable[[np.ndarray], dict[str, np.ndarray]] | None = fn
         self.name = name
         self.max_batch = max_batch
@@ -65,7 +69,9 @@ class NumpyBackend:
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Named outputs of the wrapped function, as float32 copies."""
         if self._fn is None:
-            raise BackendUnavailableError(f"backend {self.name} was closed; load the detector again")
+            raise BackendUnavailableError(
+                f"backend {self.name} was closed; load the detector again"
+            )
         return {k: np.array(v, dtype=np.float32, copy=True) for k, v in self._fn(inputs).items()}
 
     def close(self) -> None:
@@ -78,6 +84,8 @@ def check_outputs(outputs: dict[str, np.ndarray], expected: tuple[str, ...], bac
     missing = [name for name in expected if name not in outputs]
     if missing:
         raise BackendUnavailableError(
-            f"backend {backend} returned outputs {sorted(outputs)}; the bundle needs {list(expected)} "
-            f"(missing {missing}); the graph member does not match the manifest, re-export the bundle"
+            f"backend {backend} returned outputs {sorted(outputs)}; the bundle needs "
+            f"{list(expected)} "
+            f"(missing {missing}); the graph member does not match the manifest, re-export "
+            "the bundle"
         )

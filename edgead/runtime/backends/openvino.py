@@ -24,7 +24,8 @@ def _import_openvino() -> Any:
         import openvino
     except ImportError as exc:
         raise BackendUnavailableError(
-            "openvino is not installed; install it with `pip install edgead[openvino]`") from exc
+            "openvino is not installed; install it with `pip install edgead[openvino]`"
+        ) from exc
     return openvino
 
 
@@ -39,31 +40,46 @@ class OpenVinoBackend:
         threads: INFERENCE_NUM_THREADS on CPU; None leaves OpenVINO's default.
     """
 
-    def __init__(self, xml: bytes, weights: bytes, device: str = "CPU", precision: str = "fp32",
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        xml: bytes,
+        weights: bytes,
+        device: str = "CPU",
+        precision: str = "fp32",
+        threads: int | None = None,
+    ) -> None:
         ov = _import_openvino()
         device = device.upper()
         if device not in DEVICES:
-            raise BackendUnavailableError(f"openvino has no device {device!r}; use one of {DEVICES}")
+            raise BackendUnavailableError(
+                f"openvino has no device {device!r}; use one of {DEVICES}"
+            )
         self._core = ov.Core()
         available = list(self._core.available_devices)
         if device != "AUTO" and not any(d.split(".")[0] == device for d in available):
             raise BackendUnavailableError(
                 f"openvino offers devices {available}, not {device}; install the {device} plugin "
-                "and driver or use device='cpu'")
+                "and driver or use device='cpu'"
+            )
         hint = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}.get(precision)
         if hint is None:
-            raise BackendUnavailableError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
+            raise BackendUnavailableError(
+                f"unknown precision {precision!r}; use fp32, fp16 or bf16"
+            )
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if device in ("CPU", "GPU"):
             config["INFERENCE_PRECISION_HINT"] = hint
         if threads is not None and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            model = self._core.read_model(model=xml, weights=ov.Tensor(np.frombuffer(weights, np.uint8)))
+            model = self._core.read_model(
+                model=xml, weights=ov.Tensor(np.frombuffer(weights, np.uint8))
+            )
             self._compiled = self._core.compile_model(model, device, config)
         except RuntimeError as exc:
-            raise BackendUnavailableError(f"openvino could not compile the graph on {device}: {exc}") from exc
+            raise BackendUnavailableError(
+                f"openvino could not compile the graph on {device}: {exc}"
+            ) from exc
         self._request = self._compiled.create_infer_request()
         self._output_names = [out.get_any_name() for out in self._compiled.outputs]
         shape = self._compiled.inputs[0].get_partial_shape()
@@ -79,9 +95,12 @@ class OpenVinoBackend:
         if device in ("CPU", "GPU"):
             value = self._compiled.get_property("INFERENCE_PRECISION_HINT")
             actual_hint = value.to_string() if hasattr(value, "to_string") else str(value)
-        self.info: dict[str, object] = {"precision_hint_requested": hint,
-                                        "precision_hint_used": actual_hint,
-                                        "threads": threads, "openvino_version": ov.__version__}
+        self.info: dict[str, object] = {
+            "precision_hint_requested": hint,
+            "precision_hint_used": actual_hint,
+            "threads": threads,
+            "openvino_version": ov.__version__,
+        }
         logger.info("openvino compiled on %s (inference precision %s)", used, actual_hint)
 
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -89,8 +108,10 @@ class OpenVinoBackend:
         if self._request is None:
             raise BackendUnavailableError("openvino backend was closed; load the detector again")
         self._request.infer({0: inputs}, share_inputs=False)
-        return {name: np.array(self._request.get_output_tensor(i).data, dtype=np.float32, copy=True)
-                for i, name in enumerate(self._output_names)}
+        return {
+            name: np.array(self._request.get_output_tensor(i).data, dtype=np.float32, copy=True)
+            for i, name in enumerate(self._output_names)
+        }
 
     def close(self) -> None:
         """Drop the infer request, compiled model and Core."""

@@ -48,24 +48,34 @@ class OrtBackend:
         cache_dir: where the TensorRT execution provider caches engines (None: no cache).
     """
 
-    def __init__(self, model: bytes, device: str = "cpu", threads: int | None = None,
-                 fp16: bool = False, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: bytes,
+        device: str = "cpu",
+        threads: int | None = None,
+        fp16: bool = False,
+        cache_dir: Path | None = None,
+    ) -> None:
         ort = _import_ort()
         if device not in PROVIDERS:
             raise BackendUnavailableError(
-                f"onnxruntime has no device {device!r}; use one of {sorted(PROVIDERS)}")
+                f"onnxruntime has no device {device!r}; use one of {sorted(PROVIDERS)}"
+            )
         wanted = PROVIDERS[device]
         available = ort.get_available_providers()
         if wanted not in available:
             raise BackendUnavailableError(
                 f"onnxruntime offers {available}, not {wanted}; install onnxruntime-gpu "
-                "(with TensorRT for the TensorRT provider) or use device='cpu'")
+                "(with TensorRT for the TensorRT provider) or use device='cpu'"
+            )
         providers: list[Any] = []
         if device == "tensorrt":
             trt_options: dict[str, Any] = {"trt_fp16_enable": bool(fp16)}
             if cache_dir is not None:
                 cache_dir.mkdir(parents=True, exist_ok=True)
-                trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
+                trt_options.update(
+                    trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir)
+                )
             providers.append(("TensorrtExecutionProvider", trt_options))
         if device in ("tensorrt", "cuda"):
             providers.append("CUDAExecutionProvider")
@@ -78,21 +88,26 @@ class OrtBackend:
         try:
             self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own non-exported exception types
-            raise BackendUnavailableError(f"onnxruntime could not load the graph on {wanted}: {exc}") from exc
+            raise BackendUnavailableError(
+                f"onnxruntime could not load the graph on {wanted}: {exc}"
+            ) from exc
         used = self._session.get_providers()
         if not used or used[0] != wanted:
             raise BackendUnavailableError(
                 f"onnxruntime was asked for {wanted} but uses {used}; the provider failed to "
-                "initialise (see onnxruntime's log)")
+                "initialise (see onnxruntime's log)"
+            )
         self.name = f"onnxruntime/{used[0]}"
         graph_input = self._session.get_inputs()[0]
         self._input_name = graph_input.name
         batch = graph_input.shape[0] if graph_input.shape else None
         self.max_batch: int | None = batch if isinstance(batch, int) else None
         self._output_names = [o.name for o in self._session.get_outputs()]
-        self.info: dict[str, object] = {"providers_requested": [p if isinstance(p, str) else p[0]
-                                                                for p in providers],
-                                        "providers_used": used, "threads": threads}
+        self.info: dict[str, object] = {
+            "providers_requested": [p if isinstance(p, str) else p[0] for p in providers],
+            "providers_used": used,
+            "threads": threads,
+        }
         logger.info("onnxruntime session on %s (providers %s)", used[0], used)
 
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -100,7 +115,10 @@ class OrtBackend:
         if self._session is None:
             raise BackendUnavailableError("onnxruntime backend was closed; load the detector again")
         values = self._session.run(self._output_names, {self._input_name: inputs})
-        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(self._output_names, values)}
+        return {
+            name: np.asarray(v, dtype=np.float32)
+            for name, v in zip(self._output_names, values, strict=True)
+        }
 
     def close(self) -> None:
         """Drop the session."""

