@@ -273,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--models", default=",".join(ALL_MODELS),
                         help=f"comma-separated, from {', '.join(ALL_MODELS)}")
-    parser.add_argument("--threads", type=int, default=2, help="torch / ORT threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch / ORT threads (1: a busy 2-core machine slows down badly with 2)")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--throughput-batch", type=int, default=8192)
     parser.add_argument("--throughput-iters", type=int, default=50)

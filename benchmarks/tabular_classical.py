@@ -189,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def record() -> None:
         results.update(TAB.summarise(results.get("runs", [])))
+        order = [m for m in ALL_MODELS if m in results["summary"]]
+        results["summary"] = {m: results["summary"][m] for m in order}
         cost = nystroem_cost(results.get("runs", []))
         if cost is not None:
             results["nystroem_vs_exact"] = cost

