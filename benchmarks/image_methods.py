@@ -211,7 +211,7 @@ def _chart(rows: list[dict[str, Any]], path: Path) -> None:
                for m in methods]
         axes[0].bar(x + j * width, auroc, width, label=dataset)
         axes[1].bar(x + j * width, ort, width, label=f"{dataset} (ONNX Runtime)")
-    for ax, title in zip(axes, ("image AUROC", "latency per frame, p50 (ms)")):
+    for ax, title in zip(axes, ("image AUROC", "latency per frame, p50 (ms)"), strict=True):
         ax.set_xticks(x + width * (len(datasets) - 1) / 2, methods, rotation=20, fontsize=8)
         ax.set_title(title)
         ax.legend(fontsize=8)

@@ -109,15 +109,16 @@ def make_scorer(model: str, n_features: int, seed: int
 
 def run_quality(files: list[Path], models: list[str], seeds: list[int],
                 record: Callable[[], None], results: dict[str, Any]) -> None:
-    """Fill results["runs"] with one entry per (data set, model, seed)."""
+    """Fill results["runs"] with one entry per (seed, data set, model); seeds are the outer loop,
+    so an interrupted run has whole seeds over all data sets."""
     from edgead.data.tabular import adbench_split, load_table
 
     runs: list[dict[str, Any]] = results.setdefault("runs", [])
-    for path in files:
-        table = load_table(path)
-        if table.y is None:
-            raise SystemExit(f"{path} has no labels 'y'")
-        for seed in seeds:
+    tables = {path: load_table(path) for path in files}
+    for seed in seeds:
+        for path, table in tables.items():
+            if table.y is None:
+                raise SystemExit(f"{path} has no labels 'y'")
             train_idx, test_idx = adbench_split(table.y, seed)
             train, test, labels = table.X[train_idx], table.X[test_idx], table.y[test_idx]
             for model in models:
@@ -137,7 +138,7 @@ def run_quality(files: list[Path], models: list[str], seeds: list[int],
                 logger.info("%-16s %-15s seed %d auroc %s (%.1fs)", path.stem, model, seed,
                             f"{metrics['auroc']:.4f}" if "auroc" in metrics else "ERR",
                             entry["fit_score_s"])
-        record()
+            record()
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ranks = {m: [] for m in models}
     for ds in common:
         aurocs = np.array([per[m][ds]["auroc"] for m in models])
-        for m, r in zip(models, rankdata(-aurocs)):
+        for m, r in zip(models, rankdata(-aurocs), strict=True):
             ranks[m].append(float(r))
     summary = {}
     for m in models:
@@ -266,6 +267,30 @@ def _git_sha() -> str:
         return "unknown"
 
 
+def merge(files: Sequence[str], results_file: str) -> int:
+    """Combine the runs (and throughput) of result files; print the table; write JSON."""
+    runs: list[dict[str, Any]] = []
+    merged: dict[str, Any] = {"merged_from": list(files)}
+    for name in files:
+        doc = json.loads(Path(name).read_text())
+        runs.extend(doc["results"].get("runs", []))
+        if "throughput_ae_ort" in doc["results"]:
+            merged["throughput_ae_ort"] = doc["results"]["throughput_ae_ort"]
+    keys = {(r["dataset"], r["model"], r["seed"]) for r in runs}
+    if len(keys) != len(runs):
+        print("warning: duplicate (dataset, model, seed) runs; all are averaged", file=sys.stderr)
+    merged["runs"] = runs
+    merged.update(summarise(runs))
+    print(format_table(merged["summary"]))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(results_file or REPO / "benchmarks" / "results" / f"tabular-merged-{stamp}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "detector": "tabular",
+                               "results": merged, "versions": _versions()}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table; write JSON. Returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -274,12 +299,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(ALL_MODELS),
                         help=f"comma-separated, from {', '.join(ALL_MODELS)}")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch / ORT threads (1: a busy 2-core machine slows down badly with 2)")
+                        help="torch / ORT threads (1: a busy 2-core machine is slow with 2)")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--throughput-batch", type=int, default=8192)
     parser.add_argument("--throughput-iters", type=int, default=50)
     parser.add_argument("--results-file", default="")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="only combine the runs of earlier result files into one table")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.results_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("edgead").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")

@@ -1,4 +1,4 @@
-"""Tabular data: load rows from .npz / .csv / .parquet, check them, and split by the ADBench protocol.
+"""Tabular data: load rows from .npz / .csv / .parquet, check them, split by the ADBench protocol.
 
 `load_table(path, label_column=None)` returns a `Table` of float32 rows. It refuses data that a
 detector cannot use, with a `DataError` that names the problem:
@@ -253,7 +253,7 @@ def check_columns(table: Table, feature_names: tuple[str, ...] | list[str]) -> N
         return
     if table.feature_names != expected:
         diff = [f"{i}: '{a}' vs '{b}'" for i, (a, b)
-                in enumerate(zip(table.feature_names, expected)) if a != b]
+                in enumerate(zip(table.feature_names, expected, strict=True)) if a != b]
         raise DataError(f"column names differ from the training run at {', '.join(diff[:5])}; "
                         "reorder or rename the columns to match")
 

@@ -207,7 +207,9 @@ def export_detector(
     build: dict[str, Any] = {}
     if target == "tensorrt":
         build["tensorrt"] = {"precision": precision, **TENSORRT_BUILD}
-    config = meta.get("config") or {}
+    from edgead.config import to_dict
+
+    config = meta.get("config") or to_dict(detector.config)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         edgead_version=__version__,

@@ -5,7 +5,7 @@ rows; edgead/models/_tabular.py), fits its model on the standardised rows z and 
 state as plain numpy arrays (prefix "m."), so `score` needs neither scikit-learn nor pickles.
 
 Export-safe maths for the graphs lives here too: `sq_dists` (squared Euclidean distances by the
-expansion ||x||^2 + ||c||^2 - 2 x.c with a clamp at 0, no `torch.cdist`) and `logsumexp`
+expansion ||x||^2 + ||c||^2 - 2 x.c with a clamp at 0, no `torch.cdist`) and `neg_logsumexp`
 (max-shifted, written with ReduceMax / Exp / ReduceSum / Log so it runs on ONNX Runtime, OpenVINO
 and TensorRT alike).
 """
@@ -152,10 +152,16 @@ def sq_dists(queries: torch.Tensor, centres: torch.Tensor, centres_sq: torch.Ten
     return torch.clamp(d2, min=0.0)
 
 
-def logsumexp(values: torch.Tensor) -> torch.Tensor:
-    """log(sum(exp(values), dim=1)) of (B, M) -> (B,), max-shifted (ReduceMax/Exp/Sum/Log)."""
+def neg_logsumexp(values: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    """-(log(sum(exp(values), dim=1)) + offset) of (B, M) -> (B,), max-shifted.
+
+    Ops: ReduceMax / Sub / Exp / ReduceSum / Log / Add / Neg, then Squeeze as the last op (with
+    Squeeze before Neg, OpenVINO 2026.4 gives the output tensor two names and a runtime reading
+    `get_any_name()` may not find "score").
+    """
     top = torch.amax(values, dim=1, keepdim=True)
-    return (top + torch.log(torch.exp(values - top).sum(dim=1, keepdim=True))).squeeze(1)
+    lse = top + torch.log(torch.exp(values - top).sum(dim=1, keepdim=True))
+    return (-(lse + offset)).squeeze(1)
 
 
 class StandardizedGraph(nn.Module):

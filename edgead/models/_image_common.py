@@ -164,7 +164,8 @@ def load_module_state(prefix: str, module: nn.Module, arrays: dict[str, np.ndarr
     for key, value in module.state_dict().items():
         name = f"{prefix}{key}"
         if name not in arrays:
-            raise DataError(f"state array '{name}' is missing; the run does not match this detector")
+            raise DataError(f"state array '{name}' is missing; the run does not match "
+                            "this detector")
         array = np.asarray(arrays[name])
         if tuple(array.shape) != tuple(value.shape):
             raise DataError(f"state array '{name}' has shape {array.shape}, expected "

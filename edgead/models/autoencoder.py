@@ -29,8 +29,8 @@ class AEConfig:
 
     hidden_sizes: tuple[int, ...] = (64, 32)
     latent_dim: int = 0
-    epochs: int = 100
-    batch_size: int = 64
+    epochs: int = 50
+    batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-5
     val_fraction: float = 0.1
@@ -40,7 +40,8 @@ class AEConfig:
         """ConfigError on out-of-range values."""
         validate_common(self)
         if self.latent_dim < 0:
-            raise ConfigError(f"AEConfig: latent_dim must be >= 0 (0 = auto), got {self.latent_dim}")
+            raise ConfigError(
+                f"AEConfig: latent_dim must be >= 0 (0 = auto), got {self.latent_dim}")
 
 
 def latent_width(latent_dim: int, n_features: int, last_hidden: int) -> int:

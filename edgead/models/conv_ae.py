@@ -217,7 +217,8 @@ class _ConvAEBase(BaseDetector):
         check_images(data, self.config.image_size)
         scores, maps = [], []
         with torch.inference_mode():
-            for batch in iter_batches(data, self.config.batch_size, progress, f"{self.name}: score"):
+            for batch in iter_batches(data, self.config.batch_size, progress,
+                                      f"{self.name}: score"):
                 batch_scores, batch_maps = net(batch)
                 scores.append(batch_scores.numpy())
                 maps.append(batch_maps.numpy())

@@ -103,6 +103,7 @@ def greedy_coreset(features: np.ndarray, ratio: float, *, projection_dim: int = 
         raise ConfigError(f"coreset block_size must be >= 1, got {block_size}")
     n_vectors = features.shape[0]
     n_select = coreset_size(n_vectors, ratio)
+    n_block = min(block_size, n_vectors)
     t0 = time.perf_counter()
     if n_select >= n_vectors:
         return np.arange(n_vectors, dtype=np.int64)
@@ -125,27 +126,32 @@ def greedy_coreset(features: np.ndarray, ratio: float, *, projection_dim: int = 
     gen = torch.Generator().manual_seed(seed)
     first = int(torch.randint(n_vectors, (1,), generator=gen))
     selected = np.empty(n_select, dtype=np.int64)
-    min_sq = torch.full((n_vectors,), float("inf"), dtype=torch.float32)
+    # The per-step (N,) work runs in numpy: single-threaded, so no thread-pool barrier per step
+    # (on a busy 2-core machine a torch parallel region per step costs ~10 ms of waiting).
+    min_sq = np.full(n_vectors, np.inf, dtype=np.float32)
     block_rows: dict[int, int] = {}
-    block = torch.empty(0)
+    block = np.empty((0, n_vectors), dtype=np.float32)
     n_blocks = 0
     report_every = max(1, n_select // 100)
     idx = first
     for step in range(n_select):
         if idx not in block_rows:
-            cand = torch.topk(min_sq, min(block_size, n_vectors)).indices if step else \
-                torch.tensor([idx])
-            if not bool((cand == idx).any()):
-                cand[-1] = idx
+            if step:
+                cand = np.argpartition(min_sq, n_vectors - n_block)[n_vectors - n_block:]
+                if not np.any(cand == idx):
+                    cand[0] = idx
+            else:
+                cand = np.array([idx])
             # (B, N) squared distances from the block's vectors to every vector: one pass.
-            block = torch.addmm(sq_col, vectors, centres_aug[cand].T, alpha=-2.0)
-            block = block.T.contiguous().float()
+            dist_sq = torch.addmm(sq_col, vectors, centres_aug[torch.from_numpy(cand)].T,
+                                  alpha=-2.0)
+            block = dist_sq.T.float().contiguous().numpy()
             block_rows = {int(c): r for r, c in enumerate(cand.tolist())}
             n_blocks += 1
         selected[step] = idx
-        torch.minimum(min_sq, block[block_rows.pop(idx)], out=min_sq)
+        np.minimum(min_sq, block[block_rows.pop(idx)], out=min_sq)
         min_sq[idx] = -1.0  # never pick a selected vector again
-        idx = int(torch.argmax(min_sq))
+        idx = int(np.argmax(min_sq))
         if step % report_every == 0:
             progress(step, n_select, "coreset")
     progress(n_select, n_select, "coreset")

@@ -36,8 +36,8 @@ class DeepSVDDConfig:
     rep_dim: int = 16
     eps: float = 0.1
     negative_slope: float = 0.1
-    epochs: int = 100
-    batch_size: int = 64
+    epochs: int = 50
+    batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-6
     val_fraction: float = 0.1

@@ -66,7 +66,7 @@ class DeepSVDDImageConfig:
     base_channels: int = 16
     rep_dim: int = 64
     epochs: int = 40
-    lr: float = 1e-4
+    lr: float = 1e-3  # Adam default; the paper's 1e-4 assumes ~150 epochs + AE pretraining
     weight_decay: float = 1e-6
     batch_size: int = 16
     blur_sigma: float = 4.0

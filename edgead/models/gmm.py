@@ -32,8 +32,8 @@ from edgead.models._classical import (
     ClassicalDetector,
     StandardizedGraph,
     as_buffer,
-    logsumexp,
     logsumexp_np,
+    neg_logsumexp,
 )
 from edgead.models.base import ExportSpec, register_detector
 
@@ -101,7 +101,7 @@ class GMMScorer(nn.Module):
         """scaled float32 (B, D) -> scores float32 (B,)."""
         y = scaled @ self.proj - self.mean_proj  # (B, K*D), component-major
         log_prob = -0.5 * ((y * y) @ self.group) + self.offset
-        return -logsumexp(log_prob)
+        return neg_logsumexp(log_prob)
 
 
 @register_detector("gmm")

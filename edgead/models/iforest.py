@@ -100,7 +100,7 @@ def forest_arrays(model: Any, n_features: int) -> dict[str, np.ndarray]:
     counts = np.zeros((n_trees, width), dtype=np.int64)
     depth = np.zeros((n_trees, width), dtype=np.int64)
     subsample = model._max_features != n_features  # sklearn subsets X only in that case
-    for t, (tree, cols) in enumerate(zip(trees, model.estimators_features_)):
+    for t, (tree, cols) in enumerate(zip(trees, model.estimators_features_, strict=True)):
         n = tree.node_count
         is_split = tree.children_left[:n] >= 0
         feats = tree.feature[:n].astype(np.int64)

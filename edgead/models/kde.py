@@ -37,8 +37,8 @@ from edgead.models._classical import (
     StandardizedGraph,
     as_buffer,
     chunks,
-    logsumexp,
     logsumexp_np,
+    neg_logsumexp,
     sq_dists,
     sq_dists_np,
 )
@@ -115,7 +115,7 @@ class KDEScorer(nn.Module):
     def forward(self, scaled: torch.Tensor) -> torch.Tensor:
         """scaled float32 (B, D) -> scores float32 (B,)."""
         d2 = sq_dists(scaled * self.inv_h, self.centres, self.centres_sq)
-        return -(logsumexp(-0.5 * d2) + self.log_norm)
+        return neg_logsumexp(-0.5 * d2, self.log_norm)
 
 
 @register_detector("kde")

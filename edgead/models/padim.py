@@ -71,7 +71,8 @@ class PaDiMConfig:
         if self.n_features < 1:
             raise ConfigError(f"padim: n_features must be >= 1, got {self.n_features}")
         if self.eps <= 0:
-            raise ConfigError(f"padim: eps must be > 0 (it keeps covariances invertible), got {self.eps}")
+            raise ConfigError(f"padim: eps must be > 0 (it keeps covariances invertible), "
+                              f"got {self.eps}")
         if self.batch_size < 1 or self.blur_sigma < 0:
             raise ConfigError("padim: batch_size must be >= 1 and blur_sigma >= 0")
 
@@ -91,7 +92,7 @@ class PaDiMEmbedding(nn.Module):
         """float32 (B, d, h, w)."""
         maps = self.features(images)
         resized = [F.interpolate(m, size=self.grid_hw, mode="bilinear", align_corners=False)
-                   if resize else m for m, resize in zip(maps, self.resize)]
+                   if resize else m for m, resize in zip(maps, self.resize, strict=True)]
         return torch.index_select(torch.cat(resized, dim=1), 1, self.channel_index)
 
 

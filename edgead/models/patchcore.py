@@ -122,8 +122,8 @@ class PatchCoreEmbedder(nn.Module):
         self.embedding_dim = int(sum(channels))
         self._resize = tuple(stride != min(strides) for stride in strides)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """float32 (B, h*w, D) from uint8 (B, S, S, 3) RGB."""
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        """("embedding" float32 (B, h*w, D),) from uint8 (B, S, S, 3) RGB."""
         maps = self.backbone(self.normalize(images))
         pooled = []
         for feature_map, resize in zip(maps, self._resize, strict=True):
@@ -134,7 +134,7 @@ class PatchCoreEmbedder(nn.Module):
             pooled.append(feature_map)
         embedding = torch.cat(pooled, dim=1)  # (B, D, h, w)
         batch = embedding.shape[0]
-        return embedding.reshape(batch, self.embedding_dim, -1).permute(0, 2, 1).contiguous()
+        return (embedding.reshape(batch, self.embedding_dim, -1).permute(0, 2, 1).contiguous(),)
 
 
 def reweight_scores(patch_embeddings: np.ndarray, patch_distances: np.ndarray,
@@ -214,7 +214,7 @@ class PatchCore(BaseDetector):
         parts: list[np.ndarray] = []
         with torch.inference_mode():
             for batch in iter_batches(images, self.config.batch_size, progress, description):
-                parts.append(self.embedder(batch).numpy())
+                parts.append(self.embedder(batch)[0].numpy())
         return np.concatenate(parts)
 
     def fit(self, data: Sequence[np.ndarray] | np.ndarray, *, seed: int = 0,
@@ -254,7 +254,7 @@ class PatchCore(BaseDetector):
         maps: list[np.ndarray] = []
         with torch.inference_mode():
             for batch in iter_batches(data, cfg.batch_size, progress, "patchcore: score"):
-                emb = self.embedder(batch).numpy()
+                emb = self.embedder(batch)[0].numpy()
                 patch, ids = self.patch_distances(emb)
                 flat = patch.reshape(patch.shape[0], -1)
                 if cfg.reweight:

@@ -38,8 +38,8 @@ class VAEConfig:
     hidden_sizes: tuple[int, ...] = (64, 32)
     latent_dim: int = 0
     kl_weight: float = 1.0
-    epochs: int = 100
-    batch_size: int = 64
+    epochs: int = 50
+    batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-5
     val_fraction: float = 0.1
@@ -79,7 +79,7 @@ class VAENet(nn.Module):
         return 0.5 * (mu ** 2 + torch.exp(logvar) - 1.0 - logvar).sum(dim=1)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-row training loss (B,): SSE + kl_weight * KL; z is sampled in train mode, mu in eval."""
+        """Per-row training loss (B,): SSE + kl_weight * KL; z sampled in train mode, mu in eval."""
         mu, logvar = self.encode(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
         sse = ((x - self.decoder(z)) ** 2).sum(dim=1)

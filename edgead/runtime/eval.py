@@ -57,7 +57,7 @@ def load_eval_data(
         return train, test.images, np.asarray(test.labels), test.masks
     from edgead.data.tabular import adbench_split, load_table
 
-    table = load_table(data)
+    table = load_table(data, (meta.get("data") or {}).get("label_column"))
     if table.y is None:
         raise DataError(f"{data} has no labels (y); evaluation needs 0/1 labels")
     train_idx, test_idx = adbench_split(table.y, seed=int(meta.get("seed", 0)))
@@ -67,84 +67,113 @@ def load_eval_data(
 
 def evaluate_bundle(
     bundle_path: str | Path,
-    data: str | Path,
+    data: str | Path | None = None,
     device: str = "cpu",
     backend: str | None = None,
     save_maps: str | Path | None = None,
     progress: Progress = no_progress,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the bundle at `bundle_path` on the labelled test data in `data`.
+    """Metrics of the bundle at `bundle_path` on labelled test data, scored by the runtime.
 
     Args:
         bundle_path: a `.edgead` file.
-        data: images: MVTec-layout folder (or "elpv"); tabular: a .npz/.csv/.parquet with labels.
+        data: images: MVTec-layout folder (or "elpv"); tabular: a .npz/.csv/.parquet with
+            labels (test rows = the ADBench split with the run's seed, as `evaluate_run`).
+            None: the data the run was trained on, as recorded at export.
         device, backend, threads: as for `Detector.load`.
         save_maps: folder for anomaly-map overlays of every test image (images only).
 
     Returns:
-        the run's eval keys (see module doc), plus "runtime": {"backend", "fallbacks",
-        "latency_ms_p50" per batch item}.
+        The keys `edgead.training.evaluate_run` returns (images: image_auroc, image_auprc,
+        image_f1, f1_threshold, threshold, n_test, n_anomalous, precision_at_threshold,
+        recall_at_threshold, pixel_auroc/aupro with masks, seconds_per_image; tabular: auroc,
+        auprc, f1, f1_threshold, threshold, n_test, n_anomalous, precision/recall,
+        seconds_per_row), plus "runtime": {"backend", "fallbacks"} and "panels" with save_maps.
+
+    Raises:
+        DataError: no data given or recorded, unlabelled data, one class only.
     """
     from edgead import metrics
 
     with Detector.load(bundle_path, device=device, backend=backend, threads=threads) as det:
         m = det.manifest
-        meta = {"config": m.config, "seed": (m.export.get("run") or {}).get("seed", 0)}
+        run = m.export.get("run") or {}
+        run_data = run.get("data") or {}
+        if data is None:
+            data = run_data.get("spec") or run_data.get("path")
+            if data is None:
+                raise DataError(f"{bundle_path} does not record its data; pass labelled data")
+        meta = {"config": m.config, "seed": run.get("seed") or 0, "data": run_data}
         size = m.input.image_size[0] if m.input.image_size else None
         _, inputs, labels, masks = load_eval_data(data, meta, m.modality, image_size=size)
+        labels = np.asarray(labels, dtype=np.int64)
         n = len(labels)
         raw = np.empty(n, dtype=np.float32)
-        per_item_ms: list[float] = []
         maps: list[np.ndarray] = []
+        panels: list[str] = []
+        t0 = time.perf_counter()
         if m.modality == "tabular":
-            t0 = time.perf_counter()
+            if save_maps is not None:
+                raise DataError("--save-maps needs an image bundle; this bundle is tabular")
             raw[:] = det.score_rows(inputs).raw_scores
-            per_item_ms.append((time.perf_counter() - t0) * 1e3 / max(n, 1))
         else:
             for start in range(0, n, BATCH):
                 batch = [inputs[i] for i in range(start, min(start + BATCH, n))]
-                t0 = time.perf_counter()
                 results = det(batch, channel_order="RGB")
-                per_item_ms.append((time.perf_counter() - t0) * 1e3 / len(batch))
                 for j, res in enumerate(results):  # type: ignore[union-attr]
                     raw[start + j] = res.raw_score
                     if masks is not None and res.anomaly_map is not None:
                         maps.append(res.anomaly_map)
                     if save_maps is not None and res.anomaly_map is not None:
-                        write_overlay(
-                            Path(save_maps) / f"{start + j:04d}_label{labels[start + j]}.png",
-                            batch[j],
-                            res.anomaly_map,
-                            m.normalisation,
+                        name = f"{start + j:04d}_label{labels[start + j]}.png"
+                        panels.append(
+                            str(
+                                write_overlay(
+                                    Path(save_maps) / name,
+                                    batch[j],
+                                    res.anomaly_map,
+                                    m.normalisation,
+                                )
+                            )
                         )
                 progress(min(start + BATCH, n), n, "evaluate")
+        seconds = time.perf_counter() - t0
         scores = metrics.image_metrics(labels, raw)
-        threshold = m.threshold if m.threshold is not None else scores["f1_threshold"]
-        runtime = {
-            "backend": det.backend,
-            "fallbacks": det.fallbacks,
-            "latency_ms_p50": float(np.median(per_item_ms)) if per_item_ms else None,
-        }
+        threshold = float(m.threshold if m.threshold is not None else scores["f1_threshold"])
+        runtime = {"backend": det.backend, "fallbacks": det.fallbacks}
+    predicted = raw >= threshold
+    true_pos = int(np.sum(predicted & (labels == 1)))
+    common = {
+        "f1_threshold": scores["f1_threshold"],
+        "threshold": threshold,
+        "n_test": int(n),
+        "n_anomalous": int(labels.sum()),
+        "precision_at_threshold": true_pos / max(int(predicted.sum()), 1),
+        "recall_at_threshold": true_pos / max(int(labels.sum()), 1),
+    }
     if m.modality == "tabular":
         return {
             "auroc": scores["auroc"],
             "auprc": scores["auprc"],
             "f1": scores["f1"],
-            "threshold": float(threshold),
-            "n_test": int(n),
+            **common,
+            "seconds_per_row": seconds / max(n, 1),
             "runtime": runtime,
         }
     out: dict[str, Any] = {
         "image_auroc": scores["auroc"],
         "image_auprc": scores["auprc"],
         "image_f1": scores["f1"],
-        "threshold": float(threshold),
-        "n_test": int(n),
+        **common,
     }
     if masks is not None and maps:
         out.update(metrics.pixel_metrics(np.stack(list(masks)), np.stack(maps)))
+    out["seconds_per_image"] = seconds / max(n, 1)
     out["runtime"] = runtime
+    if save_maps is not None:
+        out["panels"] = panels
+        out["panels_dir"] = str(save_maps)
     return out
 
 

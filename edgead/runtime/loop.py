@@ -525,7 +525,7 @@ class InspectionLoop:
         s.reconnects, s.outages = counts["reconnects"], counts["outages"]
         s.fps = round(s.scored / duration_s, 3) if duration_s > 0 else 0.0
         s.latency_ms = {k: round(v, 3) for k, v in self.stats.percentiles().items()}
-        if not s.accounted:
+        if not s.accounted and stop_reason != "error":  # an error leaves its frame uncounted
             logger.error("frame accounting is off: scored %d + dropped %d + corrupt %d != read %d",
                          s.scored, s.dropped, s.corrupt, s.read)
         if self.config.out_dir is not None:

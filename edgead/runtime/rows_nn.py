@@ -88,7 +88,8 @@ def scores_from_neighbors(distances: np.ndarray, ids: np.ndarray, postprocess: d
         k_distance = np.asarray(arrays[spec.get("k_distance", "k_distance")], dtype=np.float64)
         lrd_train = np.asarray(arrays[spec.get("lrd", "lrd")], dtype=np.float64)
     except KeyError as exc:
-        raise BundleError(f"LOF scoring needs the bundle array {exc}; re-export the bundle") from exc
+        raise BundleError(f"LOF scoring needs the bundle array {exc}; "
+                          "re-export the bundle") from exc
     neighbors = np.asarray(ids, dtype=np.int64)[:, :k]
     if neighbors.shape != dist.shape:
         raise BundleError(f"neighbour ids {neighbors.shape} do not match distances {dist.shape}")

@@ -423,3 +423,21 @@ def test_real_patchcore_with_reweight_round_trips(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         np.stack([r.anomaly_map for r in results]), expected.anomaly_maps, atol=1e-4
     )
+
+
+def test_evaluate_tabular_bundle_uses_the_run_split(rows_bundle: tuple, tmp_path: Path) -> None:
+    from edgead import metrics
+    from edgead.data.tabular import adbench_split
+    from edgead.runtime.eval import evaluate_bundle
+
+    path, det_torch, _ = rows_bundle
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(size=(60, 5)), rng.normal(size=(10, 5)) * 4]).astype(np.float32)
+    y = np.r_[np.zeros(60), np.ones(10)].astype(np.int64)
+    np.savez(tmp_path / "t.npz", X=X, y=y)
+    result = evaluate_bundle(path, tmp_path / "t.npz")
+    _, test_idx = adbench_split(y, seed=0)
+    expected = metrics.image_metrics(y[test_idx], det_torch.score(X[test_idx]).scores)
+    assert result["auroc"] == pytest.approx(expected["auroc"])
+    assert result["n_test"] == len(test_idx) and result["n_anomalous"] == 10
+    assert result["runtime"]["backend"] == "onnxruntime/CPUExecutionProvider"

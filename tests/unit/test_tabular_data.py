@@ -22,7 +22,7 @@ from edgead.errors import DataError
 pd = pytest.importorskip("pandas")
 
 
-def _frame(n: int = 20) -> "pd.DataFrame":
+def _frame(n: int = 20) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     return pd.DataFrame({"a": rng.normal(size=n), "b": rng.integers(0, 5, n),
                          "label": (np.arange(n) % 5 == 0).astype(int)})

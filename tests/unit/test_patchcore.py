@@ -1,0 +1,231 @@
+"""Unit tests: PatchCore on tiny synthetic images with random-weight backbones.
+
+A tiny backbone (strides 4 / 8, 6 / 10 channels: unlike EfficientNet) checks that the embedder
+sizes itself from `feature_info`; one test runs the default efficientnet_lite0 with random
+weights. Parity tolerance for ONNX Runtime / OpenVINO: 1e-4 relative to the largest value (fp32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgead.errors import ConfigError, DataError, NotFittedError
+from edgead.models.backbones import FeatureExtractor, FeatureInfo, list_backbones, register_backbone
+from edgead.models.base import create_detector
+from edgead.models.patchcore import PatchCore, PatchCoreEmbedder, reweight_scores
+
+TINY = "tiny_test_patchcore"
+SIZE = 32
+PARITY_RTOL = 1e-4
+
+
+class _TinyBackbone(FeatureExtractor):
+    """Maps at strides 4 and 8 with 6 and 10 channels (float32, normalised input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, 6, 3, 2, 1), nn.ReLU(), nn.Conv2d(6, 6, 3, 2, 1))
+        self.stage2 = nn.Sequential(nn.ReLU(), nn.Conv2d(6, 10, 3, 2, 1))
+        self.feature_info = FeatureInfo(channel_counts=(6, 10), reductions=(4, 8))
+        self.mean = (0.4, 0.5, 0.6)
+        self.std = (0.2, 0.25, 0.3)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        first = self.stage1(images)
+        return [first, self.stage2(first)]
+
+
+if TINY not in list_backbones():
+    register_backbone(TINY)(lambda pretrained: _TinyBackbone())
+
+CONFIG = {"backbone": TINY, "pretrained": False, "image_size": SIZE, "coreset_ratio": 0.25}
+
+
+def _images(n: int, seed: int, defect: bool = False) -> np.ndarray:
+    """uint8 (n, SIZE, SIZE, 3): gradients + noise; `defect` adds a bright 8x8 square."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(60, 180, SIZE, dtype=np.float32)
+    base = np.stack([ramp[None, :].repeat(SIZE, 0), ramp[:, None].repeat(SIZE, 1),
+                     np.full((SIZE, SIZE), 120, np.float32)], axis=-1)
+    out = base[None] + rng.normal(0, 6, size=(n, SIZE, SIZE, 3))
+    if defect:
+        for image in out:
+            y, x = rng.integers(2, SIZE - 10, size=2)
+            image[y: y + 8, x: x + 8] = 255.0
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> PatchCore:
+    det = create_detector("patchcore", CONFIG)
+    det.fit(_images(12, seed=1), seed=0)
+    return det  # type: ignore[return-value]
+
+
+def test_embedder_sizes_itself_from_feature_info() -> None:
+    embedder = PatchCoreEmbedder(_TinyBackbone().freeze(), SIZE)
+    assert embedder.grid_hw == (SIZE // 4, SIZE // 4) and embedder.embedding_dim == 16
+    (emb,) = embedder(torch.from_numpy(_images(2, seed=0)))
+    assert emb.dtype == torch.float32 and emb.shape == (2, (SIZE // 4) ** 2, 16)
+
+
+def test_embedding_is_pooled_and_upsampled_features() -> None:
+    backbone = _TinyBackbone().freeze()
+    embedder = PatchCoreEmbedder(backbone, SIZE).eval()
+    images = _images(1, seed=2)
+    with torch.inference_mode():
+        (emb,) = embedder(torch.from_numpy(images))
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        x = (x - torch.tensor(backbone.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.std).view(
+            1, 3, 1, 1)
+        fine, coarse = backbone(x)
+        fine = F.avg_pool2d(fine, 3, 1, 1)
+        coarse = F.interpolate(F.avg_pool2d(coarse, 3, 1, 1), size=fine.shape[-2:],
+                               mode="bilinear", align_corners=False)
+        want = torch.cat([fine, coarse], 1).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(emb, want, rtol=1e-5, atol=1e-5)
+
+
+def test_default_backbone_random_weights() -> None:
+    det = create_detector("patchcore", {"pretrained": False, "image_size": 64,
+                                        "coreset_ratio": 0.5})
+    det.fit(_images_at(4, 64), seed=0)
+    out = det.score(_images_at(2, 64))
+    grid = det.describe()["grid"]
+    assert grid[0] == grid[1] and 64 % grid[0] == 0  # stride from feature_info
+    assert out.anomaly_maps.shape == (2, 64, 64) and np.all(np.isfinite(out.scores))
+
+
+def _images_at(n: int, size: int) -> np.ndarray:
+    rng = np.random.default_rng(n)
+    return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def test_memory_bank_size_and_describe(fitted: PatchCore) -> None:
+    n_patches = 12 * (SIZE // 4) ** 2
+    bank = fitted.memory_bank_
+    assert bank is not None and bank.dtype == np.float32
+    assert bank.shape == (round(n_patches * 0.25), 16)
+    facts = fitted.describe()
+    assert facts["n_train_patches"] == n_patches and facts["memory_bank_size"] == bank.shape[0]
+    assert set(fitted.fit_timings_) == {"feature_extraction_s", "coreset_s"}
+
+
+def test_defects_score_higher_and_maps_localise(fitted: PatchCore) -> None:
+    normal = fitted.score(_images(6, seed=3))
+    rng = np.random.default_rng(9)
+    defective = _images(6, seed=4)
+    masks = np.zeros((6, SIZE, SIZE), bool)
+    for image, mask in zip(defective, masks):
+        y, x = rng.integers(2, SIZE - 10, size=2)
+        image[y: y + 8, x: x + 8] = 255
+        mask[y: y + 8, x: x + 8] = True
+    bad = fitted.score(defective)
+    assert bad.scores.dtype == np.float32 and bad.anomaly_maps.shape == (6, SIZE, SIZE)
+    assert bad.scores.min() > normal.scores.max()
+    for anomaly_map, mask in zip(bad.anomaly_maps, masks):
+        assert anomaly_map[mask].mean() > anomaly_map[~mask].mean()
+
+
+def test_scores_are_l2_nearest_neighbour_distances(fitted: PatchCore) -> None:
+    images = _images(2, seed=5, defect=True)
+    emb = fitted.embed(images)
+    bank = fitted.memory_bank_
+    dists = np.sqrt(((emb[:, :, None, :].astype(np.float64) - bank[None, None]) ** 2).sum(-1))
+    nearest = dists.min(axis=2)  # (B, P), L2 not squared
+    patch, ids = fitted.patch_distances(emb)
+    np.testing.assert_allclose(patch.reshape(2, -1), nearest, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(ids, dists.argmin(axis=2))
+    np.testing.assert_allclose(fitted.score(images).scores, nearest.max(axis=1), rtol=1e-4)
+
+
+def test_full_bank_scores_training_images_zero() -> None:
+    det = create_detector("patchcore", {**CONFIG, "coreset_ratio": 1.0})
+    train = _images(3, seed=6)
+    det.fit(train)
+    assert float(det.score(train).scores.max()) < 1e-3
+
+
+def test_reweighting_follows_the_paper() -> None:
+    det = create_detector("patchcore", {**CONFIG, "reweight": True, "num_neighbors": 3})
+    det.fit(_images(8, seed=1))
+    images = _images(3, seed=7, defect=True)
+    emb = det.embed(images)
+    bank = det.memory_bank_
+    patch, ids = det.patch_distances(emb)
+    flat = patch.reshape(3, -1)
+    got = det.score(images).scores
+    np.testing.assert_allclose(
+        got, reweight_scores(emb, flat, ids, bank, det._nn_index(), 3), rtol=1e-5)
+    for b in range(3):  # eq. 7 by hand with brute-force neighbours
+        worst = int(np.argmax(flat[b]))
+        anchor = bank[ids[b, worst]]
+        support = np.argsort(np.linalg.norm(bank - anchor, axis=1))[:3]
+        d = np.linalg.norm(bank[support] - emb[b, worst], axis=1).astype(np.float64)
+        weight = 1.0 - np.exp(d[0]) / np.exp(d).sum()
+        np.testing.assert_allclose(got[b], weight * flat[b, worst], rtol=1e-4)
+    assert np.all(got < flat.max(axis=1))
+
+
+def test_state_round_trip(fitted: PatchCore) -> None:
+    clone = create_detector("patchcore", CONFIG)
+    clone.load_state_arrays(fitted.state_arrays())
+    images = _images(3, seed=8, defect=True)
+    np.testing.assert_array_equal(clone.score(images).scores, fitted.score(images).scores)
+    with pytest.raises(DataError, match="memory bank has shape"):
+        clone.load_state_arrays({"memory_bank": np.zeros((4, 7), np.float32)})
+    with pytest.raises(DataError, match="lacks 'memory_bank'"):
+        clone.load_state_arrays({})
+
+
+def test_export_spec_contract(fitted: PatchCore) -> None:
+    spec = fitted.export_spec()
+    assert spec.output_names == ("embedding",) and spec.input_name == "images"
+    assert spec.example_input.dtype == np.uint8 and spec.example_input.shape == (1, SIZE, SIZE, 3)
+    assert spec.postprocess == {"kind": "nn_index", "grid": [SIZE // 4, SIZE // 4], "k": 1,
+                                "blur_sigma": 4.0, "score": "max", "num_neighbors": 1}
+    np.testing.assert_array_equal(spec.arrays["memory_bank"], fitted.memory_bank_)
+
+
+def test_onnx_and_openvino_parity(fitted: PatchCore, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    spec = fitted.export_spec()
+    path = tmp_path / "patchcore.onnx"
+    torch.onnx.export(spec.module, (torch.from_numpy(spec.example_input),), str(path),
+                      input_names=[spec.input_name], output_names=list(spec.output_names),
+                      opset_version=17, dynamo=False,
+                      dynamic_axes={spec.input_name: {0: "batch"}})
+    images = _images(3, seed=5, defect=True)
+    with torch.inference_mode():
+        want = spec.module(torch.from_numpy(images))[0].numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(list(spec.output_names), {spec.input_name: images})
+    np.testing.assert_allclose(got, want, rtol=PARITY_RTOL, atol=PARITY_RTOL * np.abs(want).max())
+    try:
+        import openvino as ov
+    except ImportError:
+        return
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU")
+    got_ov = compiled(images)[compiled.outputs[0]]
+    np.testing.assert_allclose(got_ov, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+
+
+def test_not_fitted_bad_input_and_config() -> None:
+    det = create_detector("patchcore", CONFIG)
+    with pytest.raises(NotFittedError):
+        det.score(_images(1, seed=0))
+    with pytest.raises(NotFittedError):
+        det.export_spec()
+    with pytest.raises(DataError, match="expected uint8"):
+        det.fit(_images(2, seed=0).astype(np.float32))
+    with pytest.raises(ConfigError, match="num_neighbors >= 2"):
+        create_detector("patchcore", {"reweight": True, "pretrained": False})
+    with pytest.raises(ConfigError, match="coreset_ratio"):
+        create_detector("patchcore", {"coreset_ratio": 0.0, "pretrained": False})
+    with pytest.raises(ConfigError, match="epochs"):
+        create_detector("patchcore", {"epochs": 3})
