@@ -296,9 +296,16 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
     machine = detect_machine()
     profile = match_profile(machine)
     plan: list[tuple[Any, BackendChoice]] = []
+    seen: dict[tuple[str, str], str] = {}
     for model in models:
         bundle = read_bundle(model)
         for choice in available_choices(bundle.manifest, backends):
+            key = (choice.label, _graph_key(bundle.manifest, choice))
+            if key in seen:  # e.g. the fp32 model.onnx inside an OpenVINO fp16 bundle
+                logger.info("skipping %s on %s: same graph as %s", bundle.path.name, choice.label,
+                            seen[key])
+                continue
+            seen[key] = bundle.path.name
             plan.append((bundle, choice))
     results: list[dict[str, Any]] = []
     for i, (bundle, choice) in enumerate(plan):
@@ -318,7 +325,9 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
                 logger.exception("benchmark of %s failed", choice.label)
                 entry = {"label": choice.label, "status": "failed", "error": repr(exc)}
         entry.update({"bundle": str(bundle.path), "bundle_sha256": bundle.sha256,
-                      "detector": m.detector, "target": m.target, "precision": m.precision,
+                      "detector": m.detector, "target": m.target,
+                      "precision": run_precision(m, choice, entry.get("backend_used", "")),
+                      "bundle_precision": m.precision,
                       "image_size": list(m.input.image_size or ()), "threads": threads})
         if entry["status"] != "ok":
             logger.warning("%s on %s: %s", bundle.path.name, choice.label, entry.get("error"))
@@ -336,6 +345,23 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
                      else f"uniform noise {NOISE_FRAME_HW[1]}x{NOISE_FRAME_HW[0]} px"},
         "versions": _versions(), "results": results,
     }
+
+
+def _graph_key(manifest: Any, choice: BackendChoice) -> str:
+    """sha256 (and precision) of the graph `choice` runs: two equal keys time the same thing."""
+    if choice.backend == "openvino":
+        return manifest.files[manifest.graphs["openvino"]]["sha256"] + manifest.precision
+    key = manifest.files[manifest.graphs["onnx"]]["sha256"]
+    return key + manifest.precision if choice.backend == "tensorrt" else key
+
+
+def run_precision(manifest: Any, choice: BackendChoice, backend_used: str) -> str:
+    """Precision the graph really ran at: model.onnx is fp32 except under TensorRT builds."""
+    if choice.backend == "openvino":
+        return str(manifest.precision)
+    if choice.backend == "tensorrt" or backend_used.endswith("TensorrtExecutionProvider"):
+        return str(manifest.build.get("tensorrt", {}).get("precision", manifest.precision))
+    return "fp32"
 
 
 def _add_accuracy(results: list[dict[str, Any]], manifests: dict[str, Any]) -> None:

@@ -55,6 +55,19 @@ class _Split:
     info: dict[str, Any]
 
 
+def holdout_split(n_items: int, fraction: float, minimum: int, seed: int,
+                  what: str = "items") -> tuple[np.ndarray, np.ndarray]:
+    """(fit_idx, val_idx) sorted int64: a seeded `fraction` (at least `minimum`) held out.
+
+    This is the split `train_run` uses (images: minimum `MIN_VAL_IMAGES`); benchmarks use it
+    to report numbers comparable with `edgead train`.
+
+    Raises:
+        DataError: too few items to hold out `minimum` and keep one for fitting.
+    """
+    return _seeded_split(n_items, _val_count(n_items, fraction, minimum, what), seed)
+
+
 def _val_count(n_items: int, fraction: float, minimum: int, what: str) -> int:
     """Number of items to hold out: round(n * fraction), at least `minimum`, leaving >= 1."""
     if fraction <= 0.0:
@@ -81,8 +94,8 @@ def _image_split(detector: BaseDetector, data: str | Path, seed: int,
     dataset = load_image_dataset(data, size, **data_options)
     images = dataset.train_images()
     fraction = float(getattr(detector.config, "val_fraction", DEFAULT_VAL_FRACTION))
-    n_val = _val_count(len(images), fraction, MIN_VAL_IMAGES, "images")
-    fit_idx, val_idx = _seeded_split(len(images), n_val, seed)
+    fit_idx, val_idx = holdout_split(len(images), fraction, MIN_VAL_IMAGES, seed, "images")
+    n_val = len(val_idx)
     describe = getattr(dataset, "describe", None)
     info = dict(describe()) if callable(describe) else {"path": str(data)}
     info.update({"spec": str(data), "n_train": int(len(fit_idx)), "n_val": int(len(val_idx)),
@@ -174,12 +187,13 @@ def train_run(name: str, data: str | Path, out: str | Path,
 
     validation: dict[str, Any] = {}
     val_scores: np.ndarray | None = None
+    val_progress = _renamed(progress, "validation")
     if split.val_data is not None:
-        val_scores = detector.score(split.val_data, progress=_renamed(progress, "validation")).scores
+        val_scores = detector.score(split.val_data, progress=val_progress).scores
         validation.update(_score_summary(val_scores))
     if val_data is not None:
         inputs, labels = _labelled_validation(detector, val_data, label_column)
-        labelled_scores = detector.score(inputs, progress=_renamed(progress, "validation")).scores
+        labelled_scores = detector.score(inputs, progress=val_progress).scores
         value = metrics.threshold_from_labels(labels, labelled_scores)
         threshold = {"value": value, "policy": "f1", "data": str(val_data)}
         normal = labelled_scores[labels == 0]
@@ -248,6 +262,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *,
         n_anomalous, precision / recall at the run's threshold, (pixel_auroc, aupro with masks),
         seconds_per_image, panels (list of files, when saved).
         Tabular: auroc, auprc, f1, f1_threshold, threshold, n_test, n_anomalous.
+        When the data is the run's own, the scalar metrics are also stored in run.json
+        ("metrics"), where `edgead export` compares the bundle against them.
 
     Raises:
         DataError: not a run, test data without both classes, masks that do not fit.
@@ -260,16 +276,31 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *,
     spec = data if data is not None else run_data.get("spec") or run_data.get("path")
     if spec is None:
         raise DataError(f"run {run_dir} does not record its data; pass --data")
+    same = data is None or str(data) in (run_data.get("spec"), run_data.get("path"))
     if data_options is None:
-        same = data is None or str(data) in (run_data.get("spec"), run_data.get("path"))
         data_options = dict(run_data.get("options") or {}) if same else {}
     threshold = float(meta["threshold"]["value"])
     if detector.modality != "image":
         if save_maps is not None:
             raise ConfigError("--save-maps needs an image detector; this run is tabular")
-        return _evaluate_tabular(detector, spec, meta, threshold)
-    return _evaluate_images(detector, spec, meta, threshold, save_maps, maps_selection,
-                            n_extremes, data_options, progress)
+        result = _evaluate_tabular(detector, spec, meta, threshold)
+    else:
+        result = _evaluate_images(detector, spec, meta, threshold, save_maps, maps_selection,
+                                  n_extremes, data_options, progress)
+    if same and data_options == dict(run_data.get("options") or {}):
+        _record_metrics(Path(run_dir), result)
+    return result
+
+
+def _record_metrics(run_dir: Path, result: dict[str, Any]) -> None:
+    """Store the scalar metrics on the run's own test split in run.json under "metrics"."""
+    from edgead._io import write_json_atomic
+    from edgead.rundir import RUN_JSON, read_run_meta
+
+    meta = read_run_meta(run_dir)
+    meta["metrics"] = {k: v for k, v in result.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    write_json_atomic(run_dir / RUN_JSON, meta)
 
 
 def _evaluate_tabular(detector: BaseDetector, spec: str | Path, meta: dict[str, Any],

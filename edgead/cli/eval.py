@@ -48,7 +48,8 @@ def eval_command(
         return
     console.print(results_table(result, title=f"evaluation of {target.name}"))
     if result.get("panels_dir"):
-        console.print(f"panels: {len(result.get('panels', []))} PNG files in {result['panels_dir']}")
+        n_panels = len(result.get("panels", []))
+        console.print(f"panels: {n_panels} PNG files in {result['panels_dir']}")
 
 
 def results_table(result: dict[str, Any], title: str) -> Any:

@@ -1,4 +1,4 @@
-"""`edgead train NAME --data DIR_OR_FILE_OR_elpv --out RUN [options]`: fit, calibrate, save a run."""
+"""`edgead train NAME --data DIR_OR_FILE_OR_elpv --out RUN [options]`: fit, calibrate, save."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def build_overrides(name: str, config_file: Path | None, sets: list[str],
 
 @handle_errors
 def train(
-    name: Annotated[str, typer.Argument(help="Detector: patchcore, padim, fastflow, ae, iforest, ...")],
+    name: Annotated[str, typer.Argument(
+        help="Detector: patchcore, padim, fastflow, ae, iforest, ...")],
     data: Annotated[str, typer.Option(
         "--data", help="MVTec-layout folder, 'elpv', or a table (.npz/.csv/.parquet).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
@@ -63,7 +64,8 @@ def train(
     config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file of detector config keys.", exists=True, dir_okay=False)] = None,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Detector config KEY=VALUE (repeatable), e.g. --set pretrained=false.")] = None,
+        "--set", help="Detector config KEY=VALUE (repeatable), e.g. --set pretrained=false."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print run.json as JSON.")] = False,
 ) -> None:
     """Train a detector on normal data, set its threshold on held-out normal data, save the run."""

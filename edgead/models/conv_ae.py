@@ -66,11 +66,11 @@ class ConvAEConfig:
     """
 
     image_size: int = 256
-    work_size: int = 128
+    work_size: int = 64
     base_channels: int = 32
     latent_dim: int = 128
     kl_weight: float = 1.0
-    epochs: int = 40
+    epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 16

@@ -119,7 +119,6 @@ def greedy_coreset(features: np.ndarray, ratio: float, *, projection_dim: int = 
     # Augmented vectors [x, 1] and centres [c, -|c|^2 / 2] turn one addmm into squared
     # distances: |x|^2 - 2 (x.c - |c|^2 / 2) = |x - c|^2.
     vectors = torch.cat([proj, torch.ones(n_vectors, 1)], dim=1).to(_DTYPES[dtype])
-    centres_aug = torch.cat([proj, (-0.5 * sq_norms)[:, None]], dim=1).to(_DTYPES[dtype])
     del proj
     sq_col = sq_norms[:, None].to(_DTYPES[dtype])
 
@@ -143,8 +142,10 @@ def greedy_coreset(features: np.ndarray, ratio: float, *, projection_dim: int = 
             else:
                 cand = np.array([idx])
             # (B, N) squared distances from the block's vectors to every vector: one pass.
-            dist_sq = torch.addmm(sq_col, vectors, centres_aug[torch.from_numpy(cand)].T,
-                                  alpha=-2.0)
+            rows = torch.from_numpy(cand)
+            centres = vectors[rows].clone()
+            centres[:, -1] = (-0.5 * sq_norms[rows]).to(centres.dtype)
+            dist_sq = torch.addmm(sq_col, vectors, centres.T, alpha=-2.0)
             block = dist_sq.T.float().contiguous().numpy()
             block_rows = {int(c): r for r, c in enumerate(cand.tolist())}
             n_blocks += 1

@@ -62,10 +62,10 @@ class DeepSVDDImageConfig:
     """
 
     image_size: int = 256
-    work_size: int = 128
+    work_size: int = 64
     base_channels: int = 16
     rep_dim: int = 64
-    epochs: int = 40
+    epochs: int = 30
     lr: float = 1e-3  # Adam default; the paper's 1e-4 assumes ~150 epochs + AE pretraining
     weight_decay: float = 1e-6
     batch_size: int = 16

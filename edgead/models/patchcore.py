@@ -89,7 +89,8 @@ class PatchCoreConfig:
         if self.image_size < 16:
             raise ConfigError(f"patchcore: image_size must be >= 16 px, got {self.image_size}")
         if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ConfigError(f"patchcore: coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+            raise ConfigError(
+                f"patchcore: coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.num_neighbors < 1:
             raise ConfigError(f"patchcore: num_neighbors must be >= 1, got {self.num_neighbors}")
         if self.reweight and self.num_neighbors < 2:

@@ -219,3 +219,39 @@ def test_training_is_seeded() -> None:
         det.fit(train, seed=3)
         scores.append(det.score(train[:2]).scores)
     np.testing.assert_array_equal(scores[0], scores[1])
+
+
+CLI_CASES = {
+    "padim": ["--set", f"backbone={TINY}", "--set", "pretrained=false",
+              "--set", "n_features=8"],
+    "conv-vae": ["--set", "work_size=16", "--set", "base_channels=4", "--set", "latent_dim=8",
+                 "--set", "epochs=2"],
+}
+
+
+@pytest.mark.parametrize("cli_name", sorted(CLI_CASES))
+def test_cli_train_export_eval(cli_name: str, tmp_path) -> None:
+    """`edgead train NAME` -> run dir -> `edgead export` -> the bundle evaluates like the run."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgead.cli.main import app
+    from tests.conftest import make_synthetic_mvtec
+
+    def invoke(*args: str):
+        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result
+
+    data = make_synthetic_mvtec(tmp_path / "category")
+    run, bundle = tmp_path / "run", tmp_path / "model.edgead"
+    invoke("train", cli_name, "--data", str(data), "--out", str(run), "--image-size", str(SIZE),
+           "--set", "val_fraction=0.3", *CLI_CASES[cli_name])
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["detector"] == cli_name.replace("-", "_")
+    invoke("export", str(run), "--out", str(bundle))
+    from_bundle = json.loads(invoke("eval", str(bundle), "--data", str(data), "--json").stdout)
+    from_run = json.loads(invoke("eval", str(run), "--data", str(data), "--json").stdout)
+    for key in ("image_auroc", "image_f1", "threshold", "n_test"):
+        assert from_bundle[key] == pytest.approx(from_run[key], rel=1e-3), key

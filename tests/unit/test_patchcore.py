@@ -120,14 +120,14 @@ def test_defects_score_higher_and_maps_localise(fitted: PatchCore) -> None:
     rng = np.random.default_rng(9)
     defective = _images(6, seed=4)
     masks = np.zeros((6, SIZE, SIZE), bool)
-    for image, mask in zip(defective, masks):
+    for image, mask in zip(defective, masks, strict=True):
         y, x = rng.integers(2, SIZE - 10, size=2)
         image[y: y + 8, x: x + 8] = 255
         mask[y: y + 8, x: x + 8] = True
     bad = fitted.score(defective)
     assert bad.scores.dtype == np.float32 and bad.anomaly_maps.shape == (6, SIZE, SIZE)
     assert bad.scores.min() > normal.scores.max()
-    for anomaly_map, mask in zip(bad.anomaly_maps, masks):
+    for anomaly_map, mask in zip(bad.anomaly_maps, masks, strict=True):
         assert anomaly_map[mask].mean() > anomaly_map[~mask].mean()
 
 
