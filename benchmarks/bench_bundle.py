@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_bundle.py MODEL.edgead [MODEL_FP16.edgead] \
         --data ../shared/datasets/mpdd_metal_plate --batch 1,4,8 --frames 50
 
-Writes benchmarks/results/bench-<UTC time>.json (or --json) and, with --plot, a PNG chart; prints
+Writes benchmarks/results/bench-<UTC time>.json (or --json), with --plot a PNG chart and with
+--markdown a table; prints
 the same side-by-side table as `edgead bench`. The measuring code is `edgead.bench`.
 """
 
@@ -27,12 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--no-isolate", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     from edgead._io import write_json_atomic
-    from edgead.bench import bench_bundles, render_chart
+    from edgead.bench import bench_bundles, render_chart, render_markdown
     from edgead.cli.bench import render_table
 
     report = bench_bundles([str(m) for m in args.models],
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.info("wrote %s", out)
     if args.plot:
         logging.info("wrote %s", render_chart(report, args.plot))
+    if args.markdown:
+        args.markdown.write_text(render_markdown(report))
+        logging.info("wrote %s", args.markdown)
     return 0 if any(r.get("status") == "ok" for r in report["results"]) else 1
 
 

@@ -271,9 +271,11 @@ def merge(files: Sequence[str], results_file: str) -> int:
     """Combine the runs (and throughput) of result files; print the table; write JSON."""
     runs: list[dict[str, Any]] = []
     merged: dict[str, Any] = {"merged_from": list(files)}
-    for name in files:
+    for spec in files:
+        name, _, only = spec.partition(":")
+        keep = set(only.split(",")) if only else None
         doc = json.loads(Path(name).read_text())
-        runs.extend(doc["results"].get("runs", []))
+        runs.extend(r for r in doc["results"].get("runs", []) if keep is None or r["model"] in keep)
         if "throughput_ae_ort" in doc["results"]:
             merged["throughput_ae_ort"] = doc["results"]["throughput_ae_ort"]
     keys = {(r["dataset"], r["model"], r["seed"]) for r in runs}
@@ -305,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--throughput-iters", type=int, default=50)
     parser.add_argument("--results-file", default="")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                        help="only combine the runs of earlier result files into one table")
+                        help="only combine the runs of earlier result files into one table; "
+                        "FILE:model,model keeps only those models of FILE")
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.results_file)

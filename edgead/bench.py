@@ -400,10 +400,13 @@ def render_chart(report: dict[str, Any], path: str | Path) -> Path:
     ok = [r for r in report["results"] if r.get("status") == "ok"]
     if not ok:
         raise DataError("no backend produced results; nothing to plot")
-    names = [f"{r['label']}\n{r['precision']}" + (f"\n{Path(r['bundle']).stem}"
-                                                   if len({x['bundle'] for x in ok}) > 1 else "")
-             for r in ok]
-    fig, axes = plt.subplots(1, 3, figsize=(5 + 2.2 * len(ok), 4.5))
+    import textwrap
+
+    multi = len({x["bundle"] for x in ok}) > 1
+    names = [f"{r['label']}\n{r['precision']}" + (
+        "\n" + "\n".join(textwrap.wrap(Path(r["bundle"]).stem, 16)) if multi else "")
+        for r in ok]
+    fig, axes = plt.subplots(1, 3, figsize=(6 + 2.6 * len(ok), 5))
     first_batch = str(report["settings"]["batches"][0])
     bottom = np.zeros(len(ok))
     for stage in ("preprocess", "graph", "search", "postprocess"):
@@ -413,7 +416,7 @@ def render_chart(report: dict[str, Any], path: str | Path) -> Path:
             axes[0].bar(names, values, bottom=bottom, label=stage)
             bottom += values
     axes[0].set_title(f"p50 latency by stage, batch {first_batch} (ms)")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="upper right", framealpha=0.9)
     width = 0.8 / max(1, len(report["settings"]["batches"]))
     x = np.arange(len(ok))
     for j, batch in enumerate(report["settings"]["batches"]):
@@ -435,6 +438,47 @@ def render_chart(report: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as a GitHub-flavoured markdown table (one column per bundle/backend)."""
+    ok = [r for r in report["results"] if r.get("status") == "ok"]
+    multi = len({r["bundle"] for r in ok}) > 1
+
+    def fmt(value: Any, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    heads = [f"{r['label']} {r['precision']}" + (f" ({Path(r['bundle']).name})" if multi else "")
+             for r in ok]
+    rows: list[tuple[str, list[str]]] = [("load ms", [fmt(r["load_ms"], 0) for r in ok])]
+    for batch in report["settings"]["batches"]:
+        key = str(batch)
+        for stage in ("preprocess", "graph", "search", "postprocess"):
+            values = [r["batches"][key]["latency_ms"].get(stage, {}).get("p50") for r in ok]
+            if any(v for v in values):
+                rows.append((f"batch {batch} {stage} p50 ms", [fmt(v, 1) for v in values]))
+        for q in ("p50", "p95", "p99"):
+            rows.append((f"batch {batch} total {q} ms",
+                         [fmt(r["batches"][key]["latency_ms"]["total"][q], 1) for r in ok]))
+        rows.append((f"batch {batch} images/s",
+                     [fmt(r["batches"][key]["throughput_ips"], 2) for r in ok]))
+    rows.append(("peak RSS MiB", [fmt(r.get("peak_rss_mib"), 0) for r in ok]))
+    if any("image_auroc" in r for r in ok):
+        rows.append(("image AUROC", [fmt(r.get("image_auroc"), 4) for r in ok]))
+        rows.append(("AUROC - bundle's", [fmt(r.get("image_auroc_delta"), 4) for r in ok]))
+        rows.append(("max abs raw-score diff", [fmt(r.get("max_abs_score_diff"), 4) for r in ok]))
+        rows.append(("max rel raw-score diff", [fmt(r.get("max_rel_score_diff"), 5) for r in ok]))
+    dev = report["device"]
+    lines = [f"Device: {dev['cpu_model']} ({dev['arch']}, {dev['usable_cores']} usable cores, "
+             f"{dev['memory_total_mib']} MiB), accelerators: "
+             f"{', '.join(dev['cuda_gpus']) or 'none'}; " + ", ".join(
+                 f"{k} {v}" for k, v in report["versions"].items() if v
+                 and k in ("onnxruntime", "openvino", "tensorrt", "faiss")) + ".",
+             f"Frames: {report['settings']['latency_frames']}; threads "
+             f"{report['settings']['threads'] or 'default'}; edgead {report['edgead_version']}.",
+             "", "| | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _worker_main() -> int:

@@ -26,11 +26,12 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 3,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write a markdown table here.")] = None,
     isolate: Annotated[bool, typer.Option(help="One process per backend (clean peak RSS).")] = True,
 ) -> None:
     """Benchmark bundles on every backend here; table on stdout, JSON and PNG on request."""
     from edgead._io import write_json_atomic
-    from edgead.bench import bench_bundles, render_chart
+    from edgead.bench import bench_bundles, render_chart, render_markdown
     from edgead.errors import ConfigError
 
     try:
@@ -49,6 +50,12 @@ def bench(
         err_console.print(f"wrote {json_file}")
     if plot is not None:
         err_console.print(f"wrote {render_chart(report, plot)}")
+    if markdown is not None:
+        from edgead._io import atomic_open
+
+        with atomic_open(markdown, "w") as fh:
+            fh.write(render_markdown(report))
+        err_console.print(f"wrote {markdown}")
     if not any(r.get("status") == "ok" for r in report["results"]):
         raise typer.Exit(code=1)
 

@@ -36,8 +36,8 @@ PRECISIONS = ("fp32", "fp16")
 #: TensorRT engine build settings recorded in manifest.build["tensorrt"] (built on the device).
 TENSORRT_BUILD = {"workspace_mib": 1024, "max_batch": 8}
 
-#: evaluate(bundle_path) -> metrics dict (the eval JSON keys); None when no labelled data exists.
-Evaluator = Callable[[Path], dict[str, Any]]
+#: evaluate(bundle_path, backend) -> metrics dict (the eval JSON keys); backend None = default.
+Evaluator = Callable[[Path, "str | None"], dict[str, Any]]
 
 
 def _check_choice(kind: str, value: str, allowed: Sequence[str]) -> None:
@@ -240,8 +240,12 @@ def export_detector(
         metrics: dict[str, Any] = {}
         if evaluate is not None:
             t3 = time.perf_counter()
-            metrics = dict(evaluate(candidate))
+            metrics = dict(evaluate(candidate, None))
             timings["evaluate_s"] = time.perf_counter() - t3
+            if precision == "fp16":
+                # model.onnx is fp32 and matched torch within the fp32 tolerance above, so ONNX
+                # Runtime's result is the fp32 reference the fp16 change is measured against.
+                metrics.update(_fp16_change(metrics, evaluate(candidate, "onnxruntime")))
             metrics.update(_metric_deltas(metrics, meta))
     progress(4, 5, "export")
     import torch
@@ -315,6 +319,22 @@ def _parity(
     return report
 
 
+def _fp16_change(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """{"<metric>_fp32", "<metric>_fp16_change"} for the headline metric (fp16 minus fp32)."""
+    out: dict[str, Any] = {}
+    for key in ("image_auroc", "auroc"):
+        if key in metrics and key in reference:
+            out[f"{key}_fp32"] = float(reference[key])
+            out[f"{key}_fp16_change"] = float(metrics[key]) - float(reference[key])
+            logger.info(
+                "fp16 changes %s by %+.4f (fp32 %.4f)",
+                key,
+                out[f"{key}_fp16_change"],
+                reference[key],
+            )
+    return out
+
+
 def _metric_deltas(metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """{"<metric>_run", "<metric>_delta"} for the headline metric, vs the run's stored value."""
     run_metrics = {**(meta.get("validation") or {}), **(meta.get("metrics") or {})}
@@ -352,8 +372,8 @@ def export_run(
         parity_inputs = _parity_inputs_from_data(detector, data_path, meta)
         from edgead.runtime.eval import evaluate_bundle
 
-        def evaluate(bundle: Path) -> dict[str, Any]:
-            return evaluate_bundle(bundle, data_path, device="cpu", backend=None)
+        def evaluate(bundle: Path, backend: str | None) -> dict[str, Any]:
+            return evaluate_bundle(bundle, data_path, device="cpu", backend=backend)
     else:
         logger.warning(
             "run data %s is not available; parity uses synthetic inputs and the "

@@ -30,13 +30,14 @@ class VAEConfig:
     """VAE settings.
 
     hidden_sizes: encoder widths (the decoder mirrors them).
-    latent_dim: z width; 0 = auto: max(2, D // 2), at most hidden_sizes[-1].
+    latent_dim: z width (default 2, as PyOD's VAE; 2 beat D // 2 on 8 ADBench sets, seed 0);
+        0 = auto: max(2, D // 2), at most hidden_sizes[-1].
     kl_weight: weight of the KL term in the training loss (1 = the ELBO for a unit-variance
         Gaussian decoder up to a factor); the score always uses 0.5 * KL.
     """
 
     hidden_sizes: tuple[int, ...] = (64, 32)
-    latent_dim: int = 0
+    latent_dim: int = 2
     kl_weight: float = 1.0
     epochs: int = 50
     batch_size: int = 128

@@ -23,7 +23,7 @@ import numpy as np
 from edgead.bundle import Bundle, Manifest, read_bundle
 from edgead.errors import BackendUnavailableError, BundleError, DataError, unknown_name_error
 from edgead.runtime.backends.base import Backend, check_outputs
-from edgead.runtime.nn_index import FaissIndex
+from edgead.runtime.nn_index import FaissIndex, load_index
 from edgead.runtime.postprocess import normalise_scores, resize_map, upsample_and_blur
 from edgead.runtime.preprocess import resize_frame
 
@@ -199,17 +199,14 @@ class Detector:
                 raise BundleError(
                     f"post-processing {kind!r} needs an index, but the manifest has none"
                 )
-            self._index = FaissIndex.from_bytes(bundle.member(spec.file), spec.factory)
-            if spec.nprobe is not None:
-                import faiss
-
-                faiss.ParameterSpace().set_index_parameter(
-                    self._index.index, "nprobe", int(spec.nprobe)
-                )
-            if self._index.dim != spec.dim:
-                raise BundleError(
-                    f"index dimension {self._index.dim} differs from the manifest's {spec.dim}"
-                )
+            rerank_bank = bundle.array(spec.rerank_array) if spec.rerank_array else None
+            graph_dims = [o.shape[-1] for o in self.manifest.outputs if o.name == "embedding"]
+            self._index = load_index(
+                bundle.member(spec.file),
+                spec,
+                embedding_dim=graph_dims[0] if graph_dims else None,
+                rerank_bank=rerank_bank,
+            )
         norm = self.manifest.normalisation
         self._calibrated = self.manifest.threshold is not None and all(
             k in norm for k in ("min", "max", "threshold")
@@ -449,8 +446,11 @@ class Detector:
         """
         if self._index is None:
             raise BundleError("bundle has no nearest-neighbour index")
-        if self._bank is None:  # exact vectors of a Flat index; rebuilt once
-            self._bank = self._index.index.reconstruct_n(0, self._index.n_vectors)
+        if self._bank is None:  # the fp16 re-rank copy if shipped, else the index's own vectors
+            if self._index.rerank_bank is not None:
+                self._bank = self._index.rerank_bank.astype(np.float32)
+            else:
+                self._bank = self._index.index.reconstruct_n(0, self._index.n_vectors)
         bank = self._bank
         rows = np.arange(dists.shape[0])
         worst = np.argmax(dists, axis=1)

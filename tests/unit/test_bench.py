@@ -13,7 +13,13 @@ import torch
 from _export_helpers import TinyPatch, TinyPatchConfig, run_meta, synthetic_images
 from typer.testing import CliRunner
 
-from edgead.bench import _add_accuracy, available_choices, bench_bundles, render_chart
+from edgead.bench import (
+    _add_accuracy,
+    available_choices,
+    bench_bundles,
+    render_chart,
+    render_markdown,
+)
 from edgead.bundle import read_bundle
 from edgead.cli.main import app
 from edgead.errors import ConfigError
@@ -108,14 +114,25 @@ def test_cli_bench_writes_json_and_png(tiny_bundle: Path, tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["bench", str(tiny_bundle), "--backends", "onnxruntime/cpu",
                                       "--batch", "1,2", "--frames", "2", "--warmup", "1",
                                       "--no-isolate", "--json", str(out_json),
-                                      "--plot", str(out_png)])
+                                      "--plot", str(out_png), "--markdown",
+                                      str(tmp_path / "bench.md")])
     assert result.exit_code == 0, result.output
     assert "b1 total p50 ms" in result.stdout and "onnxruntime/cpu" in result.stdout
     report = json.loads(out_json.read_text())
     assert report["results"][0]["status"] == "ok"
     image = cv2.imread(str(out_png))
     assert image is not None and image.shape[0] > 100
+    table = (tmp_path / "bench.md").read_text()
+    assert table == render_markdown(report)
+    assert "| batch 2 images/s |" in table and table.count("\n|") >= 10
     again = render_chart(report, tmp_path / "again.png")
     assert again.stat().st_size > 1000
     bad = CliRunner().invoke(app, ["bench", str(tiny_bundle), "--batch", "one"])
     assert bad.exit_code == 2
+
+
+def test_same_graph_is_timed_once(tiny_bundle: Path) -> None:
+    report = bench_bundles([tiny_bundle, tiny_bundle], backends=["onnxruntime/cpu"], frames=1,
+                           warmup=0, isolate=False)
+    (entry,) = report["results"]
+    assert entry["status"] == "ok" and entry["precision"] == "fp32"

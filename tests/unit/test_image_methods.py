@@ -247,7 +247,7 @@ def test_cli_train_export_eval(cli_name: str, tmp_path) -> None:
     data = make_synthetic_mvtec(tmp_path / "category")
     run, bundle = tmp_path / "run", tmp_path / "model.edgead"
     invoke("train", cli_name, "--data", str(data), "--out", str(run), "--image-size", str(SIZE),
-           "--set", "val_fraction=0.3", *CLI_CASES[cli_name])
+           *CLI_CASES[cli_name])
     meta = json.loads((run / "run.json").read_text())
     assert meta["detector"] == cli_name.replace("-", "_")
     invoke("export", str(run), "--out", str(bundle))

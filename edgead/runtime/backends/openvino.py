@@ -95,6 +95,14 @@ class OpenVinoBackend:
         if device in ("CPU", "GPU"):
             value = self._compiled.get_property("INFERENCE_PRECISION_HINT")
             actual_hint = value.to_string() if hasattr(value, "to_string") else str(value)
+        if actual_hint is not None and actual_hint != hint:
+            logger.warning(
+                "openvino on %s runs %s, not the requested %s (the device lacks that "
+                "arithmetic); weights may still be stored in fp16",
+                used,
+                actual_hint,
+                hint,
+            )
         self.info: dict[str, object] = {
             "precision_hint_requested": hint,
             "precision_hint_used": actual_hint,
