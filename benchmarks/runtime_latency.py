@@ -91,14 +91,19 @@ def worker(
         det(frame)
     total: list[float] = []
     stages: dict[str, list[float]] = {}
+    cpu_start = time.process_time()
     for _ in range(iters):
         t1 = time.perf_counter()
         res = det(frame)
         total.append((time.perf_counter() - t1) * 1e3)
         for key, value in res.timings_ms.items():  # type: ignore[union-attr]
             stages.setdefault(key, []).append(value)
+    # CPU seconds this process used per frame (all its threads): on a machine shared with other
+    # jobs this is steadier than wall time; idle wall time lies between cpu/threads and cpu.
+    cpu_ms_per_frame = (time.process_time() - cpu_start) * 1e3 / iters
     out = {
         "bundle": bundle,
+        "cpu_ms_per_frame": cpu_ms_per_frame,
         "backend": det.backend,
         "backend_info": det.backend_info,
         "fallbacks": det.fallbacks,
@@ -263,6 +268,7 @@ def _print_row(row: dict[str, Any]) -> None:
             f"{k[:4]} {st[k]['p50']:.2f}/{st[k]['p95']:.2f}"
             for k in ("preprocess", "graph", "search", "postprocess")
         )
+        + f" | cpu {row['cpu_ms_per_frame']:.1f} ms/frame"
         + f" | load {row['load_ms']:.0f} ms, peak RSS {row['peak_rss_mb']:.0f} MiB, "
         f"bundle {row['bundle_mb']:.1f} MB, load avg {row['loadavg_1m'][0]:.1f}"
     )

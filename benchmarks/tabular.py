@@ -298,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="", help="comma-separated name parts (default all)")
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--order", choices=("name", "size"), default="name",
+                        help="data set order; 'size' runs the smallest files first")
     parser.add_argument("--models", default=",".join(ALL_MODELS),
                         help=f"comma-separated, from {', '.join(ALL_MODELS)}")
     parser.add_argument("--threads", type=int, default=1,
@@ -328,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     directory = data_dir()
     files = find_datasets(directory, [w for w in args.datasets.split(",") if w])
-    if not files:
+    if args.order == "size":
+        files.sort(key=lambda f: f.stat().st_size)
+    if not files and models:
         print(f"no data sets found in {directory} (set EDGEAD_DATA)", file=sys.stderr)
         return 2
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -355,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["throughput_ae_ort"] = run_throughput(
                 cardio[0], args.throughput_batch, args.throughput_iters, args.threads)
     record()
-    print(format_table(results["summary"]))
+    if results.get("summary"):
+        print(format_table(results["summary"]))
     if "throughput_ae_ort" in results:
         t = results["throughput_ae_ort"]
         print(f"\nAE on ONNX Runtime ({t['dataset']}, {t['n_features']} columns, batch "

@@ -18,6 +18,7 @@ Nystroem approximation (300 landmarks), to measure its accuracy cost against "oc
         --models knn,lof,kde,gmm,ocsvm,pyod_knn,pyod_lof,pyod_kde,pyod_gmm,pyod_ocsvm,iforest
 
 Writes benchmarks/results/tabular-classical-<UTC time>.json (updated after every data set).
+`--merge A.json B.json` prints the table of several such files together (e.g. split seed ranges).
 """
 
 from __future__ import annotations
@@ -143,6 +144,24 @@ def nystroem_cost(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
             "max_auroc_delta": float(np.max(diffs)), "n_pairs": len(diffs)}
 
 
+def merge(paths: Sequence[str]) -> int:
+    """Print the summary table of the runs in several result files (e.g. split seed ranges)."""
+    runs: list[dict[str, Any]] = []
+    for path in paths:
+        runs += json.loads(Path(path).read_text())["results"].get("runs", [])
+    summary = TAB.summarise(runs)
+    order = [m for m in ALL_MODELS if m in summary["summary"]]
+    print(TAB.format_table({m: summary["summary"][m] for m in order}))
+    print(f"\ndata sets in the ranking ({len(summary['datasets'])}): "
+          f"{', '.join(summary['datasets'])}")
+    cost = nystroem_cost(runs)
+    if cost is not None:
+        print(f"ocsvm Nystroem - exact AUROC: mean {cost['mean_auroc_delta']:+.4f} "
+              f"(min {cost['min_auroc_delta']:+.4f}, max {cost['max_auroc_delta']:+.4f}, "
+              f"{cost['n_pairs']} data set/seed pairs)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table; write JSON. Returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -152,7 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated, from {', '.join(ALL_MODELS)}")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--results-file", default="")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="only combine the runs of earlier result files and print the table")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("edgead").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")

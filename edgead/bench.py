@@ -86,7 +86,7 @@ def available_choices(manifest: Any, requested: list[str] | None = None) -> list
             if any(d == dev or d.startswith(dev + ".") for d in devices):
                 choices.append(BackendChoice(f"openvino/{dev}", dev.lower(), "openvino"))
     try:
-        import tensorrt  # type: ignore[import-not-found]  # noqa: F401
+        import tensorrt  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
 
         choices.append(BackendChoice("tensorrt/cuda", "cuda", "tensorrt"))
     except ImportError:
@@ -233,7 +233,8 @@ def _run_isolated(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         tail = proc.stderr.strip().splitlines()[-3:]
         return {"label": spec["label"], "status": "failed",
                 "error": f"worker exited {proc.returncode}: {' | '.join(tail)}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _auroc(labels: list[int], scores: list[float]) -> float | None:
@@ -350,9 +351,9 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
 def _graph_key(manifest: Any, choice: BackendChoice) -> str:
     """sha256 (and precision) of the graph `choice` runs: two equal keys time the same thing."""
     if choice.backend == "openvino":
-        return manifest.files[manifest.graphs["openvino"]]["sha256"] + manifest.precision
-    key = manifest.files[manifest.graphs["onnx"]]["sha256"]
-    return key + manifest.precision if choice.backend == "tensorrt" else key
+        return str(manifest.files[manifest.graphs["openvino"]]["sha256"]) + str(manifest.precision)
+    key = str(manifest.files[manifest.graphs["onnx"]]["sha256"])
+    return key + str(manifest.precision) if choice.backend == "tensorrt" else key
 
 
 def run_precision(manifest: Any, choice: BackendChoice, backend_used: str) -> str:

@@ -158,7 +158,7 @@ def _openvino_info() -> tuple[str | None, dict[str, str]]:
 
 def _tensorrt_version() -> str | None:
     try:
-        import tensorrt as trt  # type: ignore[import-not-found]
+        import tensorrt as trt  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     return str(trt.__version__)
@@ -261,7 +261,7 @@ def _probe_openvino(device: str) -> BackendProbe:
 
 def _probe_tensorrt() -> BackendProbe:
     try:
-        import tensorrt as trt  # type: ignore[import-not-found]
+        import tensorrt as trt  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return BackendProbe(label="tensorrt", works=False,
                             detail="tensorrt is not installed (pip install 'edgead[tensorrt]' "

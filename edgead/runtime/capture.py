@@ -116,7 +116,7 @@ class FolderReader:
 def open_reader(spec: SourceSpec, timeout_ms: int = 5000) -> FrameReader:
     """Open `spec` with OpenCV; raises DataError when it cannot be opened."""
     if spec.kind == "folder":
-        return FolderReader(spec.target)
+        return FolderReader(str(spec.target))
     if spec.kind == "url":
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
@@ -128,7 +128,7 @@ def open_reader(spec: SourceSpec, timeout_ms: int = 5000) -> FrameReader:
     if not cap.isOpened():
         cap.release()
         raise DataError(f"OpenCV cannot open {spec}")
-    return cap  # type: ignore[return-value]
+    return cap
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -52,8 +52,13 @@ logger = logging.getLogger(__name__)
 class FrameDetector(Protocol):
     """What the loop needs from `edgead.runtime.Detector` (duck-typed so tests can fake it)."""
 
-    backend: str
-    fallbacks: list[str]
+    @property
+    def backend(self) -> str:
+        """Name of the backend in use."""
+
+    @property
+    def fallbacks(self) -> list[str]:
+        """Load-time fallbacks ("wanted X: reason")."""
 
     def __call__(self, frame: np.ndarray, channel_order: str = "BGR") -> Any:
         """A Result with raw_score, score, is_anomaly, anomaly_map, timings_ms."""
@@ -99,7 +104,8 @@ def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
         raise ConfigError(f"--roi expects x,y,w,h in whole pixels, got {text!r}") from exc
     if len(values) != 4 or values[0] < 0 or values[1] < 0 or values[2] <= 0 or values[3] <= 0:
         raise ConfigError(f"--roi expects x,y,w,h with x, y >= 0 and w, h > 0; got {text!r}")
-    return values  # type: ignore[return-value]
+    x, y, w, h = values
+    return x, y, w, h
 
 
 @dataclass

@@ -143,3 +143,16 @@ def test_cli_devices_json_and_list() -> None:
     assert {p["name"] for p in json.loads(listed.stdout)} == EXPECTED
     bad = runner.invoke(app, ["devices", "--profile", "nope"])
     assert bad.exit_code == 2
+
+
+def test_run_device_option_accepts_profile_names() -> None:
+    from edgead.cli.run import _resolve_device
+
+    assert _resolve_device("auto", None, None) == ("auto", None, None)
+    assert _resolve_device("jetson-orin-nano", None, None) == ("cuda", None, 6)
+    assert _resolve_device("intel-npu", None, None) == ("npu", None, 4)
+    assert _resolve_device("intel-igpu", None, 2) == ("gpu", None, 2)
+    assert _resolve_device("raspberry-pi-5", None, None) == ("cpu", None, 4)
+    assert _resolve_device("generic-x86-cpu", None, None) == ("cpu", None, None)  # 0 = all
+    with pytest.raises(ConfigError, match="did you mean 'raspberry-pi-5'"):
+        _resolve_device("raspberry-pi5", None, None)
