@@ -104,6 +104,7 @@ def run_dataset(dataset: str, arrays: dict[str, np.ndarray], args: argparse.Name
     from edgead.export.index import (
         IndexValidation,
         auroc_change,
+        auroc_with,
         index_nbytes,
         resolve_factory,
         time_search,
@@ -121,6 +122,7 @@ def run_dataset(dataset: str, arrays: dict[str, np.ndarray], args: argparse.Name
     _, i_exact = exact.search(queries, 1)
     d_exact = exact.search(queries, 1)[0][:, 0]
     fp32 = bank.nbytes
+    reference = auroc_with(val, exact)
     rows = []
     for label, opts in SETTINGS:
         name = opts["index"].replace("{d8}", str(max(1, bank.shape[1] // 8)))
@@ -137,8 +139,10 @@ def run_dataset(dataset: str, arrays: dict[str, np.ndarray], args: argparse.Name
         # interleave timings of exact and candidate so machine load hits both alike
         t_idx, t_ex = [], []
         for _ in range(args.repeats):
-            t_idx.append(time_search(index, queries, frame_patches=grid[0] * grid[1]))
-            t_ex.append(time_search(exact, queries, frame_patches=grid[0] * grid[1]))
+            t_idx.append(time_search(index, queries, frame_patches=grid[0] * grid[1],
+                                     max_frames=args.frames))
+            t_ex.append(time_search(exact, queries, frame_patches=grid[0] * grid[1],
+                                    max_frames=args.frames))
         row = {"dataset": dataset, "setting": label, "factory": factory, "nprobe": nprobe,
                "rerank": opts.get("rerank", 0), "bytes": index_nbytes(index),
                "recall_at_1": float(np.mean(i[:, 0] == i_exact[:, 0])),
@@ -148,7 +152,7 @@ def run_dataset(dataset: str, arrays: dict[str, np.ndarray], args: argparse.Name
                "exact_search_ms_per_frame": float(np.median(t_ex)), "build_s": build_s}
         row["compression_ratio"] = fp32 / row["bytes"]
         row["speedup_vs_exact"] = row["exact_search_ms_per_frame"] / row["search_ms_per_frame"]
-        row.update(auroc_change(val, index, exact))
+        row.update(auroc_change(val, index, exact, reference=reference))
         rows.append(row)
         logger.info("%s %-14s %-22s %8.1f KiB %5.1fx r@1 %.3f img %.4f ms %.2f (exact %.2f)",
                     dataset, label, factory, row["bytes"] / 1024, row["compression_ratio"],
@@ -216,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--elpv-max-test", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (median)")
+    parser.add_argument("--frames", type=int, default=10, help="frames timed per round")
     parser.add_argument("--cache-dir", default="/tmp/edgead_index_cache")
     parser.add_argument("--results-file", default=None)
     parser.add_argument("--markdown", default=None, help="also write the table to this file")

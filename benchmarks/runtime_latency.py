@@ -155,6 +155,8 @@ def _run_worker(
     if args.image:
         cmd += ["--image", args.image]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    if args.omp_wait_policy:  # faiss's OpenMP workers: PASSIVE stops them spinning after a search
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
@@ -192,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure OpenVINO with this hint (e.g. bf16); worker: use it",
     )
     parser.add_argument("--results-file", default=None)
+    parser.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY for the workers ('' keeps the environment's)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -241,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
+        "omp_wait_policy": args.omp_wait_policy or os.environ.get("OMP_WAIT_POLICY"),
         "versions": {"onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__},
         "results": rows,
     }

@@ -11,9 +11,10 @@ Index names (d = index_dim if given, else D; m = a divisor of d):
     flat   "Flat"                   exact fp32 (reference), 4*d bytes/vector
     fp16   "SQfp16"                 2*d bytes/vector
     sq8    "SQ8"                    int8 scalar quantisation, d bytes/vector
-    pq     "PQ{d/4}"                8-bit product quantisation, d/4 bytes/vector
+    pq     "PQ{d/4}np"              8-bit product quantisation, d/4 bytes/vector ("np": no
+                                    polysemous training, which took minutes and is unused here)
     pq4    "PQ{d/2}x4fs"            4-bit PQ with SIMD fast scan, d/4 bytes/vector (fast)
-    ivfpq  "IVF{4*sqrt(M)},PQ{d/4}" inverted file, nprobe = nlist/8 (large banks)
+    ivfpq  "IVF{4*sqrt(M)},PQ{d/4}np" inverted file, nprobe = nlist/8 (large banks)
     hnsw   "HNSW16,SQ8"             graph search over int8 codes (+128 link bytes/vector)
     auto   DEFAULT_INDEX, then finer entries of AUTO_LADDER until the AUROC drop is small enough
     other  any faiss index_factory string, used as given (e.g. "PCA64,PQ16")
@@ -171,13 +172,13 @@ def resolve_factory(name: str, dim: int, n_vectors: int, *, index_dim: int | Non
     elif key == "sq8":
         body = "SQ8"
     elif key == "pq":
-        body = f"PQ{_divisor_at_most(d, max(1, d // 4))}"
+        body = f"PQ{_divisor_at_most(d, max(1, d // 4))}np"
     elif key == "pq4":
         body = f"PQ{_divisor_at_most(d, max(1, d // 2))}x4fs"
     elif key == "ivfpq":
         nlist = max(1, min(int(round(4 * math.sqrt(n_vectors))), n_vectors // 39 or 1))
         nprobe = max(1, nlist // 8)
-        body = f"IVF{nlist},PQ{_divisor_at_most(d, max(1, d // 4))}"
+        body = f"IVF{nlist},PQ{_divisor_at_most(d, max(1, d // 4))}np"
     elif key == "hnsw":
         body = "HNSW16,SQ8"
     else:
@@ -278,15 +279,19 @@ def auroc_with(validation: IndexValidation, searcher: Searcher, k: int = 1) -> d
     return out
 
 
-def auroc_change(validation: IndexValidation, index: Searcher, exact: Searcher, k: int = 1
-                 ) -> dict[str, float]:
+def auroc_change(validation: IndexValidation, index: Searcher, exact: Searcher, k: int = 1, *,
+                 reference: dict[str, float] | None = None) -> dict[str, float]:
     """Image / pixel AUROC with exact and with compressed search, and the drop (exact - index).
+
+    Args:
+        reference: `auroc_with(validation, exact, k)` computed once by the caller (saves one
+            exact search per candidate); None computes it here.
 
     Returns:
         {"image_auroc_exact", "image_auroc", "image_auroc_drop", and the same for pixel_} for
         what is measurable (see `auroc_with`); positive drops mean the index loses accuracy.
     """
-    ref = auroc_with(validation, exact, k)
+    ref = reference if reference is not None else auroc_with(validation, exact, k)
     got = auroc_with(validation, index, k)
     out: dict[str, float] = {}
     for key in ("image_auroc", "pixel_auroc"):
@@ -309,7 +314,8 @@ def _validation_queries(bank: np.ndarray, validation: IndexValidation | None, se
 
 
 def _try_one(bank: np.ndarray, name: str, options: IndexOptions, exact: FaissIndex,
-             queries: np.ndarray, validation: IndexValidation | None) -> tuple[FaissIndex, dict]:
+             queries: np.ndarray, validation: IndexValidation | None,
+             reference: dict[str, float] | None) -> tuple[FaissIndex, dict]:
     """Build and measure one candidate; the report includes AUROC changes when measurable."""
     factory, nprobe = resolve_factory(name, bank.shape[1], bank.shape[0],
                                       index_dim=options.index_dim, reduce=options.reduce)
@@ -329,7 +335,7 @@ def _try_one(bank: np.ndarray, name: str, options: IndexOptions, exact: FaissInd
                               "rerank": options.rerank, "build_s": round(build_s, 3)}
     report.update(measure_index(bank, queries, index, exact, k=options.k))
     if validation is not None:
-        report.update(auroc_change(validation, index, exact, k=options.k))
+        report.update(auroc_change(validation, index, exact, k=options.k, reference=reference))
     return index, report
 
 
@@ -376,8 +382,9 @@ def build_index(bank: np.ndarray, options: IndexOptions | dict[str, Any] | None 
     names = AUTO_LADDER if auto else (opts.index,)
     tried: list[dict[str, Any]] = []
     chosen: tuple[FaissIndex, dict[str, Any]] | None = None
+    reference = None if validation is None else auroc_with(validation, exact, opts.k)
     for name in names:
-        index, report = _try_one(bank, name, opts, exact, queries, validation)
+        index, report = _try_one(bank, name, opts, exact, queries, validation, reference)
         reason = _too_lossy(report, opts.max_auroc_drop)
         report["rejected"] = reason
         tried.append(report)

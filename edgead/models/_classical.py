@@ -65,8 +65,7 @@ class ClassicalDetector(BaseDetector):
         need = self._required_rows()
         if rows.shape[0] < need:
             raise DataError(f"{self.name}: {rows.shape[0]} training row(s) but at least {need} "
-                            f"are needed ({self._why_min_rows()}); add normal rows or lower "
-                            "the setting")
+                            f"are needed ({self._why_min_rows()}); {self._min_rows_fix()}")
         progress(0, 2, self.name)
         std = Standardizer.fit(rows)
         arrays = self._fit_scaled(std.transform(rows), seed)
@@ -76,6 +75,9 @@ class ClassicalDetector(BaseDetector):
 
     def _why_min_rows(self) -> str:
         return "the model needs at least two rows"
+
+    def _min_rows_fix(self) -> str:
+        return "add normal rows"
 
     def score(self, data: Any, progress: Progress = no_progress) -> ScoreOutput:
         """Raw scores float32 (N,) of rows float32 (N, D); higher = more anomalous."""

@@ -65,8 +65,11 @@ class NeighborDetector(ClassicalDetector):
         return int(self.config.k) + 1
 
     def _why_min_rows(self) -> str:
-        return (f"k = {self.config.k} neighbours plus the row itself; each training row's own "
-                "neighbours exclude that row")
+        return (f"k = {self.config.k} neighbours of each training row, which excludes the "
+                "row itself")
+
+    def _min_rows_fix(self) -> str:
+        return "add normal rows or lower k"
 
     def _method(self) -> str:
         return self.method

@@ -46,6 +46,7 @@ class OrtBackend:
         threads: intra-op threads; None leaves ONNX Runtime's default (all cores).
         fp16: let the TensorRT execution provider build fp16 kernels (ignored elsewhere).
         cache_dir: where the TensorRT execution provider caches engines (None: no cache).
+        spin: let idle intra-op threads spin-wait (ONNX Runtime's default); off by default.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class OrtBackend:
         threads: int | None = None,
         fp16: bool = False,
         cache_dir: Path | None = None,
+        spin: bool = False,
     ) -> None:
         ort = _import_ort()
         if device not in PROVIDERS:
@@ -85,6 +87,10 @@ class OrtBackend:
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if not spin:
+            # The nearest-neighbour search runs right after the graph on the same cores; idle
+            # ORT workers spinning there would slow it down.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own non-exported exception types
@@ -107,6 +113,7 @@ class OrtBackend:
             "providers_requested": [p if isinstance(p, str) else p[0] for p in providers],
             "providers_used": used,
             "threads": threads,
+            "spin": spin,
         }
         logger.info("onnxruntime session on %s (providers %s)", used[0], used)
 
