@@ -108,7 +108,9 @@ def worker(
         "backend_info": det.backend_info,
         "fallbacks": det.fallbacks,
         "precision": det.manifest.precision,
-        "precision_hint": precision_hint or det.backend_info.get("precision_hint_used"),
+        "precision_hint_requested": precision_hint
+        or det.backend_info.get("precision_hint_requested"),
+        "precision_hint": det.backend_info.get("precision_hint_used"),  # what the plugin runs
         "size_px": list(det.image_size),
         "threads": threads,
         "batch": 1,

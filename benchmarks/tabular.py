@@ -267,15 +267,16 @@ def _git_sha() -> str:
         return "unknown"
 
 
-def merge(files: Sequence[str], results_file: str) -> int:
-    """Combine the runs (and throughput) of result files; print the table; write JSON."""
+def merge(files: Sequence[str], results_file: str, seeds: set[int]) -> int:
+    """Combine the runs (of `seeds`) and throughput of result files; print the table; write JSON."""
     runs: list[dict[str, Any]] = []
     merged: dict[str, Any] = {"merged_from": list(files)}
     for spec in files:
         name, _, only = spec.partition(":")
         keep = set(only.split(",")) if only else None
         doc = json.loads(Path(name).read_text())
-        runs.extend(r for r in doc["results"].get("runs", []) if keep is None or r["model"] in keep)
+        runs.extend(r for r in doc["results"].get("runs", [])
+                    if (keep is None or r["model"] in keep) and r["seed"] in seeds)
         if "throughput_ae_ort" in doc["results"]:
             merged["throughput_ae_ort"] = doc["results"]["throughput_ae_ort"]
     keys = {(r["dataset"], r["model"], r["seed"]) for r in runs}
@@ -313,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "FILE:model,model keeps only those models of FILE")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, args.results_file)
+        return merge(args.merge, args.results_file,
+                     {int(x) for x in args.seeds.split(",") if x.strip()})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("edgead").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")

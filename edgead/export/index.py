@@ -235,7 +235,8 @@ def measure_index(bank: np.ndarray, queries: np.ndarray, index: FaissIndex, exac
     d_exact, i_exact = exact.search(queries, k)
     d_approx, i_approx = index.search(queries, k)
     recall = float(np.mean(i_approx[:, 0] == i_exact[:, 0]))
-    rel = np.abs(d_approx[:, 0].astype(np.float64) - d_exact[:, 0]) / np.maximum(d_exact[:, 0], 1e-12)
+    nearest = d_exact[:, 0].astype(np.float64)
+    rel = np.abs(d_approx[:, 0] - nearest) / np.maximum(nearest, 1e-12)
     rel = np.where(np.isfinite(rel), rel, 1.0)
     nbytes = index_nbytes(index)
     return {
@@ -251,7 +252,7 @@ def measure_index(bank: np.ndarray, queries: np.ndarray, index: FaissIndex, exac
 
 def score_images(validation: IndexValidation, searcher: Searcher, k: int = 1
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(image scores float32 (N_img,), anomaly maps float32 (N_img, S, S)) as the runtime makes them.
+    """(image scores float32 (N_img,), maps float32 (N_img, S, S)) as the runtime makes them.
 
     Patch score = mean L2 distance to the k nearest bank vectors; image score = max patch score
     (post-processing score "max"); map = upsample_and_blur(patch scores, image_size, blur_sigma).
@@ -275,7 +276,8 @@ def auroc_with(validation: IndexValidation, searcher: Searcher, k: int = 1) -> d
         out["image_auroc"] = float(image_metrics(labels, scores)["auroc"])
     masks = validation.masks
     if masks is not None and np.any(masks) and not np.all(masks):
-        out["pixel_auroc"] = float(pixel_metrics(np.asarray(masks, dtype=bool), maps)["pixel_auroc"])
+        pixel = pixel_metrics(np.asarray(masks, dtype=bool), maps)
+        out["pixel_auroc"] = float(pixel["pixel_auroc"])
     return out
 
 
@@ -370,7 +372,8 @@ def build_index(bank: np.ndarray, options: IndexOptions | dict[str, Any] | None 
     opts.validate()
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     if bank.ndim != 2 or len(bank) == 0 or not np.isfinite(bank).all():
-        raise ExportError(f"memory bank must be a finite float (M, D) array; got shape {bank.shape}")
+        raise ExportError(f"memory bank must be a finite float (M, D) array; got shape "
+                          f"{bank.shape}")
     if opts.k > len(bank):
         raise ExportError(f"k={opts.k} neighbours but the bank has {len(bank)} vectors")
     if validation is not None and validation.embeddings.shape[-1] != bank.shape[1]:

@@ -81,7 +81,8 @@ class FaissIndex:
             raise BundleError(f"rerank must be >= 0 candidates; got {rerank}")
         if self.rerank > 0:
             if rerank_bank is None:
-                raise BundleError(f"index asks to re-rank {self.rerank} candidates but no fp16 bank "
+                raise BundleError(f"index asks to re-rank {self.rerank} candidates but no fp16 "
+                                  "bank "
                                   "copy was given; re-export with the rerank array or set rerank=0")
             bank = np.ascontiguousarray(rerank_bank, dtype=np.float16)
             if bank.shape != (self.n_vectors, self.dim):
@@ -139,7 +140,8 @@ class FaissIndex:
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] == 0:
-            raise BundleError(f"index vectors must be a non-empty (M, D) array; got {vectors.shape}")
+            raise BundleError(f"index vectors must be a non-empty (M, D) array; got "
+                              f"{vectors.shape}")
         index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_L2)
         _seed_training(index, seed)
         with _training_threads(train_threads):
@@ -166,9 +168,11 @@ class FaissIndex:
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise BundleError(f"query vectors have shape {queries.shape}; the index takes (N, {self.dim})")
+            raise BundleError(f"query vectors have shape {queries.shape}; the index takes "
+                              f"(N, {self.dim})")
         if not 1 <= k <= self.n_vectors:
-            raise BundleError(f"k={k} neighbours asked for; the index holds {self.n_vectors} vectors")
+            raise BundleError(f"k={k} neighbours asked for; the index holds {self.n_vectors} "
+                              "vectors")
         if self.rerank_bank is not None:
             return self._search_rerank(queries, k, self.rerank_bank)
         sq_dist, ids = self.index.search(queries, k)

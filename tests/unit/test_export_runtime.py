@@ -293,15 +293,33 @@ def test_unsupported_choices_are_refused(tiny: TinyPatch, meta: dict, tmp_path: 
         export_detector(tiny, meta, "tflite", "fp32", tmp_path / "x.edgead")
 
 
-def test_openvino_fp16_export_records_looser_parity(
-    tiny: TinyPatch, meta: dict, tmp_path: Path, test_images: np.ndarray
+def test_openvino_fp16_export_records_looser_parity_and_auroc_change(
+    tiny: TinyPatch, meta: dict, tmp_path: Path, test_images: np.ndarray, synthetic_mvtec: Path
 ) -> None:
+    from edgead.runtime.eval import evaluate_bundle
+
+    calls: list[str | None] = []
+
+    def evaluate(bundle: Path, backend: str | None) -> dict:
+        calls.append(backend)
+        return evaluate_bundle(bundle, synthetic_mvtec, backend=backend)
+
     m = export_detector(
-        tiny, meta, "openvino", "fp16", tmp_path / "h.edgead", parity_inputs=test_images
+        tiny,
+        meta,
+        "openvino",
+        "fp16",
+        tmp_path / "h.edgead",
+        parity_inputs=test_images,
+        evaluate=evaluate,
     )
     entry = m.export["parity"]["openvino"]
     assert entry["precision"] == "fp16" and entry["outputs"]["embedding"]["tolerance"] == 5e-2
     assert entry["outputs"]["embedding"]["max_rel_err"] < 5e-2
+    assert calls == [None, "onnxruntime"]  # the fp16 graph, then the fp32 reference
+    assert m.metrics["runtime"]["backend"] == "openvino/CPU"
+    change = m.metrics["image_auroc"] - m.metrics["image_auroc_fp32"]
+    assert m.metrics["image_auroc_fp16_change"] == pytest.approx(change)
 
 
 def test_cli_export_predict_build_engine(
