@@ -227,7 +227,8 @@ def measure_index(bank: np.ndarray, queries: np.ndarray, index: FaissIndex, exac
     Returns:
         {"recall_at_1": fraction of queries whose nearest id matches exact search,
          "rel_dist_error_mean", "rel_dist_error_p99": |d - d_exact| / d_exact of the nearest
-         distance (L2), "bytes": bundle bytes of the index, "compression_ratio": fp32 bank bytes /
+         distance (L2), "dist_ratio_median": median d / d_exact (how raw scores shift),
+         "bytes": bundle bytes of the index, "compression_ratio": fp32 bank bytes /
          bytes, "search_ms_per_frame", "exact_search_ms_per_frame": median ms per frame of
          `frame_patches` queries (faiss threads as set by the caller)}.
     """
@@ -243,6 +244,8 @@ def measure_index(bank: np.ndarray, queries: np.ndarray, index: FaissIndex, exac
         "recall_at_1": recall,
         "rel_dist_error_mean": float(rel.mean()),
         "rel_dist_error_p99": float(np.percentile(rel, 99)),
+        # raw scores scale by about this factor: thresholds fitted with exact search need it
+        "dist_ratio_median": float(np.median(d_approx[:, 0] / np.maximum(nearest, 1e-12))),
         "bytes": nbytes,
         "compression_ratio": _fp32_bytes(bank) / nbytes,
         "search_ms_per_frame": time_search(index, queries, k, frame_patches=frame_patches),

@@ -1,9 +1,9 @@
 """Integration: PaDiM, FastFlow, conv AE / VAE and image Deep SVDD on real MPDD metal plates.
 
-Runs at 128 px with small training budgets to stay within the project's time budget on 2 shared
-CPU cores (the 256 px numbers are in benchmarks/image_methods.py). Floors are set below the
-measured values with a margin (measured, seed 0, 128 px: see the comments in FLOORS); a floor
-near 0.5 means "better than chance", which is all an honest from-scratch baseline promises here.
+Runs at 128 px with training budgets below the defaults to stay within the project's time budget
+on 2 CPU cores (the benchmark, benchmarks/image_methods.py, uses the defaults). Each floor (seed 0,
+128 px; the measured value is in the comment next to it) is ~0.1 below the value measured on
+2026-11-28 (CPU, torch 2.14.1), leaving room for numerical differences between machines.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ SIZE = 128
 FLOORS: dict[str, tuple[dict, float]] = {
     "padim": ({}, 0.55),
     "fastflow": ({"epochs": 4}, 0.55),
-    "conv_ae": ({"epochs": 10}, 0.40),
-    "deep_svdd_image": ({"epochs": 10}, 0.40),
+    "conv_ae": ({"epochs": 10}, 0.65),  # measured 0.768
+    "deep_svdd_image": ({"epochs": 10}, 0.75),  # measured 0.907
 }
 
 
