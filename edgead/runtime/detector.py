@@ -26,6 +26,7 @@ from edgead.runtime.backends.base import Backend, check_outputs
 from edgead.runtime.nn_index import FaissIndex, load_index
 from edgead.runtime.postprocess import normalise_scores, resize_map, upsample_and_blur
 from edgead.runtime.preprocess import resize_frame
+from edgead.runtime.rows_nn import score_rows_nn
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,11 @@ class Detector:
                 embedding_dim=graph_dims[0] if graph_dims else None,
                 rerank_bank=rerank_bank,
             )
+        # kNN/LOF training-row statistics, decoded once (.npy, no pickle).
+        self._row_arrays: dict[str, np.ndarray] = (
+            {name: bundle.array(name) for name in self.manifest.arrays}
+            if kind == "rows_nn_index" else {}
+        )
         norm = self.manifest.normalisation
         self._calibrated = self.manifest.threshold is not None and all(
             k in norm for k in ("min", "max", "threshold")
@@ -491,7 +497,8 @@ class Detector:
         if self._kind == "rows":
             raw = outputs["score"].reshape(n).astype(np.float32)
         else:
-            raw = self._patch_distances(outputs["embedding"], n, 1)[0].astype(np.float32)
+            raw = score_rows_nn(self._index, outputs["embedding"].reshape(n, -1),
+                                self.manifest.postprocess, self._row_arrays).astype(np.float32)
         normalised, decisions = self._decide(raw)
         if decisions is None:
             decisions = np.zeros(n, dtype=bool)

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.integration
 SIZE = 128
 #: (detector, config overrides) -> image AUROC floor on MPDD metal_plate test (107 images).
 FLOORS: dict[str, tuple[dict, float]] = {
-    "padim": ({}, 0.55),
-    "fastflow": ({"epochs": 4}, 0.55),
+    "padim": ({}, 0.83),  # measured 0.930
+    "fastflow": ({"epochs": 4}, 0.80),  # measured 0.910
     "conv_ae": ({"epochs": 10}, 0.65),  # measured 0.768
     "deep_svdd_image": ({"epochs": 10}, 0.75),  # measured 0.907
 }

@@ -260,13 +260,8 @@ def test_rows_nn_rejects_malformed_postprocess():
         scores_from_neighbors(dist, ids - 1, lof, {"k_distance": np.ones(3), "lrd": np.ones(3)})
 
 
-_RUNTIME_NN = pytest.mark.xfail(
-    reason="edgead.runtime.Detector does not yet call edgead.runtime.rows_nn for kind "
-           "'rows_nn_index' (runtime owner wires it); passes once it does", strict=False)
-
-
 @pytest.mark.parametrize(("name", "cfg"), [
-    pytest.param("knn", {}, marks=_RUNTIME_NN), pytest.param("lof", {"k": 10}, marks=_RUNTIME_NN),
+    ("knn", {}), ("lof", {"k": 10}),
     ("kde", {}), ("gmm", {"n_components": 3}), ("ocsvm", {})])
 def test_bundle_round_trip(fitted, data, tmp_path, name, cfg):
     """export_detector (ONNX, parity-checked) -> runtime Detector.score_rows on ONNX Runtime.

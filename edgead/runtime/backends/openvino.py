@@ -81,7 +81,7 @@ class OpenVinoBackend:
                 f"openvino could not compile the graph on {device}: {exc}"
             ) from exc
         self._request = self._compiled.create_infer_request()
-        self._output_names = [out.get_any_name() for out in self._compiled.outputs]
+        self._output_names = [_public_name(out) for out in self._compiled.outputs]
         shape = self._compiled.inputs[0].get_partial_shape()
         self.max_batch: int | None = shape[0].get_length() if shape[0].is_static else None
         used = device
@@ -126,3 +126,14 @@ class OpenVinoBackend:
         self._request = None
         self._compiled = None
         self._core = None
+
+
+def _public_name(output: Any) -> str:
+    """The graph's own output name ("score", "embedding", ...) among a tensor's names.
+
+    OpenVINO may give one tensor several names (e.g. '/Squeeze_output_0' and 'score'); the
+    exported names are plain identifiers, so prefer those.
+    """
+    names = sorted(output.get_names())
+    plain = [name for name in names if name.isidentifier()]
+    return plain[0] if plain else str(output.get_any_name())
