@@ -454,10 +454,9 @@ class Detector:
         if self._index is None:
             raise BundleError("bundle has no nearest-neighbour index")
         if self._bank is None:  # the fp16 re-rank copy if shipped, else the index's own vectors
-            if self._index.rerank_bank is not None:
-                self._bank = self._index.rerank_bank.astype(np.float32)
-            else:
-                self._bank = self._index.index.reconstruct_n(0, self._index.n_vectors)
+            # reconstruct_all uses the re-rank copy when shipped and builds IVF's direct map
+            # (a bare reconstruct_n fails on IVF indexes).
+            self._bank = self._index.reconstruct_all()
         bank = self._bank
         rows = np.arange(dists.shape[0])
         worst = np.argmax(dists, axis=1)

@@ -8,7 +8,6 @@ thousand vectors: coreset_ratio 0.1 of 49 x 784 patches).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,53 +21,24 @@ SCORE_RTOL = 1e-3
 SIZE_PX = 224
 
 
-def _mpdd_root() -> Path:
-    env = os.environ.get("EDGEAD_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-    path = root / "mpdd_metal_plate"
-    if not (path / "train" / "good").is_dir():
-        pytest.skip(f"MPDD metal_plate not found at {path}; set EDGEAD_DATA to the datasets folder")
-    return path
-
-
 @pytest.fixture(scope="module")
-def mpdd_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Train PatchCore on MPDD once: run dir, torch test scores, run image AUROC, test data."""
-    import torch
-
+def mpdd_run(mpdd_run_224: Path, mpdd_root: Path) -> dict[str, Any]:
+    """The shared MPDD run (conftest): run dir, torch test scores, run image AUROC, test data."""
     from edgead import metrics
-    from edgead.data.images import load_image_dataset, split_train_val
-    from edgead.models.base import create_detector
-    from edgead.rundir import save_run
+    from edgead.data.images import load_image_dataset
+    from edgead.rundir import load_run
 
-    torch.set_num_threads(2)
-    root = _mpdd_root()
-    dataset = load_image_dataset(root, SIZE_PX)
-    train = dataset.train_images()
-    fit_idx, val_idx = split_train_val(len(train), 0.1, seed=0)
-    detector = create_detector("patchcore", {"image_size": SIZE_PX, "coreset_ratio": 0.1})
-    detector.fit([train[int(i)] for i in fit_idx], seed=0)
-    val_scores = detector.score([train[int(i)] for i in val_idx]).scores
-    threshold = metrics.threshold_from_normal(val_scores, 99.0)
-    test = dataset.test_set()
+    detector, _ = load_run(mpdd_run_224)
+    test = load_image_dataset(mpdd_root, SIZE_PX).test_set()
     images = [test.images[i] for i in range(len(test))]
     scored = detector.score(images)
-    run_metrics = metrics.image_metrics(test.labels, scored.scores)
-    meta = {
-        "threshold": {"value": threshold, "policy": "percentile:99"},
-        "normalisation": metrics.normalisation_from_scores(val_scores, threshold),
-        "data": {"path": str(root), "n_train": len(fit_idx), "n_val": len(val_idx)},
-        "metrics": {"image_auroc": run_metrics["auroc"]},
-        "seed": 0,
-    }
-    run_dir = save_run(tmp_path_factory.mktemp("mpdd") / "run", detector, meta)
     return {
-        "run": run_dir,
+        "run": mpdd_run_224,
         "scores": scored.scores,
-        "auroc": run_metrics["auroc"],
+        "auroc": metrics.image_metrics(test.labels, scored.scores)["auroc"],
         "labels": np.asarray(test.labels),
         "images": images,
-        "root": root,
+        "root": mpdd_root,
         "bank": detector.describe()["memory_bank_size"],
     }
 

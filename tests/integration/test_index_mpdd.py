@@ -2,14 +2,12 @@
 
 Must show (issue 4): the default index is >= 8x smaller than the fp32 bank and loses at most
 0.005 image AUROC against exact search; its bytes round-trip through a bundle byte-for-byte and
-load back with the graph's dimension checked. PatchCore is fitted once per module at 160 px
-(a bank of ~2,000 vectors) to keep the test short; benchmarks/index_tradeoff.py covers 224 px
-and ELPV.
+load back with the graph's dimension checked. Uses the session's shared PatchCore run at
+224 px (tests/integration/conftest.py); benchmarks/index_tradeoff.py covers ELPV too.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +16,20 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-SIZE_PX = 160
+SIZE_PX = 224
 MIN_COMPRESSION = 8.0
 MAX_IMAGE_AUROC_DROP = 0.005
 
 
-def _mpdd_root() -> Path:
-    env = os.environ.get("EDGEAD_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-    path = root / "mpdd_metal_plate"
-    if not (path / "train" / "good").is_dir():
-        pytest.skip(f"MPDD metal_plate not found at {path}; set EDGEAD_DATA to the datasets folder")
-    return path
-
-
 @pytest.fixture(scope="module")
-def mpdd_bank() -> dict[str, Any]:
-    """PatchCore fitted on MPDD train: bank (M, D) and test-patch validation set."""
-    import torch
-
+def mpdd_bank(mpdd_run_224: Path, mpdd_root: Path) -> dict[str, Any]:
+    """The shared MPDD PatchCore run (conftest): bank (M, D) and test-patch validation set."""
     from edgead.data.images import load_image_dataset
     from edgead.export.index import IndexValidation
-    from edgead.models.base import create_detector
+    from edgead.rundir import load_run
 
-    torch.set_num_threads(2)
-    dataset = load_image_dataset(_mpdd_root(), SIZE_PX)
-    detector = create_detector("patchcore", {"image_size": SIZE_PX, "coreset_ratio": 0.1})
-    detector.fit(list(dataset.train_images()), seed=0)
-    test = dataset.test_set()
+    detector, _ = load_run(mpdd_run_224)
+    test = load_image_dataset(mpdd_root, SIZE_PX).test_set()
     embeddings = detector.embed(list(test.images))  # type: ignore[attr-defined]
     validation = IndexValidation(embeddings=embeddings, labels=test.labels,
                                  masks=test.masks_array(), grid=detector.grid_hw,  # type: ignore[attr-defined]

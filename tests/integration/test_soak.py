@@ -59,16 +59,13 @@ def mpdd_dir(shared_datasets: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def mpdd_bundle(mpdd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """PatchCore on MPDD metal_plate at 224 px, exported to ONNX (trained once per session)."""
+def mpdd_bundle(mpdd_run_224: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared MPDD PatchCore run (224 px, conftest) exported to ONNX with the CLI."""
     override = os.environ.get("EDGEAD_TEST_MPDD_BUNDLE")
     if override:
         return Path(override)
-    root = tmp_path_factory.mktemp("mpdd_patchcore")
-    run_dir, bundle = root / "run", root / "mpdd_patchcore.edgead"
-    _edgead("train", "patchcore", "--data", str(mpdd_dir), "--out", str(run_dir),
-            "--image-size", str(IMAGE_SIZE_PX), timeout=1200)
-    _edgead("export", str(run_dir), "--target", "onnx", "--out", str(bundle), timeout=1200)
+    bundle = tmp_path_factory.mktemp("mpdd_patchcore") / "mpdd_patchcore.edgead"
+    _edgead("export", str(mpdd_run_224), "--target", "onnx", "--out", str(bundle), timeout=1200)
     return bundle
 
 
