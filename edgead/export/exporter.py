@@ -1,11 +1,15 @@
 """One generic exporter: any registered detector's ExportSpec -> a verified `.edgead` bundle.
 
 Flow (`export_detector`): trace the spec's module to ONNX (checked) -> OpenVINO IR when asked ->
-nearest-neighbour index member when the post-processing needs one -> write a candidate bundle ->
-parity: graph outputs of every backend the target uses vs torch, then per-item scores through
-the real runtime (`edgead.runtime.Detector`) vs `detector.score` -> metrics through the runtime
-on the run's test data when available -> the final bundle (written atomically, only if all
-checks passed).
+nearest-neighbour index when the post-processing needs one (`edgead.export.index.build_index`:
+compressed DEFAULT_INDEX for image "nn_index", exact "flat" for "rows_nn_index", measured on the
+run's labelled test images against exact search, within --max-auroc-drop) -> write a candidate
+bundle with the EXACT index -> parity: graph outputs of every backend the target uses vs torch,
+then per-item scores through the real runtime (`edgead.runtime.Detector`) vs `detector.score` ->
+when the index is compressed: swap it in, re-fit the threshold / normalisation by scoring the
+run's held-out normal validation inputs through it (same policy as the run), and record how much
+the scores moved -> metrics through the runtime on the run's test data when available -> the
+final bundle (written atomically, only if all checks passed).
 """
 
 from __future__ import annotations
@@ -16,16 +20,25 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgead import __version__
-from edgead.bundle import SCHEMA_VERSION, InputSpec, Manifest, OutputSpec, write_bundle
-from edgead.errors import ExportError
+from edgead.bundle import SCHEMA_VERSION, IndexSpec, InputSpec, Manifest, OutputSpec, write_bundle
+from edgead.errors import ConfigError, ExportError
 from edgead.export.graphs import OPSET, export_onnx, export_openvino_ir, run_torch
-from edgead.export.index_member import build_index_member
+from edgead.export.index import (
+    DEFAULT_INDEX,
+    INDEX_FILE,
+    IndexBuild,
+    IndexOptions,
+    IndexValidation,
+    build_index,
+    validation_from_images,
+)
 from edgead.export.parity import check_graph_parity, check_score_parity
 from edgead.models.base import BaseDetector, ExportSpec, Progress, no_progress
 
@@ -38,6 +51,34 @@ TENSORRT_BUILD = {"workspace_mib": 1024, "max_batch": 8}
 
 #: evaluate(bundle_path, backend) -> metrics dict (the eval JSON keys); backend None = default.
 Evaluator = Callable[[Path, "str | None"], dict[str, Any]]
+#: Default --index per post-processing kind: PatchCore ships a compressed bank; kNN/LOF keep
+#: exact search (their scores must match the fitted model exactly) unless --index is given.
+DEFAULT_INDEX_BY_KIND = {"nn_index": DEFAULT_INDEX, "rows_nn_index": "flat"}
+
+
+@dataclass
+class ExportData:
+    """The run's data the exporter measures with (all optional).
+
+    test_inputs: labelled test inputs: uint8 (S, S, 3) images (a sequence) or float32 (N, D) rows;
+        image nn-index detectors measure the index's AUROC change on them.
+    test_labels: int (N,) 0 = normal, 1 = anomalous, aligned with test_inputs.
+    test_masks: bool (S, S) ground-truth masks per test image (a sequence), or None.
+    normal_val: the run's held-out normal validation inputs (uint8 (N, S, S, 3) or float32
+        (N, D)), or a zero-argument callable that loads them (None when they cannot be
+        reproduced); a compressed index re-fits the threshold on them.
+    """
+
+    test_inputs: Any = None
+    test_labels: np.ndarray | None = None
+    test_masks: Any = None
+    normal_val: Any = None
+
+    def normal_inputs(self) -> np.ndarray | None:
+        """The held-out normal validation inputs (loaded on first use), or None."""
+        if callable(self.normal_val):
+            self.normal_val = self.normal_val()
+        return self.normal_val
 
 
 def _check_choice(kind: str, value: str, allowed: Sequence[str]) -> None:
@@ -130,6 +171,7 @@ def export_detector(
     evaluate: Evaluator | None = None,
     device_profile: str | None = None,
     index: dict[str, Any] | None = None,
+    data: ExportData | None = None,
     progress: Progress = no_progress,
 ) -> Manifest:
     """Export a fitted detector to the bundle `out` and return the manifest written.
@@ -145,7 +187,13 @@ def export_detector(
         evaluate: measures metrics of a candidate bundle through the runtime (see
             `edgead.runtime.eval.evaluate_bundle`); None skips the metrics.
         device_profile: name of the device profile the export is meant for (recorded).
-        index: options for `build_index_member` (nn-index detectors only).
+        index: `edgead.export.index.IndexOptions` fields as a dict (nn-index detectors only):
+            {"index": name or faiss factory, "index_dim", "reduce", "rerank", "nprobe",
+            "max_auroc_drop", "seed"}; None uses DEFAULT_INDEX_BY_KIND.
+        data: the run's test data and held-out normal validation inputs (`ExportData`): the
+            index's AUROC change is measured on the test images, a compressed index's threshold
+            is re-fitted on the validation inputs. None: measured on bank vectors only and the
+            threshold is scaled by the median distance ratio (both logged and recorded).
 
     Raises:
         ExportError: unsupported target/precision, tracing or parity failure (nothing written).
@@ -177,16 +225,23 @@ def export_detector(
         timings["openvino_s"] = time.perf_counter() - t1
     progress(1, 5, "export")
     arrays = dict(spec.arrays)
-    index_spec = None
-    index_report: dict[str, Any] | None = None
+    index_build: IndexBuild | None = None
+    exact_index: tuple[bytes, IndexSpec] | None = None  # for parity when the index is compressed
     if kind.endswith("nn_index"):
         if "memory_bank" not in arrays:
             raise ExportError(
                 f"{detector.name}: post-processing {kind!r} needs arrays['memory_bank']"
             )
         bank = arrays.pop("memory_bank")
-        options = {"k": int(spec.postprocess.get("k", 1)), **(index or {})}
-        members["memory_bank.faiss"], index_spec, index_report = build_index_member(bank, options)
+        t_index = time.perf_counter()
+        options = _index_options(kind, spec.postprocess, index)
+        validation = _index_validation(detector, spec, kind, data)
+        index_build = build_index(bank, options, validation=validation)
+        timings["index_s"] = time.perf_counter() - t_index
+        members[INDEX_FILE] = index_build.data
+        arrays.update(index_build.arrays)
+        if not _is_exact(index_build.spec):
+            exact_index = _exact_index(bank, index_build.spec)
     elif index:
         raise ExportError(
             f"--index applies to nearest-neighbour detectors; {detector.name} has none"
@@ -224,18 +279,45 @@ def export_detector(
         threshold=None if threshold is None else float(threshold),
         normalisation=dict(meta.get("normalisation") or {}),
         backbone=config.get("backbone"),
-        index=index_spec,
+        index=None if index_build is None else index_build.spec,
         arrays=array_members,
         build=build,
         config=dict(config),
     )
     progress(2, 5, "export")
+    calibration: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="edgead-export-") as tmp:
         candidate = Path(tmp) / "candidate.edgead"
-        write_bundle(candidate, manifest, members)
+        if exact_index is not None:
+            # Parity with exact search first: the torch model scores with the exact bank, so the
+            # score check is only meaningful (and keeps its tight tolerance) with the same search.
+            exact_members = {
+                **{k: v for k, v in members.items() if k not in _rerank_members(array_members)},
+                INDEX_FILE: exact_index[0],
+            }
+            exact_manifest = dataclasses.replace(
+                manifest,
+                index=exact_index[1],
+                arrays={k: v for k, v in array_members.items()
+                        if v not in _rerank_members(array_members)},
+            )
+            write_bundle(candidate, exact_manifest, exact_members)
+        else:
+            write_bundle(candidate, manifest, members)
         t2 = time.perf_counter()
         parity = _parity(detector, candidate, target, precision, inputs, reference)
         timings["parity_s"] = time.perf_counter() - t2
+        if exact_index is not None and index_build is not None:
+            exact_scores = _runtime_raw_scores(candidate, inputs, detector.modality)
+            write_bundle(candidate, manifest, members)
+            t_cal = time.perf_counter()
+            manifest, calibration, change = _recalibrate(
+                candidate, manifest, meta, detector.modality, data, index_build.report,
+                inputs, exact_scores,
+            )
+            parity["index"] = change
+            write_bundle(candidate, manifest, members)
+            timings["calibration_s"] = time.perf_counter() - t_cal
         progress(3, 5, "export")
         metrics: dict[str, Any] = {}
         if evaluate is not None:
@@ -257,7 +339,8 @@ def export_detector(
         "torch_version": torch.__version__,
         "parity_inputs": {"n": int(len(inputs)), "source": inputs_source},
         "parity": parity,
-        "index": index_report,
+        "index": None if index_build is None else index_build.report,
+        "calibration": calibration,
         "device_profile": device_profile,
         "run": {"seed": meta.get("seed"), "data": meta.get("data")},
         "host": platform.machine(),
@@ -268,6 +351,171 @@ def export_detector(
     progress(5, 5, "export")
     logger.info("exported %s (%s, %s) to %s", detector.name, target, precision, out)
     return written
+
+
+def _index_options(
+    kind: str, postprocess: dict[str, Any], index: dict[str, Any] | None
+) -> IndexOptions:
+    """IndexOptions from the user's --index options, with the per-kind default and the spec's k.
+
+    Raises:
+        ExportError: unknown option names or values out of range (the message names them).
+    """
+    given = dict(index or {})
+    if given.get("index") is None:
+        given["index"] = DEFAULT_INDEX_BY_KIND.get(kind, DEFAULT_INDEX)
+    given = {key: value for key, value in given.items() if value is not None}
+    given["k"] = int(postprocess.get("k", 1))
+    try:
+        options = IndexOptions.from_mapping(given)
+        options.validate()
+    except ConfigError as exc:
+        raise ExportError(f"index options: {exc}") from exc
+    return options
+
+
+def _index_validation(
+    detector: BaseDetector, spec: ExportSpec, kind: str, data: ExportData | None
+) -> IndexValidation | None:
+    """Patch embeddings (torch module) + labels + masks of the run's test images, or None.
+
+    Only image "nn_index" post-processing is measured on images; kNN/LOF rows (and exports
+    without labelled test data) are measured on noisy bank vectors by `build_index` (logged).
+    """
+    if kind != "nn_index" or data is None or data.test_inputs is None or data.test_labels is None:
+        if kind == "nn_index":
+            logger.warning(
+                "no labelled test images for %s: the index's AUROC change cannot be measured, "
+                "only recall and distance error on bank vectors", detector.name
+            )
+        return None
+    if "embedding" not in spec.output_names:
+        raise ExportError(f"{detector.name}: nn_index export needs an 'embedding' graph output")
+    images = np.stack([np.asarray(img, dtype=np.uint8) for img in data.test_inputs])
+    labels = np.asarray(data.test_labels).astype(np.int64)
+    masks = None
+    if data.test_masks is not None:
+        masks = np.stack([np.asarray(m, dtype=bool) for m in data.test_masks])
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        return run_torch(spec.module, batch, spec.output_names)["embedding"]
+
+    return validation_from_images(embed, images, labels, masks, spec.postprocess)
+
+
+def _is_exact(spec: IndexSpec) -> bool:
+    """Whether the index searches exactly like the fitted model (fp32 Flat, no re-ranking)."""
+    return spec.factory.strip() == "Flat" and not spec.rerank
+
+
+def _exact_index(bank: np.ndarray, spec: IndexSpec) -> tuple[bytes, IndexSpec]:
+    """(bytes, IndexSpec) of an exact fp32 Flat index of `bank`, for the parity check."""
+    from edgead.runtime.nn_index import FaissIndex
+
+    exact = FaissIndex.build(np.ascontiguousarray(bank, dtype=np.float32), "Flat")
+    exact_spec = IndexSpec(file=INDEX_FILE, factory="Flat", metric="l2", dim=spec.dim,
+                           n_vectors=spec.n_vectors, k=spec.k)
+    return exact.to_bytes(), exact_spec
+
+
+def _rerank_members(array_members: dict[str, str]) -> set[str]:
+    """Bundle members of the index's re-rank arrays (not part of an exact-index bundle)."""
+    from edgead.export.index import RERANK_ARRAY
+
+    return {member for name, member in array_members.items() if name == RERANK_ARRAY}
+
+
+def _runtime_raw_scores(bundle: Path, inputs: np.ndarray, modality: str) -> np.ndarray:
+    """float64 (N,) raw scores of `inputs` through the runtime (ONNX Runtime, CPU)."""
+    from edgead.runtime.detector import Detector
+
+    det = Detector.load(bundle, device="cpu", backend="onnxruntime")
+    try:
+        if modality == "image":
+            results = det(list(inputs), channel_order="RGB")
+            return np.array([r.raw_score for r in results], dtype=np.float64)  # type: ignore
+        return np.asarray(det.score_rows(np.asarray(inputs)).raw_scores, dtype=np.float64)
+    finally:
+        det.close()
+
+
+def _recalibrate(
+    candidate: Path,
+    manifest: Manifest,
+    meta: dict[str, Any],
+    modality: str,
+    data: ExportData | None,
+    index_report: dict[str, Any],
+    parity_inputs: np.ndarray,
+    exact_scores: np.ndarray,
+) -> tuple[Manifest, dict[str, Any], dict[str, Any]]:
+    """Threshold and normalisation re-fitted through the compressed index in `candidate`.
+
+    Compressed search shifts distances (pq4: ~6-11 % larger), so the run's threshold (fitted
+    with exact search) would flag too much. With the run's held-out normal validation inputs
+    and a "percentile:P" policy, they are scored through the candidate and the same policy is
+    applied; otherwise the run's values are scaled by the measured median distance ratio
+    (`dist_ratio_median`, logged as a warning).
+
+    Returns:
+        (manifest with the new threshold / normalisation, calibration record for
+        manifest.export["calibration"], score change of the parity inputs exact -> compressed).
+    """
+    from edgead import metrics
+
+    compressed_scores = _runtime_raw_scores(candidate, parity_inputs, modality)
+    rel = np.abs(compressed_scores - exact_scores) / np.maximum(np.abs(exact_scores), 1e-12)
+    change = {
+        "checked_with": "exact Flat index (parity above); compressed index scores compared",
+        "score_max_rel_change": float(rel.max()) if len(rel) else 0.0,
+        "score_median_ratio": float(np.median(compressed_scores / np.maximum(exact_scores, 1e-12)))
+        if len(rel) else 1.0,
+    }
+    run_threshold = dict(meta.get("threshold") or {})
+    run_norm = dict(meta.get("normalisation") or {})
+    record: dict[str, Any] = {
+        "index": index_report.get("factory"),
+        "run_threshold": run_threshold.get("value"),
+        "run_normalisation": run_norm,
+    }
+    if run_threshold.get("value") is None:
+        record.update(method="none", reason="the run has no threshold to re-fit")
+        return manifest, record, change
+    policy = str(run_threshold.get("policy", ""))
+    normal = data.normal_inputs() if data is not None else None
+    if normal is not None and len(normal) and policy.startswith("percentile:"):
+        percentile = float(policy.split(":", 1)[1])
+        scores = _runtime_raw_scores(candidate, np.asarray(normal), modality)
+        value = float(metrics.threshold_from_normal(scores, percentile))
+        norm = dict(metrics.normalisation_from_scores(scores, value))
+        record.update(
+            method="refit",
+            policy=policy,
+            n_inputs=int(len(scores)),
+            reason="compressed search shifts distances; the run's policy was re-applied to its "
+            "held-out normal validation inputs scored through this index",
+        )
+        logger.info("threshold re-fitted through index %s: %.6g -> %.6g (%s, %d inputs)",
+                    record["index"], run_threshold["value"], value, policy, len(scores))
+    else:
+        ratio = float(index_report.get("dist_ratio_median", 1.0))
+        why = ("the run's validation inputs could not be reproduced" if normal is None or
+               not len(normal) else f"the run's policy {policy!r} needs labelled data")
+        value = float(run_threshold["value"]) * ratio
+        norm = {key: (float(v) * ratio if key in ("min", "max", "threshold") else v)
+                for key, v in run_norm.items()}
+        record.update(
+            method="scaled_by_dist_ratio_median",
+            policy=policy,
+            dist_ratio_median=ratio,
+            reason=f"{why}; the run's threshold and normalisation were scaled by the median "
+            "distance ratio compressed / exact measured at export",
+        )
+        logger.warning("index %s: %s; threshold scaled by the median distance ratio %.4f "
+                       "(%.6g -> %.6g)", record["index"], why, ratio,
+                       run_threshold["value"], value)
+    record.update(threshold=value, normalisation=norm)
+    return dataclasses.replace(manifest, threshold=value, normalisation=norm), record, change
 
 
 def _parity(
@@ -367,9 +615,10 @@ def export_run(
     detector, meta = load_run(run_dir)
     data_path = Path(data) if data is not None else _run_data_path(meta)
     parity_inputs = None
+    export_data: ExportData | None = None
     evaluate: Evaluator | None = None
     if data_path is not None and data_path.exists():
-        parity_inputs = _parity_inputs_from_data(detector, data_path, meta)
+        parity_inputs, export_data = _parity_inputs_from_data(detector, data_path, meta)
         from edgead.runtime.eval import evaluate_bundle
 
         def evaluate(bundle: Path, backend: str | None) -> dict[str, Any]:
@@ -390,6 +639,7 @@ def export_run(
         evaluate=evaluate,
         device_profile=device_profile,
         index=index,
+        data=export_data,
         progress=progress,
     )
 
@@ -401,18 +651,67 @@ def _run_data_path(meta: dict[str, Any]) -> Path | None:
 
 def _parity_inputs_from_data(
     detector: BaseDetector, data_path: Path, meta: dict[str, Any], n_train: int = 3, n_test: int = 3
-) -> np.ndarray | None:
-    """A few training and test inputs from the run's data, or None (logged) when unreadable."""
+) -> tuple[np.ndarray | None, ExportData | None]:
+    """(a few training and test inputs, the run's test data + held-out validation loader) from
+    the run's data, or (None, None) (logged) when unreadable."""
     from edgead.runtime.eval import load_eval_data
 
     try:
-        train, test, _, _ = load_eval_data(data_path, meta, detector.modality, with_train=True)
+        train, test, labels, masks = load_eval_data(
+            data_path, meta, detector.modality, with_train=True
+        )
     except Exception as exc:  # noqa: BLE001 - data problems only weaken the check; logged
         logger.warning(
             "cannot read %s for the parity check (%s); using synthetic inputs", data_path, exc
         )
-        return None
+        return None, None
     # Lazy image sequences load only the items picked here.
     picked = [train[i] for i in range(min(n_train, len(train)))]
     picked += [test[i] for i in range(min(n_test, len(test)))]
-    return np.stack(picked) if picked else None
+    export_data = ExportData(
+        test_inputs=test,
+        test_labels=np.asarray(labels),
+        test_masks=masks,
+        normal_val=lambda: _run_validation_inputs(detector, data_path, meta),
+    )
+    return (np.stack(picked) if picked else None), export_data
+
+
+def _run_validation_inputs(
+    detector: BaseDetector, data_path: Path, meta: dict[str, Any]
+) -> np.ndarray | None:
+    """The run's held-out normal validation inputs, re-made with training's seeded split.
+
+    Returns None (logged) when they cannot be reproduced: unreadable data, or a split whose size
+    differs from the run's record (`run.json` data.n_val).
+    """
+    from edgead import training
+
+    info = dict(meta.get("data") or {})
+    seed = int(meta.get("seed", 0))
+    try:
+        if detector.modality == "image":
+            # the same private helper train_run uses, so the split is identical by construction
+            split = training._image_split(  # noqa: SLF001
+                detector, data_path, seed, dict(info.get("options") or {})
+            )
+        else:
+            split = training._tabular_split(  # noqa: SLF001
+                data_path, seed, info.get("label_column")
+            )
+    except Exception as exc:  # noqa: BLE001 - the caller falls back, logged and recorded
+        logger.warning("cannot re-make the run's validation split from %s: %s", data_path, exc)
+        return None
+    if split.val_data is None:
+        logger.warning("the run held out no validation data (val_fraction 0)")
+        return None
+    n_val = len(split.val_data)
+    if info.get("n_val") is not None and int(info["n_val"]) != n_val:
+        logger.warning(
+            "re-made validation split has %d items but the run recorded %s; not using it",
+            n_val, info["n_val"],
+        )
+        return None
+    if detector.modality == "image":
+        return np.stack([np.asarray(img, dtype=np.uint8) for img in split.val_data])
+    return np.asarray(split.val_data, dtype=np.float32)

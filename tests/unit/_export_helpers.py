@@ -254,5 +254,9 @@ def tiny_bundle(target: str, precision: str = "fp32") -> Path:
 
     det, meta = fitted_tiny()
     out = _cache_dir() / f"tiny_{target}_{precision}.edgead"
-    export_detector(det, meta, target, precision, out, parity_inputs=parity_images()[:4])
+    # exact index: these bundles are the reference the runtime tests compare with torch
+    export_detector(
+        det, meta, target, precision, out, parity_inputs=parity_images()[:4],
+        index={"index": "flat"},
+    )
     return out

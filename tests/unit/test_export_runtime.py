@@ -402,7 +402,9 @@ def test_export_run_measures_metrics_through_runtime(
         },
     )
     out = tmp_path / "m.edgead"
-    manifest = export_run(run_dir, "onnx", "fp32", out)
+    # exact index: the run's threshold carries over unchanged (compressed: tests/unit/
+    # test_export_index.py checks the re-fit)
+    manifest = export_run(run_dir, "onnx", "fp32", out, index={"index": "flat"})
     assert manifest.export["parity_inputs"] == {"n": 6, "source": "run data"}  # 3 train + 3 test
     metrics = manifest.metrics
     assert metrics["n_test"] == 6 and 0.0 <= metrics["image_auroc"] <= 1.0
@@ -432,7 +434,8 @@ def test_real_patchcore_with_reweight_round_trips(tmp_path: Path) -> None:
     expected = det.score(test)
     out = tmp_path / "pc.edgead"
     m = export_detector(
-        det, run_meta(expected.scores), "onnx", "fp32", out, parity_inputs=np.stack(test)
+        det, run_meta(expected.scores), "onnx", "fp32", out, parity_inputs=np.stack(test),
+        index={"index": "flat"},
     )
     assert m.postprocess["score"] == "reweight" and m.backbone == "efficientnet_lite0"
     with Detector.load(out, device="cpu") as runtime:
