@@ -116,7 +116,7 @@ def export(
             progress=progress,
             data=data,
         )
-    summary = {
+    summary: dict[str, Any] = {
         "bundle": str(out),
         "size_mb": round(out.stat().st_size / 1e6, 3),
         "detector": manifest.detector,
