@@ -48,7 +48,8 @@ def openvino_bundle(mpdd_run: dict[str, Any], tmp_path_factory: pytest.TempPathF
     from edgead.export import export_run
 
     out = tmp_path_factory.mktemp("bundle") / "mpdd_openvino_fp32.edgead"
-    export_run(mpdd_run["run"], "openvino", "fp32", out)
+    # exact index: this checks the issue-3 parity (the compressed default re-fits the threshold)
+    export_run(mpdd_run["run"], "openvino", "fp32", out, index={"index": "flat"})
     return out
 
 

@@ -96,7 +96,8 @@ def test_eval_of_an_exported_bundle_matches_the_run(image_run: tuple[Path, Path,
                                                     tmp_path: Path) -> None:
     data, run, _ = image_run
     bundle = tmp_path / "model.edgead"
-    exported = _invoke("export", str(run), "--out", str(bundle), "--json")
+    # exact index: the issue-3 guarantee (the compressed default re-fits the threshold)
+    exported = _invoke("export", str(run), "--out", str(bundle), "--index", "flat", "--json")
     assert exported.exit_code == 0, exported.output
     from_bundle = json.loads(_invoke("eval", str(bundle), "--data", str(data), "--json").stdout)
     from_run = json.loads(_invoke("eval", str(run), "--data", str(data), "--json").stdout)
