@@ -198,7 +198,9 @@ def write_bundle(path: str | Path, manifest: Manifest, members: dict[str, bytes]
         _check_member_name(name)
         if name == MANIFEST_NAME:
             raise BundleError("members may not be called manifest.json")
-    files = {name: {"sha256": sha256_bytes(data), "size": len(data)} for name, data in members.items()}
+    files = {
+        name: {"sha256": sha256_bytes(data), "size": len(data)} for name, data in members.items()
+    }
     manifest = dataclasses.replace(manifest, files=files)
     with atomic_open(path, "wb") as fh:
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
@@ -260,13 +262,17 @@ def read_bundle(path: str | Path) -> Bundle:
     for info in infos:
         _check_member_name(info.filename)
         if info.file_size > MAX_MEMBER_BYTES:
-            raise BundleError(f"{path}: member {info.filename!r} is {info.file_size} bytes; refusing it")
+            raise BundleError(
+                f"{path}: member {info.filename!r} is {info.file_size} bytes; refusing it"
+            )
     if MANIFEST_NAME not in names:
         raise BundleError(f"{path} has no {MANIFEST_NAME}; it is not an edgead bundle")
     try:
         manifest_info = zf.getinfo(MANIFEST_NAME)
         if manifest_info.file_size > MAX_MANIFEST_BYTES:
-            raise BundleError(f"{path}: manifest.json is too large ({manifest_info.file_size} bytes)")
+            raise BundleError(
+                f"{path}: manifest.json is too large ({manifest_info.file_size} bytes)"
+            )
         manifest_data = json.loads(zf.read(MANIFEST_NAME))
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         raise BundleError(f"{path}: manifest.json cannot be read: {exc}") from exc
@@ -274,15 +280,21 @@ def read_bundle(path: str | Path) -> Bundle:
     listed = set(manifest.files)
     present = set(names) - {MANIFEST_NAME}
     if listed - present:
-        raise BundleError(f"{path} is missing member(s) {sorted(listed - present)} named in its manifest")
+        raise BundleError(
+            f"{path} is missing member(s) {sorted(listed - present)} named in its manifest"
+        )
     if present - listed:
-        raise BundleError(f"{path} has member(s) {sorted(present - listed)} not listed in its manifest")
+        raise BundleError(
+            f"{path} has member(s) {sorted(present - listed)} not listed in its manifest"
+        )
     members: dict[str, bytes] = {}
     for name in sorted(listed):
         try:
             data = zf.read(name)
         except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
-            raise BundleError(f"{path}: member {name!r} cannot be read ({exc}); the file is damaged") from exc
+            raise BundleError(
+                f"{path}: member {name!r} cannot be read ({exc}); the file is damaged"
+            ) from exc
         expected = manifest.files[name]
         if len(data) != expected.get("size") or sha256_bytes(data) != expected.get("sha256"):
             raise BundleError(

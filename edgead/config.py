@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 from edgead.errors import ConfigError, unknown_name_error
 
@@ -49,7 +50,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         try:
             number = annotation(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"config key '{key}': expected {annotation.__name__}, got {value!r}") from exc
+            raise ConfigError(
+                f"config key '{key}': expected {annotation.__name__}, got {value!r}"
+            ) from exc
         if annotation is int and isinstance(value, float) and value != number:
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
         return number

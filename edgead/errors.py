@@ -1,6 +1,6 @@
 """Errors a user can fix, as one tree.
 
-    EdgeadError                  a problem the user can fix (the CLI prints it in one red line, exit 2)
+    EdgeadError                  a problem the user can fix (CLI: one red line, exit 2)
     ├── ConfigError              unknown detector/option/key, bad value in a config or profile
     ├── DataError                missing folder, unreadable image, bad mask, NaN in a table, ...
     ├── BundleError              bad magic, hash mismatch, missing member, path traversal, schema

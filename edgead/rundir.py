@@ -67,7 +67,9 @@ def read_run_meta(run_dir: str | Path) -> dict[str, Any]:
     """The parsed run.json of `run_dir` (DataError when it is not a run)."""
     path = Path(run_dir) / RUN_JSON
     if not path.is_file():
-        raise DataError(f"{run_dir} is not an edgead run (no {RUN_JSON}); train one with `edgead train`")
+        raise DataError(
+            f"{run_dir} is not an edgead run (no {RUN_JSON}); train one with `edgead train`"
+        )
     try:
         return json.loads(path.read_text())
     except ValueError as exc:

@@ -1,4 +1,7 @@
-"""`edgead` command line: one module per command, joined here. Heavy imports stay inside commands."""
+"""`edgead` command line: one module per command, joined here.
+
+Heavy imports stay inside the command functions.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ import logging
 import typer
 
 from edgead import __version__
-from edgead.cli import bench, build_engine, demo, devices, eval as eval_cmd, export, predict, run, train
+from edgead.cli import bench, build_engine, demo, devices, export, predict, run, train
+from edgead.cli import eval as eval_cmd
 
 app = typer.Typer(
     name="edgead",

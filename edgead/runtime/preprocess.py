@@ -33,7 +33,9 @@ def to_rgb(image: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
         return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise DataError(f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4); got {image.shape}")
+        raise DataError(
+            f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4); got {image.shape}"
+        )
     order = channel_order.upper()
     if order not in ("RGB", "BGR"):
         raise DataError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
@@ -55,5 +57,7 @@ def resize_frame(image: np.ndarray, size_hw: tuple[int, int], interpolation: str
     try:
         flag = _INTERPOLATION[interpolation]
     except KeyError as exc:
-        raise DataError(f"unknown interpolation {interpolation!r}; use one of {sorted(_INTERPOLATION)}") from exc
+        raise DataError(
+            f"unknown interpolation {interpolation!r}; use one of {sorted(_INTERPOLATION)}"
+        ) from exc
     return cv2.resize(rgb, (width, height), interpolation=flag)
