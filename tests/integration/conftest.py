@@ -28,13 +28,15 @@ def mpdd_root() -> Path:
 
 @pytest.fixture(scope="session")
 def mpdd_run_224(mpdd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run directory of PatchCore trained on MPDD at 224 px (trained once per session)."""
+    """Run directory of PatchCore trained on MPDD at 224 px and evaluated on its test split
+    (so run.json holds the metrics that export compares the bundle against)."""
     import torch
 
-    from edgead.training import train_run
+    from edgead.training import evaluate_run, train_run
 
     torch.set_num_threads(2)
     run = tmp_path_factory.mktemp("mpdd_patchcore_224") / "run"
     train_run("patchcore", mpdd_root, run, {"image_size": MPDD_SIZE_PX, "coreset_ratio": 0.1},
               seed=0)
+    evaluate_run(run)
     return run
