@@ -349,11 +349,16 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
 
 
 def _graph_key(manifest: Any, choice: BackendChoice) -> str:
-    """sha256 (and precision) of the graph `choice` runs: two equal keys time the same thing."""
+    """sha256 (and precision) of the graph `choice` runs, plus the nearest-neighbour index's:
+    two equal keys time the same thing."""
+    index = manifest.index
+    index_key = str(manifest.files[index.file]["sha256"]) if index is not None else ""
     if choice.backend == "openvino":
-        return str(manifest.files[manifest.graphs["openvino"]]["sha256"]) + str(manifest.precision)
+        graph = str(manifest.files[manifest.graphs["openvino"]]["sha256"]) + str(manifest.precision)
+        return graph + index_key
     key = str(manifest.files[manifest.graphs["onnx"]]["sha256"])
-    return key + str(manifest.precision) if choice.backend == "tensorrt" else key
+    key = key + str(manifest.precision) if choice.backend == "tensorrt" else key
+    return key + index_key
 
 
 def run_precision(manifest: Any, choice: BackendChoice, backend_used: str) -> str:
