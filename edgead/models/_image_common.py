@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgead.errors import DataError
-from edgead.models.base import Progress, ScoreOutput, no_progress
+from edgead.errors import DataError, NotFittedError
+from edgead.models.base import BaseDetector, ExportSpec, Progress, ScoreOutput, no_progress
 from edgead.runtime.postprocess import upsample_and_blur
 
 logger = logging.getLogger(__name__)
@@ -219,3 +219,45 @@ def train_epochs(module: nn.Module, inputs: torch.Tensor,
     logger.info("%s: %d epochs in %.1f s, loss %.4g -> %.4g", description, epochs,
                 time.perf_counter() - start, losses[0], losses[-1])
     return losses
+
+
+class ScratchNetDetector(BaseDetector):
+    """Shared state/export/describe for image detectors whose whole model is one network trained
+    from scratch (conv AE/VAE, image Deep SVDD): the net's forward is the exported graph, taking
+    uint8 (B, S, S, 3) RGB and returning ("score", "anomaly_map")."""
+
+    modality = "image"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._net: nn.Module | None = None
+        self.train_losses_: list[float] = []
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._net is not None
+
+    def _fitted_net(self) -> Any:
+        if self._net is None:
+            self.check_is_fitted()
+            raise NotFittedError(f"{self.name} is not fitted")
+        return self._net
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return module_state("net.", self._fitted_net())
+
+    def export_spec(self) -> ExportSpec:
+        size = self.config.image_size
+        return ExportSpec(
+            module=self._fitted_net(),
+            example_input=np.zeros((1, size, size, 3), dtype=np.uint8),
+            input_name="images",
+            output_names=("score", "anomaly_map"),
+            postprocess={"kind": "graph", "blur_sigma": float(self.config.blur_sigma)},
+        )
+
+    def describe(self) -> dict[str, Any]:
+        if not self.is_fitted:
+            return {}
+        return {"parameters": int(sum(p.numel() for p in self._fitted_net().parameters())),
+                "final_train_loss": self.train_losses_[-1] if self.train_losses_ else None}

@@ -19,26 +19,23 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgead.errors import ConfigError, NotFittedError
+from edgead.errors import ConfigError
 from edgead.models._image_common import (
+    ScratchNetDetector,
     check_images,
     iter_batches,
     load_module_state,
     maps_to_output,
-    module_state,
     seeded_generator,
     train_epochs,
 )
 from edgead.models.base import (
-    BaseDetector,
-    ExportSpec,
     Progress,
     ScoreOutput,
     no_progress,
@@ -164,27 +161,11 @@ class ConvAutoencoder(nn.Module):
         return self.image_loss(x, recon, mu, logvar)
 
 
-class _ConvAEBase(BaseDetector):
-    """Shared fit/score/state/export for the AE and the VAE."""
+class _ConvAEBase(ScratchNetDetector):
+    """Shared fit/score for the AE and the VAE (state/export: ScratchNetDetector)."""
 
-    modality = "image"
     config_cls = ConvAEConfig
     variational = False
-
-    def __init__(self, config: ConvAEConfig) -> None:
-        super().__init__(config)
-        self._net: ConvAutoencoder | None = None
-        self.train_losses_: list[float] = []
-
-    @property
-    def is_fitted(self) -> bool:
-        return self._net is not None
-
-    def _fitted_net(self) -> ConvAutoencoder:
-        if self._net is None:
-            self.check_is_fitted()
-            raise NotFittedError(f"{self.name} is not fitted")
-        return self._net
 
     def fit(self, data: Sequence[np.ndarray] | np.ndarray, *, seed: int = 0,
             progress: Progress = no_progress) -> None:
@@ -225,32 +206,11 @@ class _ConvAEBase(BaseDetector):
         return maps_to_output(np.concatenate(maps), self.config.image_size,
                               self.config.blur_sigma, scores=np.concatenate(scores))
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        return module_state("net.", self._fitted_net())
-
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         net = ConvAutoencoder(self.config, self.variational)
         load_module_state("net.", net, arrays)
         net.eval()
         self._net = net
-
-    def export_spec(self) -> ExportSpec:
-        net = self._fitted_net()
-        size = self.config.image_size
-        return ExportSpec(
-            module=net,
-            example_input=np.zeros((1, size, size, 3), dtype=np.uint8),
-            input_name="images",
-            output_names=("score", "anomaly_map"),
-            postprocess={"kind": "graph", "blur_sigma": float(self.config.blur_sigma)},
-        )
-
-    def describe(self) -> dict[str, Any]:
-        if not self.is_fitted:
-            return {}
-        return {"parameters": int(sum(p.numel() for p in self._fitted_net().parameters())),
-                "final_train_loss": self.train_losses_[-1] if self.train_losses_ else None}
-
 
 @register_detector("conv_ae")
 class ConvAE(_ConvAEBase):

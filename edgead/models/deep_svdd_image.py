@@ -17,26 +17,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgead.errors import ConfigError, DataError, NotFittedError
+from edgead.errors import ConfigError, DataError
 from edgead.models._image_common import (
+    ScratchNetDetector,
     check_images,
     iter_batches,
     load_module_state,
     maps_to_output,
-    module_state,
     seeded_generator,
     train_epochs,
 )
 from edgead.models.base import (
-    BaseDetector,
-    ExportSpec,
     Progress,
     ScoreOutput,
     no_progress,
@@ -141,26 +138,10 @@ def _recalibrate_batch_norm(net: SVDDNet, prepared: torch.Tensor, batch_size: in
 
 
 @register_detector("deep_svdd_image")
-class DeepSVDDImage(BaseDetector):
-    """One-class Deep SVDD on images (see module docstring)."""
+class DeepSVDDImage(ScratchNetDetector):
+    """One-class Deep SVDD on images (see module docstring; state/export: ScratchNetDetector)."""
 
-    modality = "image"
     config_cls = DeepSVDDImageConfig
-
-    def __init__(self, config: DeepSVDDImageConfig) -> None:
-        super().__init__(config)
-        self._net: SVDDNet | None = None
-        self.train_losses_: list[float] = []
-
-    @property
-    def is_fitted(self) -> bool:
-        return self._net is not None
-
-    def _fitted_net(self) -> SVDDNet:
-        if self._net is None:
-            self.check_is_fitted()
-            raise NotFittedError("deep_svdd_image is not fitted")
-        return self._net
 
     def fit(self, data: Sequence[np.ndarray] | np.ndarray, *, seed: int = 0,
             progress: Progress = no_progress) -> None:
@@ -212,9 +193,6 @@ class DeepSVDDImage(BaseDetector):
         return maps_to_output(np.concatenate(maps), self.config.image_size,
                               self.config.blur_sigma, scores=np.concatenate(scores))
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        return module_state("net.", self._fitted_net())
-
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         net = SVDDNet(self.config)
         load_module_state("net.", net, arrays)
@@ -222,20 +200,3 @@ class DeepSVDDImage(BaseDetector):
             raise DataError("deep_svdd_image state has a non-finite centre; retrain the run")
         net.eval()
         self._net = net
-
-    def export_spec(self) -> ExportSpec:
-        net = self._fitted_net()
-        size = self.config.image_size
-        return ExportSpec(
-            module=net,
-            example_input=np.zeros((1, size, size, 3), dtype=np.uint8),
-            input_name="images",
-            output_names=("score", "anomaly_map"),
-            postprocess={"kind": "graph", "blur_sigma": float(self.config.blur_sigma)},
-        )
-
-    def describe(self) -> dict[str, Any]:
-        if not self.is_fitted:
-            return {}
-        return {"parameters": int(sum(p.numel() for p in self._fitted_net().parameters())),
-                "final_train_loss": self.train_losses_[-1] if self.train_losses_ else None}
