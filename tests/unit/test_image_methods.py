@@ -10,35 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from _tiny_backbone import register_tiny_backbone
 
 from edgead.errors import ConfigError, DataError, NotFittedError
-from edgead.models.backbones import FeatureExtractor, FeatureInfo, list_backbones, register_backbone
 from edgead.models.base import create_detector, get_detector_class, list_detectors
 
-TINY = "tiny_test_image_methods"
+TINY = register_tiny_backbone("tiny_test_image_methods")
 SIZE = 32
 RTOL = 1e-3
 
 
-class _TinyBackbone(FeatureExtractor):
-    """Two maps at strides 4 and 8 with 6 and 10 channels (float32, normalised input)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stage1 = nn.Sequential(nn.Conv2d(3, 6, 3, 2, 1), nn.ReLU(), nn.Conv2d(6, 6, 3, 2, 1))
-        self.stage2 = nn.Sequential(nn.ReLU(), nn.Conv2d(6, 10, 3, 2, 1))
-        self.feature_info = FeatureInfo(channel_counts=(6, 10), reductions=(4, 8))
-        self.mean = (0.4, 0.5, 0.6)
-        self.std = (0.2, 0.25, 0.3)
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        first = self.stage1(images)
-        return [first, self.stage2(first)]
-
-
-if TINY not in list_backbones():
-    register_backbone(TINY)(lambda pretrained: _TinyBackbone())
 
 CONFIGS: dict[str, dict] = {
     "padim": {"image_size": SIZE, "backbone": TINY, "pretrained": False, "n_features": 12},

@@ -11,36 +11,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from _tiny_backbone import TinyBackbone, register_tiny_backbone
 
 from edgead.errors import ConfigError, DataError, NotFittedError
-from edgead.models.backbones import FeatureExtractor, FeatureInfo, list_backbones, register_backbone
 from edgead.models.base import create_detector
 from edgead.models.patchcore import PatchCore, PatchCoreEmbedder, reweight_scores
 
-TINY = "tiny_test_patchcore"
+TINY = register_tiny_backbone("tiny_test_patchcore")
 SIZE = 32
 PARITY_RTOL = 1e-4
 
 
-class _TinyBackbone(FeatureExtractor):
-    """Maps at strides 4 and 8 with 6 and 10 channels (float32, normalised input)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stage1 = nn.Sequential(nn.Conv2d(3, 6, 3, 2, 1), nn.ReLU(), nn.Conv2d(6, 6, 3, 2, 1))
-        self.stage2 = nn.Sequential(nn.ReLU(), nn.Conv2d(6, 10, 3, 2, 1))
-        self.feature_info = FeatureInfo(channel_counts=(6, 10), reductions=(4, 8))
-        self.mean = (0.4, 0.5, 0.6)
-        self.std = (0.2, 0.25, 0.3)
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        first = self.stage1(images)
-        return [first, self.stage2(first)]
-
-
-if TINY not in list_backbones():
-    register_backbone(TINY)(lambda pretrained: _TinyBackbone())
 
 CONFIG = {"backbone": TINY, "pretrained": False, "image_size": SIZE, "coreset_ratio": 0.25}
 
@@ -67,14 +48,14 @@ def fitted() -> PatchCore:
 
 
 def test_embedder_sizes_itself_from_feature_info() -> None:
-    embedder = PatchCoreEmbedder(_TinyBackbone().freeze(), SIZE)
+    embedder = PatchCoreEmbedder(TinyBackbone().freeze(), SIZE)
     assert embedder.grid_hw == (SIZE // 4, SIZE // 4) and embedder.embedding_dim == 16
     (emb,) = embedder(torch.from_numpy(_images(2, seed=0)))
     assert emb.dtype == torch.float32 and emb.shape == (2, (SIZE // 4) ** 2, 16)
 
 
 def test_embedding_is_pooled_and_upsampled_features() -> None:
-    backbone = _TinyBackbone().freeze()
+    backbone = TinyBackbone().freeze()
     embedder = PatchCoreEmbedder(backbone, SIZE).eval()
     images = _images(1, seed=2)
     with torch.inference_mode():
