@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _tiny_backbone import register_tiny_backbone
+from _tiny_models import gradient_images, register_tiny_backbone
 
 from edgead.errors import ConfigError, DataError, NotFittedError
 from edgead.models.base import create_detector, get_detector_class, list_detectors
@@ -36,17 +36,8 @@ NAMES = sorted(CONFIGS)
 
 
 def _images(n: int, seed: int, defect: bool = False) -> np.ndarray:
-    """uint8 (n, SIZE, SIZE, 3): smooth gradients + noise; `defect` adds a bright square."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(60, 180, SIZE, dtype=np.float32)
-    base = np.stack([ramp[None, :].repeat(SIZE, 0), ramp[:, None].repeat(SIZE, 1),
-                     np.full((SIZE, SIZE), 120, np.float32)], axis=-1)
-    out = base[None] + rng.normal(0, 6, size=(n, SIZE, SIZE, 3))
-    if defect:
-        for image in out:
-            y, x = rng.integers(2, SIZE - 10, size=2)
-            image[y: y + 8, x: x + 8] = 255.0
-    return np.clip(out, 0, 255).astype(np.uint8)
+    """uint8 (n, SIZE, SIZE, 3) synthetic parts (see _tiny_models.gradient_images)."""
+    return gradient_images(n, seed, SIZE, defect)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
-"""A tiny random backbone for unit tests: two maps at strides 4 and 8 (6 and 10 channels)."""
+"""Tiny test fixtures for image models: a random backbone (strides 4 and 8) and synthetic images."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,3 +30,17 @@ def register_tiny_backbone(name: str) -> str:
     if name not in list_backbones():
         register_backbone(name)(lambda pretrained: TinyBackbone())
     return name
+
+
+def gradient_images(n: int, seed: int, size: int, defect: bool = False) -> np.ndarray:
+    """uint8 (n, size, size, 3): smooth gradients + noise; `defect` adds a bright 8x8 square."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(60, 180, size, dtype=np.float32)
+    base = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1),
+                     np.full((size, size), 120, np.float32)], axis=-1)
+    out = base[None] + rng.normal(0, 6, size=(n, size, size, 3))
+    if defect:
+        for image in out:
+            y, x = rng.integers(2, size - 10, size=2)
+            image[y: y + 8, x: x + 8] = 255.0
+    return np.clip(out, 0, 255).astype(np.uint8)
