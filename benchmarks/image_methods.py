@@ -40,7 +40,12 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT_DIR = RESULTS / "image_methods"
 SCHEMA_VERSION = 1
-METHODS = ("patchcore", "padim", "fastflow", "conv_ae", "conv_vae", "deep_svdd_image")
+METHODS = ("patchcore", "padim", "padim_global", "fastflow", "conv_ae", "conv_vae",
+           "deep_svdd_image")
+#: benchmark rows that are a registered detector with settings: row name -> (detector, config).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "padim_global": ("padim", {"pooling": "global", "n_features": 0}),
+}
 DATASETS = ("mpdd", "elpv")
 
 logger = logging.getLogger("benchmarks.image_methods")
@@ -105,8 +110,9 @@ def run_one(dataset: str, data: dict[str, Any], method: str, args: argparse.Name
     from edgead.metrics import image_metrics, normalisation_from_scores, pixel_metrics
     from edgead.models.base import create_detector
 
-    cfg = {"image_size": args.image_size, **json.loads(args.config.get(method, "{}"))}
-    det = create_detector(method, cfg)
+    detector, preset = VARIANTS.get(method, (method, {}))
+    cfg = {"image_size": args.image_size, **preset, **json.loads(args.config.get(method, "{}"))}
+    det = create_detector(detector, cfg)
     t0 = time.perf_counter()
     det.fit(data["train"], seed=args.seed)
     fit_s = time.perf_counter() - t0
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_dataset(dataset, args.image_size, args)
         logger.info("%s: %d train, %d test", dataset, len(data["train"]), len(data["test"]))
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            if method not in available:
+            if VARIANTS.get(method, (method,))[0] not in available:
                 logger.warning("%s is not registered here; skipped", method)
                 continue
             logger.info("%s / %s ...", dataset, method)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgead.errors import BackendUnavailableError, ExportError
+from edgead.export.onnx_passes import fold_pads_into_convs
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ def export_onnx(
 
     Uses the TorchScript exporter (`dynamo=False`): it produces plain opset-17 graphs that ONNX
     Runtime, OpenVINO and TensorRT's parser all accept, and handles the uint8 input cast without
-    extra guards. Only the batch axis is dynamic (when `dynamic_batch`).
+    extra guards. Only the batch axis is dynamic (when `dynamic_batch`). Explicit zero `Pad`
+    nodes in front of convolutions are folded into the convolutions' own (asymmetric) pads
+    (`onnx_passes.fold_pads_into_convs`).
 
     Args:
         module: torch.nn.Module; forward(input) -> tuple of tensors, one per output name.
@@ -65,12 +68,14 @@ def export_onnx(
             )
     except Exception as exc:  # the exporter raises many types; all mean the same to the user
         raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {exc}") from exc
-    data = buf.getvalue()
+    model = onnx.load_from_string(buf.getvalue())
+    if fold_pads_into_convs(model):
+        model.graph.ClearField("value_info")  # shapes are re-derived by the checker and runtimes
     try:
-        onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError and shape-inference errors
         raise ExportError(f"the exported ONNX graph fails onnx.checker: {exc}") from exc
-    return data
+    return model.SerializeToString()
 
 
 def export_openvino_ir(onnx_model: bytes, fp16: bool) -> tuple[bytes, bytes]:

@@ -106,6 +106,7 @@ def validate_common(cfg: Any) -> None:
         "epochs": cfg.epochs >= 1, "batch_size": cfg.batch_size >= 1, "lr": cfg.lr > 0,
         "weight_decay": cfg.weight_decay >= 0, "val_fraction": 0 <= cfg.val_fraction < 1,
         "patience": cfg.patience >= 0,
+        "dropout": 0 <= getattr(cfg, "dropout", 0.0) < 1,
         "hidden_sizes": len(cfg.hidden_sizes) >= 1 and min(cfg.hidden_sizes) >= 1,
     }
     bad = [k for k, ok in checks.items() if not ok]
@@ -113,11 +114,11 @@ def validate_common(cfg: Any) -> None:
         values = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in bad)
         raise ConfigError(f"{type(cfg).__name__}: out of range: {values}; need epochs, "
                           "batch_size >= 1, lr > 0, weight_decay >= 0, 0 <= val_fraction < 1, "
-                          "patience >= 0, non-empty positive hidden_sizes")
+                          "patience >= 0, 0 <= dropout < 1, non-empty positive hidden_sizes")
 
 
 def make_mlp(sizes: list[int], *, bias: bool = True, final_activation: bool = False,
-             negative_slope: float = 0.0) -> nn.Sequential:
+             negative_slope: float = 0.0, dropout: float = 0.0) -> nn.Sequential:
     """Linear layers sizes[0] -> ... -> sizes[-1] with (leaky) ReLU between them.
 
     Args:
@@ -125,12 +126,16 @@ def make_mlp(sizes: list[int], *, bias: bool = True, final_activation: bool = Fa
         bias: add bias terms (Deep SVDD uses False).
         final_activation: also put an activation after the last layer.
         negative_slope: 0 for ReLU, > 0 for LeakyReLU.
+        dropout: drop probability after each activation while training (identity in eval mode,
+            so it leaves no op in the exported graph).
     """
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1], bias=bias))
         if i < len(sizes) - 2 or final_activation:
             layers.append(nn.LeakyReLU(negative_slope) if negative_slope > 0 else nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 

@@ -25,16 +25,23 @@ class AEConfig:
     latent_dim: bottleneck width; 0 = auto: max(2, D // 2), at most hidden_sizes[-1].
     epochs / patience: maximum epochs, and epochs without a validation improvement before
         stopping. val_fraction: share of the normal training rows held out for early stopping.
+    dropout: drop probability after each hidden activation while training.
+
+    Defaults (D -> 64 -> 32 -> 64 -> D, dropout 0.2, the shape of PyOD's AutoEncoder) scored
+    0.856 mean AUROC on 11 ADBench sets (seed 0) against 0.798 for the earlier
+    D -> 64 -> 32 -> D//2 net without dropout; seeds 1..4 and the other sets confirm it
+    (benchmarks/tabular.md).
     """
 
-    hidden_sizes: tuple[int, ...] = (64, 32)
-    latent_dim: int = 0
+    hidden_sizes: tuple[int, ...] = (64,)
+    latent_dim: int = 32
     epochs: int = 50
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-5
     val_fraction: float = 0.1
     patience: int = 10
+    dropout: float = 0.2
 
     def validate(self) -> None:
         """ConfigError on out-of-range values."""
@@ -57,11 +64,12 @@ class AENet(nn.Module):
     forward(x float32 (B, D)) -> float32 (B,): mean over features of (x - decode(encode(x)))^2.
     """
 
-    def __init__(self, n_features: int, hidden_sizes: tuple[int, ...], latent_dim: int) -> None:
+    def __init__(self, n_features: int, hidden_sizes: tuple[int, ...], latent_dim: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         sizes = [n_features, *hidden_sizes, latent_dim]
-        self.encoder = make_mlp(sizes)
-        self.decoder = make_mlp(sizes[::-1])
+        self.encoder = make_mlp(sizes, dropout=dropout)
+        self.decoder = make_mlp(sizes[::-1], dropout=dropout)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction (B, D) of standardised rows x (B, D)."""
@@ -85,4 +93,4 @@ class AutoEncoder(TabularNetDetector):
     def _build_network(self, n_features: int) -> nn.Module:
         cfg: AEConfig = self.config
         latent = latent_width(cfg.latent_dim, n_features, cfg.hidden_sizes[-1])
-        return AENet(n_features, cfg.hidden_sizes, latent)
+        return AENet(n_features, cfg.hidden_sizes, latent, cfg.dropout)

@@ -177,6 +177,48 @@ def test_padim_matches_numpy_mahalanobis(fitted: dict) -> None:
     np.testing.assert_allclose(got.reshape(2, -1), want, rtol=1e-4)
 
 
+def test_padim_global_pooling_fits_one_gaussian_over_all_patches(tmp_path) -> None:
+    cfg = {**CONFIGS["padim"], "pooling": "global", "n_features": 0}
+    det = create_detector("padim", cfg)
+    train = _images(16, seed=1)
+    det.fit(train, seed=0)
+    state = det.state_arrays()
+    graph = det.export_spec().module
+    with torch.inference_mode():
+        emb = graph.embedding(torch.from_numpy(train)).numpy().astype(np.float64)
+    dim = emb.shape[1]
+    assert dim == det.total_channels_  # n_features = 0 keeps every channel
+    patches = emb.transpose(0, 2, 3, 1).reshape(-1, dim)
+    assert state["mean"].shape == (1, dim) and state["precision"].shape == (1, dim, dim)
+    np.testing.assert_allclose(state["mean"][0], patches.mean(axis=0), rtol=1e-4, atol=1e-5)
+    cov = np.cov(patches, rowvar=False) + cfg.get("eps", 0.01) * np.eye(dim)
+    np.testing.assert_allclose(state["precision"][0], np.linalg.inv(cov), rtol=1e-3, atol=1e-3)
+    test = _images(2, seed=6, defect=True)
+    maps = det.grid_maps(test)
+    with torch.inference_mode():
+        test_emb = graph.embedding(torch.from_numpy(test)).numpy().astype(np.float64)
+    diff = test_emb.transpose(0, 2, 3, 1).reshape(2, -1, dim) - state["mean"][0]
+    want = np.sqrt(np.einsum("bpd,de,bpe->bp", diff, state["precision"][0], diff))
+    np.testing.assert_allclose(maps.reshape(2, -1), want, rtol=1e-4)
+    assert det.describe()["pooling"] == "global"
+    ort = pytest.importorskip("onnxruntime")
+    from edgead.export.graphs import export_onnx
+
+    spec = det.export_spec()
+    model = export_onnx(spec.module, spec.example_input, spec.input_name, spec.output_names)
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    onnx_maps = session.run(None, {spec.input_name: test})[0]
+    np.testing.assert_allclose(onnx_maps, maps, rtol=RTOL, atol=RTOL * np.abs(maps).max())
+    # The state only loads into a detector configured the same way.
+    fresh = create_detector("padim", cfg)
+    fresh.load_state_arrays(state)
+    np.testing.assert_allclose(fresh.grid_maps(test), maps, rtol=1e-6)
+    with pytest.raises(DataError, match="pooling"):
+        create_detector("padim", {**cfg, "pooling": "position"}).load_state_arrays(state)
+    with pytest.raises(ConfigError, match="pooling"):
+        create_detector("padim", {**cfg, "pooling": "window"})
+
+
 def test_fastflow_learns(fitted: dict) -> None:
     losses = fitted["fastflow"].train_losses_
     assert len(losses) == CONFIGS["fastflow"]["epochs"]
