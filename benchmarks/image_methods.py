@@ -170,14 +170,14 @@ def _envelope(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarize(out_dir: Path = OUT_DIR) -> dict[str, Any]:
-    """Collect per-run JSON files into image_methods.json, .md (table) and .png (chart)."""
+    """Collect per-run JSON files of `out_dir` into `out_dir`.json, .md (table) and .png (chart)."""
     rows = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*__*.json"))]
     if not rows:
         raise SystemExit(f"no results in {out_dir}; run the benchmark first")
     rows.sort(key=lambda r: (DATASETS.index(r["result"]["dataset"]),
                              METHODS.index(r["result"]["method"])))
     report = {"schema_version": SCHEMA_VERSION, "runs": rows}
-    (RESULTS / "image_methods.json").write_text(json.dumps(report, indent=2) + "\n")
+    out_dir.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     header = ("| data | method | img AUROC | AUPRC | F1 | pixel AUROC | fit s | ORT ms | OV ms |"
               " bundle MB | max rel diff |")
     lines = [header, "|" + "---|" * 11]
@@ -192,8 +192,8 @@ def summarize(out_dir: Path = OUT_DIR) -> dict[str, Any]:
                      f"{ov.get('latency_ms_p50', np.nan):.1f} | {r['bundle_mb']:.1f} | "
                      f"{diff:.1e} |")
     table = "\n".join(lines)
-    (RESULTS / "image_methods.md").write_text(table + "\n")
-    _chart(rows, RESULTS / "image_methods.png")
+    out_dir.with_suffix(".md").write_text(table + "\n")
+    _chart(rows, out_dir.with_suffix(".png"))
     print(table)
     return report
 
@@ -244,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--elpv-test-cap", type=int, default=150)
     parser.add_argument("--config", action="append", default=[], metavar="METHOD=JSON",
                         help='config overrides, e.g. fastflow={"epochs": 20}')
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR,
+                        help="per-run JSON files; the summary goes to OUT_DIR.{json,md,png}")
     parser.add_argument("--summarize", action="store_true", help="only rebuild table and chart")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.summarize:
-        summarize()
+        summarize(args.out_dir)
         return 0
     overrides = {}
     for item in args.config:
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgead.models.base import list_detectors
 
     available = set(list_detectors("image"))
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         data = load_dataset(dataset, args.image_size, args)
         logger.info("%s: %d train, %d test", dataset, len(data["train"]), len(data["test"]))
@@ -272,11 +274,11 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s / %s ...", dataset, method)
             result = run_one(dataset, data, method, args)
             record = {**_envelope(args), "data": data["describe"], "result": result}
-            path = OUT_DIR / f"{dataset}__{method}.json"
+            path = args.out_dir / f"{dataset}__{method}.json"
             path.write_text(json.dumps(record, indent=2, default=str) + "\n")
             logger.info("%s / %s: image AUROC %.3f, fit %.0f s -> %s", dataset, method,
                         result["image_auroc"], result["fit_s"], path)
-    summarize()
+    summarize(args.out_dir)
     return 0
 
 

@@ -294,6 +294,51 @@ def merge(files: Sequence[str], results_file: str, seeds: set[int]) -> int:
     return 0
 
 
+def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                argv: Sequence[str] | None, known_models: Sequence[str], name: str,
+                backend: str) -> tuple[list[str], list[int], list[Path], Path, dict] | None:
+    """Shared start of a tabular benchmark run (this script and tabular_classical.py).
+
+    Quiets logging, sets torch threads, checks `args.models` against `known_models` (parser
+    error otherwise), finds the data sets of `args.datasets` and builds the result document.
+
+    Returns:
+        (models, seeds, files, out, doc), with doc["results"] the dict runs are added to; None
+        when no data set was found (the reason is printed).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("edgead").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    import torch
+
+    import edgead
+
+    torch.set_num_threads(args.threads)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in known_models]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; known: {', '.join(known_models)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    directory = data_dir()
+    files = find_datasets(directory, [w for w in args.datasets.split(",") if w])
+    if not files and models:
+        print(f"no data sets found in {directory} (set EDGEAD_DATA)", file=sys.stderr)
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.results_file or REPO / "benchmarks" / "results" / f"{name}-{stamp}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "protocol": "adbench semi-supervised: train on 60% of normal rows, test on the rest "
+                    "+ all anomalies; F1 at best threshold; AUROC rank per data set",
+        "models": models, "seeds": seeds, "datasets": [f.stem for f in files],
+    }
+    doc = {"schema_version": SCHEMA_VERSION, "edgead_version": edgead.__version__,
+           "git_sha": _git_sha(), "detector": name, "backend": backend,
+           "torch_threads": args.threads, "argv": list(argv if argv is not None else sys.argv[1:]),
+           "results": results, "versions": _versions()}
+    return models, seeds, files, out, doc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table; write JSON. Returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -316,39 +361,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.merge:
         return merge(args.merge, args.results_file,
                      {int(x) for x in args.seeds.split(",") if x.strip()})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("edgead").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-
-    import torch
-
-    import edgead
-
-    torch.set_num_threads(args.threads)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in ALL_MODELS]
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; known: {', '.join(ALL_MODELS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    setup = prepare_run(parser, args, argv, ALL_MODELS, "tabular", "torch/sklearn/pyod")
+    if setup is None:
+        return 2
+    models, seeds, files, out, doc = setup
+    results = doc["results"]
     directory = data_dir()
-    files = find_datasets(directory, [w for w in args.datasets.split(",") if w])
     if args.order == "size":
         files.sort(key=lambda f: f.stat().st_size)
-    if not files and models:
-        print(f"no data sets found in {directory} (set EDGEAD_DATA)", file=sys.stderr)
-        return 2
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.results_file or REPO / "benchmarks" / "results" / f"tabular-{stamp}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "protocol": "adbench semi-supervised: train on 60% of normal rows, test on the rest "
-                    "+ all anomalies; F1 at best threshold; AUROC rank per data set",
-        "models": models, "seeds": seeds, "datasets": [f.stem for f in files],
-    }
-    doc = {"schema_version": SCHEMA_VERSION, "edgead_version": edgead.__version__,
-           "git_sha": _git_sha(), "detector": "tabular", "backend": "torch/sklearn/pyod",
-           "torch_threads": args.threads, "argv": list(argv if argv is not None else sys.argv[1:]),
-           "results": results, "versions": _versions()}
+        results["datasets"] = [f.stem for f in files]
 
     def record() -> None:
         results.update(summarise(results.get("runs", [])))

@@ -29,9 +29,7 @@ import json
 import logging
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -176,39 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("edgead").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-
-    import torch
-
-    import edgead
-
-    torch.set_num_threads(args.threads)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in ALL_MODELS]
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; known: {', '.join(ALL_MODELS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    directory = TAB.data_dir()
-    files = TAB.find_datasets(directory, [w for w in args.datasets.split(",") if w])
-    if not files:
-        print(f"no data sets found in {directory} (set EDGEAD_DATA)", file=sys.stderr)
+    setup = TAB.prepare_run(parser, args, argv, ALL_MODELS, "tabular-classical",
+                            "numpy/faiss/sklearn/pyod")
+    if setup is None:
         return 2
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.results_file or REPO / "benchmarks" / "results"
-               / f"tabular-classical-{stamp}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "protocol": "adbench semi-supervised: train on 60% of normal rows, test on the rest "
-                    "+ all anomalies; F1 at best threshold; AUROC rank per data set",
-        "models": models, "seeds": seeds, "datasets": [f.stem for f in files],
-    }
-    doc = {"schema_version": TAB.SCHEMA_VERSION, "edgead_version": edgead.__version__,
-           "git_sha": TAB._git_sha(), "detector": "tabular-classical",
-           "backend": "numpy/faiss/sklearn/pyod", "torch_threads": args.threads,
-           "argv": list(argv if argv is not None else sys.argv[1:]), "results": results,
-           "versions": TAB._versions()}
+    models, seeds, files, out, doc = setup
+    results = doc["results"]
 
     def record() -> None:
         results.update(TAB.summarise(results.get("runs", [])))
