@@ -149,6 +149,18 @@ def maps_to_output(grid_maps: np.ndarray, image_size: int, sigma: float,
     return ScoreOutput(scores=np.asarray(scores, dtype=np.float32), anomaly_maps=maps)
 
 
+def map_export_spec(module: nn.Module, image_size: int, blur_sigma: float) -> ExportSpec:
+    """ExportSpec of a graph uint8 (B, S, S, 3) -> ("anomaly_map",) float32 (B, h, w) whose
+    runtime post-processing is upsample + blur (sigma px) and score = max of the map."""
+    return ExportSpec(
+        module=module,
+        example_input=np.zeros((1, image_size, image_size, 3), dtype=np.uint8),
+        input_name="images",
+        output_names=("anomaly_map",),
+        postprocess={"kind": "map", "blur_sigma": float(blur_sigma), "score": "map_max"},
+    )
+
+
 def module_state(prefix: str, module: nn.Module) -> dict[str, np.ndarray]:
     """`{prefix + key: array}` from a module's state_dict (float/int arrays, copied to CPU)."""
     return {f"{prefix}{k}": v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}

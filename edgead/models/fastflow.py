@@ -34,6 +34,7 @@ from edgead.models._image_common import (
     check_images,
     iter_batches,
     load_module_state,
+    map_export_spec,
     maps_to_output,
     module_state,
     seeded_generator,
@@ -278,15 +279,7 @@ class FastFlow(BaseDetector):
 
     def export_spec(self) -> ExportSpec:
         graph = self._fitted_graph()
-        size = self.config.image_size
-        return ExportSpec(
-            module=graph,
-            example_input=np.zeros((1, size, size, 3), dtype=np.uint8),
-            input_name="images",
-            output_names=("anomaly_map",),
-            postprocess={"kind": "map", "blur_sigma": float(self.config.blur_sigma),
-                         "score": "map_max"},
-        )
+        return map_export_spec(graph, self.config.image_size, self.config.blur_sigma)
 
     def describe(self) -> dict[str, Any]:
         if not self.is_fitted:
