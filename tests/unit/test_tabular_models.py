@@ -127,7 +127,9 @@ def test_onnx_parity_ort_and_openvino(name: str, fitted: dict[str, Any],
     model = _onnx(spec.module, spec.example_input)
     ops = {node.op_type for node in __import__("onnx").load_from_string(model).graph.node}
     assert not any(op.startswith("TreeEnsemble") for op in ops)
+    assert "Dropout" not in ops  # the AE trains with dropout; the exported graph has none
     ref = fitted[name].score(data["test"]).scores
+    np.testing.assert_array_equal(fitted[name].score(data["test"]).scores, ref)  # eval mode
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     for rows, want in ((data["test"], ref), (data["test"][:1], ref[:1])):  # dynamic batch
         got = sess.run(["score"], {"rows": rows})[0]
