@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgead.errors import BackendUnavailableError, ExportError
-from edgead.export.onnx_passes import fold_pads_into_convs
+from edgead.export.onnx_passes import fold_pads_into_convs, uint8_inputs_not_cast
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,11 @@ def export_onnx(
     model = onnx.load_from_string(buf.getvalue())
     if fold_pads_into_convs(model):
         model.graph.ClearField("value_info")  # shapes are re-derived by the checker and runtimes
+    not_cast = uint8_inputs_not_cast(model)
+    if not_cast:
+        raise ExportError(f"uint8 graph input read by ops other than Cast ({'; '.join(not_cast)}); "
+                          "TensorRT needs the input cast to float first: cast before any "
+                          "permute/reshape in the module's forward")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError and shape-inference errors

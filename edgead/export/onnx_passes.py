@@ -104,6 +104,24 @@ def fold_pads_into_convs(model) -> int:
     return len(removed)
 
 
+def uint8_inputs_not_cast(model) -> list[str]:
+    """Graph inputs of type uint8 read by anything but a `Cast` node ([] when all are fine).
+
+    TensorRT accepts a uint8 network input only when it feeds a Cast directly; even a
+    Transpose or Reshape on uint8 fails its ONNX import (NVIDIA/TensorRT#3985).
+    """
+    import onnx
+
+    bad = []
+    for graph_input in model.graph.input:
+        if graph_input.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+            continue
+        readers = [n.op_type for n in model.graph.node if graph_input.name in n.input]
+        if any(op != "Cast" for op in readers):
+            bad.append(f"{graph_input.name} -> {', '.join(readers)}")
+    return bad
+
+
 def _drop_dead_nodes(model) -> None:
     """Remove nodes whose outputs nothing reads (the constant chains that fed removed Pads)."""
     while True:

@@ -48,7 +48,7 @@ class UInt8Normalize(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """float32 (B, 3, S, S) normalised images from uint8 (B, S, S, 3)."""
-        x = images.permute(0, 3, 1, 2).to(torch.float32)
+        x = images.to(torch.float32).permute(0, 3, 1, 2)
         return x * self.scale + self.shift
 
 

@@ -121,7 +121,7 @@ class ConvAutoencoder(nn.Module):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """float32 (B, 3, w, w) in 0..1 from uint8 (B, S, S, 3)."""
-        x = images.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0)
+        x = images.to(torch.float32).permute(0, 3, 1, 2) * (1.0 / 255.0)
         return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
 
     def reconstruct(self, x: torch.Tensor, sample: bool = False,

@@ -96,6 +96,9 @@ def test_onnx_and_openvino_parity(name: str, fitted: dict, tmp_path) -> None:
     onnx = pytest.importorskip("onnx")
     onnx.checker.check_model(str(path), full_check=True)
     op_types = {node.op_type for node in onnx.load(str(path)).graph.node}
+    from edgead.export.onnx_passes import uint8_inputs_not_cast
+
+    assert uint8_inputs_not_cast(onnx.load(str(path))) == []  # TensorRT-importable input
     if name == "fastflow":  # the coupling ops: permutation, soft clamp, exp scale
         assert {"Gather", "Tanh", "Exp", "Conv"} <= op_types
     images = _images(3, seed=5, defect=True)

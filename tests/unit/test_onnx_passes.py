@@ -9,8 +9,9 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from edgead.errors import ExportError  # noqa: E402
 from edgead.export.graphs import export_onnx  # noqa: E402
-from edgead.export.onnx_passes import fold_pads_into_convs  # noqa: E402
+from edgead.export.onnx_passes import fold_pads_into_convs, uint8_inputs_not_cast  # noqa: E402
 from edgead.models.backbones.efficientnet_lite import Conv2dSame  # noqa: E402
 
 
@@ -24,7 +25,7 @@ class _SamePadNet(torch.nn.Module):
         self.conv2 = Conv2dSame(8, 8, 5, 2, 0, groups=8, bias=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).float() / 255.0
+        x = images.float().permute(0, 3, 1, 2) / 255.0
         y = self.conv2(torch.relu(self.conv1(x)))
         # A non-zero Pad feeding a pool must survive the pass.
         z = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(y, (1, 1, 1, 1), value=1.0), 3)
@@ -60,3 +61,18 @@ def test_fold_is_a_no_op_without_foldable_pads() -> None:
     before = model.SerializeToString()
     assert fold_pads_into_convs(model) == 0
     assert model.SerializeToString() == before
+
+
+class _PermuteFirst(torch.nn.Module):
+    """Transposes the uint8 input before casting it: TensorRT cannot import that."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        return (images.permute(0, 3, 1, 2).float().mean(dim=(1, 2, 3)),)
+
+
+def test_uint8_input_must_feed_a_cast() -> None:
+    images = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ExportError, match="TensorRT"):
+        export_onnx(_PermuteFirst(), images, "images", ("score",))
+    good = export_onnx(_SamePadNet().eval(), images, "images", ("y", "z"))
+    assert uint8_inputs_not_cast(onnx.load_from_string(good)) == []
