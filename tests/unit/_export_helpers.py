@@ -34,7 +34,7 @@ class _Normalize(nn.Module):
         self.register_buffer("shift", -mean_t / std_t)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return images.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+        return images.to(torch.float32).permute(0, 3, 1, 2) * self.scale + self.shift
 
 
 _Normalize.__name__ = "UInt8Normalize"
