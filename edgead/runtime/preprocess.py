@@ -20,25 +20,31 @@ _INTERPOLATION = {
 }
 
 
+def check_frame(image: np.ndarray, channel_order: str = "RGB") -> None:
+    """DataError unless `image` is uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) and
+    `channel_order` is "RGB" or "BGR"."""
+    if not isinstance(image, np.ndarray):
+        raise DataError(f"expected a numpy image array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise DataError(f"expected a uint8 image, got dtype {image.dtype}; convert to 0..255 uint8")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise DataError(
+            f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4); got {image.shape}"
+        )
+    if channel_order.upper() not in ("RGB", "BGR"):
+        raise DataError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+
+
 def to_rgb(image: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
     """uint8 (H, W, 3) RGB from gray (H, W) / (H, W, 1), RGB(A) or BGR(A) input.
 
     Args:
         image: uint8 array; `channel_order` says how 3/4-channel input is ordered ("RGB"/"BGR").
     """
-    if not isinstance(image, np.ndarray):
-        raise DataError(f"expected a numpy image array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise DataError(f"expected a uint8 image, got dtype {image.dtype}; convert to 0..255 uint8")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+    check_frame(image, channel_order)
+    if image.ndim == 2 or image.shape[2] == 1:
         return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise DataError(
-            f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4); got {image.shape}"
-        )
     order = channel_order.upper()
-    if order not in ("RGB", "BGR"):
-        raise DataError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
     if image.shape[2] == 4:
         code = cv2.COLOR_RGBA2RGB if order == "RGB" else cv2.COLOR_BGRA2RGB
         return cv2.cvtColor(image, code)
@@ -49,15 +55,23 @@ def to_rgb(image: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
 
 def resize_frame(image: np.ndarray, size_hw: tuple[int, int], interpolation: str = "area",
                  channel_order: str = "RGB") -> np.ndarray:
-    """uint8 (H, W, 3) RGB resized to `size_hw` = (H, W) px (stretch, no crop)."""
-    rgb = to_rgb(image, channel_order)
+    """uint8 (H, W, 3) RGB resized to `size_hw` = (H, W) px (stretch, no crop).
+
+    The frame is resized in its own channel layout and converted to RGB afterwards: resizing
+    works per channel, so the result is identical, and the conversion then touches the small
+    image instead of a full camera frame.
+    """
+    check_frame(image, channel_order)
     height, width = int(size_hw[0]), int(size_hw[1])
-    if rgb.shape[:2] == (height, width):
-        return rgb
+    if image.shape[:2] == (height, width):
+        return to_rgb(image, channel_order)
     try:
         flag = _INTERPOLATION[interpolation]
     except KeyError as exc:
         raise DataError(
             f"unknown interpolation {interpolation!r}; use one of {sorted(_INTERPOLATION)}"
         ) from exc
-    return cv2.resize(rgb, (width, height), interpolation=flag)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    return to_rgb(cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=flag),
+                  channel_order)
