@@ -279,9 +279,14 @@ def merge(files: Sequence[str], results_file: str, seeds: set[int]) -> int:
                     if (keep is None or r["model"] in keep) and r["seed"] in seeds)
         if "throughput_ae_ort" in doc["results"]:
             merged["throughput_ae_ort"] = doc["results"]["throughput_ae_ort"]
-    keys = {(r["dataset"], r["model"], r["seed"]) for r in runs}
-    if len(keys) != len(runs):
-        print("warning: duplicate (dataset, model, seed) runs; all are averaged", file=sys.stderr)
+    unique: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for run in runs:  # the same split and seed ran twice (an overlap of split runs): keep one
+        key = (run["dataset"], run["model"], run["seed"])
+        first = unique.setdefault(key, run)
+        if first is not run and first.get("auroc") != run.get("auroc"):
+            print(f"warning: {key} ran twice with AUROC {first.get('auroc')} and "
+                  f"{run.get('auroc')}; keeping the first", file=sys.stderr)
+    runs = list(unique.values())
     merged["runs"] = runs
     merged.update(summarise(runs))
     print(format_table(merged["summary"]))
