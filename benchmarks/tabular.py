@@ -267,18 +267,28 @@ def _git_sha() -> str:
         return "unknown"
 
 
-def merge(files: Sequence[str], results_file: str, seeds: set[int]) -> int:
-    """Combine the runs (of `seeds`) and throughput of result files; print the table; write JSON."""
+def collect_runs(files: Sequence[str], seeds: set[int] | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Runs of result files, one per (data set, model, seed), and the last throughput found.
+
+    Args:
+        files: paths; "FILE:model,model" keeps only those models of FILE.
+        seeds: keep only these seeds (None: all).
+
+    Returns:
+        (runs, extra) with extra {"merged_from": files[, "throughput_ae_ort": ...]}.
+    """
     runs: list[dict[str, Any]] = []
-    merged: dict[str, Any] = {"merged_from": list(files)}
+    extra: dict[str, Any] = {"merged_from": list(files)}
     for spec in files:
         name, _, only = spec.partition(":")
         keep = set(only.split(",")) if only else None
         doc = json.loads(Path(name).read_text())
         runs.extend(r for r in doc["results"].get("runs", [])
-                    if (keep is None or r["model"] in keep) and r["seed"] in seeds)
+                    if (keep is None or r["model"] in keep)
+                    and (seeds is None or r["seed"] in seeds))
         if "throughput_ae_ort" in doc["results"]:
-            merged["throughput_ae_ort"] = doc["results"]["throughput_ae_ort"]
+            extra["throughput_ae_ort"] = doc["results"]["throughput_ae_ort"]
     unique: dict[tuple[str, str, int], dict[str, Any]] = {}
     for run in runs:  # the same split and seed ran twice (an overlap of split runs): keep one
         key = (run["dataset"], run["model"], run["seed"])
@@ -286,7 +296,12 @@ def merge(files: Sequence[str], results_file: str, seeds: set[int]) -> int:
         if first is not run and first.get("auroc") != run.get("auroc"):
             print(f"warning: {key} ran twice with AUROC {first.get('auroc')} and "
                   f"{run.get('auroc')}; keeping the first", file=sys.stderr)
-    runs = list(unique.values())
+    return list(unique.values()), extra
+
+
+def merge(files: Sequence[str], results_file: str, seeds: set[int]) -> int:
+    """Combine the runs (of `seeds`) and throughput of result files; print the table; write JSON."""
+    runs, merged = collect_runs(files, seeds)
     merged["runs"] = runs
     merged.update(summarise(runs))
     print(format_table(merged["summary"]))

@@ -144,9 +144,7 @@ def nystroem_cost(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def merge(paths: Sequence[str]) -> int:
     """Print the summary table of the runs in several result files (e.g. split seed ranges)."""
-    runs: list[dict[str, Any]] = []
-    for path in paths:
-        runs += json.loads(Path(path).read_text())["results"].get("runs", [])
+    runs, _ = TAB.collect_runs(paths)
     summary = TAB.summarise(runs)
     order = [m for m in ALL_MODELS if m in summary["summary"]]
     print(TAB.format_table({m: summary["summary"][m] for m in order}))
