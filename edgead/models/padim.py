@@ -183,20 +183,22 @@ class PaDiM(BaseDetector):
         rng = np.random.default_rng(seed)
         channel_index = np.sort(rng.choice(self.total_channels_, size=n_keep, replace=False))
         embedding = self._embedding(channel_index)
-        # Running sums in float64: sum x and sum x x^T per position, (P, d) and (P, d, d).
+        # Running sums in float64: sum x and sum x x^T per Gaussian, (G, d) and (G, d, d), with
+        # G = P positions, or G = 1 when every patch feeds one Gaussian.
         n_pos = self.grid_hw_[0] * self.grid_hw_[1]
-        sum_x = torch.zeros(n_pos, n_keep, dtype=torch.float64)
-        sum_xx = torch.zeros(n_pos, n_keep, n_keep, dtype=torch.float64)
+        pooled = cfg.pooling == "global"
+        n_gauss = 1 if pooled else n_pos
+        sum_x = torch.zeros(n_gauss, n_keep, dtype=torch.float64)
+        sum_xx = torch.zeros(n_gauss, n_keep, n_keep, dtype=torch.float64)
         with torch.inference_mode():
             for batch in iter_batches(data, cfg.batch_size, progress, "padim: features"):
                 emb = embedding(batch).to(torch.float64)             # (B, d, h, w)
                 emb = emb.reshape(emb.shape[0], n_keep, n_pos).permute(2, 0, 1)  # (P, B, d)
+                if pooled:
+                    emb = emb.reshape(1, -1, n_keep)                 # (1, P * B, d)
                 sum_x += emb.sum(dim=1)
                 sum_xx += torch.matmul(emb.transpose(1, 2), emb)
-        n_samples = n_images
-        if cfg.pooling == "global":
-            sum_x, sum_xx = sum_x.sum(dim=0, keepdim=True), sum_xx.sum(dim=0, keepdim=True)
-            n_samples = n_images * n_pos
+        n_samples = n_images * n_pos if pooled else n_images
         mean = sum_x / n_samples
         cov = (sum_xx - n_samples * mean.unsqueeze(2) * mean.unsqueeze(1)) / (n_samples - 1)
         cov += cfg.eps * torch.eye(n_keep, dtype=torch.float64)
