@@ -19,7 +19,6 @@ import argparse
 import logging
 import os
 import platform
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,18 +26,11 @@ from typing import Any
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
+
 SCHEMA_VERSION = 1
 OUT_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True, cwd=REPO)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def mpdd_features(image_size: int, log: logging.Logger) -> np.ndarray:
@@ -90,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from edgead import __version__
+    from edgead.bench import git_sha
     from edgead.models.coreset import CoresetStats, greedy_coreset
 
     torch.set_num_threads(args.threads)
@@ -119,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
               f"load average {load_before[0]:.1f} -> {runs[-1]['load_avg_after'][0]:.1f} "
               f"on {os.cpu_count()} cores")
     report = {
-        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": _git_sha(),
+        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": git_sha(HERE),
         "detector": "patchcore", "benchmark": "coreset_speed", "source": args.source,
         "host": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
         "n_vectors": int(features.shape[0]), "dim": int(features.shape[1]),

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+HERE = Path(__file__).resolve().parent
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT_DIR = RESULTS / "image_methods"
@@ -155,20 +156,12 @@ def run_one(dataset: str, data: dict[str, Any], method: str, args: argparse.Name
     return result
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True, cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _envelope(args: argparse.Namespace) -> dict[str, Any]:
     from edgead import __version__
+    from edgead.bench import git_sha
 
     return {"schema_version": SCHEMA_VERSION, "edgead_version": __version__,
-            "git_sha": _git_sha(), "host": platform.machine(), "cpu_count": os.cpu_count(),
+            "git_sha": git_sha(HERE), "host": platform.machine(), "cpu_count": os.cpu_count(),
             "load_avg": list(os.getloadavg()), "threads": args.threads,
             "image_size": args.image_size}
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 
 logger = logging.getLogger("index_tradeoff")
+
+HERE = Path(__file__).resolve().parent
 
 ROOT = Path(__file__).resolve().parents[1]
 #: (label, options for resolve_factory / FaissIndex): name, index_dim, rerank.
@@ -41,14 +42,6 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("pca64-pq4", {"index": "pq4", "index_dim": 64}),
     ("rr64-sq8", {"index": "sq8", "index_dim": 64, "reduce": "rr"}),
 )
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _data_root(arg: str | None) -> Path:
@@ -240,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
 
     from edgead import __version__
+    from edgead.bench import git_sha
 
     faiss.omp_set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
@@ -250,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     results_file = Path(args.results_file or out_dir / f"index_tradeoff-{stamp}.json")
     payload = {
-        "schema_version": 1, "edgead_version": __version__, "git_sha": _git_sha(),
+        "schema_version": 1, "edgead_version": __version__, "git_sha": git_sha(HERE),
         "detector": "patchcore", "bundle_sha256": None, "device_profile": None,
         "backend": "faiss-cpu", "provider_used": "faiss-cpu", "precision": "fp32 queries",
         "batch": 1, "threads": args.threads, "args": vars(args),

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,18 +29,11 @@ from typing import Any
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
+
 SCHEMA_VERSION = 1
 OUT_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True, cwd=REPO)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _dataset_spec(name: str) -> str:
@@ -147,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from edgead import __version__
+    from edgead.bench import git_sha
 
     load_before = list(os.getloadavg())
     rows: list[dict[str, Any]] = []
@@ -157,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render(rows)
     print(table)
     report = {
-        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": _git_sha(),
+        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": git_sha(HERE),
         "detector": "patchcore", "backbone": "efficientnet_lite0", "seed": args.seed,
         "host": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
         "load_avg_before": load_before, "load_avg_after": list(os.getloadavg()),

@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+HERE = Path(__file__).resolve().parent
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA_VERSION = 1
 
@@ -168,19 +170,6 @@ def _run_worker(
     return result
 
 
-def _git_sha() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Measure every bundle on every backend it supports here; print a table, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -221,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     import hashlib
 
     from edgead import __version__
+    from edgead.bench import git_sha
     from edgead.bundle import read_bundle
 
     rows = []
@@ -245,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "schema_version": SCHEMA_VERSION,
         "edgead_version": __version__,
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(HERE),
         "benchmark": "runtime_latency",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         "cpu_count": os.cpu_count(),

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+HERE = Path(__file__).resolve().parent
 
 REPO = Path(__file__).resolve().parents[1]
 EDGEAD_MODELS = ("iforest", "ae", "vae", "deep_svdd")
@@ -259,14 +260,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def collect_runs(files: Sequence[str], seeds: set[int] | None = None
                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Runs of result files, one per (data set, model, seed), and the last throughput found.
@@ -332,6 +325,7 @@ def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
     import torch
 
     import edgead
+    from edgead.bench import git_sha
 
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -353,7 +347,7 @@ def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
         "models": models, "seeds": seeds, "datasets": [f.stem for f in files],
     }
     doc = {"schema_version": SCHEMA_VERSION, "edgead_version": edgead.__version__,
-           "git_sha": _git_sha(), "detector": name, "backend": backend,
+           "git_sha": git_sha(HERE), "detector": name, "backend": backend,
            "torch_threads": args.threads, "argv": list(argv if argv is not None else sys.argv[1:]),
            "results": results, "versions": _versions()}
     return models, seeds, files, out, doc

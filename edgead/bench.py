@@ -245,10 +245,11 @@ def _auroc(labels: list[int], scores: list[float]) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def _git_sha() -> str | None:
+def git_sha(cwd: Path | None = None) -> str | None:
+    """The git commit checked out at `cwd` (default: this package's folder), or None."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True, cwd=Path(__file__).resolve().parent)
+                             timeout=5, check=True, cwd=cwd or Path(__file__).resolve().parent)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -337,7 +338,7 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
             progress(i + 1, len(plan), f"{Path(bundle.path).name} on {choice.label}")
     _add_accuracy(results, {str(b.path): b.manifest for b, _ in plan})
     return {
-        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": _git_sha(),
+        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": git_sha(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": {**machine.to_dict(), "profile": profile.name if profile else None},
         "settings": {"batches": list(batches), "frames": frames, "warmup": warmup,
