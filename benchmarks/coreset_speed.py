@@ -20,7 +20,6 @@ import logging
 import os
 import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from edgead import __version__
-    from edgead.bench import git_sha
+    from edgead.bench import git_sha, write_report
     from edgead.models.coreset import CoresetStats, greedy_coreset
 
     torch.set_num_threads(args.threads)
@@ -121,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": {"runs": runs, "best_seconds": min(r["seconds"] for r in runs)},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = args.results_file or OUT_DIR / f"coreset_speed-{stamp}.json"
-    from edgead._io import write_json_atomic
-
-    write_json_atomic(out, report)
+    out = write_report(report, args.results_file, OUT_DIR, "coreset_speed")
     log.info("wrote %s", out)
     return 0
 

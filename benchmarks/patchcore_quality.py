@@ -23,7 +23,6 @@ import logging
 import os
 import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from edgead import __version__
-    from edgead.bench import git_sha
+    from edgead.bench import git_sha, write_report
 
     load_before = list(os.getloadavg())
     rows: list[dict[str, Any]] = []
@@ -158,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows, "table_md": table,
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = args.results_file or OUT_DIR / f"patchcore_quality-{stamp}.json"
-    from edgead._io import write_json_atomic
-
-    write_json_atomic(out, report)
+    out = write_report(report, args.results_file, OUT_DIR, "patchcore_quality")
     log.info("wrote %s", out)
     return 0
 

@@ -245,6 +245,20 @@ def _auroc(labels: list[int], scores: list[float]) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
+def write_report(report: dict[str, Any], results_file: str | Path | None, out_dir: Path,
+                 prefix: str) -> Path:
+    """Write a benchmark report as JSON, atomically; returns the path.
+
+    `results_file` when given, else `out_dir / f"{prefix}-<UTC timestamp>.json"`.
+    """
+    from edgead._io import write_json_atomic
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(results_file) if results_file else out_dir / f"{prefix}-{stamp}.json"
+    write_json_atomic(out, report)
+    return out
+
+
 def git_sha(cwd: Path | None = None) -> str | None:
     """The git commit checked out at `cwd` (default: this package's folder), or None."""
     try:
