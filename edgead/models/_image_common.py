@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgead.errors import DataError, NotFittedError
+from edgead.errors import DataError
 from edgead.models.base import BaseDetector, ExportSpec, Progress, ScoreOutput, no_progress
 from edgead.runtime.postprocess import upsample_and_blur
 
@@ -250,10 +250,7 @@ class ScratchNetDetector(BaseDetector):
         return self._net is not None
 
     def _fitted_net(self) -> Any:
-        if self._net is None:
-            self.check_is_fitted()
-            raise NotFittedError(f"{self.name} is not fitted")
-        return self._net
+        return self._require_fitted(self._net)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return module_state("net.", self._fitted_net())

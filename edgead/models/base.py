@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -62,6 +62,9 @@ class ExportSpec:
     dynamic_batch: bool = True
 
 
+_State = TypeVar("_State")
+
+
 class BaseDetector(abc.ABC):
     """Base class: a plain object holding config + fitted state; torch modules live inside."""
 
@@ -81,6 +84,12 @@ class BaseDetector(abc.ABC):
         """Raise NotFittedError unless fitted."""
         if not self.is_fitted:
             raise NotFittedError(f"{self.name} is not fitted; call fit() or load a run first")
+
+    def _require_fitted(self, state: _State | None) -> _State:
+        """`state` (a fitted part: graph, network), or NotFittedError when it is still None."""
+        if state is None:
+            raise NotFittedError(f"{self.name} is not fitted; call fit() or load a run first")
+        return state
 
     @abc.abstractmethod
     def fit(self, data: Sequence[np.ndarray] | np.ndarray, *, seed: int = 0,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgead.errors import ConfigError, NotFittedError
+from edgead.errors import ConfigError
 from edgead.models._image_common import (
     BackboneFeatures,
     backbone_channels_strides,
@@ -223,10 +223,7 @@ class FastFlow(BaseDetector):
         return self._graph is not None
 
     def _fitted_graph(self) -> FastFlowGraph:
-        if self._graph is None:
-            self.check_is_fitted()
-            raise NotFittedError("fastflow is not fitted")
-        return self._graph
+        return self._require_fitted(self._graph)
 
     def _new_head(self, seed: int) -> FastFlowHead:
         return FastFlowHead(self.channels_, self.grids_, self.config, seed)

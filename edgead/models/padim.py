@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgead.errors import ConfigError, DataError, NotFittedError
+from edgead.errors import ConfigError, DataError
 from edgead.models._image_common import (
     BackboneFeatures,
     backbone_channels_strides,
@@ -156,10 +156,7 @@ class PaDiM(BaseDetector):
         return self._graph is not None
 
     def _fitted_graph(self) -> PaDiMGraph:
-        if self._graph is None:
-            self.check_is_fitted()
-            raise NotFittedError("padim is not fitted")
-        return self._graph
+        return self._require_fitted(self._graph)
 
     def _embedding(self, channel_index: np.ndarray) -> PaDiMEmbedding:
         if channel_index.ndim != 1 or channel_index.size == 0 or \
