@@ -341,7 +341,7 @@ class Detector:
         size_hw = self.image_size
         resize = self.manifest.input.resize
         batch = np.stack(
-            [resize_frame(_check_frame(f), size_hw, resize, channel_order) for f in frames]
+            [resize_frame(f, size_hw, resize, channel_order) for f in frames]
         )
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
@@ -502,24 +502,6 @@ class Detector:
         if decisions is None:
             decisions = np.zeros(n, dtype=bool)
         return RowScores(raw_scores=raw, scores=normalised, is_anomaly=decisions)
-
-
-def _check_frame(frame: Any) -> np.ndarray:
-    """The frame itself if it is a uint8 image array; DataError naming what is wrong otherwise."""
-    if not isinstance(frame, np.ndarray):
-        raise DataError(f"a frame must be a numpy array, got {type(frame).__name__}")
-    if frame.dtype != np.uint8:
-        raise DataError(
-            f"a frame must be uint8 (0..255), got dtype {frame.dtype}; "
-            "convert with (x * 255).clip(0, 255).astype(np.uint8)"
-        )
-    if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (1, 3, 4))):
-        raise DataError(
-            f"a frame must have shape (H, W), (H, W, 3) or (H, W, 4); got {frame.shape}"
-        )
-    if frame.shape[0] < 1 or frame.shape[1] < 1:
-        raise DataError(f"a frame must not be empty; got shape {frame.shape}")
-    return frame
 
 
 def _check_rows(rows: Any, n_features: int | None) -> np.ndarray:

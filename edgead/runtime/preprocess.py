@@ -7,6 +7,8 @@ device.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -20,19 +22,25 @@ _INTERPOLATION = {
 }
 
 
-def check_frame(image: np.ndarray, channel_order: str = "RGB") -> None:
-    """DataError unless `image` is uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) and
-    `channel_order` is "RGB" or "BGR"."""
+def check_frame(image: Any, channel_order: str = "RGB") -> np.ndarray:
+    """`image` itself if it is a non-empty uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array
+    and `channel_order` is "RGB" or "BGR"; DataError naming what is wrong otherwise."""
     if not isinstance(image, np.ndarray):
-        raise DataError(f"expected a numpy image array, got {type(image).__name__}")
+        raise DataError(f"a frame must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise DataError(f"expected a uint8 image, got dtype {image.dtype}; convert to 0..255 uint8")
+        raise DataError(
+            f"a frame must be uint8 (0..255), got dtype {image.dtype}; "
+            "convert with (x * 255).clip(0, 255).astype(np.uint8)"
+        )
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
         raise DataError(
-            f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4); got {image.shape}"
+            f"a frame must have shape (H, W), (H, W, 3) or (H, W, 4); got {image.shape}"
         )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise DataError(f"a frame must not be empty; got shape {image.shape}")
     if channel_order.upper() not in ("RGB", "BGR"):
         raise DataError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    return image
 
 
 def to_rgb(image: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
@@ -41,7 +49,11 @@ def to_rgb(image: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
     Args:
         image: uint8 array; `channel_order` says how 3/4-channel input is ordered ("RGB"/"BGR").
     """
-    check_frame(image, channel_order)
+    return _convert_to_rgb(check_frame(image, channel_order), channel_order)
+
+
+def _convert_to_rgb(image: np.ndarray, channel_order: str) -> np.ndarray:
+    """`to_rgb` for a frame that already passed `check_frame`."""
     if image.ndim == 2 or image.shape[2] == 1:
         return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
     order = channel_order.upper()
@@ -64,7 +76,7 @@ def resize_frame(image: np.ndarray, size_hw: tuple[int, int], interpolation: str
     check_frame(image, channel_order)
     height, width = int(size_hw[0]), int(size_hw[1])
     if image.shape[:2] == (height, width):
-        return to_rgb(image, channel_order)
+        return _convert_to_rgb(image, channel_order)
     try:
         flag = _INTERPOLATION[interpolation]
     except KeyError as exc:
@@ -73,5 +85,5 @@ def resize_frame(image: np.ndarray, size_hw: tuple[int, int], interpolation: str
         ) from exc
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    return to_rgb(cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=flag),
-                  channel_order)
+    resized = cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=flag)
+    return _convert_to_rgb(resized, channel_order)
