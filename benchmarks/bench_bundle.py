@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -33,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    from edgead._io import write_json_atomic
-    from edgead.bench import bench_bundles, render_chart, render_markdown
+    from edgead.bench import bench_bundles, render_chart, render_markdown, write_report
     from edgead.cli.bench import render_table
 
     report = bench_bundles([str(m) for m in args.models],
@@ -43,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                            threads=args.threads, frames=args.frames, warmup=args.warmup,
                            data=args.data, isolate=not args.no_isolate)
     render_table(report)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = args.json or Path(__file__).resolve().parent / "results" / f"bench-{stamp}.json"
-    write_json_atomic(out, report)
+    out = write_report(report, args.json, Path(__file__).resolve().parent / "results", "bench")
     logging.info("wrote %s", out)
     if args.plot:
         logging.info("wrote %s", render_chart(report, args.plot))

@@ -25,8 +25,6 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-
 SCHEMA_VERSION = 1
 OUT_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
               f"load average {load_before[0]:.1f} -> {runs[-1]['load_avg_after'][0]:.1f} "
               f"on {os.cpu_count()} cores")
     report = {
-        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": git_sha(HERE),
+        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": git_sha(REPO),
         "detector": "patchcore", "benchmark": "coreset_speed", "source": args.source,
         "host": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
         "n_vectors": int(features.shape[0]), "dim": int(features.shape[1]),

@@ -37,8 +37,6 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT_DIR = RESULTS / "image_methods"
 SCHEMA_VERSION = 1
@@ -161,7 +159,8 @@ def _envelope(args: argparse.Namespace) -> dict[str, Any]:
     from edgead.bench import git_sha
 
     return {"schema_version": SCHEMA_VERSION, "edgead_version": __version__,
-            "git_sha": git_sha(HERE), "host": platform.machine(), "cpu_count": os.cpu_count(),
+            "git_sha": git_sha(RESULTS.parent), "host": platform.machine(),
+            "cpu_count": os.cpu_count(),
             "load_avg": list(os.getloadavg()), "threads": args.threads,
             "image_size": args.image_size}
 

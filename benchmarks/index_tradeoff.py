@@ -26,8 +26,6 @@ import numpy as np
 
 logger = logging.getLogger("index_tradeoff")
 
-HERE = Path(__file__).resolve().parent
-
 ROOT = Path(__file__).resolve().parents[1]
 #: (label, options for resolve_factory / FaissIndex): name, index_dim, rerank.
 SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -244,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     results_file = Path(args.results_file or out_dir / f"index_tradeoff-{stamp}.json")
     payload = {
-        "schema_version": 1, "edgead_version": __version__, "git_sha": git_sha(HERE),
+        "schema_version": 1, "edgead_version": __version__, "git_sha": git_sha(ROOT),
         "detector": "patchcore", "bundle_sha256": None, "device_profile": None,
         "backend": "faiss-cpu", "provider_used": "faiss-cpu", "precision": "fp32 queries",
         "batch": 1, "threads": args.threads, "args": vars(args),

@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-
 SCHEMA_VERSION = 1
 OUT_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render(rows)
     print(table)
     report = {
-        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": git_sha(HERE),
+        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": git_sha(REPO),
         "detector": "patchcore", "backbone": "efficientnet_lite0", "seed": args.seed,
         "host": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
         "load_avg_before": load_before, "load_avg_after": list(os.getloadavg()),

@@ -26,8 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA_VERSION = 1
 
@@ -235,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "schema_version": SCHEMA_VERSION,
         "edgead_version": __version__,
-        "git_sha": git_sha(HERE),
+        "git_sha": git_sha(RESULTS.parent),
         "benchmark": "runtime_latency",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         "cpu_count": os.cpu_count(),

@@ -30,15 +30,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-
 REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
 EDGEAD_MODELS = ("iforest", "ae", "vae", "deep_svdd")
 PYOD_MODELS = ("pyod_iforest", "pyod_ae", "pyod_vae", "pyod_deep_svdd")
 ALL_MODELS = EDGEAD_MODELS + PYOD_MODELS
@@ -298,11 +296,11 @@ def merge(files: Sequence[str], results_file: str, seeds: set[int]) -> int:
     merged["runs"] = runs
     merged.update(summarise(runs))
     print(format_table(merged["summary"]))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(results_file or REPO / "benchmarks" / "results" / f"tabular-merged-{stamp}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "detector": "tabular",
-                               "results": merged, "versions": _versions()}, indent=1) + "\n")
+    from edgead.bench import write_report
+
+    out = write_report({"schema_version": SCHEMA_VERSION, "detector": "tabular",
+                        "results": merged, "versions": _versions()},
+                       results_file, RESULTS_DIR, "tabular-merged")
     print(f"wrote {out}")
     return 0
 
@@ -325,7 +323,7 @@ def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
     import torch
 
     import edgead
-    from edgead.bench import git_sha
+    from edgead.bench import git_sha, report_path
 
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -338,8 +336,7 @@ def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if not files and models:
         print(f"no data sets found in {directory} (set EDGEAD_DATA)", file=sys.stderr)
         return None
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.results_file or REPO / "benchmarks" / "results" / f"{name}-{stamp}.json")
+    out = report_path(args.results_file, RESULTS_DIR, name)
     out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "protocol": "adbench semi-supervised: train on 60% of normal rows, test on the rest "
@@ -347,7 +344,7 @@ def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
         "models": models, "seeds": seeds, "datasets": [f.stem for f in files],
     }
     doc = {"schema_version": SCHEMA_VERSION, "edgead_version": edgead.__version__,
-           "git_sha": git_sha(HERE), "detector": name, "backend": backend,
+           "git_sha": git_sha(REPO), "detector": name, "backend": backend,
            "torch_threads": args.threads, "argv": list(argv if argv is not None else sys.argv[1:]),
            "results": results, "versions": _versions()}
     return models, seeds, files, out, doc

@@ -245,16 +245,20 @@ def _auroc(labels: list[int], scores: list[float]) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
+def report_path(results_file: str | Path | None, out_dir: Path, prefix: str) -> Path:
+    """`results_file` when given, else `out_dir / f"{prefix}-<UTC timestamp>.json"`."""
+    if results_file:
+        return Path(results_file)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return out_dir / f"{prefix}-{stamp}.json"
+
+
 def write_report(report: dict[str, Any], results_file: str | Path | None, out_dir: Path,
                  prefix: str) -> Path:
-    """Write a benchmark report as JSON, atomically; returns the path.
-
-    `results_file` when given, else `out_dir / f"{prefix}-<UTC timestamp>.json"`.
-    """
+    """Write a benchmark report as JSON, atomically, to `report_path(...)`; returns the path."""
     from edgead._io import write_json_atomic
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(results_file) if results_file else out_dir / f"{prefix}-{stamp}.json"
+    out = report_path(results_file, out_dir, prefix)
     write_json_atomic(out, report)
     return out
 

@@ -251,10 +251,7 @@ class TabularNetDetector(BaseDetector):
 
     def _fitted(self) -> tuple[Standardizer, nn.Module]:
         """(standardizer, net), or NotFittedError."""
-        if self.net is None or self.standardizer is None:
-            self.check_is_fitted()
-            raise RuntimeError("unreachable")
-        return self.standardizer, self.net
+        return self._require_fitted(self.standardizer), self._require_fitted(self.net)
 
     def fit(self, data: Any, *, seed: int = 0, progress: Progress = no_progress) -> None:
         """Fit on normal rows.

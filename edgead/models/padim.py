@@ -83,7 +83,8 @@ class PaDiMConfig:
         if self.image_size < 16:
             raise ConfigError(f"padim: image_size must be >= 16 px, got {self.image_size}")
         if self.n_features < 0:
-            raise ConfigError(f"padim: n_features must be >= 1 (0 = all), got {self.n_features}")
+            raise ConfigError(f"padim: n_features must be >= 0 (0 = all channels), "
+                              f"got {self.n_features}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"padim: pooling must be one of {', '.join(POOLINGS)}, "
                               f"got {self.pooling!r}")
