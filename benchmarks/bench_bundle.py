@@ -35,11 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     from edgead.bench import bench_bundles, render_chart, render_markdown, write_report
     from edgead.cli.bench import render_table
 
-    report = bench_bundles([str(m) for m in args.models],
-                           backends=[b for b in args.backends.split(",") if b],
-                           batches=tuple(int(b) for b in args.batch.split(",") if b),
-                           threads=args.threads, frames=args.frames, warmup=args.warmup,
-                           data=args.data, isolate=not args.no_isolate)
+    report = bench_bundles(
+        [str(m) for m in args.models],
+        backends=[b for b in args.backends.split(",") if b],
+        batches=tuple(int(b) for b in args.batch.split(",") if b),
+        threads=args.threads,
+        frames=args.frames,
+        warmup=args.warmup,
+        data=args.data,
+        isolate=not args.no_isolate,
+    )
     render_table(report)
     out = write_report(report, args.json, Path(__file__).resolve().parent / "results", "bench")
     logging.info("wrote %s", out)

@@ -42,8 +42,11 @@ def mpdd_features(image_size: int, log: logging.Logger) -> np.ndarray:
     t0 = time.perf_counter()
     parts = [det.embed(dataset.train_images()), det.embed(dataset.test_set().images)]
     features = np.concatenate(parts).reshape(-1, parts[0].shape[-1])
-    log.info("extracted %s features in %.1f s (not part of the timing)", features.shape,
-             time.perf_counter() - t0)
+    log.info(
+        "extracted %s features in %.1f s (not part of the timing)",
+        features.shape,
+        time.perf_counter() - t0,
+    )
     return features
 
 
@@ -98,22 +101,47 @@ def main(argv: list[str] | None = None) -> int:
         load_before = list(os.getloadavg())
         stats = CoresetStats()
         cpu0, t0 = time.process_time(), time.perf_counter()
-        greedy_coreset(features, args.ratio, projection_dim=args.projection_dim, seed=args.seed,
-                       dtype=args.dtype, block_size=args.block_size, stats=stats)
+        greedy_coreset(
+            features,
+            args.ratio,
+            projection_dim=args.projection_dim,
+            seed=args.seed,
+            dtype=args.dtype,
+            block_size=args.block_size,
+            stats=stats,
+        )
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        runs.append({"seconds": wall, "cpu_seconds": cpu, "n_selected": stats.n_selected,
-                     "n_passes": stats.n_blocks, "load_avg_before": load_before,
-                     "load_avg_after": list(os.getloadavg())})
-        print(f"coreset {features.shape[0]:,} x {features.shape[1]} -> {stats.n_selected:,} "
-              f"({args.ratio:.1%}): {wall:.1f} s wall, {cpu:.1f} s CPU, {stats.n_blocks} passes; "
-              f"load average {load_before[0]:.1f} -> {runs[-1]['load_avg_after'][0]:.1f} "
-              f"on {os.cpu_count()} cores")
+        runs.append(
+            {
+                "seconds": wall,
+                "cpu_seconds": cpu,
+                "n_selected": stats.n_selected,
+                "n_passes": stats.n_blocks,
+                "load_avg_before": load_before,
+                "load_avg_after": list(os.getloadavg()),
+            }
+        )
+        print(
+            f"coreset {features.shape[0]:,} x {features.shape[1]} -> {stats.n_selected:,} "
+            f"({args.ratio:.1%}): {wall:.1f} s wall, {cpu:.1f} s CPU, {stats.n_blocks} passes; "
+            f"load average {load_before[0]:.1f} -> {runs[-1]['load_avg_after'][0]:.1f} "
+            f"on {os.cpu_count()} cores"
+        )
     report = {
-        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": git_sha(REPO),
-        "detector": "patchcore", "benchmark": "coreset_speed", "source": args.source,
-        "host": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-        "n_vectors": int(features.shape[0]), "dim": int(features.shape[1]),
-        "ratio": args.ratio, "projection_dim": args.projection_dim, "dtype": args.dtype,
+        "schema_version": SCHEMA_VERSION,
+        "edgead_version": __version__,
+        "git_sha": git_sha(REPO),
+        "detector": "patchcore",
+        "benchmark": "coreset_speed",
+        "source": args.source,
+        "host": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": args.threads,
+        "n_vectors": int(features.shape[0]),
+        "dim": int(features.shape[1]),
+        "ratio": args.ratio,
+        "projection_dim": args.projection_dim,
+        "dtype": args.dtype,
         "block_size": args.block_size,
         "results": {"runs": runs, "best_seconds": min(r["seconds"] for r in runs)},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},

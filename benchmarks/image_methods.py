@@ -40,8 +40,15 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT_DIR = RESULTS / "image_methods"
 SCHEMA_VERSION = 1
-METHODS = ("patchcore", "padim", "padim_global", "fastflow", "conv_ae", "conv_vae",
-           "deep_svdd_image")
+METHODS = (
+    "patchcore",
+    "padim",
+    "padim_global",
+    "fastflow",
+    "conv_ae",
+    "conv_vae",
+    "deep_svdd_image",
+)
 #: benchmark rows that are a registered detector with settings: row name -> (detector, config).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "padim_global": ("padim", {"pooling": "global", "n_features": 0}),
@@ -65,26 +72,33 @@ def load_dataset(name: str, image_size: int, args: argparse.Namespace) -> dict[s
     elif name == "elpv":
         from edgead.data.elpv import ElpvDataset
 
-        data = ElpvDataset(image_size, seed=args.seed, max_train=args.elpv_train_cap,
-                           max_test=args.elpv_test_cap)
+        data = ElpvDataset(
+            image_size, seed=args.seed, max_train=args.elpv_train_cap, max_test=args.elpv_test_cap
+        )
     else:
         raise SystemExit(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
     test = data.test_set()
-    return {"train": np.stack(list(data.train_images())), "test": np.stack(list(test.images)),
-            "labels": np.asarray(test.labels), "masks": test.masks_array(),
-            "describe": data.describe() if hasattr(data, "describe") else {"name": name}}
+    return {
+        "train": np.stack(list(data.train_images())),
+        "test": np.stack(list(test.images)),
+        "labels": np.asarray(test.labels),
+        "masks": test.masks_array(),
+        "describe": data.describe() if hasattr(data, "describe") else {"name": name},
+    }
 
 
-def _time_runtime(bundle: Path, backend: str, frames: np.ndarray, args: argparse.Namespace
-                  ) -> dict[str, Any]:
+def _time_runtime(
+    bundle: Path, backend: str, frames: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
     """Latency per frame (ms) of the runtime on `backend`, plus its raw scores on the frames."""
     from edgead.runtime import Detector
 
     det = Detector.load(bundle, device="cpu", backend=backend, threads=args.threads)
     try:
         used = det.backend
-        scores = [float(det(frame, channel_order="RGB").raw_score)
-                  for frame in frames[: args.parity_n]]
+        scores = [
+            float(det(frame, channel_order="RGB").raw_score) for frame in frames[: args.parity_n]
+        ]
         for i in range(args.warmup):
             det(frames[i % len(frames)], channel_order="RGB")
         total, graph = [], []
@@ -95,14 +109,19 @@ def _time_runtime(bundle: Path, backend: str, frames: np.ndarray, args: argparse
             graph.append(float(res.timings_ms.get("graph", float("nan"))))
     finally:
         det.close()
-    return {"backend_used": used, "fallbacks": list(getattr(det, "fallbacks", [])),
-            "latency_ms_p50": float(np.percentile(total, 50)),
-            "latency_ms_p95": float(np.percentile(total, 95)),
-            "graph_ms_p50": float(np.nanpercentile(graph, 50)), "raw_scores": scores}
+    return {
+        "backend_used": used,
+        "fallbacks": list(getattr(det, "fallbacks", [])),
+        "latency_ms_p50": float(np.percentile(total, 50)),
+        "latency_ms_p95": float(np.percentile(total, 95)),
+        "graph_ms_p50": float(np.nanpercentile(graph, 50)),
+        "raw_scores": scores,
+    }
 
 
-def run_one(dataset: str, data: dict[str, Any], method: str, args: argparse.Namespace
-            ) -> dict[str, Any]:
+def run_one(
+    dataset: str, data: dict[str, Any], method: str, args: argparse.Namespace
+) -> dict[str, Any]:
     """Fit, score, export and time one method on one data set; the result dict."""
     import torch
 
@@ -121,26 +140,44 @@ def run_one(dataset: str, data: dict[str, Any], method: str, args: argparse.Name
     score_s = time.perf_counter() - t0
     image = image_metrics(data["labels"], out.scores)
     result: dict[str, Any] = {
-        "dataset": dataset, "method": method, "config": cfg, "seed": args.seed,
-        "n_train": int(len(data["train"])), "n_test": int(len(data["test"])),
-        "image_auroc": image["auroc"], "image_auprc": image["auprc"], "image_f1": image["f1"],
-        "fit_s": fit_s, "torch_score_ms_per_image": score_s * 1e3 / len(data["test"]),
-        "describe": det.describe(), "torch_threads": torch.get_num_threads(),
+        "dataset": dataset,
+        "method": method,
+        "config": cfg,
+        "seed": args.seed,
+        "n_train": int(len(data["train"])),
+        "n_test": int(len(data["test"])),
+        "image_auroc": image["auroc"],
+        "image_auprc": image["auprc"],
+        "image_f1": image["f1"],
+        "fit_s": fit_s,
+        "torch_score_ms_per_image": score_s * 1e3 / len(data["test"]),
+        "describe": det.describe(),
+        "torch_threads": torch.get_num_threads(),
     }
     if data["masks"] is not None:
         result["pixel_auroc"] = pixel_metrics(data["masks"], out.anomaly_maps)["pixel_auroc"]
     threshold = image["f1_threshold"]
-    meta = {"config": cfg, "seed": args.seed,
-            "threshold": {"value": threshold, "policy": "f1 (benchmark only)"},
-            "normalisation": normalisation_from_scores(out.scores, threshold)}
+    meta = {
+        "config": cfg,
+        "seed": args.seed,
+        "threshold": {"value": threshold, "policy": "f1 (benchmark only)"},
+        "normalisation": normalisation_from_scores(out.scores, threshold),
+    }
     with tempfile.TemporaryDirectory(prefix="edgead-bench-") as tmp:
         bundle = Path(tmp) / f"{method}.edgead"
         t0 = time.perf_counter()
         # PatchCore with exact search, so that every row compares the bundle with its torch
         # model; the compressed default index is measured by index_tradeoff.py.
         index = {"index": "flat"} if detector == "patchcore" else None
-        manifest = export_detector(det, meta, "openvino", "fp32", bundle,
-                                   parity_inputs=data["test"][: args.parity_n], index=index)
+        manifest = export_detector(
+            det,
+            meta,
+            "openvino",
+            "fp32",
+            bundle,
+            parity_inputs=data["test"][: args.parity_n],
+            index=index,
+        )
         result["export_s"] = time.perf_counter() - t0
         result["bundle_mb"] = bundle.stat().st_size / 1e6
         result["export_parity"] = (manifest.export or {}).get("parity")
@@ -148,8 +185,9 @@ def run_one(dataset: str, data: dict[str, Any], method: str, args: argparse.Name
         for backend in ("onnxruntime", "openvino"):
             timing = _time_runtime(bundle, backend, data["test"], args)
             raw = np.asarray(timing.pop("raw_scores"), dtype=np.float64)
-            timing["max_rel_score_diff"] = float(np.max(
-                np.abs(raw - torch_scores) / np.maximum(np.abs(torch_scores), 1e-12)))
+            timing["max_rel_score_diff"] = float(
+                np.max(np.abs(raw - torch_scores) / np.maximum(np.abs(torch_scores), 1e-12))
+            )
             result[backend] = timing
     return result
 
@@ -158,11 +196,16 @@ def _envelope(args: argparse.Namespace) -> dict[str, Any]:
     from edgead import __version__
     from edgead.bench import git_sha
 
-    return {"schema_version": SCHEMA_VERSION, "edgead_version": __version__,
-            "git_sha": git_sha(RESULTS.parent), "host": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "load_avg": list(os.getloadavg()), "threads": args.threads,
-            "image_size": args.image_size}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "edgead_version": __version__,
+        "git_sha": git_sha(RESULTS.parent),
+        "host": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_avg": list(os.getloadavg()),
+        "threads": args.threads,
+        "image_size": args.image_size,
+    }
 
 
 def summarize(out_dir: Path = OUT_DIR) -> dict[str, Any]:
@@ -170,23 +213,28 @@ def summarize(out_dir: Path = OUT_DIR) -> dict[str, Any]:
     rows = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*__*.json"))]
     if not rows:
         raise SystemExit(f"no results in {out_dir}; run the benchmark first")
-    rows.sort(key=lambda r: (DATASETS.index(r["result"]["dataset"]),
-                             METHODS.index(r["result"]["method"])))
+    rows.sort(
+        key=lambda r: (DATASETS.index(r["result"]["dataset"]), METHODS.index(r["result"]["method"]))
+    )
     report = {"schema_version": SCHEMA_VERSION, "runs": rows}
     out_dir.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    header = ("| data | method | img AUROC | AUPRC | F1 | pixel AUROC | fit s | ORT ms | OV ms |"
-              " bundle MB | max rel diff |")
+    header = (
+        "| data | method | img AUROC | AUPRC | F1 | pixel AUROC | fit s | ORT ms | OV ms |"
+        " bundle MB | max rel diff |"
+    )
     lines = [header, "|" + "---|" * 11]
     for row in rows:
         r = row["result"]
         pix = f"{r['pixel_auroc']:.3f}" if "pixel_auroc" in r else "-"
         ort, ov = r.get("onnxruntime", {}), r.get("openvino", {})
         diff = max(ort.get("max_rel_score_diff", np.nan), ov.get("max_rel_score_diff", np.nan))
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['image_auroc']:.3f} | "
-                     f"{r['image_auprc']:.3f} | {r['image_f1']:.3f} | {pix} | {r['fit_s']:.0f} | "
-                     f"{ort.get('latency_ms_p50', np.nan):.1f} | "
-                     f"{ov.get('latency_ms_p50', np.nan):.1f} | {r['bundle_mb']:.1f} | "
-                     f"{diff:.1e} |")
+        lines.append(
+            f"| {r['dataset']} | {r['method']} | {r['image_auroc']:.3f} | "
+            f"{r['image_auprc']:.3f} | {r['image_f1']:.3f} | {pix} | {r['fit_s']:.0f} | "
+            f"{ort.get('latency_ms_p50', np.nan):.1f} | "
+            f"{ov.get('latency_ms_p50', np.nan):.1f} | {r['bundle_mb']:.1f} | "
+            f"{diff:.1e} |"
+        )
     table = "\n".join(lines)
     out_dir.with_suffix(".md").write_text(table + "\n")
     _chart(rows, out_dir.with_suffix(".png"))
@@ -206,11 +254,14 @@ def _chart(rows: list[dict[str, Any]], path: Path) -> None:
     width = 0.8 / max(1, len(datasets))
     x = np.arange(len(methods))
     for j, dataset in enumerate(datasets):
-        by_method = {r["result"]["method"]: r["result"] for r in rows
-                     if r["result"]["dataset"] == dataset}
+        by_method = {
+            r["result"]["method"]: r["result"] for r in rows if r["result"]["dataset"] == dataset
+        }
         auroc = [by_method.get(m, {}).get("image_auroc", np.nan) for m in methods]
-        ort = [by_method.get(m, {}).get("onnxruntime", {}).get("latency_ms_p50", np.nan)
-               for m in methods]
+        ort = [
+            by_method.get(m, {}).get("onnxruntime", {}).get("latency_ms_p50", np.nan)
+            for m in methods
+        ]
         axes[0].bar(x + j * width, auroc, width, label=dataset)
         axes[1].bar(x + j * width, ort, width, label=f"{dataset} (ONNX Runtime)")
     for ax, title in zip(axes, ("image AUROC", "latency per frame, p50 (ms)"), strict=True):
@@ -238,10 +289,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-n", type=int, default=4)
     parser.add_argument("--elpv-train-cap", type=int, default=150)
     parser.add_argument("--elpv-test-cap", type=int, default=150)
-    parser.add_argument("--config", action="append", default=[], metavar="METHOD=JSON",
-                        help='config overrides, e.g. fastflow={"epochs": 20}')
-    parser.add_argument("--out-dir", type=Path, default=OUT_DIR,
-                        help="per-run JSON files; the summary goes to OUT_DIR.{json,md,png}")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="METHOD=JSON",
+        help='config overrides, e.g. fastflow={"epochs": 20}',
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=OUT_DIR,
+        help="per-run JSON files; the summary goes to OUT_DIR.{json,md,png}",
+    )
     parser.add_argument("--summarize", action="store_true", help="only rebuild table and chart")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -272,8 +332,14 @@ def main(argv: list[str] | None = None) -> int:
             record = {**_envelope(args), "data": data["describe"], "result": result}
             path = args.out_dir / f"{dataset}__{method}.json"
             path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-            logger.info("%s / %s: image AUROC %.3f, fit %.0f s -> %s", dataset, method,
-                        result["image_auroc"], result["fit_s"], path)
+            logger.info(
+                "%s / %s: image AUROC %.3f, fit %.0f s -> %s",
+                dataset,
+                method,
+                result["image_auroc"],
+                result["fit_s"],
+                path,
+            )
     summarize(args.out_dir)
     return 0
 

@@ -52,8 +52,10 @@ def _data_root(arg: str | None) -> Path:
 
 def load_embeddings(dataset: str, args: argparse.Namespace) -> dict[str, np.ndarray]:
     """{"bank" (M, D), "emb" (N, h*w, D), "labels" (N,), "masks" (N, S, S) or empty, "grid"}."""
-    cache = Path(args.cache_dir) / (f"{dataset}_s{args.image_size}_c{args.coreset_ratio}"
-                                    f"_t{args.elpv_max_train}_v{args.elpv_max_test}.npz")
+    cache = Path(args.cache_dir) / (
+        f"{dataset}_s{args.image_size}_c{args.coreset_ratio}"
+        f"_t{args.elpv_max_train}_v{args.elpv_max_test}.npz"
+    )
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             logger.info("using cached embeddings %s", cache)
@@ -67,28 +69,44 @@ def load_embeddings(dataset: str, args: argparse.Namespace) -> dict[str, np.ndar
     if dataset == "mpdd":
         data = load_image_dataset(_data_root(args.data_root) / "mpdd_metal_plate", args.image_size)
     else:
-        data = load_image_dataset("elpv", args.image_size, seed=0, max_train=args.elpv_max_train,
-                                  max_test=args.elpv_max_test)
-    det = create_detector("patchcore", {"image_size": args.image_size,
-                                        "coreset_ratio": args.coreset_ratio})
+        data = load_image_dataset(
+            "elpv",
+            args.image_size,
+            seed=0,
+            max_train=args.elpv_max_train,
+            max_test=args.elpv_max_test,
+        )
+    det = create_detector(
+        "patchcore", {"image_size": args.image_size, "coreset_ratio": args.coreset_ratio}
+    )
     t0 = time.perf_counter()
     det.fit(list(data.train_images()), seed=0)
     test = data.test_set()
     emb = det.embed(list(test.images))  # type: ignore[attr-defined]
     masks = test.masks_array()
-    out = {"bank": det.memory_bank_, "emb": emb.astype(np.float32),  # type: ignore[attr-defined]
-           "labels": np.asarray(test.labels), "grid": np.array(det.grid_hw),  # type: ignore[attr-defined]
-           "masks": masks if masks is not None else np.zeros((0, 0, 0), bool),
-           "blur_sigma": np.array(det.config.blur_sigma)}
-    logger.info("%s: PatchCore fit + embed %.1f s, bank %s, test %s", dataset,
-                time.perf_counter() - t0, out["bank"].shape, emb.shape)
+    out = {
+        "bank": det.memory_bank_,
+        "emb": emb.astype(np.float32),  # type: ignore[attr-defined]
+        "labels": np.asarray(test.labels),
+        "grid": np.array(det.grid_hw),  # type: ignore[attr-defined]
+        "masks": masks if masks is not None else np.zeros((0, 0, 0), bool),
+        "blur_sigma": np.array(det.config.blur_sigma),
+    }
+    logger.info(
+        "%s: PatchCore fit + embed %.1f s, bank %s, test %s",
+        dataset,
+        time.perf_counter() - t0,
+        out["bank"].shape,
+        emb.shape,
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
     return out
 
 
-def run_dataset(dataset: str, arrays: dict[str, np.ndarray], args: argparse.Namespace
-                ) -> list[dict[str, Any]]:
+def run_dataset(
+    dataset: str, arrays: dict[str, np.ndarray], args: argparse.Namespace
+) -> list[dict[str, Any]]:
     """Measure every setting on one data set; rows of the results table."""
     from edgead.export.index import (
         IndexValidation,
@@ -103,9 +121,14 @@ def run_dataset(dataset: str, arrays: dict[str, np.ndarray], args: argparse.Name
     bank = arrays["bank"]
     grid = tuple(int(v) for v in arrays["grid"])
     masks = arrays["masks"] if arrays["masks"].size else None
-    val = IndexValidation(embeddings=arrays["emb"], labels=arrays["labels"], masks=masks,
-                          grid=grid, image_size=(args.image_size, args.image_size),  # type: ignore[arg-type]
-                          blur_sigma=float(arrays["blur_sigma"]))
+    val = IndexValidation(
+        embeddings=arrays["emb"],
+        labels=arrays["labels"],
+        masks=masks,
+        grid=grid,
+        image_size=(args.image_size, args.image_size),  # type: ignore[arg-type]
+        blur_sigma=float(arrays["blur_sigma"]),
+    )
     queries = val.embeddings.reshape(-1, bank.shape[1])
     import faiss
 
@@ -121,9 +144,13 @@ def run_dataset(dataset: str, arrays: dict[str, np.ndarray], args: argparse.Name
         if wanted is not None and label not in wanted:
             continue
         name = opts["index"]
-        factory, nprobe = resolve_factory(name, bank.shape[1], bank.shape[0],
-                                          index_dim=opts.get("index_dim"),
-                                          reduce=opts.get("reduce", "pca"))
+        factory, nprobe = resolve_factory(
+            name,
+            bank.shape[1],
+            bank.shape[0],
+            index_dim=opts.get("index_dim"),
+            reduce=opts.get("reduce", "pca"),
+        )
         t0 = time.perf_counter()
         index = FaissIndex.build(bank, factory, nprobe=nprobe, rerank=opts.get("rerank", 0))
         build_s = time.perf_counter() - t0
@@ -134,44 +161,65 @@ def run_dataset(dataset: str, arrays: dict[str, np.ndarray], args: argparse.Name
         faiss.omp_set_num_threads(args.threads)  # timed searches: the setting under test
         t_idx, t_ex = [], []
         for _ in range(args.repeats):
-            t_idx.append(time_search(index, queries, frame_patches=grid[0] * grid[1],
-                                     max_frames=args.frames))
-            t_ex.append(time_search(exact, queries, frame_patches=grid[0] * grid[1],
-                                    max_frames=args.frames))
-        row = {"dataset": dataset, "setting": label, "factory": factory, "nprobe": nprobe,
-               "rerank": opts.get("rerank", 0), "bytes": index_nbytes(index),
-               "recall_at_1": float(np.mean(i[:, 0] == i_exact[:, 0])),
-               "rel_dist_error_mean": float(rel.mean()),
-               "rel_dist_error_p99": float(np.percentile(rel, 99)),
-               "search_ms_per_frame": float(np.median(t_idx)),
-               "exact_search_ms_per_frame": float(np.median(t_ex)), "build_s": build_s}
+            t_idx.append(
+                time_search(index, queries, frame_patches=grid[0] * grid[1], max_frames=args.frames)
+            )
+            t_ex.append(
+                time_search(exact, queries, frame_patches=grid[0] * grid[1], max_frames=args.frames)
+            )
+        row = {
+            "dataset": dataset,
+            "setting": label,
+            "factory": factory,
+            "nprobe": nprobe,
+            "rerank": opts.get("rerank", 0),
+            "bytes": index_nbytes(index),
+            "recall_at_1": float(np.mean(i[:, 0] == i_exact[:, 0])),
+            "rel_dist_error_mean": float(rel.mean()),
+            "rel_dist_error_p99": float(np.percentile(rel, 99)),
+            "search_ms_per_frame": float(np.median(t_idx)),
+            "exact_search_ms_per_frame": float(np.median(t_ex)),
+            "build_s": build_s,
+        }
         row["compression_ratio"] = fp32 / row["bytes"]
         row["speedup_vs_exact"] = row["exact_search_ms_per_frame"] / row["search_ms_per_frame"]
         faiss.omp_set_num_threads(args.bulk_threads)
         row.update(auroc_change(val, index, exact, reference=reference))
         rows.append(row)
-        logger.info("%s %-14s %-22s %8.1f KiB %5.1fx r@1 %.3f img %.4f ms %.2f (exact %.2f)",
-                    dataset, label, factory, row["bytes"] / 1024, row["compression_ratio"],
-                    row["recall_at_1"], row.get("image_auroc", float("nan")),
-                    row["search_ms_per_frame"], row["exact_search_ms_per_frame"])
+        logger.info(
+            "%s %-14s %-22s %8.1f KiB %5.1fx r@1 %.3f img %.4f ms %.2f (exact %.2f)",
+            dataset,
+            label,
+            factory,
+            row["bytes"] / 1024,
+            row["compression_ratio"],
+            row["recall_at_1"],
+            row.get("image_auroc", float("nan")),
+            row["search_ms_per_frame"],
+            row["exact_search_ms_per_frame"],
+        )
     return rows
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the result rows."""
-    head = ("| data | setting | factory | KiB | x fp32 | recall@1 | rel. dist err (mean/p99) | "
-            "image AUROC (drop) | pixel AUROC (drop) | ms/frame (exact) |")
+    head = (
+        "| data | setting | factory | KiB | x fp32 | recall@1 | rel. dist err (mean/p99) | "
+        "image AUROC (drop) | pixel AUROC (drop) | ms/frame (exact) |"
+    )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        pix = (f"{r['pixel_auroc']:.4f} ({r['pixel_auroc_drop']:+.4f})" if "pixel_auroc" in r
-               else "-")
+        pix = (
+            f"{r['pixel_auroc']:.4f} ({r['pixel_auroc_drop']:+.4f})" if "pixel_auroc" in r else "-"
+        )
         lines.append(
             f"| {r['dataset']} | {r['setting']} | `{r['factory']}`"
             f"{'' if r['nprobe'] is None else ' nprobe=' + str(r['nprobe'])} | "
             f"{r['bytes'] / 1024:.0f} | {r['compression_ratio']:.1f} | {r['recall_at_1']:.3f} | "
             f"{r['rel_dist_error_mean']:.4f} / {r['rel_dist_error_p99']:.4f} | "
             f"{r['image_auroc']:.4f} ({r['image_auroc_drop']:+.4f}) | {pix} | "
-            f"{r['search_ms_per_frame']:.2f} ({r['exact_search_ms_per_frame']:.2f}) |")
+            f"{r['search_ms_per_frame']:.2f} ({r['exact_search_ms_per_frame']:.2f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -190,8 +238,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             pts = [(r["bytes"], r[key], r["setting"]) for r in sub if key in r]
             if not pts:
                 continue
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker,
-                       label=key.replace("_", " "))
+            ax.scatter(
+                [p[0] for p in pts], [p[1] for p in pts], marker=marker, label=key.replace("_", " ")
+            )
             for x, y, text in pts:
                 ax.annotate(text, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.axhline(sub[0][f"{key}_exact"] - 0.005, ls=":", lw=0.8, color="grey")
@@ -209,20 +258,28 @@ def main(argv: list[str] | None = None) -> int:
     """Run the trade-off benchmark; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="mpdd,elpv")
-    parser.add_argument("--data-root", default=None,
-                        help="default: ../shared/datasets or $EDGEAD_DATA")
+    parser.add_argument(
+        "--data-root", default=None, help="default: ../shared/datasets or $EDGEAD_DATA"
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--elpv-max-train", type=int, default=60)
     parser.add_argument("--elpv-max-test", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2, help="faiss threads of timed searches")
-    parser.add_argument("--bulk-threads", type=int, default=1,
-                        help="faiss threads of the untimed accuracy searches (1: OpenMP barriers "
-                             "spin badly on a busy 2-core machine)")
+    parser.add_argument(
+        "--bulk-threads",
+        type=int,
+        default=1,
+        help="faiss threads of the untimed accuracy searches (1: OpenMP barriers "
+        "spin badly on a busy 2-core machine)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (median)")
     parser.add_argument("--frames", type=int, default=10, help="frames timed per round")
-    parser.add_argument("--settings", default=None,
-                        help="comma-separated subset of the SETTINGS labels (default: all)")
+    parser.add_argument(
+        "--settings",
+        default=None,
+        help="comma-separated subset of the SETTINGS labels (default: all)",
+    )
     parser.add_argument("--cache-dir", default="/tmp/edgead_index_cache")
     parser.add_argument("--results-file", default=None)
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
@@ -242,13 +299,25 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     results_file = Path(args.results_file or out_dir / f"index_tradeoff-{stamp}.json")
     payload = {
-        "schema_version": 1, "edgead_version": __version__, "git_sha": git_sha(ROOT),
-        "detector": "patchcore", "bundle_sha256": None, "device_profile": None,
-        "backend": "faiss-cpu", "provider_used": "faiss-cpu", "precision": "fp32 queries",
-        "batch": 1, "threads": args.threads, "args": vars(args),
+        "schema_version": 1,
+        "edgead_version": __version__,
+        "git_sha": git_sha(ROOT),
+        "detector": "patchcore",
+        "bundle_sha256": None,
+        "device_profile": None,
+        "backend": "faiss-cpu",
+        "provider_used": "faiss-cpu",
+        "precision": "fp32 queries",
+        "batch": 1,
+        "threads": args.threads,
+        "args": vars(args),
         "results": {"rows": rows},
-        "versions": {"faiss": faiss.__version__, "numpy": np.__version__,
-                     "python": sys.version.split()[0], "machine": platform.machine()},
+        "versions": {
+            "faiss": faiss.__version__,
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+            "machine": platform.machine(),
+        },
     }
     results_file.write_text(json.dumps(payload, indent=2))
     png = results_file.with_suffix(".png")

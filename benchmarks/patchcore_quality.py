@@ -41,8 +41,9 @@ def _dataset_spec(name: str) -> str:
     return str(root / "mpdd_metal_plate")
 
 
-def run_dataset(name: str, size: int, ratios: list[float], args: argparse.Namespace,
-                log: logging.Logger) -> list[dict[str, Any]]:
+def run_dataset(
+    name: str, size: int, ratios: list[float], args: argparse.Namespace, log: logging.Logger
+) -> list[dict[str, Any]]:
     """Rows of results for one data set at one image size, one per coreset ratio."""
     from edgead import metrics
     from edgead.data.images import load_image_dataset
@@ -51,8 +52,9 @@ def run_dataset(name: str, size: int, ratios: list[float], args: argparse.Namesp
     from edgead.runtime.postprocess import upsample_and_blur
     from edgead.training import DEFAULT_VAL_FRACTION, MIN_VAL_IMAGES, holdout_split
 
-    options = ({"max_train": args.elpv_max_train, "max_test": args.elpv_max_test}
-               if name == "elpv" else {})
+    options = (
+        {"max_train": args.elpv_max_train, "max_test": args.elpv_max_test} if name == "elpv" else {}
+    )
     dataset = load_image_dataset(_dataset_spec(name), size, **options)
     train_all = dataset.train_images()
     fit_idx, _ = holdout_split(len(train_all), DEFAULT_VAL_FRACTION, MIN_VAL_IMAGES, args.seed)
@@ -68,32 +70,47 @@ def run_dataset(name: str, size: int, ratios: list[float], args: argparse.Namesp
     t0 = time.perf_counter()
     test_emb = det.embed(test.images)
     embed_test_s = time.perf_counter() - t0
-    log.info("%s %d px: %d fit images (%d patches), %d test images; features %.1f s + %.1f s",
-             name, size, len(fit_idx), len(features), len(labels), feature_s, embed_test_s)
+    log.info(
+        "%s %d px: %d fit images (%d patches), %d test images; features %.1f s + %.1f s",
+        name,
+        size,
+        len(fit_idx),
+        len(features),
+        len(labels),
+        feature_s,
+        embed_test_s,
+    )
     rows = []
     for ratio in ratios:
         t0 = time.perf_counter()
-        keep = greedy_coreset(features, ratio, projection_dim=det.config.projection_dim,
-                              seed=args.seed)
+        keep = greedy_coreset(
+            features, ratio, projection_dim=det.config.projection_dim, seed=args.seed
+        )
         coreset_s = time.perf_counter() - t0
         det.load_state_arrays({"memory_bank": features[keep]})
         t0 = time.perf_counter()
         scores = np.empty(len(labels), dtype=np.float32)
         maps = [] if masks is not None else None
         for start in range(0, len(labels), 16):
-            patch, _ = det.patch_distances(test_emb[start:start + 16])
-            scores[start:start + 16] = patch.reshape(patch.shape[0], -1).max(axis=1)
+            patch, _ = det.patch_distances(test_emb[start : start + 16])
+            scores[start : start + 16] = patch.reshape(patch.shape[0], -1).max(axis=1)
             blurred = upsample_and_blur(patch, (size, size), det.config.blur_sigma)
             if maps is not None:
                 maps.append(blurred)
         search_s = time.perf_counter() - t0
         image = metrics.image_metrics(labels, scores)
         row: dict[str, Any] = {
-            "dataset": name, "image_size": size, "coreset_ratio": ratio,
-            "n_fit": int(len(fit_idx)), "n_test": int(len(labels)),
+            "dataset": name,
+            "image_size": size,
+            "coreset_ratio": ratio,
+            "n_fit": int(len(fit_idx)),
+            "n_test": int(len(labels)),
             "memory_bank": int(len(keep)),
-            "image_auroc": image["auroc"], "image_auprc": image["auprc"], "image_f1": image["f1"],
-            "fit_feature_s": feature_s, "fit_coreset_s": coreset_s,
+            "image_auroc": image["auroc"],
+            "image_auprc": image["auprc"],
+            "image_f1": image["f1"],
+            "fit_feature_s": feature_s,
+            "fit_coreset_s": coreset_s,
             "s_per_image": (embed_test_s + search_s) / len(labels),
         }
         if maps is not None and masks is not None:
@@ -105,15 +122,18 @@ def run_dataset(name: str, size: int, ratios: list[float], args: argparse.Namesp
 
 def render(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the result rows."""
-    head = ("| data | size | coreset | bank | image AUROC | AUPRC | F1 | pixel AUROC | "
-            "fit: features s | fit: coreset s | s / test image |")
+    head = (
+        "| data | size | coreset | bank | image AUROC | AUPRC | F1 | pixel AUROC | "
+        "fit: features s | fit: coreset s | s / test image |"
+    )
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         pixel = f"{r['pixel_auroc']:.3f}" if "pixel_auroc" in r else "-"
         lines.append(
             f"| {r['dataset']} | {r['image_size']} | {r['coreset_ratio']:.0%} | {r['memory_bank']} "
             f"| {r['image_auroc']:.3f} | {r['image_auprc']:.3f} | {r['image_f1']:.3f} | {pixel} "
-            f"| {r['fit_feature_s']:.1f} | {r['fit_coreset_s']:.1f} | {r['s_per_image']:.3f} |")
+            f"| {r['fit_feature_s']:.1f} | {r['fit_coreset_s']:.1f} | {r['s_per_image']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -147,12 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     table = render(rows)
     print(table)
     report = {
-        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": git_sha(REPO),
-        "detector": "patchcore", "backbone": "efficientnet_lite0", "seed": args.seed,
-        "host": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-        "load_avg_before": load_before, "load_avg_after": list(os.getloadavg()),
+        "schema_version": SCHEMA_VERSION,
+        "edgead_version": __version__,
+        "git_sha": git_sha(REPO),
+        "detector": "patchcore",
+        "backbone": "efficientnet_lite0",
+        "seed": args.seed,
+        "host": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": args.threads,
+        "load_avg_before": load_before,
+        "load_avg_after": list(os.getloadavg()),
         "elpv_caps": {"max_train": args.elpv_max_train, "max_test": args.elpv_max_test},
-        "results": rows, "table_md": table,
+        "results": rows,
+        "table_md": table,
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
     out = write_report(report, args.results_file, OUT_DIR, "patchcore_quality")

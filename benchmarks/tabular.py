@@ -53,8 +53,10 @@ def data_dir() -> Path:
 
 def find_datasets(directory: Path, wanted: Sequence[str] | None) -> list[Path]:
     """The .npz files in `directory`, optionally only those whose name contains a wanted word."""
-    files = sorted(directory.glob("*.npz"), key=lambda p: int(p.stem.split("_")[0])
-                   if p.stem.split("_")[0].isdigit() else 0)
+    files = sorted(
+        directory.glob("*.npz"),
+        key=lambda p: int(p.stem.split("_")[0]) if p.stem.split("_")[0].isdigit() else 0,
+    )
     if wanted:
         files = [f for f in files if any(w.lower() in f.stem.lower() for w in wanted)]
     return files
@@ -65,15 +67,19 @@ def score_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
     precision, recall, _ = precision_recall_curve(labels, scores)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall,
-                                                                            1e-12), 0.0)
-    return {"auroc": float(roc_auc_score(labels, scores)),
-            "auprc": float(average_precision_score(labels, scores)),
-            "f1": float(f1.max())}
+    f1 = np.where(
+        precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0
+    )
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "auprc": float(average_precision_score(labels, scores)),
+        "f1": float(f1.max()),
+    }
 
 
-def make_scorer(model: str, n_features: int, seed: int
-                ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def make_scorer(
+    model: str, n_features: int, seed: int
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """fit-then-score function (train rows, test rows) -> test scores (higher = anomalous)."""
     if model in EDGEAD_MODELS:
         from edgead.models.base import create_detector
@@ -88,15 +94,19 @@ def make_scorer(model: str, n_features: int, seed: int
     def run_pyod(train: np.ndarray, test: np.ndarray) -> np.ndarray:
         if model == "pyod_iforest":
             from pyod.models.iforest import IForest
+
             det: Any = IForest(random_state=seed)
         elif model == "pyod_ae":
             from pyod.models.auto_encoder import AutoEncoder
+
             det = AutoEncoder(random_state=seed, verbose=0)
         elif model == "pyod_vae":
             from pyod.models.vae import VAE
+
             det = VAE(random_state=seed, verbose=0)
         elif model == "pyod_deep_svdd":
             from pyod.models.deep_svdd import DeepSVDD
+
             det = DeepSVDD(n_features=n_features, random_state=seed, verbose=0)
         else:
             raise ValueError(f"unknown model {model!r}; known: {', '.join(ALL_MODELS)}")
@@ -106,8 +116,13 @@ def make_scorer(model: str, n_features: int, seed: int
     return run_pyod
 
 
-def run_quality(files: list[Path], models: list[str], seeds: list[int],
-                record: Callable[[], None], results: dict[str, Any]) -> None:
+def run_quality(
+    files: list[Path],
+    models: list[str],
+    seeds: list[int],
+    record: Callable[[], None],
+    results: dict[str, Any],
+) -> None:
     """Fill results["runs"] with one entry per (seed, data set, model); seeds are the outer loop,
     so an interrupted run has whole seeds over all data sets."""
     from edgead.data.tabular import adbench_split, load_table
@@ -124,19 +139,33 @@ def run_quality(files: list[Path], models: list[str], seeds: list[int],
                 start = time.perf_counter()
                 try:
                     scores = make_scorer(model, table.n_features, seed)(train, test)
-                    metrics = score_metrics(labels, scores) if np.isfinite(scores).all() else {
-                        "error": "non-finite scores"}
+                    metrics = (
+                        score_metrics(labels, scores)
+                        if np.isfinite(scores).all()
+                        else {"error": "non-finite scores"}
+                    )
                 except Exception as exc:  # noqa: BLE001 - a benchmark records failures and goes on
                     logger.exception("%s %s seed %d failed", path.stem, model, seed)
                     metrics = {"error": repr(exc)[:300]}
-                entry = {"dataset": path.stem, "model": model, "seed": seed,
-                         "n_train": int(train_idx.size), "n_test": int(test_idx.size),
-                         "n_features": table.n_features,
-                         "fit_score_s": round(time.perf_counter() - start, 3), **metrics}
+                entry = {
+                    "dataset": path.stem,
+                    "model": model,
+                    "seed": seed,
+                    "n_train": int(train_idx.size),
+                    "n_test": int(test_idx.size),
+                    "n_features": table.n_features,
+                    "fit_score_s": round(time.perf_counter() - start, 3),
+                    **metrics,
+                }
                 runs.append(entry)
-                logger.info("%-16s %-15s seed %d auroc %s (%.1fs)", path.stem, model, seed,
-                            f"{metrics['auroc']:.4f}" if "auroc" in metrics else "ERR",
-                            entry["fit_score_s"])
+                logger.info(
+                    "%-16s %-15s seed %d auroc %s (%.1fs)",
+                    path.stem,
+                    model,
+                    seed,
+                    f"{metrics['auroc']:.4f}" if "auroc" in metrics else "ERR",
+                    entry["fit_score_s"],
+                )
             record()
 
 
@@ -148,16 +177,18 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     from scipy.stats import rankdata
 
     ok = [r for r in runs if "auroc" in r]
-    models = sorted({r["model"] for r in ok}, key=lambda m: ALL_MODELS.index(m)
-                    if m in ALL_MODELS else 99)
+    models = sorted(
+        {r["model"] for r in ok}, key=lambda m: ALL_MODELS.index(m) if m in ALL_MODELS else 99
+    )
     datasets = sorted({r["dataset"] for r in ok})
     per: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
     for model in models:
         for ds in datasets:
             rows = [r for r in ok if r["model"] == model and r["dataset"] == ds]
             if rows:
-                per[model][ds] = {k: float(np.mean([r[k] for r in rows]))
-                                  for k in ("auroc", "auprc", "f1")}
+                per[model][ds] = {
+                    k: float(np.mean([r[k] for r in rows])) for k in ("auroc", "auprc", "f1")
+                }
                 per[model][ds]["n_seeds"] = len(rows)
     common = [ds for ds in datasets if all(ds in per[m] for m in models)]
     ranks = {m: [] for m in models}
@@ -170,8 +201,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary[m] = {
             "n_datasets": len(common),
             "mean_rank": float(np.mean(ranks[m])) if common else float("nan"),
-            **{f"mean_{k}": float(np.mean([per[m][ds][k] for ds in common])) if common
-               else float("nan") for k in ("auroc", "auprc", "f1")},
+            **{
+                f"mean_{k}": float(np.mean([per[m][ds][k] for ds in common]))
+                if common
+                else float("nan")
+                for k in ("auroc", "auprc", "f1")
+            },
             "seeds_per_dataset": sorted({int(per[m][ds]["n_seeds"]) for ds in common}),
         }
     return {"per_dataset": per, "summary": summary, "datasets": common}
@@ -179,12 +214,16 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def format_table(summary: dict[str, Any]) -> str:
     """Markdown table of the summary (one row per model)."""
-    lines = ["| model | mean rank | mean AUROC | mean AUPRC | mean F1 | data sets | seeds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | mean rank | mean AUROC | mean AUPRC | mean F1 | data sets | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for m, s in summary.items():
-        lines.append(f"| {m} | {s['mean_rank']:.2f} | {s['mean_auroc']:.4f} | "
-                     f"{s['mean_auprc']:.4f} | {s['mean_f1']:.4f} | {s['n_datasets']} | "
-                     f"{','.join(map(str, s['seeds_per_dataset']))} |")
+        lines.append(
+            f"| {m} | {s['mean_rank']:.2f} | {s['mean_auroc']:.4f} | "
+            f"{s['mean_auprc']:.4f} | {s['mean_f1']:.4f} | {s['n_datasets']} | "
+            f"{','.join(map(str, s['seeds_per_dataset']))} |"
+        )
     return "\n".join(lines)
 
 
@@ -195,9 +234,16 @@ def export_onnx_bytes(module: Any, example: np.ndarray, input_name: str = "rows"
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.from_numpy(example),), buf, input_names=[input_name],
-                          output_names=["score"], opset_version=17, dynamo=False,
-                          dynamic_axes={input_name: {0: "batch"}, "score": {0: "batch"}})
+        torch.onnx.export(
+            module,
+            (torch.from_numpy(example),),
+            buf,
+            input_names=[input_name],
+            output_names=["score"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={input_name: {0: "batch"}, "score": {0: "batch"}},
+        )
     return buf.getvalue()
 
 
@@ -237,15 +283,22 @@ def run_throughput(path: Path, batch: int, iters: int, threads: int) -> dict[str
         sess.run(None, {"rows": one})
         lat.append(time.perf_counter() - start)
     times_a, lat_a = np.array(times), np.array(lat) * 1e3
-    return {"dataset": path.stem, "n_features": table.n_features, "batch": batch,
-            "iters": iters, "intra_op_threads": threads,
-            "provider_used": sess.get_providers()[0],
-            "throughput_rows_per_s_median": float(batch / np.median(times_a)),
-            "throughput_rows_per_s_best": float(batch / times_a.min()),
-            "batch1_latency_ms": {"p50": float(np.percentile(lat_a, 50)),
-                                  "p90": float(np.percentile(lat_a, 90)),
-                                  "p99": float(np.percentile(lat_a, 99))},
-            "parity_max_rel_err_vs_torch": max_rel}
+    return {
+        "dataset": path.stem,
+        "n_features": table.n_features,
+        "batch": batch,
+        "iters": iters,
+        "intra_op_threads": threads,
+        "provider_used": sess.get_providers()[0],
+        "throughput_rows_per_s_median": float(batch / np.median(times_a)),
+        "throughput_rows_per_s_best": float(batch / times_a.min()),
+        "batch1_latency_ms": {
+            "p50": float(np.percentile(lat_a, 50)),
+            "p90": float(np.percentile(lat_a, 90)),
+            "p99": float(np.percentile(lat_a, 99)),
+        },
+        "parity_max_rel_err_vs_torch": max_rel,
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -258,8 +311,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def collect_runs(files: Sequence[str], seeds: set[int] | None = None
-                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def collect_runs(
+    files: Sequence[str], seeds: set[int] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Runs of result files, one per (data set, model, seed), and the last throughput found.
 
     Args:
@@ -275,9 +329,11 @@ def collect_runs(files: Sequence[str], seeds: set[int] | None = None
         name, _, only = spec.partition(":")
         keep = set(only.split(",")) if only else None
         doc = json.loads(Path(name).read_text())
-        runs.extend(r for r in doc["results"].get("runs", [])
-                    if (keep is None or r["model"] in keep)
-                    and (seeds is None or r["seed"] in seeds))
+        runs.extend(
+            r
+            for r in doc["results"].get("runs", [])
+            if (keep is None or r["model"] in keep) and (seeds is None or r["seed"] in seeds)
+        )
         if "throughput_ae_ort" in doc["results"]:
             extra["throughput_ae_ort"] = doc["results"]["throughput_ae_ort"]
     unique: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -285,8 +341,11 @@ def collect_runs(files: Sequence[str], seeds: set[int] | None = None
         key = (run["dataset"], run["model"], run["seed"])
         first = unique.setdefault(key, run)
         if first is not run and first.get("auroc") != run.get("auroc"):
-            print(f"warning: {key} ran twice with AUROC {first.get('auroc')} and "
-                  f"{run.get('auroc')}; keeping the first", file=sys.stderr)
+            print(
+                f"warning: {key} ran twice with AUROC {first.get('auroc')} and "
+                f"{run.get('auroc')}; keeping the first",
+                file=sys.stderr,
+            )
     return list(unique.values()), extra
 
 
@@ -298,16 +357,29 @@ def merge(files: Sequence[str], results_file: str, seeds: set[int]) -> int:
     print(format_table(merged["summary"]))
     from edgead.bench import write_report
 
-    out = write_report({"schema_version": SCHEMA_VERSION, "detector": "tabular",
-                        "results": merged, "versions": _versions()},
-                       results_file, RESULTS_DIR, "tabular-merged")
+    out = write_report(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "detector": "tabular",
+            "results": merged,
+            "versions": _versions(),
+        },
+        results_file,
+        RESULTS_DIR,
+        "tabular-merged",
+    )
     print(f"wrote {out}")
     return 0
 
 
-def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                argv: Sequence[str] | None, known_models: Sequence[str], name: str,
-                backend: str) -> tuple[list[str], list[int], list[Path], Path, dict] | None:
+def prepare_run(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    known_models: Sequence[str],
+    name: str,
+    backend: str,
+) -> tuple[list[str], list[int], list[Path], Path, dict] | None:
     """Shared start of a tabular benchmark run (this script and tabular_classical.py).
 
     Quiets logging, sets torch threads, checks `args.models` against `known_models` (parser
@@ -340,13 +412,22 @@ def prepare_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
     out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "protocol": "adbench semi-supervised: train on 60% of normal rows, test on the rest "
-                    "+ all anomalies; F1 at best threshold; AUROC rank per data set",
-        "models": models, "seeds": seeds, "datasets": [f.stem for f in files],
+        "+ all anomalies; F1 at best threshold; AUROC rank per data set",
+        "models": models,
+        "seeds": seeds,
+        "datasets": [f.stem for f in files],
     }
-    doc = {"schema_version": SCHEMA_VERSION, "edgead_version": edgead.__version__,
-           "git_sha": git_sha(REPO), "detector": name, "backend": backend,
-           "torch_threads": args.threads, "argv": list(argv if argv is not None else sys.argv[1:]),
-           "results": results, "versions": _versions()}
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "edgead_version": edgead.__version__,
+        "git_sha": git_sha(REPO),
+        "detector": name,
+        "backend": backend,
+        "torch_threads": args.threads,
+        "argv": list(argv if argv is not None else sys.argv[1:]),
+        "results": results,
+        "versions": _versions(),
+    }
     return models, seeds, files, out, doc
 
 
@@ -355,23 +436,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="", help="comma-separated name parts (default all)")
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--order", choices=("name", "size"), default="name",
-                        help="data set order; 'size' runs the smallest files first")
-    parser.add_argument("--models", default=",".join(ALL_MODELS),
-                        help=f"comma-separated, from {', '.join(ALL_MODELS)}")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch / ORT threads (1: a busy 2-core machine is slow with 2)")
+    parser.add_argument(
+        "--order",
+        choices=("name", "size"),
+        default="name",
+        help="data set order; 'size' runs the smallest files first",
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(ALL_MODELS),
+        help=f"comma-separated, from {', '.join(ALL_MODELS)}",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch / ORT threads (1: a busy 2-core machine is slow with 2)",
+    )
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--throughput-batch", type=int, default=8192)
     parser.add_argument("--throughput-iters", type=int, default=50)
     parser.add_argument("--results-file", default="")
-    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                        help="only combine the runs of earlier result files into one table; "
-                        "FILE:model,model keeps only those models of FILE")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="only combine the runs of earlier result files into one table; "
+        "FILE:model,model keeps only those models of FILE",
+    )
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, args.results_file,
-                     {int(x) for x in args.seeds.split(",") if x.strip()})
+        return merge(
+            args.merge, args.results_file, {int(x) for x in args.seeds.split(",") if x.strip()}
+        )
     setup = prepare_run(parser, args, argv, ALL_MODELS, "tabular", "torch/sklearn/pyod")
     if setup is None:
         return 2
@@ -391,16 +489,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         cardio = [f for f in find_datasets(directory, ["cardio"])]
         if cardio:
             results["throughput_ae_ort"] = run_throughput(
-                cardio[0], args.throughput_batch, args.throughput_iters, args.threads)
+                cardio[0], args.throughput_batch, args.throughput_iters, args.threads
+            )
     record()
     if results.get("summary"):
         print(format_table(results["summary"]))
     if "throughput_ae_ort" in results:
         t = results["throughput_ae_ort"]
-        print(f"\nAE on ONNX Runtime ({t['dataset']}, {t['n_features']} columns, batch "
-              f"{t['batch']}, {t['intra_op_threads']} threads): "
-              f"{t['throughput_rows_per_s_median']:,.0f} rows/s (median), batch-1 p50 "
-              f"{t['batch1_latency_ms']['p50']:.3f} ms")
+        print(
+            f"\nAE on ONNX Runtime ({t['dataset']}, {t['n_features']} columns, batch "
+            f"{t['batch']}, {t['intra_op_threads']} threads): "
+            f"{t['throughput_rows_per_s_median']:,.0f} rows/s (median), batch-1 p50 "
+            f"{t['batch1_latency_ms']['p50']:.3f} ms"
+        )
     print(f"\nwrote {out}")
     return 0
 

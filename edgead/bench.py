@@ -93,15 +93,23 @@ def available_choices(manifest: Any, requested: list[str] | None = None) -> list
         pass
     if not requested or requested == ["all"]:
         return choices
-    keep = [c for c in choices if c.label in requested or c.backend in requested
-            or c.label.lower() in (r.lower() for r in requested)]
+    keep = [
+        c
+        for c in choices
+        if c.label in requested
+        or c.backend in requested
+        or c.label.lower() in (r.lower() for r in requested)
+    ]
     if not keep:
-        raise ConfigError(f"--backends {','.join(requested)} matches nothing available here; "
-                          f"available: {', '.join(c.label for c in choices)}")
+        raise ConfigError(
+            f"--backends {','.join(requested)} matches nothing available here; "
+            f"available: {', '.join(c.label for c in choices)}"
+        )
     return keep
 
 
 # ------------------------------------------------------------------------------------ worker
+
 
 def _rss_mib() -> float:
     """Current resident set size of this process, MiB (from /proc/self/status; 0 elsewhere)."""
@@ -123,8 +131,12 @@ def _peak_rss_mib() -> float:
 def _percentiles(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
     p50, p95, p99 = np.percentile(array, [50, 95, 99])
-    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3),
-            "mean": round(float(array.mean()), 3)}
+    return {
+        "p50": round(float(p50), 3),
+        "p95": round(float(p95), 3),
+        "p99": round(float(p99), 3),
+        "mean": round(float(array.mean()), 3),
+    }
 
 
 def latency_frames(data: str | None, n: int, seed: int = 0) -> list[np.ndarray]:
@@ -134,7 +146,7 @@ def latency_frames(data: str | None, n: int, seed: int = 0) -> list[np.ndarray]:
 
         from edgead.data.images import MVTecFolder
 
-        paths = MVTecFolder(Path(data), 32).test_paths[:max(1, n)]
+        paths = MVTecFolder(Path(data), 32).test_paths[: max(1, n)]
         frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
         bad = [str(p) for p, f in zip(paths, frames, strict=True) if f is None]
         if bad:
@@ -156,15 +168,20 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     frames = latency_frames(spec.get("data"), int(spec["frames"]))
     out["rss_before_load_mib"] = round(_rss_mib(), 1)
     start = time.perf_counter()
-    det = Detector.load(spec["model"], device=spec["device"], backend=spec["backend"],
-                        threads=spec.get("threads"))
+    det = Detector.load(
+        spec["model"], device=spec["device"], backend=spec["backend"], threads=spec.get("threads")
+    )
     out["load_ms"] = round((time.perf_counter() - start) * 1e3, 1)
     out["backend_used"] = det.backend
-    out["backend_info"] = {k: v for k, v in det.backend_info.items()
-                           if isinstance(v, (str, int, float, bool, list, type(None)))}
+    out["backend_info"] = {
+        k: v
+        for k, v in det.backend_info.items()
+        if isinstance(v, (str, int, float, bool, list, type(None)))
+    }
     out["load_fallbacks"] = list(det.fallbacks)
     if not det.backend.lower().startswith(spec["backend"]) or (
-            spec["label"] != "onnxruntime/cpu" and det.backend.endswith("CPUExecutionProvider")):
+        spec["label"] != "onnxruntime/cpu" and det.backend.endswith("CPUExecutionProvider")
+    ):
         out["status"] = "unavailable"
         out["error"] = f"asked for {spec['label']}, got {det.backend}: " + "; ".join(det.fallbacks)
         det.close()
@@ -172,8 +189,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         out["batches"] = {}
         for batch in spec["batches"]:
-            out["batches"][str(batch)] = _time_batch(det, frames, int(batch), int(spec["frames"]),
-                                                     int(spec.get("warmup", 3)))
+            out["batches"][str(batch)] = _time_batch(
+                det, frames, int(batch), int(spec["frames"]), int(spec.get("warmup", 3))
+            )
         if spec.get("data"):
             out["scores"] = _score_test_set(det, spec["data"])
     finally:
@@ -183,8 +201,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _time_batch(det: Any, frames: list[np.ndarray], batch: int, n_frames: int, warmup: int
-                ) -> dict[str, Any]:
+def _time_batch(
+    det: Any, frames: list[np.ndarray], batch: int, n_frames: int, warmup: int
+) -> dict[str, Any]:
     """Latency percentiles (ms per call, per stage) and throughput (images/s) for one batch size."""
     calls = max(1, -(-n_frames // batch))
 
@@ -202,9 +221,12 @@ def _time_batch(det: Any, frames: list[np.ndarray], batch: int, n_frames: int, w
         for key, value in results[0].timings_ms.items():
             stages.setdefault(key, []).append(float(value))
     elapsed = time.perf_counter() - t_all
-    return {"calls": calls, "images": calls * batch,
-            "throughput_ips": round(calls * batch / elapsed, 3),
-            "latency_ms": {k: _percentiles(v) for k, v in stages.items() if v}}
+    return {
+        "calls": calls,
+        "images": calls * batch,
+        "throughput_ips": round(calls * batch / elapsed, 3),
+        "latency_ms": {k: _percentiles(v) for k, v in stages.items() if v},
+    }
 
 
 def _score_test_set(det: Any, data: str) -> dict[str, Any]:
@@ -214,25 +236,41 @@ def _score_test_set(det: Any, data: str) -> dict[str, Any]:
     size = det.image_size
     test = MVTecFolder(Path(data), int(size[0])).test_set()
     raw = [float(det(img, channel_order="RGB").raw_score) for img in test.images]
-    return {"raw": raw, "labels": [int(v) for v in test.labels],
-            "files": [p.name for p in test.paths]}
+    return {
+        "raw": raw,
+        "labels": [int(v) for v in test.labels],
+        "files": [p.name for p in test.paths],
+    }
 
 
 # ------------------------------------------------------------------------------------ parent
+
 
 def _run_isolated(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """run_worker(spec) in a fresh interpreter; a failure becomes {"status": "failed", ...}."""
     cmd = [sys.executable, "-m", "edgead.bench", "--worker"]
     try:
-        proc = subprocess.run(cmd, input=json.dumps(spec), capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
+        proc = subprocess.run(
+            cmd,
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        return {"label": spec["label"], "status": "failed",
-                "error": f"worker timed out after {timeout_s:.0f} s"}
+        return {
+            "label": spec["label"],
+            "status": "failed",
+            "error": f"worker timed out after {timeout_s:.0f} s",
+        }
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
-        return {"label": spec["label"], "status": "failed",
-                "error": f"worker exited {proc.returncode}: {' | '.join(tail)}"}
+        return {
+            "label": spec["label"],
+            "status": "failed",
+            "error": f"worker exited {proc.returncode}: {' | '.join(tail)}",
+        }
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
@@ -253,8 +291,9 @@ def report_path(results_file: str | Path | None, out_dir: Path, prefix: str) -> 
     return out_dir / f"{prefix}-{stamp}.json"
 
 
-def write_report(report: dict[str, Any], results_file: str | Path | None, out_dir: Path,
-                 prefix: str) -> Path:
+def write_report(
+    report: dict[str, Any], results_file: str | Path | None, out_dir: Path, prefix: str
+) -> Path:
     """Write a benchmark report as JSON, atomically, to `report_path(...)`; returns the path."""
     from edgead._io import write_json_atomic
 
@@ -266,16 +305,21 @@ def write_report(report: dict[str, Any], results_file: str | Path | None, out_di
 def git_sha(cwd: Path | None = None) -> str | None:
     """The git commit checked out at `cwd` (default: this package's folder), or None."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True, cwd=cwd or Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            cwd=cwd or Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version(),
-                                       "numpy": np.__version__}
+    versions: dict[str, str | None] = {"python": platform.python_version(), "numpy": np.__version__}
     for module in ("onnxruntime", "openvino", "tensorrt", "faiss", "cv2"):
         try:
             mod = __import__(module)
@@ -285,10 +329,19 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None,
-                  batches: tuple[int, ...] = (1,), threads: int | None = None, frames: int = 50,
-                  warmup: int = 3, data: str | None = None, isolate: bool = True,
-                  timeout_s: float = 1800.0, progress: Any = None) -> dict[str, Any]:
+def bench_bundles(
+    models: list[str | Path],
+    *,
+    backends: list[str] | None = None,
+    batches: tuple[int, ...] = (1,),
+    threads: int | None = None,
+    frames: int = 50,
+    warmup: int = 3,
+    data: str | None = None,
+    isolate: bool = True,
+    timeout_s: float = 1800.0,
+    progress: Any = None,
+) -> dict[str, Any]:
     """Benchmark each bundle on each available backend; the JSON-ready report.
 
     Args:
@@ -322,8 +375,9 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
         for choice in available_choices(bundle.manifest, backends):
             key = (choice.label, _graph_key(bundle.manifest, choice))
             if key in seen:  # e.g. the fp32 model.onnx inside an OpenVINO fp16 bundle
-                logger.info("skipping %s on %s: same graph as %s", bundle.path.name, choice.label,
-                            seen[key])
+                logger.info(
+                    "skipping %s on %s: same graph as %s", bundle.path.name, choice.label, seen[key]
+                )
                 continue
             seen[key] = bundle.path.name
             plan.append((bundle, choice))
@@ -332,9 +386,17 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
         m = bundle.manifest
         if progress:
             progress(i, len(plan), f"{Path(bundle.path).name} on {choice.label}")
-        spec = {"model": str(bundle.path), "label": choice.label, "device": choice.device,
-                "backend": choice.backend, "threads": threads, "batches": list(batches),
-                "frames": frames, "warmup": warmup, "data": data}
+        spec = {
+            "model": str(bundle.path),
+            "label": choice.label,
+            "device": choice.device,
+            "backend": choice.backend,
+            "threads": threads,
+            "batches": list(batches),
+            "frames": frames,
+            "warmup": warmup,
+            "data": data,
+        }
         logger.info("benchmarking %s on %s", bundle.path.name, choice.label)
         if isolate:
             entry = _run_isolated(spec, timeout_s)
@@ -344,11 +406,18 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
             except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the rest
                 logger.exception("benchmark of %s failed", choice.label)
                 entry = {"label": choice.label, "status": "failed", "error": repr(exc)}
-        entry.update({"bundle": str(bundle.path), "bundle_sha256": bundle.sha256,
-                      "detector": m.detector, "target": m.target,
-                      "precision": run_precision(m, choice, entry.get("backend_used", "")),
-                      "bundle_precision": m.precision,
-                      "image_size": list(m.input.image_size or ()), "threads": threads})
+        entry.update(
+            {
+                "bundle": str(bundle.path),
+                "bundle_sha256": bundle.sha256,
+                "detector": m.detector,
+                "target": m.target,
+                "precision": run_precision(m, choice, entry.get("backend_used", "")),
+                "bundle_precision": m.precision,
+                "image_size": list(m.input.image_size or ()),
+                "threads": threads,
+            }
+        )
         if entry["status"] != "ok":
             logger.warning("%s on %s: %s", bundle.path.name, choice.label, entry.get("error"))
         results.append(entry)
@@ -356,14 +425,24 @@ def bench_bundles(models: list[str | Path], *, backends: list[str] | None = None
             progress(i + 1, len(plan), f"{Path(bundle.path).name} on {choice.label}")
     _add_accuracy(results, {str(b.path): b.manifest for b, _ in plan})
     return {
-        "schema_version": SCHEMA_VERSION, "edgead_version": __version__, "git_sha": git_sha(),
+        "schema_version": SCHEMA_VERSION,
+        "edgead_version": __version__,
+        "git_sha": git_sha(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": {**machine.to_dict(), "profile": profile.name if profile else None},
-        "settings": {"batches": list(batches), "frames": frames, "warmup": warmup,
-                     "threads": threads, "data": data, "isolated": isolate,
-                     "latency_frames": "data test images, full size" if data
-                     else f"uniform noise {NOISE_FRAME_HW[1]}x{NOISE_FRAME_HW[0]} px"},
-        "versions": _versions(), "results": results,
+        "settings": {
+            "batches": list(batches),
+            "frames": frames,
+            "warmup": warmup,
+            "threads": threads,
+            "data": data,
+            "isolated": isolate,
+            "latency_frames": "data test images, full size"
+            if data
+            else f"uniform noise {NOISE_FRAME_HW[1]}x{NOISE_FRAME_HW[0]} px",
+        },
+        "versions": _versions(),
+        "results": results,
     }
 
 
@@ -394,8 +473,10 @@ def _add_accuracy(results: list[dict[str, Any]], manifests: dict[str, Any]) -> N
     with_scores = [r for r in results if r.get("status") == "ok" and "scores" in r]
     if not with_scores:
         return
-    reference = next((r for r in with_scores if r["label"] == "onnxruntime/cpu"
-                      and r["precision"] == "fp32"), with_scores[0])
+    reference = next(
+        (r for r in with_scores if r["label"] == "onnxruntime/cpu" and r["precision"] == "fp32"),
+        with_scores[0],
+    )
     ref_raw = np.asarray(reference["scores"]["raw"], dtype=np.float64)
     for r in with_scores:
         scores = r.pop("scores")
@@ -404,8 +485,11 @@ def _add_accuracy(results: list[dict[str, Any]], manifests: dict[str, Any]) -> N
         r["image_auroc"] = _auroc(scores["labels"], scores["raw"])
         bundle_auroc = manifests[r["bundle"]].metrics.get("image_auroc")
         r["image_auroc_bundle"] = bundle_auroc
-        r["image_auroc_delta"] = (None if bundle_auroc is None or r["image_auroc"] is None
-                                  else round(r["image_auroc"] - float(bundle_auroc), 6))
+        r["image_auroc_delta"] = (
+            None
+            if bundle_auroc is None or r["image_auroc"] is None
+            else round(r["image_auroc"] - float(bundle_auroc), 6)
+        )
         r["score_reference"] = f"{Path(reference['bundle']).name} on {reference['label']}"
         if raw.shape == ref_raw.shape:
             diff = np.abs(raw - ref_raw)
@@ -428,15 +512,18 @@ def render_chart(report: dict[str, Any], path: str | Path) -> Path:
     import textwrap
 
     multi = len({x["bundle"] for x in ok}) > 1
-    names = [f"{r['label']}\n{r['precision']}" + (
-        "\n" + "\n".join(textwrap.wrap(Path(r["bundle"]).stem, 16)) if multi else "")
-        for r in ok]
+    names = [
+        f"{r['label']}\n{r['precision']}"
+        + ("\n" + "\n".join(textwrap.wrap(Path(r["bundle"]).stem, 16)) if multi else "")
+        for r in ok
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(6 + 2.6 * len(ok), 5))
     first_batch = str(report["settings"]["batches"][0])
     bottom = np.zeros(len(ok))
     for stage in ("preprocess", "graph", "search", "postprocess"):
-        values = np.array([r["batches"][first_batch]["latency_ms"].get(stage, {}).get("p50", 0.0)
-                           for r in ok])
+        values = np.array(
+            [r["batches"][first_batch]["latency_ms"].get(stage, {}).get("p50", 0.0) for r in ok]
+        )
         if values.any():
             axes[0].bar(names, values, bottom=bottom, label=stage)
             bottom += values
@@ -445,8 +532,12 @@ def render_chart(report: dict[str, Any], path: str | Path) -> Path:
     width = 0.8 / max(1, len(report["settings"]["batches"]))
     x = np.arange(len(ok))
     for j, batch in enumerate(report["settings"]["batches"]):
-        axes[1].bar(x + j * width, [r["batches"][str(batch)]["throughput_ips"] for r in ok], width,
-                    label=f"batch {batch}")
+        axes[1].bar(
+            x + j * width,
+            [r["batches"][str(batch)]["throughput_ips"] for r in ok],
+            width,
+            label=f"batch {batch}",
+        )
     axes[1].set_xticks(x + width * (len(report["settings"]["batches"]) - 1) / 2, names)
     axes[1].set_title("throughput (images/s)")
     axes[1].legend(fontsize=8)
@@ -455,8 +546,11 @@ def render_chart(report: dict[str, Any], path: str | Path) -> Path:
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
     dev = report["device"]
-    fig.suptitle(f"edgead bench: {ok[0]['detector']} {ok[0]['image_size'][0]} px on "
-                 f"{dev['cpu_model']} ({dev['usable_cores']} cores)", fontsize=11)
+    fig.suptitle(
+        f"edgead bench: {ok[0]['detector']} {ok[0]['image_size'][0]} px on "
+        f"{dev['cpu_model']} ({dev['usable_cores']} cores)",
+        fontsize=11,
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -473,8 +567,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     def fmt(value: Any, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    heads = [f"{r['label']} {r['precision']}" + (f" ({Path(r['bundle']).name})" if multi else "")
-             for r in ok]
+    heads = [
+        f"{r['label']} {r['precision']}" + (f" ({Path(r['bundle']).name})" if multi else "")
+        for r in ok
+    ]
     rows: list[tuple[str, list[str]]] = [("load ms", [fmt(r["load_ms"], 0) for r in ok])]
     for batch in report["settings"]["batches"]:
         key = str(batch)
@@ -483,10 +579,15 @@ def render_markdown(report: dict[str, Any]) -> str:
             if any(v for v in values):
                 rows.append((f"batch {batch} {stage} p50 ms", [fmt(v, 1) for v in values]))
         for q in ("p50", "p95", "p99"):
-            rows.append((f"batch {batch} total {q} ms",
-                         [fmt(r["batches"][key]["latency_ms"]["total"][q], 1) for r in ok]))
-        rows.append((f"batch {batch} images/s",
-                     [fmt(r["batches"][key]["throughput_ips"], 2) for r in ok]))
+            rows.append(
+                (
+                    f"batch {batch} total {q} ms",
+                    [fmt(r["batches"][key]["latency_ms"]["total"][q], 1) for r in ok],
+                )
+            )
+        rows.append(
+            (f"batch {batch} images/s", [fmt(r["batches"][key]["throughput_ips"], 2) for r in ok])
+        )
     rows.append(("peak RSS MiB", [fmt(r.get("peak_rss_mib"), 0) for r in ok]))
     if any("image_auroc" in r for r in ok):
         rows.append(("image AUROC", [fmt(r.get("image_auroc"), 4) for r in ok]))
@@ -494,14 +595,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         rows.append(("max abs raw-score diff", [fmt(r.get("max_abs_score_diff"), 4) for r in ok]))
         rows.append(("max rel raw-score diff", [fmt(r.get("max_rel_score_diff"), 5) for r in ok]))
     dev = report["device"]
-    lines = [f"Device: {dev['cpu_model']} ({dev['arch']}, {dev['usable_cores']} usable cores, "
-             f"{dev['memory_total_mib']} MiB), accelerators: "
-             f"{', '.join(dev['cuda_gpus']) or 'none'}; " + ", ".join(
-                 f"{k} {v}" for k, v in report["versions"].items() if v
-                 and k in ("onnxruntime", "openvino", "tensorrt", "faiss")) + ".",
-             f"Frames: {report['settings']['latency_frames']}; threads "
-             f"{report['settings']['threads'] or 'default'}; edgead {report['edgead_version']}.",
-             "", "| | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    lines = [
+        f"Device: {dev['cpu_model']} ({dev['arch']}, {dev['usable_cores']} usable cores, "
+        f"{dev['memory_total_mib']} MiB), accelerators: "
+        f"{', '.join(dev['cuda_gpus']) or 'none'}; "
+        + ", ".join(
+            f"{k} {v}"
+            for k, v in report["versions"].items()
+            if v and k in ("onnxruntime", "openvino", "tensorrt", "faiss")
+        )
+        + ".",
+        f"Frames: {report['settings']['latency_frames']}; threads "
+        f"{report['settings']['threads'] or 'default'}; edgead {report['edgead_version']}.",
+        "",
+        "| | " + " | ".join(heads) + " |",
+        "|---|" + "---:|" * len(heads),
+    ]
     lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in rows]
     return "\n".join(lines) + "\n"
 

@@ -31,16 +31,20 @@ def _check_labels_scores(labels: np.ndarray, scores: np.ndarray) -> tuple[np.nda
     if labels.size == 0:
         raise DataError("no samples to evaluate: labels and scores are empty")
     if not np.all(np.isfinite(scores)):
-        raise DataError(f"{int(np.sum(~np.isfinite(scores)))} score(s) are NaN/inf; the detector "
-                        "produced non-finite values")
+        raise DataError(
+            f"{int(np.sum(~np.isfinite(scores)))} score(s) are NaN/inf; the detector "
+            "produced non-finite values"
+        )
     if not np.all(np.isin(labels, (0, 1))):
         raise DataError(f"labels must be 0 (normal) or 1 (anomaly); found {np.unique(labels)[:10]}")
     labels = labels.astype(np.int64)
     n_pos = int(labels.sum())
     if n_pos == 0 or n_pos == labels.size:
         missing = "normal samples" if n_pos else "anomalies"
-        raise DataError(f"all {labels.size} labels are {1 if n_pos else 0}: AUROC/F1 need both "
-                        f"normal and anomalous samples; add {missing} to the test set")
+        raise DataError(
+            f"all {labels.size} labels are {1 if n_pos else 0}: AUROC/F1 need both "
+            f"normal and anomalous samples; add {missing} to the test set"
+        )
     return labels, scores
 
 
@@ -102,13 +106,18 @@ def threshold_from_normal(scores: np.ndarray, percentile: float = 99.0) -> float
         raise ConfigError(f"percentile must be in (0, 100], got {percentile}")
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if scores.size == 0:
-        raise DataError("no normal validation scores to set a threshold from; hold out some "
-                        "normal images (val_fraction > 0) or use labelled data")
+        raise DataError(
+            "no normal validation scores to set a threshold from; hold out some "
+            "normal images (val_fraction > 0) or use labelled data"
+        )
     if not np.all(np.isfinite(scores)):
         raise DataError("normal validation scores contain NaN/inf; cannot set a threshold")
     if scores.size < 20:
-        logger.warning("threshold_from_normal: percentile %.1f of only %d scores is rough",
-                       percentile, scores.size)
+        logger.warning(
+            "threshold_from_normal: percentile %.1f of only %d scores is rough",
+            percentile,
+            scores.size,
+        )
     return float(np.percentile(scores, percentile))
 
 
@@ -128,8 +137,12 @@ def normalisation_from_scores(scores: np.ndarray, threshold: float) -> dict[str,
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if scores.size == 0 or not np.all(np.isfinite(scores)) or not np.isfinite(threshold):
         raise DataError("normalisation needs at least one finite score and a finite threshold")
-    return {"method": "minmax_threshold", "min": float(scores.min()), "max": float(scores.max()),
-            "threshold": float(threshold)}
+    return {
+        "method": "minmax_threshold",
+        "min": float(scores.min()),
+        "max": float(scores.max()),
+        "threshold": float(threshold),
+    }
 
 
 def _check_masks_maps(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,8 +151,10 @@ def _check_masks_maps(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, 
     if not np.issubdtype(maps.dtype, np.floating):
         maps = maps.astype(np.float64)
     if masks.ndim != 3 or masks.shape != maps.shape:
-        raise DataError(f"masks {masks.shape} and anomaly maps {maps.shape} must both be "
-                        "(N, S, S) with the same shape")
+        raise DataError(
+            f"masks {masks.shape} and anomaly maps {maps.shape} must both be "
+            "(N, S, S) with the same shape"
+        )
     if masks.dtype != bool:
         if not np.all(np.isin(masks, (0, 1))):
             raise DataError("masks must be bool or 0/1")
@@ -147,8 +162,10 @@ def _check_masks_maps(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, 
     if not np.all(np.isfinite(maps)):
         raise DataError("anomaly maps contain NaN/inf")
     if not masks.any() or masks.all():
-        raise DataError("pixel metrics need both defect and normal pixels in the masks; "
-                        f"found {int(masks.sum())} defect pixel(s) of {masks.size}")
+        raise DataError(
+            "pixel metrics need both defect and normal pixels in the masks; "
+            f"found {int(masks.sum())} defect pixel(s) of {masks.size}"
+        )
     return masks, maps
 
 
@@ -163,8 +180,9 @@ def _pixel_auroc(neg_sorted: np.ndarray, positives: np.ndarray) -> float:
     return float(wins / (positives.size * neg_sorted.size))
 
 
-def _aupro_sorted(masks: np.ndarray, maps: np.ndarray, neg_sorted: np.ndarray, max_fpr: float,
-                  num_thresholds: int) -> float:
+def _aupro_sorted(
+    masks: np.ndarray, maps: np.ndarray, neg_sorted: np.ndarray, max_fpr: float, num_thresholds: int
+) -> float:
     """AUPRO from checked inputs and the sorted values of normal pixels (see `aupro`)."""
     structure = np.ones((3, 3), dtype=bool)
     region_ids = np.zeros(masks.shape, dtype=np.int64)
@@ -203,8 +221,9 @@ def _aupro_sorted(masks: np.ndarray, maps: np.ndarray, neg_sorted: np.ndarray, m
     return float(_trapezoid(y, x) / max_fpr)
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = AUPRO_MAX_FPR,
-          num_thresholds: int = 200) -> float:
+def aupro(
+    masks: np.ndarray, maps: np.ndarray, max_fpr: float = AUPRO_MAX_FPR, num_thresholds: int = 200
+) -> float:
     """Normalised area under the per-region-overlap curve up to `max_fpr` (MVTec AD).
 
     PRO(t) is the mean, over all connected defect regions of all images (8-connectivity), of the
@@ -223,8 +242,9 @@ def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = AUPRO_MAX_FPR,
         ConfigError: max_fpr not in (0, 1] or fewer than 2 thresholds.
     """
     if not 0.0 < max_fpr <= 1.0 or num_thresholds < 2:
-        raise ConfigError(f"aupro needs 0 < max_fpr <= 1 and num_thresholds >= 2; got {max_fpr}, "
-                          f"{num_thresholds}")
+        raise ConfigError(
+            f"aupro needs 0 < max_fpr <= 1 and num_thresholds >= 2; got {max_fpr}, {num_thresholds}"
+        )
     masks, maps = _check_masks_maps(masks, maps)
     return _aupro_sorted(masks, maps, np.sort(maps[~masks]), max_fpr, num_thresholds)
 
@@ -241,5 +261,7 @@ def pixel_metrics(masks: np.ndarray, maps: np.ndarray) -> dict[str, float]:
     """
     masks, maps = _check_masks_maps(masks, maps)
     neg_sorted = np.sort(maps[~masks])
-    return {"pixel_auroc": _pixel_auroc(neg_sorted, maps[masks]),
-            "aupro": _aupro_sorted(masks, maps, neg_sorted, AUPRO_MAX_FPR, 200)}
+    return {
+        "pixel_auroc": _pixel_auroc(neg_sorted, maps[masks]),
+        "aupro": _aupro_sorted(masks, maps, neg_sorted, AUPRO_MAX_FPR, 200),
+    }

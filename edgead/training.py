@@ -55,8 +55,9 @@ class _Split:
     info: dict[str, Any]
 
 
-def holdout_split(n_items: int, fraction: float, minimum: int, seed: int,
-                  what: str = "items") -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(
+    n_items: int, fraction: float, minimum: int, seed: int, what: str = "items"
+) -> tuple[np.ndarray, np.ndarray]:
     """(fit_idx, val_idx) sorted int64: a seeded `fraction` (at least `minimum`) held out.
 
     This is the split `train_run` uses (images: minimum `MIN_VAL_IMAGES`); benchmarks use it
@@ -74,9 +75,11 @@ def _val_count(n_items: int, fraction: float, minimum: int, what: str) -> int:
         return 0
     n_val = max(minimum, int(round(n_items * fraction)))
     if n_val > n_items - 1:
-        raise DataError(f"cannot hold out {n_val} validation {what} from {n_items}: at least "
-                        f"{n_val + 1} are needed; add data or set val_fraction=0 and pass "
-                        "labelled --val-data")
+        raise DataError(
+            f"cannot hold out {n_val} validation {what} from {n_items}: at least "
+            f"{n_val + 1} are needed; add data or set val_fraction=0 and pass "
+            "labelled --val-data"
+        )
     return n_val
 
 
@@ -86,8 +89,9 @@ def _seeded_split(n_items: int, n_val: int, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(order[n_val:]).astype(np.int64), np.sort(order[:n_val]).astype(np.int64)
 
 
-def _image_split(detector: BaseDetector, data: str | Path, seed: int,
-                 data_options: dict[str, Any]) -> _Split:
+def _image_split(
+    detector: BaseDetector, data: str | Path, seed: int, data_options: dict[str, Any]
+) -> _Split:
     from edgead.data.images import load_image_dataset
 
     size = int(detector.config.image_size)
@@ -98,8 +102,15 @@ def _image_split(detector: BaseDetector, data: str | Path, seed: int,
     n_val = len(val_idx)
     describe = getattr(dataset, "describe", None)
     info = dict(describe()) if callable(describe) else {"path": str(data)}
-    info.update({"spec": str(data), "n_train": int(len(fit_idx)), "n_val": int(len(val_idx)),
-                 "val_fraction": fraction, "options": dict(data_options)})
+    info.update(
+        {
+            "spec": str(data),
+            "n_train": int(len(fit_idx)),
+            "n_val": int(len(val_idx)),
+            "val_fraction": fraction,
+            "options": dict(data_options),
+        }
+    )
     if info.get("kind") == "mvtec_folder":
         info["path"] = str(Path(data).expanduser().resolve())
     return _Split(images[fit_idx], images[val_idx] if n_val else None, info)
@@ -117,18 +128,27 @@ def _tabular_split(data: str | Path, seed: int, label_column: str | None) -> _Sp
         protocol = "all rows (no labels: every row is taken as normal)"
     n_val = _val_count(len(rows), TABULAR_VAL_FRACTION, MIN_VAL_ROWS, "rows")
     fit_pos, val_pos = _seeded_split(len(rows), n_val, seed + 1)
-    info = {"path": str(Path(data).expanduser().resolve()), "spec": str(data), "kind": "table",
-            "label_column": label_column, "n_rows": table.n_rows,
-            "n_features": table.n_features, "feature_names": list(table.feature_names),
-            "train_rows": protocol, "n_train": int(len(fit_pos)), "n_val": int(len(val_pos)),
-            "val_fraction": TABULAR_VAL_FRACTION}
+    info = {
+        "path": str(Path(data).expanduser().resolve()),
+        "spec": str(data),
+        "kind": "table",
+        "label_column": label_column,
+        "n_rows": table.n_rows,
+        "n_features": table.n_features,
+        "feature_names": list(table.feature_names),
+        "train_rows": protocol,
+        "n_train": int(len(fit_pos)),
+        "n_val": int(len(val_pos)),
+        "val_fraction": TABULAR_VAL_FRACTION,
+    }
     fit_rows = table.X[rows[fit_pos]]
     val_rows = table.X[rows[val_pos]] if n_val else None
     return _Split(fit_rows, val_rows, info)
 
 
-def _labelled_validation(detector: BaseDetector, val_data: str | Path,
-                         label_column: str | None) -> tuple[Any, np.ndarray]:
+def _labelled_validation(
+    detector: BaseDetector, val_data: str | Path, label_column: str | None
+) -> tuple[Any, np.ndarray]:
     """(inputs, int64 labels) of labelled validation data for an F1-optimal threshold."""
     if detector.modality == "image":
         from edgead.data.images import load_image_dataset
@@ -143,11 +163,18 @@ def _labelled_validation(detector: BaseDetector, val_data: str | Path,
     return table.X, table.y
 
 
-def train_run(name: str, data: str | Path, out: str | Path,
-              overrides: dict[str, Any] | None = None, *, seed: int = 0,
-              label_column: str | None = None, val_data: str | Path | None = None,
-              data_options: dict[str, Any] | None = None,
-              progress: Progress = no_progress) -> dict[str, Any]:
+def train_run(
+    name: str,
+    data: str | Path,
+    out: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    label_column: str | None = None,
+    val_data: str | Path | None = None,
+    data_options: dict[str, Any] | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
     """Train detector `name` on `data`, calibrate it, and save the run directory `out`.
 
     Args:
@@ -174,8 +201,9 @@ def train_run(name: str, data: str | Path, out: str | Path,
     options = dict(data_options or {})
     if detector.modality == "image":
         if label_column is not None:
-            raise ConfigError("--label-column applies to tabular detectors only; "
-                              f"{detector.name} takes images")
+            raise ConfigError(
+                f"--label-column applies to tabular detectors only; {detector.name} takes images"
+            )
         split = _image_split(detector, data, seed, options)
     else:
         if options:
@@ -198,15 +226,20 @@ def train_run(name: str, data: str | Path, out: str | Path,
         threshold = {"value": value, "policy": "f1", "data": str(val_data)}
         normal = labelled_scores[labels == 0]
         norm_scores = val_scores if val_scores is not None else normal
-        validation["labelled"] = {"n": int(len(labels)), "n_anomalous": int(labels.sum()),
-                                  **metrics.image_metrics(labels, labelled_scores)}
+        validation["labelled"] = {
+            "n": int(len(labels)),
+            "n_anomalous": int(labels.sum()),
+            **metrics.image_metrics(labels, labelled_scores),
+        }
     elif val_scores is not None:
         value = metrics.threshold_from_normal(val_scores, THRESHOLD_PERCENTILE)
         threshold = {"value": value, "policy": f"percentile:{THRESHOLD_PERCENTILE:g}"}
         norm_scores = val_scores
     else:
-        raise ConfigError("no validation data: val_fraction is 0 and no labelled --val-data was "
-                          "given, so no threshold can be set; use val_fraction > 0 or --val-data")
+        raise ConfigError(
+            "no validation data: val_fraction is 0 and no labelled --val-data was "
+            "given, so no threshold can be set; use val_fraction > 0 or --val-data"
+        )
     t_validated = time.perf_counter()
 
     timings = {"load_s": t_loaded - t_start, "fit_s": t_fitted - t_loaded}
@@ -222,17 +255,30 @@ def train_run(name: str, data: str | Path, out: str | Path,
     timings["total_s"] = time.perf_counter() - t_start
     meta["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
     run_dir = save_run(out, detector, meta)
-    logger.info("saved run %s (%s, threshold %.4g, %s)", run_dir, detector.name,
-                threshold["value"], threshold["policy"])
-    return {**meta, "run_dir": str(run_dir), "detector": detector.name,
-            "describe": detector.describe()}
+    logger.info(
+        "saved run %s (%s, threshold %.4g, %s)",
+        run_dir,
+        detector.name,
+        threshold["value"],
+        threshold["policy"],
+    )
+    return {
+        **meta,
+        "run_dir": str(run_dir),
+        "detector": detector.name,
+        "describe": detector.describe(),
+    }
 
 
 def _score_summary(scores: np.ndarray) -> dict[str, float | int]:
     """JSON facts about validation scores (raw units)."""
-    return {"n": int(scores.size), "score_min": float(scores.min()),
-            "score_mean": float(scores.mean()), "score_max": float(scores.max()),
-            "score_p99": float(np.percentile(scores, 99.0))}
+    return {
+        "n": int(scores.size),
+        "score_min": float(scores.min()),
+        "score_mean": float(scores.mean()),
+        "score_max": float(scores.max()),
+        "score_p99": float(np.percentile(scores, 99.0)),
+    }
 
 
 def _renamed(progress: Progress, description: str) -> Progress:
@@ -240,10 +286,16 @@ def _renamed(progress: Progress, description: str) -> Progress:
     return lambda done, total, _desc: progress(done, total, description)
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *,
-                 save_maps: str | Path | None = None, maps_selection: str = "all",
-                 n_extremes: int = 3, data_options: dict[str, Any] | None = None,
-                 progress: Progress = no_progress) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    save_maps: str | Path | None = None,
+    maps_selection: str = "all",
+    n_extremes: int = 3,
+    data_options: dict[str, Any] | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
     """Metrics of the run in `run_dir` on labelled test data.
 
     Args:
@@ -285,8 +337,17 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *,
             raise ConfigError("--save-maps needs an image detector; this run is tabular")
         result = _evaluate_tabular(detector, spec, meta, threshold)
     else:
-        result = _evaluate_images(detector, spec, meta, threshold, save_maps, maps_selection,
-                                  n_extremes, data_options, progress)
+        result = _evaluate_images(
+            detector,
+            spec,
+            meta,
+            threshold,
+            save_maps,
+            maps_selection,
+            n_extremes,
+            data_options,
+            progress,
+        )
     if same and data_options == dict(run_data.get("options") or {}):
         _record_metrics(Path(run_dir), result)
     return result
@@ -298,13 +359,15 @@ def _record_metrics(run_dir: Path, result: dict[str, Any]) -> None:
     from edgead.rundir import RUN_JSON, read_run_meta
 
     meta = read_run_meta(run_dir)
-    meta["metrics"] = {k: v for k, v in result.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    meta["metrics"] = {
+        k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     write_json_atomic(run_dir / RUN_JSON, meta)
 
 
-def _evaluate_tabular(detector: BaseDetector, spec: str | Path, meta: dict[str, Any],
-                      threshold: float) -> dict[str, Any]:
+def _evaluate_tabular(
+    detector: BaseDetector, spec: str | Path, meta: dict[str, Any], threshold: float
+) -> dict[str, Any]:
     from edgead.data.tabular import adbench_split, load_table
 
     table = load_table(spec, (meta.get("data") or {}).get("label_column"))
@@ -316,24 +379,40 @@ def _evaluate_tabular(detector: BaseDetector, spec: str | Path, meta: dict[str, 
     scores = detector.score(table.X[test_idx]).scores
     seconds = time.perf_counter() - t0
     result = metrics.image_metrics(labels, scores)
-    return {"auroc": result["auroc"], "auprc": result["auprc"], "f1": result["f1"],
-            "f1_threshold": result["f1_threshold"], "threshold": threshold,
-            "n_test": int(len(labels)), "n_anomalous": int(labels.sum()),
-            **_at_threshold(labels, scores, threshold), "seconds_per_row": seconds / len(labels)}
+    return {
+        "auroc": result["auroc"],
+        "auprc": result["auprc"],
+        "f1": result["f1"],
+        "f1_threshold": result["f1_threshold"],
+        "threshold": threshold,
+        "n_test": int(len(labels)),
+        "n_anomalous": int(labels.sum()),
+        **_at_threshold(labels, scores, threshold),
+        "seconds_per_row": seconds / len(labels),
+    }
 
 
 def _at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
     """Precision and recall when "anomalous" means score >= threshold."""
     predicted = scores >= threshold
     tp = int(np.sum(predicted & (labels == 1)))
-    return {"precision_at_threshold": tp / max(int(predicted.sum()), 1),
-            "recall_at_threshold": tp / max(int(labels.sum()), 1)}
+    return {
+        "precision_at_threshold": tp / max(int(predicted.sum()), 1),
+        "recall_at_threshold": tp / max(int(labels.sum()), 1),
+    }
 
 
-def _evaluate_images(detector: BaseDetector, spec: str | Path, meta: dict[str, Any],
-                     threshold: float, save_maps: str | Path | None, maps_selection: str,
-                     n_extremes: int, data_options: dict[str, Any],
-                     progress: Progress) -> dict[str, Any]:
+def _evaluate_images(
+    detector: BaseDetector,
+    spec: str | Path,
+    meta: dict[str, Any],
+    threshold: float,
+    save_maps: str | Path | None,
+    maps_selection: str,
+    n_extremes: int,
+    data_options: dict[str, Any],
+    progress: Progress,
+) -> dict[str, Any]:
     from edgead.data.images import load_image_dataset
 
     dataset = load_image_dataset(spec, int(detector.config.image_size), **data_options)
@@ -356,8 +435,19 @@ def _evaluate_images(detector: BaseDetector, spec: str | Path, meta: dict[str, A
             maps.append(out.anomaly_maps)
         if write_all and out.anomaly_maps is not None:
             for j, i in enumerate(idx):
-                panels.append(str(_write_panel(panel_dir, test, int(i), chunk[j],
-                                               out.anomaly_maps[j], float(out.scores[j]), meta)))
+                panels.append(
+                    str(
+                        _write_panel(
+                            panel_dir,
+                            test,
+                            int(i),
+                            chunk[j],
+                            out.anomaly_maps[j],
+                            float(out.scores[j]),
+                            meta,
+                        )
+                    )
+                )
         progress(int(idx[-1]) + 1, n_test, "evaluate")
     seconds = time.perf_counter() - t0
     result_metrics = metrics.image_metrics(labels, scores)
@@ -378,9 +468,20 @@ def _evaluate_images(detector: BaseDetector, spec: str | Path, meta: dict[str, A
         for i in _extreme_cases(labels, scores, n_extremes):
             image = test.images[i]
             out = detector.score([image])
-            panels.append(str(_write_panel(panel_dir, test, i, image, out.anomaly_maps[0],
-                                           float(out.scores[0]), meta, tag=_case_tag(labels, i,
-                                           scores, threshold))))
+            panels.append(
+                str(
+                    _write_panel(
+                        panel_dir,
+                        test,
+                        i,
+                        image,
+                        out.anomaly_maps[0],
+                        float(out.scores[0]),
+                        meta,
+                        tag=_case_tag(labels, i, scores, threshold),
+                    )
+                )
+            )
     if panel_dir is not None:
         result["panels"] = panels
         result["panels_dir"] = str(panel_dir)
@@ -404,8 +505,16 @@ def _case_tag(labels: np.ndarray, i: int, scores: np.ndarray, threshold: float) 
     return "fp" if flagged else "tn"
 
 
-def _write_panel(folder: Path, test: Any, i: int, image: np.ndarray, anomaly_map: np.ndarray,
-                 raw_score: float, meta: dict[str, Any], tag: str = "") -> Path:
+def _write_panel(
+    folder: Path,
+    test: Any,
+    i: int,
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    raw_score: float,
+    meta: dict[str, Any],
+    tag: str = "",
+) -> Path:
     """PNG panel of test item i; colours on the normalised-score scale (threshold mid-scale)."""
     from edgead.runtime.postprocess import normalise_scores
     from edgead.viz import overlay_panel, save_panel
@@ -420,8 +529,8 @@ def _write_panel(folder: Path, test: Any, i: int, image: np.ndarray, anomaly_map
     mask = test.masks[i] if test.masks is not None else None
     verdict = "ANOMALY" if raw_score >= thr else "normal"
     title = f"{defect}/{stem}  score {score:.2f} (raw {raw_score:.3g})  -> {verdict}"
-    panel = overlay_panel(image, anomaly_map, mask, vmin=thr - span / 2, vmax=thr + span / 2,
-                          title=title)
+    panel = overlay_panel(
+        image, anomaly_map, mask, vmin=thr - span / 2, vmax=thr + span / 2, title=title
+    )
     prefix = f"{tag}_" if tag else ""
     return save_panel(folder / f"{prefix}{i:04d}_{defect}_{stem}.png", panel)
-

@@ -34,13 +34,18 @@ def _label(tile: np.ndarray, text: str, scale: float) -> None:
     thickness = max(1, int(round(scale * 2)))
     (width, height), base = cv2.getTextSize(text, _FONT, scale, thickness)
     cv2.rectangle(tile, (0, 0), (width + 6, height + base + 6), (0, 0, 0), thickness=-1)
-    cv2.putText(tile, text, (3, height + 3), _FONT, scale, (255, 255, 255), thickness,
-                cv2.LINE_AA)
+    cv2.putText(tile, text, (3, height + 3), _FONT, scale, (255, 255, 255), thickness, cv2.LINE_AA)
 
 
-def overlay_panel(image_rgb: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None = None,
-                  *, vmin: float | None = None, vmax: float | None = None,
-                  title: str = "") -> np.ndarray:
+def overlay_panel(
+    image_rgb: np.ndarray,
+    anomaly_map: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    title: str = "",
+) -> np.ndarray:
     """uint8 RGB (H, W', 3) panel: title strip over "image | heat-map overlay | mask".
 
     Args:
@@ -59,13 +64,17 @@ def overlay_panel(image_rgb: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarr
     """
     image_rgb = np.asarray(image_rgb)
     if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
-        raise DataError(f"overlay_panel needs a uint8 (H, W, 3) RGB image; got "
-                        f"{image_rgb.dtype} {image_rgb.shape}")
+        raise DataError(
+            f"overlay_panel needs a uint8 (H, W, 3) RGB image; got "
+            f"{image_rgb.dtype} {image_rgb.shape}"
+        )
     height, width = image_rgb.shape[:2]
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
     if anomaly_map.shape != (height, width):
-        raise DataError(f"anomaly map {anomaly_map.shape} must match the image {(height, width)}; "
-                        "resize it first (edgead.runtime.postprocess.resize_map)")
+        raise DataError(
+            f"anomaly map {anomaly_map.shape} must match the image {(height, width)}; "
+            "resize it first (edgead.runtime.postprocess.resize_map)"
+        )
     if mask is not None and np.asarray(mask).shape != (height, width):
         raise DataError(f"mask {np.asarray(mask).shape} must match the image {(height, width)}")
     if not np.all(np.isfinite(anomaly_map)):
@@ -104,8 +113,9 @@ def save_panel(path: str | Path, panel: np.ndarray) -> Path:
     """
     panel = np.asarray(panel)
     if panel.dtype != np.uint8 or panel.ndim != 3 or panel.shape[2] != 3:
-        raise DataError(f"save_panel needs a uint8 (H, W, 3) RGB panel; got {panel.dtype} "
-                        f"{panel.shape}")
+        raise DataError(
+            f"save_panel needs a uint8 (H, W, 3) RGB panel; got {panel.dtype} {panel.shape}"
+        )
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise DataError(f"panels are written as PNG; use a .png file name, not {path.name}")

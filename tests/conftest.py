@@ -60,25 +60,33 @@ def make_synthetic_mvtec(root: Path, seed: int = 0, with_masks: bool = True) -> 
     writers = [
         lambda p, im: _write(p.with_suffix(".png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR)),
         lambda p, im: _write(p.with_suffix(".png"), cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)),
-        lambda p, im: _write(p.with_suffix(".png"), np.dstack(
-            [cv2.cvtColor(im, cv2.COLOR_RGB2BGR), np.full(hw, 128, np.uint8)])),
-        lambda p, im: _write(p.with_suffix(".png"),
-                             cv2.cvtColor(im, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257),
+        lambda p, im: _write(
+            p.with_suffix(".png"),
+            np.dstack([cv2.cvtColor(im, cv2.COLOR_RGB2BGR), np.full(hw, 128, np.uint8)]),
+        ),
+        lambda p, im: _write(
+            p.with_suffix(".png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257
+        ),
         lambda p, im: _write(p.with_suffix(".jpg"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR)),
-        lambda p, im: _write_pillow(p.with_suffix(".png"), np.dstack(
-            [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), np.full(hw, 255, np.uint8)]), "LA"),
+        lambda p, im: _write_pillow(
+            p.with_suffix(".png"),
+            np.dstack([cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), np.full(hw, 255, np.uint8)]),
+            "LA",
+        ),
     ]
     for i in range(SYNTHETIC_TRAIN):
         writers[i % len(writers)](train / f"{i:03d}", _normal_image(rng, hw))
     for i in range(SYNTHETIC_TEST_GOOD):
-        _write(root / "test" / "good" / f"{i:03d}.png",
-               cv2.cvtColor(_normal_image(rng, hw), cv2.COLOR_RGB2BGR))
+        _write(
+            root / "test" / "good" / f"{i:03d}.png",
+            cv2.cvtColor(_normal_image(rng, hw), cv2.COLOR_RGB2BGR),
+        )
     for defect, count in SYNTHETIC_DEFECTS.items():
         for i in range(count):
             image = _normal_image(rng, hw)
             mask = np.zeros(hw, dtype=np.uint8)
             top, left = 5 + 3 * i, 8 + 5 * i
-            mask[top:top + 10, left:left + 12] = 255
+            mask[top : top + 10, left : left + 12] = 255
             image[mask > 0] = (250, 240, 60)
             _write(root / "test" / defect / f"{i:03d}.png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             if with_masks:

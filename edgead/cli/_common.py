@@ -44,8 +44,14 @@ def progress_bars(enabled: bool = True) -> Iterator[Callable[[int, int, str], No
     if not enabled:
         yield lambda done, total, description: None
         return
-    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err_console, transient=False)
+    bars = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
     tasks: dict[str, Any] = {}
 
     def update(done: int, total: int, description: str) -> None:

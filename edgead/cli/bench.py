@@ -12,14 +12,26 @@ from edgead.cli._common import console, err_console, handle_errors, progress_bar
 
 @handle_errors
 def bench(
-    models: Annotated[list[Path], typer.Argument(help="Bundle(s) (.edgead); several compare "
-                                                 "side by side (e.g. fp32 and fp16).",
-                                                 exists=True, dir_okay=False, resolve_path=True)],
-    data: Annotated[Path | None, typer.Option(help="MVTec-layout folder: real frames, AUROC "
-                                              "and score differences.", exists=True,
-                                              file_okay=False)] = None,
-    backends: Annotated[str, typer.Option(help="all, or a comma list such as "
-                                          "onnxruntime/cpu,openvino/CPU.")] = "all",
+    models: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Bundle(s) (.edgead); several compare side by side (e.g. fp32 and fp16).",
+            exists=True,
+            dir_okay=False,
+            resolve_path=True,
+        ),
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="MVTec-layout folder: real frames, AUROC and score differences.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    backends: Annotated[
+        str, typer.Option(help="all, or a comma list such as onnxruntime/cpu,openvino/CPU.")
+    ] = "all",
     batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1",
     threads: Annotated[int | None, typer.Option(help="CPU threads for the backends.")] = None,
     frames: Annotated[int, typer.Option(help="Images timed per batch size.")] = 50,
@@ -40,10 +52,17 @@ def bench(
         raise ConfigError(f"--batch expects integers such as 1,4,8; got {batch!r}") from exc
     wanted = [b.strip() for b in backends.split(",") if b.strip()]
     with progress_bars() as progress:
-        report = bench_bundles([str(m) for m in models], backends=wanted, batches=batches,
-                               threads=threads, frames=frames, warmup=warmup,
-                               data=str(data) if data else None, isolate=isolate,
-                               progress=progress)
+        report = bench_bundles(
+            [str(m) for m in models],
+            backends=wanted,
+            batches=batches,
+            threads=threads,
+            frames=frames,
+            warmup=warmup,
+            data=str(data) if data else None,
+            isolate=isolate,
+            progress=progress,
+        )
     render_table(report)
     if json_file is not None:
         write_json_atomic(json_file, report)
@@ -69,16 +88,23 @@ def render_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     dev = report["device"]
-    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items()
-                         if v and k in ("onnxruntime", "openvino", "tensorrt", "faiss"))
+    versions = ", ".join(
+        f"{k} {v}"
+        for k, v in report["versions"].items()
+        if v and k in ("onnxruntime", "openvino", "tensorrt", "faiss")
+    )
     accelerators = ", ".join(dev["cuda_gpus"]) or "none"
-    console.print(f"[bold]device:[/] {dev['cpu_model']} ({dev['arch']}, "
-                  f"{dev['usable_cores']} usable cores), accelerators: {accelerators}; OpenVINO "
-                  f"devices {list(dev['openvino_devices'])}; profile {dev['profile']}; {versions}",
-                  highlight=False)
+    console.print(
+        f"[bold]device:[/] {dev['cpu_model']} ({dev['arch']}, "
+        f"{dev['usable_cores']} usable cores), accelerators: {accelerators}; OpenVINO "
+        f"devices {list(dev['openvino_devices'])}; profile {dev['profile']}; {versions}",
+        highlight=False,
+    )
     results = report["results"]
-    table = Table(title=f"edgead bench ({report['settings']['latency_frames']}, "
-                        f"threads {report['settings']['threads'] or 'default'})")
+    table = Table(
+        title=f"edgead bench ({report['settings']['latency_frames']}, "
+        f"threads {report['settings']['threads'] or 'default'})"
+    )
     table.add_column("", style="bold", no_wrap=True)
     multi = len({r["bundle"] for r in results}) > 1
     for r in results:
@@ -88,20 +114,31 @@ def render_table(report: dict[str, Any]) -> None:
     def row(name: str, fn: Any) -> None:
         table.add_row(name, *[fn(r) if r.get("status") == "ok" else "-" for r in results])
 
-    table.add_row("status", *[r["status"] if r["status"] == "ok"
-                              else f"[red]{r['status']}[/]" for r in results])
+    table.add_row(
+        "status",
+        *[r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]" for r in results],
+    )
     row("backend used", lambda r: r["backend_used"].split("/")[-1])
     row("load ms", lambda r: _fmt(r["load_ms"], 0))
     for b in report["settings"]["batches"]:
         key = str(b)
         for stage in ("preprocess", "graph", "search", "postprocess"):
-            if any(stage in r.get("batches", {}).get(key, {}).get("latency_ms", {})
-                   and r["batches"][key]["latency_ms"][stage]["p50"] > 0 for r in results):
-                row(f"b{b} {stage} p50 ms", lambda r, k=key, s=stage:
-                    _fmt(r["batches"][k]["latency_ms"].get(s, {}).get("p50")))
+            if any(
+                stage in r.get("batches", {}).get(key, {}).get("latency_ms", {})
+                and r["batches"][key]["latency_ms"][stage]["p50"] > 0
+                for r in results
+            ):
+                row(
+                    f"b{b} {stage} p50 ms",
+                    lambda r, k=key, s=stage: _fmt(
+                        r["batches"][k]["latency_ms"].get(s, {}).get("p50")
+                    ),
+                )
         for q in ("p50", "p95", "p99"):
-            row(f"b{b} total {q} ms", lambda r, k=key, q=q:
-                _fmt(r["batches"][k]["latency_ms"]["total"][q]))
+            row(
+                f"b{b} total {q} ms",
+                lambda r, k=key, q=q: _fmt(r["batches"][k]["latency_ms"]["total"][q]),
+            )
         row(f"b{b} images/s", lambda r, k=key: _fmt(r["batches"][k]["throughput_ips"], 2))
     row("peak RSS MiB", lambda r: _fmt(r.get("peak_rss_mib"), 0))
     if any("image_auroc" in r for r in results):

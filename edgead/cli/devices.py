@@ -12,8 +12,9 @@ from edgead.cli._common import console, handle_errors, print_json
 @handle_errors
 def devices(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    profile: Annotated[str | None, typer.Option(help="Show this profile instead of the "
-                                                "detected one.")] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Show this profile instead of the detected one.")
+    ] = None,
     list_all: Annotated[bool, typer.Option("--list", help="List the shipped profiles.")] = False,
 ) -> None:
     """Detect CPU, Jetson / Raspberry Pi model, CUDA and OpenVINO devices; try each backend."""
@@ -41,8 +42,15 @@ def devices(
             table.add_column(col)
         table.add_column("backends (preference order)", no_wrap=True)
         for p in profiles:
-            table.add_row(p.name, p.target, p.precision, str(p.threads or "all"), str(p.image_size),
-                          str(p.memory_budget_mib), "\n".join(b.label for b in p.backends))
+            table.add_row(
+                p.name,
+                p.target,
+                p.precision,
+                str(p.threads or "all"),
+                str(p.image_size),
+                str(p.memory_budget_mib),
+                "\n".join(b.label for b in p.backends),
+            )
         console.print(table)
         return
 
@@ -51,8 +59,14 @@ def devices(
     probes = probe_backends(info)
     best = first_working_backend(chosen, probes) if chosen else None
     if json_out:
-        print_json({"machine": info.to_dict(), "profile": asdict(chosen) if chosen else None,
-                    "backends": [asdict(p) for p in probes], "selected_backend": best})
+        print_json(
+            {
+                "machine": info.to_dict(),
+                "profile": asdict(chosen) if chosen else None,
+                "backends": [asdict(p) for p in probes],
+                "selected_backend": best,
+            }
+        )
         return
     _render(info, chosen, probes, best, explicit=profile is not None)
 
@@ -71,8 +85,11 @@ def _render(info, chosen, probes, best, explicit: bool) -> None:  # type: ignore
         ("device tree", info.device_tree_model or "-"),
         ("CUDA GPUs", ", ".join(info.cuda_gpus) or "none"),
         ("onnxruntime", f"{info.ort_version or 'not installed'} {list(info.ort_providers)}"),
-        ("openvino", f"{info.openvino_version or 'not installed'} "
-                     f"{list(info.openvino_devices) if info.openvino_devices else ''}"),
+        (
+            "openvino",
+            f"{info.openvino_version or 'not installed'} "
+            f"{list(info.openvino_devices) if info.openvino_devices else ''}",
+        ),
         ("tensorrt", info.tensorrt_version or "not installed"),
     ]
     for key, value in rows:
@@ -84,18 +101,25 @@ def _render(info, chosen, probes, best, explicit: bool) -> None:  # type: ignore
     for col in ("works", "init ms", "detail"):
         table.add_column(col)
     for p in probes:
-        table.add_row(p.label, "[green]yes[/]" if p.works else "[red]no[/]",
-                      f"{p.init_ms:.0f}" if p.init_ms is not None else "-", p.detail)
+        table.add_row(
+            p.label,
+            "[green]yes[/]" if p.works else "[red]no[/]",
+            f"{p.init_ms:.0f}" if p.init_ms is not None else "-",
+            p.detail,
+        )
     console.print(table)
 
     if chosen is None:
-        console.print("[yellow]no shipped profile matches this machine[/]; "
-                      "`edgead devices --list` shows them")
+        console.print(
+            "[yellow]no shipped profile matches this machine[/]; `edgead devices --list` shows them"
+        )
         return
     how = "requested" if explicit else "matching"
     console.print(f"[bold]{how} profile:[/] {chosen.name} - {chosen.description}")
-    console.print(f"  export: --target {chosen.target} --precision {chosen.precision}; "
-                  f"image size {chosen.image_size} px; threads {chosen.threads or 'all'}; "
-                  f"memory budget {chosen.memory_budget_mib} MiB")
+    console.print(
+        f"  export: --target {chosen.target} --precision {chosen.precision}; "
+        f"image size {chosen.image_size} px; threads {chosen.threads or 'all'}; "
+        f"memory budget {chosen.memory_budget_mib} MiB"
+    )
     console.print("  preference: " + " > ".join(b.label for b in chosen.backends))
     console.print(f"  [bold]would use:[/] {best or '[red]none of its backends works here[/]'}")

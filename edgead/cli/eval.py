@@ -10,8 +10,9 @@ import typer
 from edgead.cli._common import console, handle_errors, print_json, progress_bars
 
 
-def evaluate_path(target: Path, data: str | None, save_maps: Path | None, device: str,
-                  progress: Any) -> dict[str, Any]:
+def evaluate_path(
+    target: Path, data: str | None, save_maps: Path | None, device: str, progress: Any
+) -> dict[str, Any]:
     """Metrics of a run directory (`edgead.training.evaluate_run`) or a `.edgead` bundle file
     (`edgead.runtime.eval.evaluate_bundle`); both return the same keys."""
     from edgead.errors import DataError
@@ -29,14 +30,26 @@ def evaluate_path(target: Path, data: str | None, save_maps: Path | None, device
 
 @handle_errors
 def eval_command(
-    target: Annotated[Path, typer.Argument(
-        help="Run directory (edgead train) or bundle file (.edgead, edgead export).",
-        exists=True, resolve_path=True)],
-    data: Annotated[str | None, typer.Option(
-        "--data", help="Labelled test data: MVTec-layout folder, 'elpv' or a table "
-                       "(default for a run: the data it was trained on).")] = None,
-    save_maps: Annotated[Path | None, typer.Option(
-        "--save-maps", help="Folder for image | heat-map | mask panels (images).")] = None,
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="Run directory (edgead train) or bundle file (.edgead, edgead export).",
+            exists=True,
+            resolve_path=True,
+        ),
+    ],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Labelled test data: MVTec-layout folder, 'elpv' or a table "
+            "(default for a run: the data it was trained on).",
+        ),
+    ] = None,
+    save_maps: Annotated[
+        Path | None,
+        typer.Option("--save-maps", help="Folder for image | heat-map | mask panels (images)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="Bundles only: auto, cpu, cuda, gpu, npu.")] = "cpu",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

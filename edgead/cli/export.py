@@ -181,18 +181,31 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 def _index_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) rows of the index report for the CLI table."""
     rows = [
-        ("index", f"{report.get('factory')} ({report.get('name')}), {report.get('n_vectors')} x "
-                  f"{report.get('dim')}"),
-        ("index bytes", f"{report.get('bytes')} ({report.get('compression_ratio', 0.0):.1f}x "
-                        f"smaller than fp32)"),
+        (
+            "index",
+            f"{report.get('factory')} ({report.get('name')}), {report.get('n_vectors')} x "
+            f"{report.get('dim')}",
+        ),
+        (
+            "index bytes",
+            f"{report.get('bytes')} ({report.get('compression_ratio', 0.0):.1f}x "
+            f"smaller than fp32)",
+        ),
         ("index recall@1", f"{report.get('recall_at_1', float('nan')):.4f}"),
-        ("index search ms/frame", f"{report.get('search_ms_per_frame', float('nan')):.2f} (exact "
-                                  f"{report.get('exact_search_ms_per_frame', float('nan')):.2f})"),
+        (
+            "index search ms/frame",
+            f"{report.get('search_ms_per_frame', float('nan')):.2f} (exact "
+            f"{report.get('exact_search_ms_per_frame', float('nan')):.2f})",
+        ),
     ]
     for key in ("image_auroc", "pixel_auroc"):
         if f"{key}_drop" in report:
-            rows.append((f"index {key} change",
-                         f"{-report[f'{key}_drop']:+.4f} (exact {report[f'{key}_exact']:.4f})"))
+            rows.append(
+                (
+                    f"index {key} change",
+                    f"{-report[f'{key}_drop']:+.4f} (exact {report[f'{key}_exact']:.4f})",
+                )
+            )
     if not any(k.endswith("_drop") for k in report):
         rows.append(("index AUROC change", f"not measured ({report.get('measured_on')} data)"))
     return rows

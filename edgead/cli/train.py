@@ -10,12 +10,17 @@ import typer
 from edgead.cli._common import console, handle_errors, print_json, progress_bars
 
 #: Named options -> detector config keys (an option the detector lacks is a ConfigError).
-_OPTION_KEYS = {"--backbone": "backbone", "--image-size": "image_size",
-                "--coreset-ratio": "coreset_ratio", "--epochs": "epochs"}
+_OPTION_KEYS = {
+    "--backbone": "backbone",
+    "--image-size": "image_size",
+    "--coreset-ratio": "coreset_ratio",
+    "--epochs": "epochs",
+}
 
 
-def build_overrides(name: str, config_file: Path | None, sets: list[str],
-                    options: dict[str, Any]) -> dict[str, Any]:
+def build_overrides(
+    name: str, config_file: Path | None, sets: list[str], options: dict[str, Any]
+) -> dict[str, Any]:
     """Detector config overrides: TOML file, then --set KEY=VALUE, then named options.
 
     Raises:
@@ -37,34 +42,55 @@ def build_overrides(name: str, config_file: Path | None, sets: list[str],
             continue
         key = _OPTION_KEYS[flag]
         if key not in fields:
-            raise ConfigError(f"{flag} does not apply to '{cls.name}': its config has no "
-                              f"'{key}' (keys: {', '.join(sorted(fields))})")
+            raise ConfigError(
+                f"{flag} does not apply to '{cls.name}': its config has no "
+                f"'{key}' (keys: {', '.join(sorted(fields))})"
+            )
         overrides[key] = value
     return overrides
 
 
 @handle_errors
 def train(
-    name: Annotated[str, typer.Argument(
-        help="Detector: patchcore, padim, fastflow, ae, iforest, ...")],
-    data: Annotated[str, typer.Option(
-        "--data", help="MVTec-layout folder, 'elpv', or a table (.npz/.csv/.parquet).")],
+    name: Annotated[
+        str, typer.Argument(help="Detector: patchcore, padim, fastflow, ae, iforest, ...")
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", help="MVTec-layout folder, 'elpv', or a table (.npz/.csv/.parquet)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
     backbone: Annotated[str | None, typer.Option(help="Backbone (image detectors).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Square input size in px.")] = None,
-    coreset_ratio: Annotated[float | None, typer.Option(
-        help="PatchCore: share of patches kept in the memory bank.")] = None,
+    coreset_ratio: Annotated[
+        float | None, typer.Option(help="PatchCore: share of patches kept in the memory bank.")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (trained detectors).")] = None,
     seed: Annotated[int, typer.Option(help="Seeds the splits and the fit.")] = 0,
-    label_column: Annotated[str | None, typer.Option(
-        help="Label column of a .csv/.parquet table (0 = normal, 1 = anomaly).")] = None,
-    val_data: Annotated[str | None, typer.Option(
-        help="Labelled validation data: threshold = best F1 on it instead of the 99th "
-             "percentile of held-out normal scores.")] = None,
-    config: Annotated[Path | None, typer.Option(
-        "--config", help="TOML file of detector config keys.", exists=True, dir_okay=False)] = None,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Detector config KEY=VALUE (repeatable), e.g. --set pretrained=false."),
+    label_column: Annotated[
+        str | None,
+        typer.Option(help="Label column of a .csv/.parquet table (0 = normal, 1 = anomaly)."),
+    ] = None,
+    val_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Labelled validation data: threshold = best F1 on it instead of the 99th "
+            "percentile of held-out normal scores."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML file of detector config keys.", exists=True, dir_okay=False
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Detector config KEY=VALUE (repeatable), e.g. --set pretrained=false."
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print run.json as JSON.")] = False,
 ) -> None:
@@ -73,12 +99,28 @@ def train(
     from edgead.training import train_run
 
     name = canonical_name(name)
-    overrides = build_overrides(name, config, set_ or [], {
-        "--backbone": backbone, "--image-size": image_size, "--coreset-ratio": coreset_ratio,
-        "--epochs": epochs})
+    overrides = build_overrides(
+        name,
+        config,
+        set_ or [],
+        {
+            "--backbone": backbone,
+            "--image-size": image_size,
+            "--coreset-ratio": coreset_ratio,
+            "--epochs": epochs,
+        },
+    )
     with progress_bars(not json_out) as progress:
-        meta = train_run(name, data, out, overrides, seed=seed, label_column=label_column,
-                         val_data=val_data, progress=progress)
+        meta = train_run(
+            name,
+            data,
+            out,
+            overrides,
+            seed=seed,
+            label_column=label_column,
+            val_data=val_data,
+            progress=progress,
+        )
     if json_out:
         print_json(meta)
         return
@@ -86,8 +128,11 @@ def train(
 
     table = Table(title=f"trained {meta['detector']} -> {meta['run_dir']}", show_header=False)
     info = meta["data"]
-    table.add_row("data", f"{info.get('spec')}: {info.get('n_train')} fit, "
-                          f"{info.get('n_val')} held out for the threshold")
+    table.add_row(
+        "data",
+        f"{info.get('spec')}: {info.get('n_train')} fit, "
+        f"{info.get('n_val')} held out for the threshold",
+    )
     for key, value in (meta.get("describe") or {}).items():
         table.add_row(key, str(value))
     thr = meta["threshold"]

@@ -33,8 +33,10 @@ def elpv_data_dir() -> Path:
     try:
         import elpv_dataset
     except ImportError as exc:
-        raise DataError("the ELPV data set needs the package 'elpv-dataset'; install "
-                        "edgead[demo] (pip install elpv-dataset)") from exc
+        raise DataError(
+            "the ELPV data set needs the package 'elpv-dataset'; install "
+            "edgead[demo] (pip install elpv-dataset)"
+        ) from exc
     folder = Path(elpv_dataset.__file__).resolve().parent / "data"
     if not (folder / "labels.csv").is_file():
         raise DataError(f"{folder / 'labels.csv'} is missing; reinstall elpv-dataset")
@@ -48,8 +50,12 @@ def read_elpv_labels(folder: Path) -> tuple[list[Path], np.ndarray, list[str]]:
         DataError: the file cannot be parsed.
     """
     try:
-        table = np.genfromtxt(folder / "labels.csv", dtype=["U64", "<f8", "U8"],
-                              names=["path", "probability", "type"], encoding="utf-8")
+        table = np.genfromtxt(
+            folder / "labels.csv",
+            dtype=["U64", "<f8", "U8"],
+            names=["path", "probability", "type"],
+            encoding="utf-8",
+        )
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot parse {folder / 'labels.csv'} ({exc})") from exc
     table = np.atleast_1d(table)
@@ -82,17 +88,26 @@ class ElpvDataset:
 
     has_masks = False
 
-    def __init__(self, image_size: int, *, train_fraction: float = 0.5, seed: int = 0,
-                 max_train: int | None = None, max_test: int | None = None,
-                 data_dir: str | Path | None = None, interpolation: str = "area") -> None:
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        train_fraction: float = 0.5,
+        seed: int = 0,
+        max_train: int | None = None,
+        max_test: int | None = None,
+        data_dir: str | Path | None = None,
+        interpolation: str = "area",
+    ) -> None:
         if int(image_size) < 1:
             raise ConfigError(f"image_size must be a positive number of px, got {image_size}")
         if not 0.0 < train_fraction < 1.0:
             raise ConfigError(f"train_fraction must be in (0, 1), got {train_fraction}")
         for label, cap in (("max_train", max_train), ("max_test", max_test)):
             if cap is not None and cap < (1 if label == "max_train" else 2):
-                raise ConfigError(f"{label} must be >= {1 if label == 'max_train' else 2}, "
-                                  f"got {cap}")
+                raise ConfigError(
+                    f"{label} must be >= {1 if label == 'max_train' else 2}, got {cap}"
+                )
         self.image_size = int(image_size)
         self.interpolation = interpolation
         self.name = "elpv"
@@ -102,8 +117,10 @@ class ElpvDataset:
         good = np.flatnonzero(probs == 0.0)
         defective = np.flatnonzero(probs == 1.0)
         if len(good) < 2 or len(defective) < 1:
-            raise DataError(f"{self.root / 'labels.csv'}: {len(good)} defect-free and "
-                            f"{len(defective)} defective cells; need >= 2 and >= 1")
+            raise DataError(
+                f"{self.root / 'labels.csv'}: {len(good)} defect-free and "
+                f"{len(defective)} defective cells; need >= 2 and >= 1"
+            )
         rng = np.random.default_rng(seed)
         order = rng.permutation(good)
         n_train = min(max(1, int(round(len(good) * train_fraction))), len(good) - 1)
@@ -121,10 +138,16 @@ class ElpvDataset:
         self.cell_types = {str(p): t for p, t in zip(paths, types, strict=True)}
         missing = [p for p in self.train_paths + self.test_paths if not p.is_file()]
         if missing:
-            raise DataError(f"{len(missing)} ELPV image(s) missing, e.g. {missing[0]}; "
-                            "reinstall elpv-dataset")
-        logger.info("elpv: %d train, %d test (%d defective), seed %d", len(self.train_paths),
-                    len(self.test_paths), int(self.test_labels.sum()), seed)
+            raise DataError(
+                f"{len(missing)} ELPV image(s) missing, e.g. {missing[0]}; reinstall elpv-dataset"
+            )
+        logger.info(
+            "elpv: %d train, %d test (%d defective), seed %d",
+            len(self.train_paths),
+            len(self.test_paths),
+            int(self.test_labels.sum()),
+            seed,
+        )
 
     def _load_image(self, path: Path) -> np.ndarray:
         return load_resized(path, self.image_size, self.interpolation)
@@ -145,6 +168,13 @@ class ElpvDataset:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary: source, split seed, counts."""
-        return {"path": "elpv", "kind": "elpv", "image_size": self.image_size, "seed": self.seed,
-                "n_train": len(self.train_paths), "n_test": len(self.test_paths),
-                "n_test_defective": int(self.test_labels.sum()), "has_masks": False}
+        return {
+            "path": "elpv",
+            "kind": "elpv",
+            "image_size": self.image_size,
+            "seed": self.seed,
+            "n_train": len(self.train_paths),
+            "n_test": len(self.test_paths),
+            "n_test_defective": int(self.test_labels.sum()),
+            "has_masks": False,
+        }

@@ -33,6 +33,7 @@ GOOD = "good"
 
 # ----------------------------------------------------------------------------------- decoding
 
+
 def _check_complete(path: Path, data: bytes) -> None:
     """Raise DataError when a PNG/JPEG file is truncated (OpenCV decodes those silently)."""
     head = data[:8]
@@ -52,7 +53,8 @@ def _check_complete(path: Path, data: bytes) -> None:
             image.load()
     except Exception as exc:  # Pillow raises OSError/SyntaxError/ValueError subclasses
         raise DataError(
-            f"image {path} is truncated or corrupt ({exc}); re-copy or remove it") from exc
+            f"image {path} is truncated or corrupt ({exc}); re-copy or remove it"
+        ) from exc
 
 
 def _decode_pillow(path: Path, data: bytes) -> np.ndarray:
@@ -151,12 +153,14 @@ def load_resized(path: str | Path, image_size: int, interpolation: str = "area")
 
 def resize_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
     """bool (S, S) from bool (H, W), nearest-neighbour."""
-    resized = cv2.resize(mask.astype(np.uint8), (image_size, image_size),
-                         interpolation=cv2.INTER_NEAREST)
+    resized = cv2.resize(
+        mask.astype(np.uint8), (image_size, image_size), interpolation=cv2.INTER_NEAREST
+    )
     return resized.astype(bool)
 
 
 # ------------------------------------------------------------------------------ lazy sequences
+
 
 class LazySequence(Sequence[Any]):
     """A read-only Sequence that loads item i with `loader(key_i)` on access.
@@ -258,14 +262,17 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
     if val_fraction == 0.0:
         return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
     if n < 2:
-        raise ConfigError(f"cannot hold out validation images from {n} training image(s); "
-                          "add images or set val_fraction=0")
+        raise ConfigError(
+            f"cannot hold out validation images from {n} training image(s); "
+            "add images or set val_fraction=0"
+        )
     n_val = min(max(1, int(round(n * val_fraction))), n - 1)
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[n_val:]).astype(np.int64), np.sort(order[:n_val]).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------- MVTec layout
+
 
 def list_images(folder: Path) -> list[Path]:
     """Sorted image files (by extension, case-insensitive) directly inside `folder`.
@@ -274,10 +281,13 @@ def list_images(folder: Path) -> list[Path]:
         DataError: the folder is missing or holds no image files.
     """
     if not folder.is_dir():
-        raise DataError(f"folder {folder} does not exist; expected the MVTec AD layout "
-                        "(train/good, test/good, test/<defect>, optional ground_truth/<defect>)")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        raise DataError(
+            f"folder {folder} does not exist; expected the MVTec AD layout "
+            "(train/good, test/good, test/<defect>, optional ground_truth/<defect>)"
+        )
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     return files
@@ -320,10 +330,12 @@ class MVTecFolder:
         self.train_paths = list_images(self.root / "train" / GOOD)
         test_dir = self.root / "test"
         if not test_dir.is_dir():
-            raise DataError(f"folder {test_dir} does not exist; expected test/good and "
-                            "test/<defect> folders")
-        defects = sorted(p.name for p in test_dir.iterdir()
-                         if p.is_dir() and not p.name.startswith("."))
+            raise DataError(
+                f"folder {test_dir} does not exist; expected test/good and test/<defect> folders"
+            )
+        defects = sorted(
+            p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
         if not defects:
             raise DataError(f"no class folders (good, <defect>) in {test_dir}")
         gt_dir = self.root / "ground_truth"
@@ -333,8 +345,9 @@ class MVTecFolder:
         self.mask_paths: list[Path | None] = []
         for defect in [GOOD] + [d for d in defects if d != GOOD]:
             if defect == GOOD and not (test_dir / GOOD).is_dir():
-                logger.warning("%s has no test/good folder: the test set has no normal images",
-                               self.root)
+                logger.warning(
+                    "%s has no test/good folder: the test set has no normal images", self.root
+                )
                 continue
             for path in list_images(test_dir / defect):
                 mask = None
@@ -342,16 +355,24 @@ class MVTecFolder:
                     mask = _find_mask(gt_dir, defect, path)
                     if mask is None:
                         expected = gt_dir / defect / f"{path.stem}_mask.png"
-                        raise DataError(f"no mask for {path}: expected {expected} (ground_truth "
-                                        "exists, so every defective image needs a mask)")
+                        raise DataError(
+                            f"no mask for {path}: expected {expected} (ground_truth "
+                            "exists, so every defective image needs a mask)"
+                        )
                 self.test_paths.append(path)
                 self.test_defect_types.append(defect)
                 self.mask_paths.append(mask)
-        self.test_labels = np.array([0 if d == GOOD else 1 for d in self.test_defect_types],
-                                    dtype=np.int64)
-        logger.info("%s: %d train, %d test (%d defective), masks=%s", self.root,
-                    len(self.train_paths), len(self.test_paths), int(self.test_labels.sum()),
-                    self._has_masks)
+        self.test_labels = np.array(
+            [0 if d == GOOD else 1 for d in self.test_defect_types], dtype=np.int64
+        )
+        logger.info(
+            "%s: %d train, %d test (%d defective), masks=%s",
+            self.root,
+            len(self.train_paths),
+            len(self.test_paths),
+            int(self.test_labels.sum()),
+            self._has_masks,
+        )
 
     @property
     def has_masks(self) -> bool:
@@ -369,8 +390,10 @@ class MVTecFolder:
         mask = read_mask(mask_path)
         height, width = _image_hw(image_path)
         if mask.shape != (height, width):
-            raise DataError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} px but its image "
-                            f"{image_path} is {width}x{height} px; masks must match their images")
+            raise DataError(
+                f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} px but its image "
+                f"{image_path} is {width}x{height} px; masks must match their images"
+            )
         return resize_mask(mask, size)
 
     def train_images(self) -> LazySequence:
@@ -393,9 +416,15 @@ class MVTecFolder:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary: path, counts, mask availability."""
-        return {"path": str(self.root), "kind": "mvtec_folder", "image_size": self.image_size,
-                "n_train": len(self.train_paths), "n_test": len(self.test_paths),
-                "n_test_defective": int(self.test_labels.sum()), "has_masks": self._has_masks}
+        return {
+            "path": str(self.root),
+            "kind": "mvtec_folder",
+            "image_size": self.image_size,
+            "n_train": len(self.train_paths),
+            "n_test": len(self.test_paths),
+            "n_test_defective": int(self.test_labels.sum()),
+            "has_masks": self._has_masks,
+        }
 
 
 def _image_hw(path: Path) -> tuple[int, int]:
@@ -434,8 +463,12 @@ def load_image_dataset(spec: str | Path, image_size: int, **kwargs: Any) -> Imag
         options.pop("seed", None)  # a folder has a fixed split; the seed only matters for ELPV
         unknown = sorted(set(options) - {"interpolation"})
         if unknown:
-            raise ConfigError(f"option(s) {', '.join(unknown)} apply to 'elpv' only, not to the "
-                              f"folder {path}; remove them")
+            raise ConfigError(
+                f"option(s) {', '.join(unknown)} apply to 'elpv' only, not to the "
+                f"folder {path}; remove them"
+            )
         return MVTecFolder(path, image_size, **options)
-    raise DataError(f"image data '{spec}' is neither 'elpv' nor an existing folder; pass an "
-                    "MVTec-layout category folder (with train/good and test/) or 'elpv'")
+    raise DataError(
+        f"image data '{spec}' is neither 'elpv' nor an existing folder; pass an "
+        "MVTec-layout category folder (with train/good and test/) or 'elpv'"
+    )

@@ -93,7 +93,11 @@ def load_table(path: str | Path, label_column: str | None = None) -> Table:
         names = ", ".join(table.feature_names[i] for i in const[:10])
         logger.warning(
             "%s: %d constant column(s) (%s%s); they carry no information and get scale 1 "
-            "in standardisation", path, const.size, names, ", ..." if const.size > 10 else "",
+            "in standardisation",
+            path,
+            const.size,
+            names,
+            ", ..." if const.size > 10 else "",
         )
     return table
 
@@ -101,32 +105,42 @@ def load_table(path: str | Path, label_column: str | None = None) -> Table:
 def _load_npz(path: Path, label_column: str | None) -> Table:
     """Read `X` (and `y`, `feature_names`) from an .npz archive without pickles."""
     if label_column not in (None, "y"):
-        raise DataError(f"{path}: .npz files carry labels in the array 'y'; "
-                        f"--label-column '{label_column}' does not apply (omit it or use 'y')")
+        raise DataError(
+            f"{path}: .npz files carry labels in the array 'y'; "
+            f"--label-column '{label_column}' does not apply (omit it or use 'y')"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "X" not in archive.files:
-                raise DataError(f"{path}: .npz has no array 'X' (found: {', '.join(archive.files)})"
-                                "; save features as X (N, D) and labels as y (N,)")
+                raise DataError(
+                    f"{path}: .npz has no array 'X' (found: {', '.join(archive.files)})"
+                    "; save features as X (N, D) and labels as y (N,)"
+                )
             raw_x = archive["X"]
             raw_y = archive["y"] if "y" in archive.files else None
             names = archive["feature_names"] if "feature_names" in archive.files else None
     except DataError:
         raise
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read .npz ({exc}); it must hold plain arrays "
-                        "(no pickled objects)") from exc
+        raise DataError(
+            f"{path}: cannot read .npz ({exc}); it must hold plain arrays (no pickled objects)"
+        ) from exc
     if raw_x.ndim == 1:
         raw_x = raw_x.reshape(-1, 1)
     if raw_x.ndim != 2 or raw_x.shape[0] == 0 or raw_x.shape[1] == 0:
         raise DataError(f"{path}: X has shape {raw_x.shape}; expected a non-empty (N, D) array")
     if not (np.issubdtype(raw_x.dtype, np.number) or raw_x.dtype == np.bool_):
         raise DataError(f"{path}: X has dtype {raw_x.dtype}; expected numbers")
-    feature_names = (tuple(str(n) for n in names) if names is not None
-                     else tuple(f"x{i}" for i in range(raw_x.shape[1])))
+    feature_names = (
+        tuple(str(n) for n in names)
+        if names is not None
+        else tuple(f"x{i}" for i in range(raw_x.shape[1]))
+    )
     if len(feature_names) != raw_x.shape[1]:
-        raise DataError(f"{path}: feature_names has {len(feature_names)} entries but X has "
-                        f"{raw_x.shape[1]} columns")
+        raise DataError(
+            f"{path}: feature_names has {len(feature_names)} entries but X has "
+            f"{raw_x.shape[1]} columns"
+        )
     y = None if raw_y is None else _check_labels(raw_y, raw_x.shape[0], path, "y")
     return Table(X=np.ascontiguousarray(raw_x, dtype=np.float32), y=y, feature_names=feature_names)
 
@@ -152,17 +166,23 @@ def _load_frame(path: Path, label_column: str | None) -> Table:
     y = None
     if label_column is not None:
         if label_column not in frame.columns:
-            raise DataError(f"{path}: no label column '{label_column}'; columns are: "
-                            f"{', '.join(frame.columns[:20])}")
+            raise DataError(
+                f"{path}: no label column '{label_column}'; columns are: "
+                f"{', '.join(frame.columns[:20])}"
+            )
         y = _check_labels(frame[label_column].to_numpy(), len(frame), path, label_column)
         frame = frame.drop(columns=[label_column])
     if frame.shape[0] == 0 or frame.shape[1] == 0:
-        raise DataError(f"{path}: no data ({frame.shape[0]} rows, {frame.shape[1]} feature "
-                        "columns); expected at least one row and one feature column")
+        raise DataError(
+            f"{path}: no data ({frame.shape[0]} rows, {frame.shape[1]} feature "
+            "columns); expected at least one row and one feature column"
+        )
     bad = [c for c in frame.columns if not _is_numeric(frame[c])]
     if bad:
-        raise DataError(f"{path}: non-numeric column(s) {', '.join(repr(c) for c in bad)}; "
-                        "encode them as numbers or drop them (and pass --label-column for labels)")
+        raise DataError(
+            f"{path}: non-numeric column(s) {', '.join(repr(c) for c in bad)}; "
+            "encode them as numbers or drop them (and pass --label-column for labels)"
+        )
     X = np.ascontiguousarray(frame.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float32)
     return Table(X=X, y=y, feature_names=tuple(frame.columns))
 
@@ -186,8 +206,10 @@ def _check_labels(raw: np.ndarray, n_rows: int, path: Path, name: str) -> np.nda
     bad = ~np.isin(numeric, (0.0, 1.0))
     if bad.any():
         examples = np.unique(labels[bad])[:5].tolist()
-        raise DataError(f"{path}: {int(bad.sum())} label(s) in '{name}' are not 0/1 "
-                        f"(e.g. {examples}); use 0 = normal, 1 = anomaly")
+        raise DataError(
+            f"{path}: {int(bad.sum())} label(s) in '{name}' are not 0/1 "
+            f"(e.g. {examples}); use 0 = normal, 1 = anomaly"
+        )
     return numeric.astype(np.int64)
 
 
@@ -204,8 +226,10 @@ def _check_finite(X: np.ndarray, names: tuple[str, ...], path: Path | str) -> No
         parts.append(f"'{names[col]}' ({n_nan} NaN, {n_inf} inf)")
     more = f" and {bad_cols.size - 10} more columns" if bad_cols.size > 10 else ""
     n_rows = int((~finite.all(axis=1)).sum())
-    raise DataError(f"{path}: {n_rows} row(s) have NaN or inf values in column(s) "
-                    f"{', '.join(parts)}{more}; impute or drop them before training/scoring")
+    raise DataError(
+        f"{path}: {n_rows} row(s) have NaN or inf values in column(s) "
+        f"{', '.join(parts)}{more}; impute or drop them before training/scoring"
+    )
 
 
 def check_rows(rows: np.ndarray, n_features: int | None = None) -> np.ndarray:
@@ -225,8 +249,10 @@ def check_rows(rows: np.ndarray, n_features: int | None = None) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"rows have shape {arr.shape}; expected a non-empty (N, D) array")
     if n_features is not None and arr.shape[1] != n_features:
-        raise DataError(f"rows have {arr.shape[1]} columns but the detector was trained on "
-                        f"{n_features}; pass rows with the training columns in the same order")
+        raise DataError(
+            f"rows have {arr.shape[1]} columns but the detector was trained on "
+            f"{n_features}; pass rows with the training columns in the same order"
+        )
     _check_finite(arr, tuple(f"column {i}" for i in range(arr.shape[1])), "rows")
     return arr
 
@@ -244,18 +270,25 @@ def check_columns(table: Table, feature_names: tuple[str, ...] | list[str]) -> N
     """
     expected = tuple(feature_names)
     if table.n_features != len(expected):
-        raise DataError(f"the table has {table.n_features} feature columns but the run was "
-                        f"trained on {len(expected)} ({', '.join(expected[:10])}"
-                        f"{', ...' if len(expected) > 10 else ''}); use a file with the same "
-                        "columns (and --label-column for the label)")
+        raise DataError(
+            f"the table has {table.n_features} feature columns but the run was "
+            f"trained on {len(expected)} ({', '.join(expected[:10])}"
+            f"{', ...' if len(expected) > 10 else ''}); use a file with the same "
+            "columns (and --label-column for the label)"
+        )
     generic = tuple(f"x{i}" for i in range(len(expected)))
     if expected == generic or table.feature_names == generic:
         return
     if table.feature_names != expected:
-        diff = [f"{i}: '{a}' vs '{b}'" for i, (a, b)
-                in enumerate(zip(table.feature_names, expected, strict=True)) if a != b]
-        raise DataError(f"column names differ from the training run at {', '.join(diff[:5])}; "
-                        "reorder or rename the columns to match")
+        diff = [
+            f"{i}: '{a}' vs '{b}'"
+            for i, (a, b) in enumerate(zip(table.feature_names, expected, strict=True))
+            if a != b
+        ]
+        raise DataError(
+            f"column names differ from the training run at {', '.join(diff[:5])}; "
+            "reorder or rename the columns to match"
+        )
 
 
 def constant_columns(X: np.ndarray) -> np.ndarray:
@@ -278,13 +311,15 @@ def drop_anomalies(table: Table) -> Table:
     if not keep.any():
         raise DataError("every row is labelled anomalous (1); training needs normal rows (0)")
     if n_dropped:
-        logger.info("dropped %d anomalous row(s) of %d from the training data",
-                    n_dropped, table.n_rows)
+        logger.info(
+            "dropped %d anomalous row(s) of %d from the training data", n_dropped, table.n_rows
+        )
     return Table(X=table.X[keep], y=table.y[keep], feature_names=table.feature_names)
 
 
-def adbench_split(y: np.ndarray, seed: int, train_fraction: float = 0.6
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def adbench_split(
+    y: np.ndarray, seed: int, train_fraction: float = 0.6
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices for the ADBench-style semi-supervised protocol.
 
     Train on a random `train_fraction` of the normal rows only; test on the remaining normal
@@ -309,8 +344,10 @@ def adbench_split(y: np.ndarray, seed: int, train_fraction: float = 0.6
     normal = np.flatnonzero(labels == 0)
     anomalous = np.flatnonzero(labels == 1)
     if normal.size < 2 or anomalous.size == 0:
-        raise DataError(f"adbench_split needs >= 2 normal rows and >= 1 anomaly; got "
-                        f"{normal.size} normal, {anomalous.size} anomalous")
+        raise DataError(
+            f"adbench_split needs >= 2 normal rows and >= 1 anomaly; got "
+            f"{normal.size} normal, {anomalous.size} anomalous"
+        )
     rng = np.random.default_rng(seed)
     perm = rng.permutation(normal)
     n_train = min(max(1, int(round(train_fraction * normal.size))), normal.size - 1)

@@ -1,6 +1,6 @@
 """Device profiles and machine detection (torch-free).
 
-    from edgead.devices import load_profile, profile_export_settings, detect_machine
+from edgead.devices import load_profile, profile_export_settings, detect_machine
 """
 
 from edgead.devices.detect import (

@@ -35,9 +35,25 @@ _PROBE_ONNX = base64.b64decode(
 _PROBE_INPUT = np.array([[-1.0, 2.0, -3.0, 4.0]], dtype=np.float32)
 _PROBE_EXPECTED = np.maximum(_PROBE_INPUT, 0.0)
 # CPU flags worth reporting (x86: vector/matrix extensions; Arm: SIMD, fp16, dot product).
-_INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
-                      "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimdhp", "asimddp", "fphp",
-                      "sve", "i8mm", "bf16")
+_INTERESTING_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimdhp",
+    "asimddp",
+    "fphp",
+    "sve",
+    "i8mm",
+    "bf16",
+)
 # ORT providers that are not a local compute device (skipped by the probe, reported as such).
 _NOT_LOCAL_PROVIDERS = ("AzureExecutionProvider",)
 
@@ -121,8 +137,13 @@ def _cuda_gpus(device_tree_model: str) -> tuple[str, ...]:
     exe = shutil.which("nvidia-smi")
     if exe:
         try:
-            out = subprocess.run([exe, "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10, check=True).stdout
+            out = subprocess.run(
+                [exe, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
             gpus = tuple(line.strip() for line in out.splitlines() if line.strip())
             if gpus:
                 return gpus
@@ -175,12 +196,20 @@ def detect_machine() -> MachineInfo:
     except AttributeError:  # not Linux
         usable = os.cpu_count() or 1
     return MachineInfo(
-        system=platform.system(), arch=platform.machine(),
-        cpu_model=model or platform.processor() or "unknown", cpu_vendor=vendor, cpu_flags=flags,
-        logical_cores=os.cpu_count() or 1, usable_cores=usable,
-        memory_total_mib=_memory_total_mib(), device_tree_model=dt_model,
-        cuda_gpus=_cuda_gpus(dt_model), ort_version=ort_version, ort_providers=providers,
-        openvino_version=ov_version, openvino_devices=ov_devices,
+        system=platform.system(),
+        arch=platform.machine(),
+        cpu_model=model or platform.processor() or "unknown",
+        cpu_vendor=vendor,
+        cpu_flags=flags,
+        logical_cores=os.cpu_count() or 1,
+        usable_cores=usable,
+        memory_total_mib=_memory_total_mib(),
+        device_tree_model=dt_model,
+        cuda_gpus=_cuda_gpus(dt_model),
+        ort_version=ort_version,
+        ort_providers=providers,
+        openvino_version=ov_version,
+        openvino_devices=ov_devices,
         tensorrt_version=_tensorrt_version(),
     )
 
@@ -190,8 +219,9 @@ def profile_matches(profile: DeviceProfile, info: MachineInfo) -> bool:
     match = profile.match
     if match.arch and info.arch not in match.arch:
         return False
-    if match.device_tree_model and not any(s.lower() in info.device_tree_model.lower()
-                                           for s in match.device_tree_model):
+    if match.device_tree_model and not any(
+        s.lower() in info.device_tree_model.lower() for s in match.device_tree_model
+    ):
         return False
     if match.cpu_vendor and info.cpu_vendor not in match.cpu_vendor:
         return False
@@ -200,11 +230,15 @@ def profile_matches(profile: DeviceProfile, info: MachineInfo) -> bool:
     return not (match.cuda and not info.has_cuda)
 
 
-def match_profile(info: MachineInfo, profiles: Iterable[DeviceProfile] | None = None
-                  ) -> DeviceProfile | None:
+def match_profile(
+    info: MachineInfo, profiles: Iterable[DeviceProfile] | None = None
+) -> DeviceProfile | None:
     """The matching profile with the highest priority (ties: name order), or None."""
-    candidates = [p for p in (profiles if profiles is not None else load_all_profiles())
-                  if profile_matches(p, info)]
+    candidates = [
+        p
+        for p in (profiles if profiles is not None else load_all_profiles())
+        if profile_matches(p, info)
+    ]
     if not candidates:
         return None
     return sorted(candidates, key=lambda p: (-p.match.priority, p.name))[0]
@@ -226,16 +260,21 @@ def _probe_onnxruntime(provider: str, options: dict[str, Any] | None = None) -> 
     except Exception as exc:  # noqa: BLE001 - any failure means "does not work here"; reported
         return BackendProbe(label=label, works=False, detail=f"{type(exc).__name__}: {exc}")
     if caught and (not used or used[0] != provider):
-        return BackendProbe(label=label, works=False,
-                            detail=f"{caught[0].message} (session fell back to {used})")
+        return BackendProbe(
+            label=label, works=False, detail=f"{caught[0].message} (session fell back to {used})"
+        )
     init_ms = (time.perf_counter() - start) * 1e3
     if not used or used[0] != provider:
-        return BackendProbe(label=label, works=False,
-                            detail=f"session fell back to {used}; {provider} did not start")
+        return BackendProbe(
+            label=label,
+            works=False,
+            detail=f"session fell back to {used}; {provider} did not start",
+        )
     if not np.allclose(output, _PROBE_EXPECTED):
         return BackendProbe(label=label, works=False, detail="probe graph gave a wrong result")
-    return BackendProbe(label=label, works=True, detail=f"onnxruntime {ort.__version__}",
-                        init_ms=init_ms)
+    return BackendProbe(
+        label=label, works=True, detail=f"onnxruntime {ort.__version__}", init_ms=init_ms
+    )
 
 
 def _probe_openvino(device: str) -> BackendProbe:
@@ -255,26 +294,33 @@ def _probe_openvino(device: str) -> BackendProbe:
     init_ms = (time.perf_counter() - start) * 1e3
     if not np.allclose(output, _PROBE_EXPECTED):
         return BackendProbe(label=label, works=False, detail="probe graph gave a wrong result")
-    return BackendProbe(label=label, works=True, detail=f"{name} (openvino {ov.get_version()})",
-                        init_ms=init_ms)
+    return BackendProbe(
+        label=label, works=True, detail=f"{name} (openvino {ov.get_version()})", init_ms=init_ms
+    )
 
 
 def _probe_tensorrt() -> BackendProbe:
     try:
         import tensorrt as trt  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
-        return BackendProbe(label="tensorrt", works=False,
-                            detail="tensorrt is not installed (pip install 'edgead[tensorrt]' "
-                                   "or use JetPack's python3-libnvinfer)")
+        return BackendProbe(
+            label="tensorrt",
+            works=False,
+            detail="tensorrt is not installed (pip install 'edgead[tensorrt]' "
+            "or use JetPack's python3-libnvinfer)",
+        )
     start = time.perf_counter()
     try:
         builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
         fast_fp16 = bool(builder.platform_has_fast_fp16)
     except Exception as exc:  # noqa: BLE001 - reported
         return BackendProbe(label="tensorrt", works=False, detail=f"{type(exc).__name__}: {exc}")
-    return BackendProbe(label="tensorrt", works=True,
-                        detail=f"tensorrt {trt.__version__}, fast fp16: {fast_fp16}",
-                        init_ms=(time.perf_counter() - start) * 1e3)
+    return BackendProbe(
+        label="tensorrt",
+        works=True,
+        detail=f"tensorrt {trt.__version__}, fast fp16: {fast_fp16}",
+        init_ms=(time.perf_counter() - start) * 1e3,
+    )
 
 
 def probe_backends(info: MachineInfo) -> list[BackendProbe]:
@@ -282,8 +328,13 @@ def probe_backends(info: MachineInfo) -> list[BackendProbe]:
     probes: list[BackendProbe] = []
     for provider in info.ort_providers:
         if provider in _NOT_LOCAL_PROVIDERS:
-            probes.append(BackendProbe(label=f"onnxruntime/{provider}", works=False,
-                                       detail="remote provider, not a local device; skipped"))
+            probes.append(
+                BackendProbe(
+                    label=f"onnxruntime/{provider}",
+                    works=False,
+                    detail="remote provider, not a local device; skipped",
+                )
+            )
             continue
         probes.append(_probe_onnxruntime(provider))
     for device in info.openvino_devices:
@@ -291,8 +342,9 @@ def probe_backends(info: MachineInfo) -> list[BackendProbe]:
     if info.tensorrt_version is not None or info.has_cuda:
         probes.append(_probe_tensorrt())
     for probe in probes:
-        logger.debug("backend %s: %s (%s)", probe.label, "works" if probe.works else "fails",
-                     probe.detail)
+        logger.debug(
+            "backend %s: %s (%s)", probe.label, "works" if probe.works else "fails", probe.detail
+        )
     return probes
 
 

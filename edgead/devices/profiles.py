@@ -66,11 +66,14 @@ class BackendPreference:
         if self.backend not in BACKENDS:
             raise unknown_name_error("backend", self.backend, BACKENDS)
         if self.backend == "onnxruntime" and not self.provider:
-            raise ConfigError("a [[backends]] entry with backend = 'onnxruntime' needs a provider, "
-                              "e.g. provider = 'CPUExecutionProvider'")
+            raise ConfigError(
+                "a [[backends]] entry with backend = 'onnxruntime' needs a provider, "
+                "e.g. provider = 'CPUExecutionProvider'"
+            )
         if self.backend == "openvino" and not self.device:
-            raise ConfigError("a [[backends]] entry with backend = 'openvino' needs a device, "
-                              "e.g. device = 'CPU'")
+            raise ConfigError(
+                "a [[backends]] entry with backend = 'openvino' needs a device, e.g. device = 'CPU'"
+            )
         if not isinstance(self.options, dict):
             raise ConfigError(f"[backends.options] must be a table, got {self.options!r}")
 
@@ -114,17 +117,21 @@ class DeviceProfile:
         if self.target not in TARGETS:
             raise unknown_name_error(f"target in profile '{self.name}'", self.target, TARGETS)
         if self.precision not in PRECISIONS:
-            raise unknown_name_error(f"precision in profile '{self.name}'", self.precision,
-                                     PRECISIONS)
+            raise unknown_name_error(
+                f"precision in profile '{self.name}'", self.precision, PRECISIONS
+            )
         if self.threads < 0 or self.image_size <= 0 or self.memory_budget_mib <= 0:
-            raise ConfigError(f"profile '{self.name}': threads must be >= 0, image_size and "
-                              f"memory_budget_mib > 0 (got {self.threads}, {self.image_size}, "
-                              f"{self.memory_budget_mib})")
+            raise ConfigError(
+                f"profile '{self.name}': threads must be >= 0, image_size and "
+                f"memory_budget_mib > 0 (got {self.threads}, {self.image_size}, "
+                f"{self.memory_budget_mib})"
+            )
         if not self.backends:
             raise ConfigError(f"profile '{self.name}' lists no [[backends]]; add at least one")
         if not self.sources:
-            raise ConfigError(f"profile '{self.name}' cites no sources; say where its facts "
-                              "come from")
+            raise ConfigError(
+                f"profile '{self.name}' cites no sources; say where its facts come from"
+            )
 
 
 def profile_from_dict(data: dict[str, Any], origin: str = "<dict>") -> DeviceProfile:
@@ -144,11 +151,13 @@ def profile_from_dict(data: dict[str, Any], origin: str = "<dict>") -> DevicePro
             raise ConfigError("expected a [match] table")
         # from_dict coerces flat fields; the nested tables are built here first.
         built = from_dict(_FlatProfile, raw)
-        return _validated(DeviceProfile(
-            **dataclasses.asdict(built),
-            backends=tuple(from_dict(BackendPreference, b) for b in backends),
-            match=from_dict(ProfileMatch, match),
-        ))
+        return _validated(
+            DeviceProfile(
+                **dataclasses.asdict(built),
+                backends=tuple(from_dict(BackendPreference, b) for b in backends),
+                match=from_dict(ProfileMatch, match),
+            )
+        )
     except ConfigError as exc:
         raise ConfigError(f"device profile {origin}: {exc}") from exc
 
@@ -198,8 +207,9 @@ def load_profile(name: str) -> DeviceProfile:
         raise ConfigError(f"device profile {name}.toml is not valid TOML: {exc}") from exc
     profile = profile_from_dict(data, origin=f"{name}.toml")
     if profile.name != name:
-        raise ConfigError(f"device profile {name}.toml says name = '{profile.name}'; "
-                          "they must agree")
+        raise ConfigError(
+            f"device profile {name}.toml says name = '{profile.name}'; they must agree"
+        )
     return profile
 
 

@@ -298,8 +298,11 @@ def export_detector(
             exact_manifest = dataclasses.replace(
                 manifest,
                 index=exact_index[1],
-                arrays={k: v for k, v in array_members.items()
-                        if v not in _rerank_members(array_members)},
+                arrays={
+                    k: v
+                    for k, v in array_members.items()
+                    if v not in _rerank_members(array_members)
+                },
             )
             write_bundle(candidate, exact_manifest, exact_members)
         else:
@@ -312,8 +315,14 @@ def export_detector(
             write_bundle(candidate, manifest, members)
             t_cal = time.perf_counter()
             manifest, calibration, change = _recalibrate(
-                candidate, manifest, meta, detector.modality, data, index_build.report,
-                inputs, exact_scores,
+                candidate,
+                manifest,
+                meta,
+                detector.modality,
+                data,
+                index_build.report,
+                inputs,
+                exact_scores,
             )
             parity["index"] = change
             write_bundle(candidate, manifest, members)
@@ -386,7 +395,8 @@ def _index_validation(
         if kind == "nn_index":
             logger.warning(
                 "no labelled test images for %s: the index's AUROC change cannot be measured, "
-                "only recall and distance error on bank vectors", detector.name
+                "only recall and distance error on bank vectors",
+                detector.name,
             )
         return None
     if "embedding" not in spec.output_names:
@@ -413,8 +423,14 @@ def _exact_index(bank: np.ndarray, spec: IndexSpec) -> tuple[bytes, IndexSpec]:
     from edgead.runtime.nn_index import FaissIndex
 
     exact = FaissIndex.build(np.ascontiguousarray(bank, dtype=np.float32), "Flat")
-    exact_spec = IndexSpec(file=INDEX_FILE, factory="Flat", metric="l2", dim=spec.dim,
-                           n_vectors=spec.n_vectors, k=spec.k)
+    exact_spec = IndexSpec(
+        file=INDEX_FILE,
+        factory="Flat",
+        metric="l2",
+        dim=spec.dim,
+        n_vectors=spec.n_vectors,
+        k=spec.k,
+    )
     return exact.to_bytes(), exact_spec
 
 
@@ -469,7 +485,8 @@ def _recalibrate(
         "checked_with": "exact Flat index (parity above); compressed index scores compared",
         "score_max_rel_change": float(rel.max()) if len(rel) else 0.0,
         "score_median_ratio": float(np.median(compressed_scores / np.maximum(exact_scores, 1e-12)))
-        if len(rel) else 1.0,
+        if len(rel)
+        else 1.0,
     }
     run_threshold = dict(meta.get("threshold") or {})
     run_norm = dict(meta.get("normalisation") or {})
@@ -495,15 +512,26 @@ def _recalibrate(
             reason="compressed search shifts distances; the run's policy was re-applied to its "
             "held-out normal validation inputs scored through this index",
         )
-        logger.info("threshold re-fitted through index %s: %.6g -> %.6g (%s, %d inputs)",
-                    record["index"], run_threshold["value"], value, policy, len(scores))
+        logger.info(
+            "threshold re-fitted through index %s: %.6g -> %.6g (%s, %d inputs)",
+            record["index"],
+            run_threshold["value"],
+            value,
+            policy,
+            len(scores),
+        )
     else:
         ratio = float(index_report.get("dist_ratio_median", 1.0))
-        why = ("the run's validation inputs could not be reproduced" if normal is None or
-               not len(normal) else f"the run's policy {policy!r} needs labelled data")
+        why = (
+            "the run's validation inputs could not be reproduced"
+            if normal is None or not len(normal)
+            else f"the run's policy {policy!r} needs labelled data"
+        )
         value = float(run_threshold["value"]) * ratio
-        norm = {key: (float(v) * ratio if key in ("min", "max", "threshold") else v)
-                for key, v in run_norm.items()}
+        norm = {
+            key: (float(v) * ratio if key in ("min", "max", "threshold") else v)
+            for key, v in run_norm.items()
+        }
         record.update(
             method="scaled_by_dist_ratio_median",
             policy=policy,
@@ -511,9 +539,14 @@ def _recalibrate(
             reason=f"{why}; the run's threshold and normalisation were scaled by the median "
             "distance ratio compressed / exact measured at export",
         )
-        logger.warning("index %s: %s; threshold scaled by the median distance ratio %.4f "
-                       "(%.6g -> %.6g)", record["index"], why, ratio,
-                       run_threshold["value"], value)
+        logger.warning(
+            "index %s: %s; threshold scaled by the median distance ratio %.4f (%.6g -> %.6g)",
+            record["index"],
+            why,
+            ratio,
+            run_threshold["value"],
+            value,
+        )
     record.update(threshold=value, normalisation=norm)
     return dataclasses.replace(manifest, threshold=value, normalisation=norm), record, change
 
@@ -709,7 +742,8 @@ def _run_validation_inputs(
     if info.get("n_val") is not None and int(info["n_val"]) != n_val:
         logger.warning(
             "re-made validation split has %d items but the run recorded %s; not using it",
-            n_val, info["n_val"],
+            n_val,
+            info["n_val"],
         )
         return None
     if detector.modality == "image":

@@ -73,9 +73,11 @@ def export_onnx(
         model.graph.ClearField("value_info")  # shapes are re-derived by the checker and runtimes
     not_cast = uint8_inputs_not_cast(model)
     if not_cast:
-        raise ExportError(f"uint8 graph input read by ops other than Cast ({'; '.join(not_cast)}); "
-                          "TensorRT needs the input cast to float first: cast before any "
-                          "permute/reshape in the module's forward")
+        raise ExportError(
+            f"uint8 graph input read by ops other than Cast ({'; '.join(not_cast)}); "
+            "TensorRT needs the input cast to float first: cast before any "
+            "permute/reshape in the module's forward"
+        )
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError and shape-inference errors

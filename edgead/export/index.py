@@ -83,8 +83,10 @@ class IndexOptions:
         if self.index_dim is not None and self.index_dim < 1:
             raise ConfigError(f"--index-dim must be >= 1; got {self.index_dim}")
         if self.rerank < 0 or self.k < 1 or (self.nprobe is not None and self.nprobe < 1):
-            raise ConfigError(f"index rerank must be >= 0, k >= 1, nprobe >= 1; got rerank="
-                              f"{self.rerank}, k={self.k}, nprobe={self.nprobe}")
+            raise ConfigError(
+                f"index rerank must be >= 0, k >= 1, nprobe >= 1; got rerank="
+                f"{self.rerank}, k={self.k}, nprobe={self.nprobe}"
+            )
         if not 0.0 <= self.max_auroc_drop <= 1.0:
             raise ConfigError(f"--max-auroc-drop must be in [0, 1]; got {self.max_auroc_drop}")
 
@@ -115,13 +117,17 @@ class IndexValidation:
         self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
         n_img = len(self.embeddings)
         if self.embeddings.ndim != 3 or self.embeddings.shape[1] != self.grid[0] * self.grid[1]:
-            raise DataError(f"validation embeddings must be (N_img, h*w={self.grid[0]}*"
-                            f"{self.grid[1]}, D); got {self.embeddings.shape}")
+            raise DataError(
+                f"validation embeddings must be (N_img, h*w={self.grid[0]}*"
+                f"{self.grid[1]}, D); got {self.embeddings.shape}"
+            )
         if self.labels is not None and np.asarray(self.labels).shape != (n_img,):
             raise DataError(f"validation labels must be ({n_img},); got {np.shape(self.labels)}")
         if self.masks is not None and np.shape(self.masks) != (n_img, *self.image_size):
-            raise DataError(f"validation masks must be ({n_img}, {self.image_size[0]}, "
-                            f"{self.image_size[1]}); got {np.shape(self.masks)}")
+            raise DataError(
+                f"validation masks must be ({n_img}, {self.image_size[0]}, "
+                f"{self.image_size[1]}); got {np.shape(self.masks)}"
+            )
 
 
 @dataclass
@@ -143,8 +149,9 @@ def _divisor_at_most(d: int, target: int) -> int:
     return 1
 
 
-def resolve_factory(name: str, dim: int, n_vectors: int, *, index_dim: int | None = None,
-                    reduce: str = "pca") -> tuple[str, int | None]:
+def resolve_factory(
+    name: str, dim: int, n_vectors: int, *, index_dim: int | None = None, reduce: str = "pca"
+) -> tuple[str, int | None]:
     """(faiss factory string, nprobe or None) for an index name and a bank of M x D.
 
     Args:
@@ -159,8 +166,11 @@ def resolve_factory(name: str, dim: int, n_vectors: int, *, index_dim: int | Non
     if index_dim is not None and index_dim > dim:
         raise ConfigError(f"--index-dim {index_dim} exceeds the embedding dimension {dim}")
     d = index_dim or dim
-    prefix = "" if index_dim is None or index_dim == dim and reduce == "pca" else (
-        f"{'PCA' if reduce == 'pca' else 'RR'}{index_dim},")
+    prefix = (
+        ""
+        if index_dim is None or index_dim == dim and reduce == "pca"
+        else (f"{'PCA' if reduce == 'pca' else 'RR'}{index_dim},")
+    )
     nprobe: int | None = None
     key = name.strip().lower()
     if key == "auto":
@@ -190,14 +200,20 @@ def _fp32_bytes(bank: np.ndarray) -> int:
     return int(bank.shape[0]) * int(bank.shape[1]) * 4
 
 
-def time_search(searcher: Searcher, queries: np.ndarray, k: int = 1, *,
-                frame_patches: int = FRAME_PATCHES, max_frames: int = 10) -> float:
+def time_search(
+    searcher: Searcher,
+    queries: np.ndarray,
+    k: int = 1,
+    *,
+    frame_patches: int = FRAME_PATCHES,
+    max_frames: int = 10,
+) -> float:
     """Median ms of one frame's search (batch 1 = `frame_patches` queries), after one warm-up.
 
     Args:
         queries: float32 (N, D); split into frames of `frame_patches` rows (at most max_frames).
     """
-    frames = [queries[i:i + frame_patches] for i in range(0, len(queries), frame_patches)]
+    frames = [queries[i : i + frame_patches] for i in range(0, len(queries), frame_patches)]
     frames = [f for f in frames if len(f) == frame_patches] or frames[:1]
     frames = frames[:max_frames]
     searcher.search(frames[0], k)  # warm-up
@@ -215,8 +231,15 @@ def index_nbytes(index: FaissIndex) -> int:
     return len(index.to_bytes()) + extra
 
 
-def measure_index(bank: np.ndarray, queries: np.ndarray, index: FaissIndex, exact: Searcher, *,
-                  k: int = 1, frame_patches: int = FRAME_PATCHES) -> dict[str, float]:
+def measure_index(
+    bank: np.ndarray,
+    queries: np.ndarray,
+    index: FaissIndex,
+    exact: Searcher,
+    *,
+    k: int = 1,
+    frame_patches: int = FRAME_PATCHES,
+) -> dict[str, float]:
     """Accuracy, size and speed of `index` against exact search on `queries`.
 
     Args:
@@ -253,8 +276,9 @@ def measure_index(bank: np.ndarray, queries: np.ndarray, index: FaissIndex, exac
     }
 
 
-def score_images(validation: IndexValidation, searcher: Searcher, k: int = 1
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def score_images(
+    validation: IndexValidation, searcher: Searcher, k: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """(image scores float32 (N_img,), maps float32 (N_img, S, S)) as the runtime makes them.
 
     Patch score = mean L2 distance to the k nearest bank vectors; image score = max patch score
@@ -284,8 +308,14 @@ def auroc_with(validation: IndexValidation, searcher: Searcher, k: int = 1) -> d
     return out
 
 
-def auroc_change(validation: IndexValidation, index: Searcher, exact: Searcher, k: int = 1, *,
-                 reference: dict[str, float] | None = None) -> dict[str, float]:
+def auroc_change(
+    validation: IndexValidation,
+    index: Searcher,
+    exact: Searcher,
+    k: int = 1,
+    *,
+    reference: dict[str, float] | None = None,
+) -> dict[str, float]:
     """Image / pixel AUROC with exact and with compressed search, and the drop (exact - index).
 
     Args:
@@ -307,8 +337,9 @@ def auroc_change(validation: IndexValidation, index: Searcher, exact: Searcher, 
     return out
 
 
-def _validation_queries(bank: np.ndarray, validation: IndexValidation | None, seed: int
-                        ) -> tuple[np.ndarray, str]:
+def _validation_queries(
+    bank: np.ndarray, validation: IndexValidation | None, seed: int
+) -> tuple[np.ndarray, str]:
     """Query vectors for measuring: validation patches, else bank rows with small noise."""
     if validation is not None:
         return validation.embeddings.reshape(-1, validation.embeddings.shape[-1]), "validation"
@@ -318,26 +349,41 @@ def _validation_queries(bank: np.ndarray, validation: IndexValidation | None, se
     return (rows + rng.normal(scale=scale, size=rows.shape)).astype(np.float32), "bank+noise"
 
 
-def _try_one(bank: np.ndarray, name: str, options: IndexOptions, exact: FaissIndex,
-             queries: np.ndarray, validation: IndexValidation | None,
-             reference: dict[str, float] | None) -> tuple[FaissIndex, dict]:
+def _try_one(
+    bank: np.ndarray,
+    name: str,
+    options: IndexOptions,
+    exact: FaissIndex,
+    queries: np.ndarray,
+    validation: IndexValidation | None,
+    reference: dict[str, float] | None,
+) -> tuple[FaissIndex, dict]:
     """Build and measure one candidate; the report includes AUROC changes when measurable."""
-    factory, nprobe = resolve_factory(name, bank.shape[1], bank.shape[0],
-                                      index_dim=options.index_dim, reduce=options.reduce)
+    factory, nprobe = resolve_factory(
+        name, bank.shape[1], bank.shape[0], index_dim=options.index_dim, reduce=options.reduce
+    )
     nprobe = options.nprobe if options.nprobe is not None else nprobe
     t0 = time.perf_counter()
     try:
-        index = FaissIndex.build(bank, factory, seed=options.seed, nprobe=nprobe,
-                                 rerank=options.rerank)
+        index = FaissIndex.build(
+            bank, factory, seed=options.seed, nprobe=nprobe, rerank=options.rerank
+        )
     except RuntimeError as exc:  # faiss rejects the factory string or its sizes
-        raise ExportError(f"faiss cannot build index {factory!r} for a {bank.shape[0]} x "
-                          f"{bank.shape[1]} bank: {str(exc).splitlines()[0][:300]}; pick another "
-                          f"--index ({', '.join(INDEX_NAMES)}) or a valid factory string") from exc
+        raise ExportError(
+            f"faiss cannot build index {factory!r} for a {bank.shape[0]} x "
+            f"{bank.shape[1]} bank: {str(exc).splitlines()[0][:300]}; pick another "
+            f"--index ({', '.join(INDEX_NAMES)}) or a valid factory string"
+        ) from exc
     except EdgeadError as exc:
         raise ExportError(f"index {factory!r}: {exc}") from exc
     build_s = time.perf_counter() - t0
-    report: dict[str, Any] = {"name": name, "factory": factory, "nprobe": nprobe,
-                              "rerank": options.rerank, "build_s": round(build_s, 3)}
+    report: dict[str, Any] = {
+        "name": name,
+        "factory": factory,
+        "nprobe": nprobe,
+        "rerank": options.rerank,
+        "build_s": round(build_s, 3),
+    }
     report.update(measure_index(bank, queries, index, exact, k=options.k))
     if validation is not None:
         report.update(auroc_change(validation, index, exact, k=options.k, reference=reference))
@@ -352,8 +398,12 @@ def _too_lossy(report: dict[str, Any], max_drop: float) -> str | None:
     return None
 
 
-def build_index(bank: np.ndarray, options: IndexOptions | dict[str, Any] | None = None, *,
-                validation: IndexValidation | None = None) -> IndexBuild:
+def build_index(
+    bank: np.ndarray,
+    options: IndexOptions | dict[str, Any] | None = None,
+    *,
+    validation: IndexValidation | None = None,
+) -> IndexBuild:
     """Build the bundle's index for a memory bank, measure it, and enforce the AUROC budget.
 
     Args:
@@ -375,13 +425,16 @@ def build_index(bank: np.ndarray, options: IndexOptions | dict[str, Any] | None 
     opts.validate()
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     if bank.ndim != 2 or len(bank) == 0 or not np.isfinite(bank).all():
-        raise ExportError(f"memory bank must be a finite float (M, D) array; got shape "
-                          f"{bank.shape}")
+        raise ExportError(
+            f"memory bank must be a finite float (M, D) array; got shape {bank.shape}"
+        )
     if opts.k > len(bank):
         raise ExportError(f"k={opts.k} neighbours but the bank has {len(bank)} vectors")
     if validation is not None and validation.embeddings.shape[-1] != bank.shape[1]:
-        raise ExportError(f"validation embeddings are {validation.embeddings.shape[-1]}-d; the "
-                          f"bank is {bank.shape[1]}-d")
+        raise ExportError(
+            f"validation embeddings are {validation.embeddings.shape[-1]}-d; the "
+            f"bank is {bank.shape[1]}-d"
+        )
     exact = FaissIndex.build(bank, "Flat")
     queries, source = _validation_queries(bank, validation, opts.seed)
     auto = opts.index.strip().lower() == "auto"
@@ -400,37 +453,69 @@ def build_index(bank: np.ndarray, options: IndexOptions | dict[str, Any] | None 
         logger.warning("index %s (%s): %s", name, report["factory"], reason)
     if chosen is None:
         last = tried[-1]
-        hint = ("none of the auto ladder passed" if auto else
-                "use --index auto, a finer --index (sq8, fp16, flat), --index-rerank 32, "
-                "or a larger --max-auroc-drop")
-        raise ExportError(f"index {last['factory']!r}: {last['rejected']} vs exact search on "
-                          f"{source} data; {hint}")
+        hint = (
+            "none of the auto ladder passed"
+            if auto
+            else "use --index auto, a finer --index (sq8, fp16, flat), --index-rerank 32, "
+            "or a larger --max-auroc-drop"
+        )
+        raise ExportError(
+            f"index {last['factory']!r}: {last['rejected']} vs exact search on "
+            f"{source} data; {hint}"
+        )
     index, report = chosen
     if validation is None or not any(k.endswith("_drop") for k in report):
-        logger.warning("index %s: AUROC change not measured (no labelled validation images); "
-                       "only recall and distance error were checked", report["factory"])
+        logger.warning(
+            "index %s: AUROC change not measured (no labelled validation images); "
+            "only recall and distance error were checked",
+            report["factory"],
+        )
     data = index.to_bytes()
     arrays: dict[str, np.ndarray] = {}
     if index.rerank_bank is not None:
         arrays[RERANK_ARRAY] = index.rerank_bank
-    spec = IndexSpec(file=INDEX_FILE, factory=index.factory, metric="l2", dim=int(bank.shape[1]),
-                     n_vectors=int(bank.shape[0]), nprobe=index.nprobe, k=opts.k,
-                     rerank=opts.rerank, rerank_array=RERANK_ARRAY if arrays else None)
-    full = {**report, "n_vectors": spec.n_vectors, "dim": spec.dim, "fp32_bytes": _fp32_bytes(bank),
-            "measured_on": source, "n_queries": int(len(queries)),
-            "max_auroc_drop": opts.max_auroc_drop, "options": dataclasses.asdict(opts),
-            "faiss_threads": _faiss_threads()}
+    spec = IndexSpec(
+        file=INDEX_FILE,
+        factory=index.factory,
+        metric="l2",
+        dim=int(bank.shape[1]),
+        n_vectors=int(bank.shape[0]),
+        nprobe=index.nprobe,
+        k=opts.k,
+        rerank=opts.rerank,
+        rerank_array=RERANK_ARRAY if arrays else None,
+    )
+    full = {
+        **report,
+        "n_vectors": spec.n_vectors,
+        "dim": spec.dim,
+        "fp32_bytes": _fp32_bytes(bank),
+        "measured_on": source,
+        "n_queries": int(len(queries)),
+        "max_auroc_drop": opts.max_auroc_drop,
+        "options": dataclasses.asdict(opts),
+        "faiss_threads": _faiss_threads(),
+    }
     if auto:
         full["auto_tried"] = [{k: t[k] for k in ("name", "factory", "rejected")} for t in tried]
-    logger.info("index %s: %d x %d, %.2f MiB (%.1fx smaller than fp32), recall@1 %.3f",
-                index.factory, spec.n_vectors, spec.dim, full["bytes"] / 2**20,
-                full["compression_ratio"], full["recall_at_1"])
+    logger.info(
+        "index %s: %d x %d, %.2f MiB (%.1fx smaller than fp32), recall@1 %.3f",
+        index.factory,
+        spec.n_vectors,
+        spec.dim,
+        full["bytes"] / 2**20,
+        full["compression_ratio"],
+        full["recall_at_1"],
+    )
     return IndexBuild(data=data, spec=spec, report=full, arrays=arrays, index=index)
 
 
-def build_index_member(bank: np.ndarray, options: dict[str, Any] | None = None, *,
-                       validation: IndexValidation | None = None
-                       ) -> tuple[bytes, IndexSpec, dict[str, Any]]:
+def build_index_member(
+    bank: np.ndarray,
+    options: dict[str, Any] | None = None,
+    *,
+    validation: IndexValidation | None = None,
+) -> tuple[bytes, IndexSpec, dict[str, Any]]:
     """(faiss bytes, IndexSpec, report): `build_index` for exporters that write no extra arrays.
 
     Raises:
@@ -439,8 +524,10 @@ def build_index_member(bank: np.ndarray, options: dict[str, Any] | None = None, 
     """
     result = build_index(bank, options, validation=validation)
     if result.arrays:
-        raise ExportError("index re-ranking needs its fp16 bank copy written as a bundle array; "
-                          "this exporter does not write index arrays (use build_index)")
+        raise ExportError(
+            "index re-ranking needs its fp16 bank copy written as a bundle array; "
+            "this exporter does not write index arrays (use build_index)"
+        )
     return result.data, result.spec, result.report
 
 
@@ -454,9 +541,14 @@ def _faiss_threads() -> int:
 Embedder = Callable[[np.ndarray], np.ndarray]
 
 
-def validation_from_images(embed: Embedder, images: np.ndarray, labels: np.ndarray | None,
-                           masks: np.ndarray | None, postprocess: dict[str, Any],
-                           batch: int = 8) -> IndexValidation:
+def validation_from_images(
+    embed: Embedder,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    masks: np.ndarray | None,
+    postprocess: dict[str, Any],
+    batch: int = 8,
+) -> IndexValidation:
     """IndexValidation from validation images run through the export module's embedder.
 
     Args:
@@ -464,10 +556,17 @@ def validation_from_images(embed: Embedder, images: np.ndarray, labels: np.ndarr
         images: uint8 (N, S, S, 3) resized like training images.
         postprocess: the ExportSpec's {"kind": "nn_index", "grid": [h, w], "blur_sigma": ...}.
     """
-    parts = [np.asarray(embed(images[i:i + batch]), dtype=np.float32)
-             for i in range(0, len(images), batch)]
+    parts = [
+        np.asarray(embed(images[i : i + batch]), dtype=np.float32)
+        for i in range(0, len(images), batch)
+    ]
     grid = (int(postprocess["grid"][0]), int(postprocess["grid"][1]))
     emb = np.concatenate(parts).reshape(len(images), grid[0] * grid[1], -1)
-    return IndexValidation(embeddings=emb, labels=labels, masks=masks, grid=grid,
-                           image_size=(int(images.shape[1]), int(images.shape[2])),
-                           blur_sigma=float(postprocess.get("blur_sigma", 4.0)))
+    return IndexValidation(
+        embeddings=emb,
+        labels=labels,
+        masks=masks,
+        grid=grid,
+        image_size=(int(images.shape[1]), int(images.shape[2])),
+        blur_sigma=float(postprocess.get("blur_sigma", 4.0)),
+    )

@@ -45,9 +45,12 @@ def _constant_value(name: str, model, producers: dict) -> np.ndarray | None:
     cone.sort(key=lambda node: order[id(node)])
     used = {t for node in cone for t in node.input}
     sub = onnx.helper.make_graph(
-        cone, "cone", [],
+        cone,
+        "cone",
+        [],
         [onnx.helper.make_empty_tensor_value_info(name)],
-        [initializers[t] for t in used if t in initializers])
+        [initializers[t] for t in used if t in initializers],
+    )
     sub_model = onnx.helper.make_model(sub, opset_imports=model.opset_import)
     return np.asarray(ReferenceEvaluator(sub_model).run(None, {})[0])
 

@@ -64,8 +64,10 @@ class ClassicalDetector(BaseDetector):
         rows = check_rows(data)
         need = self._required_rows()
         if rows.shape[0] < need:
-            raise DataError(f"{self.name}: {rows.shape[0]} training row(s) but at least {need} "
-                            f"are needed ({self._why_min_rows()}); {self._min_rows_fix()}")
+            raise DataError(
+                f"{self.name}: {rows.shape[0]} training row(s) but at least {need} "
+                f"are needed ({self._why_min_rows()}); {self._min_rows_fix()}"
+            )
         progress(0, 2, self.name)
         std = Standardizer.fit(rows)
         arrays = self._fit_scaled(std.transform(rows), seed)
@@ -97,8 +99,7 @@ class ClassicalDetector(BaseDetector):
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore state written by `state_arrays`."""
         self.standardizer = Standardizer.from_arrays(arrays)
-        self.model_arrays = {k[2:]: np.asarray(v) for k, v in arrays.items()
-                             if k.startswith("m.")}
+        self.model_arrays = {k[2:]: np.asarray(v) for k, v in arrays.items() if k.startswith("m.")}
         self._on_state_loaded()
 
     def _on_state_loaded(self) -> None:
@@ -142,8 +143,9 @@ def logsumexp_np(values: np.ndarray, axis: int = -1) -> np.ndarray:
     return (top + np.log(np.exp(values - top).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
-def sq_dists(queries: torch.Tensor, centres: torch.Tensor, centres_sq: torch.Tensor
-             ) -> torch.Tensor:
+def sq_dists(
+    queries: torch.Tensor, centres: torch.Tensor, centres_sq: torch.Tensor
+) -> torch.Tensor:
     """Squared Euclidean distances (B, M) by the expansion, clamped at 0. Export-safe.
 
     Args:

@@ -117,9 +117,12 @@ def check_images(images: Sequence[np.ndarray] | np.ndarray, image_size: int) -> 
     return n_images
 
 
-def iter_batches(images: Sequence[np.ndarray] | np.ndarray, batch_size: int,
-                 progress: Progress = no_progress,
-                 description: str = "images") -> Iterator[torch.Tensor]:
+def iter_batches(
+    images: Sequence[np.ndarray] | np.ndarray,
+    batch_size: int,
+    progress: Progress = no_progress,
+    description: str = "images",
+) -> Iterator[torch.Tensor]:
     """Yield uint8 (b, S, S, 3) tensors of at most `batch_size` images, reporting progress."""
     n_images = len(images)
     for start in range(0, n_images, batch_size):
@@ -129,8 +132,9 @@ def iter_batches(images: Sequence[np.ndarray] | np.ndarray, batch_size: int,
         progress(stop, n_images, description)
 
 
-def maps_to_output(grid_maps: np.ndarray, image_size: int, sigma: float,
-                   scores: np.ndarray | None = None) -> ScoreOutput:
+def maps_to_output(
+    grid_maps: np.ndarray, image_size: int, sigma: float, scores: np.ndarray | None = None
+) -> ScoreOutput:
     """`ScoreOutput` from grid maps, post-processed exactly as the runtime does.
 
     Args:
@@ -176,12 +180,15 @@ def load_module_state(prefix: str, module: nn.Module, arrays: dict[str, np.ndarr
     for key, value in module.state_dict().items():
         name = f"{prefix}{key}"
         if name not in arrays:
-            raise DataError(f"state array '{name}' is missing; the run does not match "
-                            "this detector")
+            raise DataError(
+                f"state array '{name}' is missing; the run does not match this detector"
+            )
         array = np.asarray(arrays[name])
         if tuple(array.shape) != tuple(value.shape):
-            raise DataError(f"state array '{name}' has shape {array.shape}, expected "
-                            f"{tuple(value.shape)}; the run was made with another config")
+            raise DataError(
+                f"state array '{name}' has shape {array.shape}, expected "
+                f"{tuple(value.shape)}; the run was made with another config"
+            )
         state[key] = torch.from_numpy(array.copy())
     module.load_state_dict(state)
 
@@ -193,10 +200,19 @@ def seeded_generator(seed: int) -> torch.Generator:
     return generator
 
 
-def train_epochs(module: nn.Module, inputs: torch.Tensor,
-                 batch_loss: Callable[[torch.Tensor], torch.Tensor], *, epochs: int,
-                 batch_size: int, lr: float, weight_decay: float, generator: torch.Generator,
-                 progress: Progress = no_progress, description: str = "epochs") -> list[float]:
+def train_epochs(
+    module: nn.Module,
+    inputs: torch.Tensor,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    generator: torch.Generator,
+    progress: Progress = no_progress,
+    description: str = "epochs",
+) -> list[float]:
     """Mean loss per epoch after training `module` with Adam on shuffled mini-batches.
 
     Args:
@@ -217,19 +233,27 @@ def train_epochs(module: nn.Module, inputs: torch.Tensor,
         order = torch.randperm(n_items, generator=generator)
         total = 0.0
         for lo in range(0, n_items, batch_size):
-            idx = order[lo: lo + batch_size]
+            idx = order[lo : lo + batch_size]
             loss = batch_loss(inputs[idx])
             if not torch.isfinite(loss):
-                raise DataError(f"{description}: loss became {loss.item()} at epoch {epoch}; "
-                                "lower lr or check the training images")
+                raise DataError(
+                    f"{description}: loss became {loss.item()} at epoch {epoch}; "
+                    "lower lr or check the training images"
+                )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += float(loss.item()) * len(idx)
         losses.append(total / n_items)
         progress(epoch + 1, epochs, description)
-    logger.info("%s: %d epochs in %.1f s, loss %.4g -> %.4g", description, epochs,
-                time.perf_counter() - start, losses[0], losses[-1])
+    logger.info(
+        "%s: %d epochs in %.1f s, loss %.4g -> %.4g",
+        description,
+        epochs,
+        time.perf_counter() - start,
+        losses[0],
+        losses[-1],
+    )
     return losses
 
 
@@ -268,5 +292,7 @@ class ScratchNetDetector(BaseDetector):
     def describe(self) -> dict[str, Any]:
         if not self.is_fitted:
             return {}
-        return {"parameters": int(sum(p.numel() for p in self._fitted_net().parameters())),
-                "final_train_loss": self.train_losses_[-1] if self.train_losses_ else None}
+        return {
+            "parameters": int(sum(p.numel() for p in self._fitted_net().parameters())),
+            "final_train_loss": self.train_losses_[-1] if self.train_losses_ else None,
+        }

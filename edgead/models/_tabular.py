@@ -40,12 +40,16 @@ class Standardizer:
     `constant_columns` (logged as a warning at fit time).
     """
 
-    def __init__(self, mean: np.ndarray, scale: np.ndarray,
-                 constant: np.ndarray | None = None) -> None:
+    def __init__(
+        self, mean: np.ndarray, scale: np.ndarray, constant: np.ndarray | None = None
+    ) -> None:
         self.mean = np.ascontiguousarray(mean, dtype=np.float32)
         self.scale = np.ascontiguousarray(scale, dtype=np.float32)
-        self.constant = (np.zeros(self.mean.shape, dtype=bool) if constant is None
-                         else np.asarray(constant, dtype=bool))
+        self.constant = (
+            np.zeros(self.mean.shape, dtype=bool)
+            if constant is None
+            else np.asarray(constant, dtype=bool)
+        )
 
     @classmethod
     def fit(cls, rows: np.ndarray) -> Standardizer:
@@ -55,10 +59,13 @@ class Standardizer:
         std = data.std(axis=0)
         const = std <= _REL_CONST * np.maximum(np.abs(mean), 1.0)
         if const.any():
-            logger.warning("%d constant column(s) in the training rows (indices %s); "
-                           "they get scale 1 and contribute nothing to the scores of "
-                           "rows that keep the training value", int(const.sum()),
-                           np.flatnonzero(const)[:10].tolist())
+            logger.warning(
+                "%d constant column(s) in the training rows (indices %s); "
+                "they get scale 1 and contribute nothing to the scores of "
+                "rows that keep the training value",
+                int(const.sum()),
+                np.flatnonzero(const)[:10].tolist(),
+            )
         scale = np.where(const, 1.0, std)
         return cls(mean, scale, const)
 
@@ -73,14 +80,18 @@ class Standardizer:
 
     def state_arrays(self, prefix: str = "std.") -> dict[str, np.ndarray]:
         """{prefix+'mean', prefix+'scale'} float32 (D,) and prefix+'constant' bool (D,)."""
-        return {prefix + "mean": self.mean, prefix + "scale": self.scale,
-                prefix + "constant": self.constant}
+        return {
+            prefix + "mean": self.mean,
+            prefix + "scale": self.scale,
+            prefix + "constant": self.constant,
+        }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str = "std.") -> Standardizer:
         """Inverse of `state_arrays`."""
-        return cls(arrays[prefix + "mean"], arrays[prefix + "scale"],
-                   arrays.get(prefix + "constant"))
+        return cls(
+            arrays[prefix + "mean"], arrays[prefix + "scale"], arrays.get(prefix + "constant")
+        )
 
 
 class RowsGraph(nn.Module):
@@ -103,8 +114,11 @@ class RowsGraph(nn.Module):
 def validate_common(cfg: Any) -> None:
     """ConfigError unless the shared training fields of a tabular config are in range."""
     checks = {
-        "epochs": cfg.epochs >= 1, "batch_size": cfg.batch_size >= 1, "lr": cfg.lr > 0,
-        "weight_decay": cfg.weight_decay >= 0, "val_fraction": 0 <= cfg.val_fraction < 1,
+        "epochs": cfg.epochs >= 1,
+        "batch_size": cfg.batch_size >= 1,
+        "lr": cfg.lr > 0,
+        "weight_decay": cfg.weight_decay >= 0,
+        "val_fraction": 0 <= cfg.val_fraction < 1,
         "patience": cfg.patience >= 0,
         "dropout": 0 <= getattr(cfg, "dropout", 0.0) < 1,
         "hidden_sizes": len(cfg.hidden_sizes) >= 1 and min(cfg.hidden_sizes) >= 1,
@@ -112,13 +126,21 @@ def validate_common(cfg: Any) -> None:
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         values = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in bad)
-        raise ConfigError(f"{type(cfg).__name__}: out of range: {values}; need epochs, "
-                          "batch_size >= 1, lr > 0, weight_decay >= 0, 0 <= val_fraction < 1, "
-                          "patience >= 0, 0 <= dropout < 1, non-empty positive hidden_sizes")
+        raise ConfigError(
+            f"{type(cfg).__name__}: out of range: {values}; need epochs, "
+            "batch_size >= 1, lr > 0, weight_decay >= 0, 0 <= val_fraction < 1, "
+            "patience >= 0, 0 <= dropout < 1, non-empty positive hidden_sizes"
+        )
 
 
-def make_mlp(sizes: list[int], *, bias: bool = True, final_activation: bool = False,
-             negative_slope: float = 0.0, dropout: float = 0.0) -> nn.Sequential:
+def make_mlp(
+    sizes: list[int],
+    *,
+    bias: bool = True,
+    final_activation: bool = False,
+    negative_slope: float = 0.0,
+    dropout: float = 0.0,
+) -> nn.Sequential:
     """Linear layers sizes[0] -> ... -> sizes[-1] with (leaky) ReLU between them.
 
     Args:
@@ -152,10 +174,21 @@ def split_validation(n_rows: int, val_fraction: float, seed: int) -> tuple[np.nd
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def train_network(net: nn.Module, loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-                  train_rows: np.ndarray, val_rows: np.ndarray, *, epochs: int, batch_size: int,
-                  lr: float, weight_decay: float, patience: int, seed: int,
-                  progress: Progress = no_progress, label: str = "train") -> dict[str, Any]:
+def train_network(
+    net: nn.Module,
+    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    patience: int,
+    seed: int,
+    progress: Progress = no_progress,
+    label: str = "train",
+) -> dict[str, Any]:
     """Train `net` with Adam on `loss_fn` and keep the weights with the best validation loss.
 
     Args:
@@ -184,7 +217,7 @@ def train_network(net: nn.Module, loss_fn: Callable[[nn.Module, torch.Tensor], t
         order = torch.randperm(n, generator=gen)
         total = 0.0
         for start in range(0, n, batch_size):
-            batch = x_train[order[start:start + batch_size]]
+            batch = x_train[order[start : start + batch_size]]
             loss = loss_fn(net, batch).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -192,31 +225,46 @@ def train_network(net: nn.Module, loss_fn: Callable[[nn.Module, torch.Tensor], t
             total += float(loss.detach()) * batch.shape[0]
         train_loss = total / n
         if not math.isfinite(train_loss):
-            raise DataError(f"{label}: training loss became {train_loss} at epoch {epoch}; "
-                            "check the data for extreme values or lower the learning rate")
+            raise DataError(
+                f"{label}: training loss became {train_loss} at epoch {epoch}; "
+                "check the data for extreme values or lower the learning rate"
+            )
         monitor = _mean_loss(net, loss_fn, x_val, batch_size) if x_val.shape[0] else train_loss
         if monitor < best_loss - 1e-7 * abs(best_loss if math.isfinite(best_loss) else 0.0):
             best_loss, best_epoch = monitor, epoch
             best_state = copy.deepcopy(net.state_dict())
         progress(epoch, epochs, label)
         if patience > 0 and epoch - best_epoch >= patience:
-            logger.info("%s: early stop at epoch %d (best %d, val loss %.5g)",
-                        label, epoch, best_epoch, best_loss)
+            logger.info(
+                "%s: early stop at epoch %d (best %d, val loss %.5g)",
+                label,
+                epoch,
+                best_epoch,
+                best_loss,
+            )
             break
     net.load_state_dict(best_state)
     net.eval()
-    return {"epochs_run": epoch, "best_epoch": best_epoch, "best_val_loss": float(best_loss),
-            "train_loss": float(train_loss)}
+    return {
+        "epochs_run": epoch,
+        "best_epoch": best_epoch,
+        "best_val_loss": float(best_loss),
+        "train_loss": float(train_loss),
+    }
 
 
-def _mean_loss(net: nn.Module, loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-               rows: torch.Tensor, batch_size: int) -> float:
+def _mean_loss(
+    net: nn.Module,
+    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    rows: torch.Tensor,
+    batch_size: int,
+) -> float:
     """Mean per-row loss over `rows` in eval mode, without gradients."""
     net.eval()
     total = 0.0
     with torch.no_grad():
         for start in range(0, rows.shape[0], max(batch_size, 1024)):
-            batch = rows[start:start + max(batch_size, 1024)]
+            batch = rows[start : start + max(batch_size, 1024)]
             total += float(loss_fn(net, batch).sum())
     return total / rows.shape[0]
 
@@ -276,9 +324,19 @@ class TabularNetDetector(BaseDetector):
             net = self._build_network(rows.shape[1])
             self._before_training(net, z[train_idx])
             self.history = train_network(
-                net, lambda m, b: m.loss(b), z[train_idx], z[val_idx], epochs=cfg.epochs,
-                batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                patience=cfg.patience, seed=seed, progress=progress, label=self.name)
+                net,
+                lambda m, b: m.loss(b),
+                z[train_idx],
+                z[val_idx],
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                patience=cfg.patience,
+                seed=seed,
+                progress=progress,
+                label=self.name,
+            )
         self.history.update(n_train=int(train_idx.size), n_val=int(val_idx.size))
         self.standardizer, self.net = standardizer, net
 
@@ -292,7 +350,7 @@ class TabularNetDetector(BaseDetector):
         net.eval()
         with torch.no_grad():
             for start in range(0, z.shape[0], step):
-                out[start:start + step] = net(z[start:start + step]).numpy()
+                out[start : start + step] = net(z[start : start + step]).numpy()
                 progress(min(start + step, z.shape[0]), z.shape[0], f"{self.name} score")
         return ScoreOutput(scores=out)
 
@@ -300,8 +358,9 @@ class TabularNetDetector(BaseDetector):
         """Standardizer ("std.mean", "std.scale") and weights ("net.<param>")."""
         standardizer, net = self._fitted()
         arrays = standardizer.state_arrays()
-        arrays.update({f"net.{k}": v.detach().cpu().numpy().copy()
-                       for k, v in net.state_dict().items()})
+        arrays.update(
+            {f"net.{k}": v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+        )
         return arrays
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
@@ -309,12 +368,17 @@ class TabularNetDetector(BaseDetector):
         try:
             standardizer = Standardizer.from_arrays(arrays)
             net = self._build_network(int(standardizer.mean.shape[0]))
-            state = {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
-                     if k.startswith("net.")}
+            state = {
+                k[4:]: torch.from_numpy(np.array(v))
+                for k, v in arrays.items()
+                if k.startswith("net.")
+            }
             net.load_state_dict(state)
         except (KeyError, RuntimeError) as exc:
-            raise DataError(f"{self.name}: stored state does not match the config ({exc}); "
-                            "was the run written with another config or detector?") from exc
+            raise DataError(
+                f"{self.name}: stored state does not match the config ({exc}); "
+                "was the run written with another config or detector?"
+            ) from exc
         net.eval()
         self.standardizer, self.net = standardizer, net
 
@@ -323,9 +387,13 @@ class TabularNetDetector(BaseDetector):
         standardizer, net = self._fitted()
         module = RowsGraph(standardizer, copy.deepcopy(net)).eval()
         example = (standardizer.mean + standardizer.scale)[None, :].repeat(2, 0)
-        return ExportSpec(module=module, example_input=example.astype(np.float32),
-                          input_name="rows", output_names=("score",),
-                          postprocess={"kind": "rows"})
+        return ExportSpec(
+            module=module,
+            example_input=example.astype(np.float32),
+            input_name="rows",
+            output_names=("score",),
+            postprocess={"kind": "rows"},
+        )
 
     def describe(self) -> dict[str, Any]:
         """Training history (epochs run, best epoch, losses) and constant columns."""

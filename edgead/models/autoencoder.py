@@ -48,7 +48,8 @@ class AEConfig:
         validate_common(self)
         if self.latent_dim < 0:
             raise ConfigError(
-                f"AEConfig: latent_dim must be >= 0 (0 = auto), got {self.latent_dim}")
+                f"AEConfig: latent_dim must be >= 0 (0 = auto), got {self.latent_dim}"
+            )
 
 
 def latent_width(latent_dim: int, n_features: int, last_hidden: int) -> int:
@@ -64,8 +65,9 @@ class AENet(nn.Module):
     forward(x float32 (B, D)) -> float32 (B,): mean over features of (x - decode(encode(x)))^2.
     """
 
-    def __init__(self, n_features: int, hidden_sizes: tuple[int, ...], latent_dim: int,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, n_features: int, hidden_sizes: tuple[int, ...], latent_dim: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         sizes = [n_features, *hidden_sizes, latent_dim]
         self.encoder = make_mlp(sizes, dropout=dropout)

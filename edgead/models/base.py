@@ -92,13 +92,19 @@ class BaseDetector(abc.ABC):
         return state
 
     @abc.abstractmethod
-    def fit(self, data: Sequence[np.ndarray] | np.ndarray, *, seed: int = 0,
-            progress: Progress = no_progress) -> None:
+    def fit(
+        self,
+        data: Sequence[np.ndarray] | np.ndarray,
+        *,
+        seed: int = 0,
+        progress: Progress = no_progress,
+    ) -> None:
         """Fit on normal data only."""
 
     @abc.abstractmethod
-    def score(self, data: Sequence[np.ndarray] | np.ndarray,
-              progress: Progress = no_progress) -> ScoreOutput:
+    def score(
+        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
+    ) -> ScoreOutput:
         """Raw scores (and maps for images) for `data`."""
 
     @abc.abstractmethod
@@ -164,8 +170,20 @@ def create_detector(name: str, cfg: dict[str, Any] | None = None) -> BaseDetecto
 
 # Each family module registers itself on import. Missing optional families are skipped.
 _FAMILIES = (
-    "patchcore", "padim", "fastflow", "conv_ae", "deep_svdd_image",
-    "autoencoder", "vae", "deep_svdd", "iforest", "knn", "lof", "kde", "gmm", "ocsvm",
+    "patchcore",
+    "padim",
+    "fastflow",
+    "conv_ae",
+    "deep_svdd_image",
+    "autoencoder",
+    "vae",
+    "deep_svdd",
+    "iforest",
+    "knn",
+    "lof",
+    "kde",
+    "gmm",
+    "ocsvm",
 )
 
 

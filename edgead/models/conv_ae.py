@@ -75,13 +75,18 @@ class ConvAEConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on values that cannot work."""
-        if self.work_size < 2 * _BOTTLENECK_SIDE or \
-                not math.log2(self.work_size / _BOTTLENECK_SIDE).is_integer():
-            raise ConfigError(f"conv_ae: work_size must be 8 * 2^k (16, 32, 64, 128, ...), "
-                              f"got {self.work_size}")
+        if (
+            self.work_size < 2 * _BOTTLENECK_SIDE
+            or not math.log2(self.work_size / _BOTTLENECK_SIDE).is_integer()
+        ):
+            raise ConfigError(
+                f"conv_ae: work_size must be 8 * 2^k (16, 32, 64, 128, ...), got {self.work_size}"
+            )
         if self.image_size % self.work_size:
-            raise ConfigError(f"conv_ae: image_size {self.image_size} must be a multiple of "
-                              f"work_size {self.work_size}")
+            raise ConfigError(
+                f"conv_ae: image_size {self.image_size} must be a multiple of "
+                f"work_size {self.work_size}"
+            )
         if min(self.base_channels, self.latent_dim, self.epochs, self.batch_size) < 1:
             raise ConfigError("conv_ae: base_channels, latent_dim, epochs, batch_size must be >= 1")
         if self.lr <= 0 or self.kl_weight < 0 or self.blur_sigma < 0 or self.weight_decay < 0:
@@ -100,7 +105,7 @@ class ConvAutoencoder(nn.Module):
         self.pool = cfg.image_size // cfg.work_size
         self.kl_scale = float(cfg.kl_weight) / (3 * cfg.work_size * cfg.work_size)
         n_down = int(round(math.log2(cfg.work_size / _BOTTLENECK_SIDE)))
-        widths = [min(cfg.base_channels * 2 ** i, 4 * cfg.base_channels) for i in range(n_down)]
+        widths = [min(cfg.base_channels * 2**i, 4 * cfg.base_channels) for i in range(n_down)]
         enc: list[nn.Module] = []
         in_ch = 3
         for width in widths:
@@ -124,9 +129,9 @@ class ConvAutoencoder(nn.Module):
         x = images.to(torch.float32).permute(0, 3, 1, 2) * (1.0 / 255.0)
         return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
 
-    def reconstruct(self, x: torch.Tensor, sample: bool = False,
-                    generator: torch.Generator | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def reconstruct(
+        self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(reconstruction (B, 3, w, w), mu (B, L), logvar (B, L) or None) from prepared x."""
         code = self.to_latent(self.encoder(x).flatten(1))
         logvar = None
@@ -140,12 +145,14 @@ class ConvAutoencoder(nn.Module):
         else:
             mu = code
             z = code
-        hidden = self.from_latent(z).view(-1, self.bottleneck_ch, _BOTTLENECK_SIDE,
-                                          _BOTTLENECK_SIDE)
+        hidden = self.from_latent(z).view(
+            -1, self.bottleneck_ch, _BOTTLENECK_SIDE, _BOTTLENECK_SIDE
+        )
         return self.decoder(F.leaky_relu(hidden, 0.2)), mu, logvar
 
-    def image_loss(self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
-                   logvar: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def image_loss(
+        self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-image loss (B,), error map (B, w, w)): MSE (+ scaled KL for the VAE)."""
         err = ((x - recon) ** 2).mean(dim=1)
         loss = err.mean(dim=(1, 2))
@@ -167,8 +174,13 @@ class _ConvAEBase(ScratchNetDetector):
     config_cls = ConvAEConfig
     variational = False
 
-    def fit(self, data: Sequence[np.ndarray] | np.ndarray, *, seed: int = 0,
-            progress: Progress = no_progress) -> None:
+    def fit(
+        self,
+        data: Sequence[np.ndarray] | np.ndarray,
+        *,
+        seed: int = 0,
+        progress: Progress = no_progress,
+    ) -> None:
         """Train on normal uint8 (S, S, 3) RGB images (reconstruction loss, + KL for the VAE)."""
         cfg = self.config
         check_images(data, cfg.image_size)
@@ -184,33 +196,48 @@ class _ConvAEBase(ScratchNetDetector):
             recon, mu, logvar = net.reconstruct(x, sample=True, generator=generator)
             return net.image_loss(x, recon, mu, logvar)[0].mean()
 
-        self.train_losses_ = train_epochs(net, prepared, batch_loss, epochs=cfg.epochs,
-                                          batch_size=cfg.batch_size, lr=cfg.lr,
-                                          weight_decay=cfg.weight_decay, generator=generator,
-                                          progress=progress, description=f"{self.name}: epochs")
+        self.train_losses_ = train_epochs(
+            net,
+            prepared,
+            batch_loss,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            generator=generator,
+            progress=progress,
+            description=f"{self.name}: epochs",
+        )
         net.eval()
         self._net = net
 
-    def score(self, data: Sequence[np.ndarray] | np.ndarray,
-              progress: Progress = no_progress) -> ScoreOutput:
+    def score(
+        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
+    ) -> ScoreOutput:
         """Scores (N,) = per-image loss from the graph; maps (N, S, S) blurred error maps."""
         net = self._fitted_net()
         check_images(data, self.config.image_size)
         scores, maps = [], []
         with torch.inference_mode():
-            for batch in iter_batches(data, self.config.batch_size, progress,
-                                      f"{self.name}: score"):
+            for batch in iter_batches(
+                data, self.config.batch_size, progress, f"{self.name}: score"
+            ):
                 batch_scores, batch_maps = net(batch)
                 scores.append(batch_scores.numpy())
                 maps.append(batch_maps.numpy())
-        return maps_to_output(np.concatenate(maps), self.config.image_size,
-                              self.config.blur_sigma, scores=np.concatenate(scores))
+        return maps_to_output(
+            np.concatenate(maps),
+            self.config.image_size,
+            self.config.blur_sigma,
+            scores=np.concatenate(scores),
+        )
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         net = ConvAutoencoder(self.config, self.variational)
         load_module_state("net.", net, arrays)
         net.eval()
         self._net = net
+
 
 @register_detector("conv_ae")
 class ConvAE(_ConvAEBase):
@@ -224,4 +251,3 @@ class ConvVAE(_ConvAEBase):
     """Convolutional VAE; score = mean squared reconstruction error + scaled KL."""
 
     variational = True
-

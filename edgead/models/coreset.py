@@ -49,8 +49,9 @@ def coreset_size(n_vectors: int, ratio: float) -> int:
     return int(min(n_vectors, max(1, round(n_vectors * ratio))))
 
 
-def random_projection(features: torch.Tensor, projection_dim: int, seed: int,
-                      chunk_rows: int = 65536) -> torch.Tensor:
+def random_projection(
+    features: torch.Tensor, projection_dim: int, seed: int, chunk_rows: int = 65536
+) -> torch.Tensor:
     """float32 (N, P) Gaussian random projection of `features` (N, D); a copy when P <= 0 or P >= D.
 
     Args:
@@ -66,14 +67,21 @@ def random_projection(features: torch.Tensor, projection_dim: int, seed: int,
     matrix = torch.randn(n_dims, projection_dim, generator=gen) / math.sqrt(projection_dim)
     out = torch.empty(features.shape[0], projection_dim, dtype=torch.float32)
     for start in range(0, features.shape[0], chunk_rows):
-        torch.mm(features[start:start + chunk_rows], matrix, out=out[start:start + chunk_rows])
+        torch.mm(features[start : start + chunk_rows], matrix, out=out[start : start + chunk_rows])
     return out
 
 
-def greedy_coreset(features: np.ndarray, ratio: float, *, projection_dim: int = 128,
-                   seed: int = 0, dtype: str = "float32", block_size: int = 32,
-                   progress: Progress = no_progress,
-                   stats: CoresetStats | None = None) -> np.ndarray:
+def greedy_coreset(
+    features: np.ndarray,
+    ratio: float,
+    *,
+    projection_dim: int = 128,
+    seed: int = 0,
+    dtype: str = "float32",
+    block_size: int = 32,
+    progress: Progress = no_progress,
+    stats: CoresetStats | None = None,
+) -> np.ndarray:
     """Indices of a greedy k-center coreset of `features`, in selection order.
 
     Args:
@@ -136,7 +144,7 @@ def greedy_coreset(features: np.ndarray, ratio: float, *, projection_dim: int = 
     for step in range(n_select):
         if idx not in block_rows:
             if step:
-                cand = np.argpartition(min_sq, n_vectors - n_block)[n_vectors - n_block:]
+                cand = np.argpartition(min_sq, n_vectors - n_block)[n_vectors - n_block :]
                 if not np.any(cand == idx):
                     cand[0] = idx
             else:
@@ -157,8 +165,13 @@ def greedy_coreset(features: np.ndarray, ratio: float, *, projection_dim: int = 
             progress(step, n_select, "coreset")
     progress(n_select, n_select, "coreset")
     seconds = time.perf_counter() - t0
-    logger.debug("coreset: %d of %d vectors in %.2f s, %d passes over the data",
-                 n_select, n_vectors, seconds, n_blocks)
+    logger.debug(
+        "coreset: %d of %d vectors in %.2f s, %d passes over the data",
+        n_select,
+        n_vectors,
+        seconds,
+        n_blocks,
+    )
     if stats is not None:
         stats.n_vectors, stats.n_selected = n_vectors, n_select
         stats.n_blocks, stats.seconds = n_blocks, seconds

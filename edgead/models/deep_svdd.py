@@ -57,9 +57,11 @@ class DeepSVDDConfig:
         """ConfigError on out-of-range values."""
         validate_common(self)
         if self.rep_dim < 1 or self.eps <= 0 or not 0 <= self.negative_slope < 1:
-            raise ConfigError(f"DeepSVDDConfig: need rep_dim >= 1, eps > 0, "
-                              f"0 <= negative_slope < 1; got rep_dim={self.rep_dim}, "
-                              f"eps={self.eps}, negative_slope={self.negative_slope}")
+            raise ConfigError(
+                f"DeepSVDDConfig: need rep_dim >= 1, eps > 0, "
+                f"0 <= negative_slope < 1; got rep_dim={self.rep_dim}, "
+                f"eps={self.eps}, negative_slope={self.negative_slope}"
+            )
 
 
 class SVDDNet(nn.Module):
@@ -68,20 +70,30 @@ class SVDDNet(nn.Module):
     forward(x float32 (B, D)) -> float32 (B,): ||phi(x) - c||^2.
     """
 
-    def __init__(self, n_features: int, hidden_sizes: tuple[int, ...], rep_dim: int,
-                 negative_slope: float, dropout: float = 0.0,
-                 output_activation: bool = False) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        hidden_sizes: tuple[int, ...],
+        rep_dim: int,
+        negative_slope: float,
+        dropout: float = 0.0,
+        output_activation: bool = False,
+    ) -> None:
         super().__init__()
-        self.phi = make_mlp([n_features, *hidden_sizes, rep_dim], bias=False,
-                            negative_slope=negative_slope, dropout=dropout,
-                            final_activation=output_activation)
+        self.phi = make_mlp(
+            [n_features, *hidden_sizes, rep_dim],
+            bias=False,
+            negative_slope=negative_slope,
+            dropout=dropout,
+            final_activation=output_activation,
+        )
         self.register_buffer("center", torch.zeros(rep_dim))
 
     @torch.no_grad()
     def init_center(self, rows: torch.Tensor, eps: float) -> None:
         """Set c = mean of phi(rows) (rows: (N, D) standardised), pushing |c_i| < eps to +-eps."""
         self.eval()
-        center = torch.cat([self.phi(rows[i:i + 4096]) for i in range(0, rows.shape[0], 4096)])
+        center = torch.cat([self.phi(rows[i : i + 4096]) for i in range(0, rows.shape[0], 4096)])
         center = center.mean(dim=0)
         small = center.abs() < eps
         sign = torch.where(center < 0, -1.0, 1.0)
@@ -104,8 +116,14 @@ class DeepSVDD(TabularNetDetector):
 
     def _build_network(self, n_features: int) -> nn.Module:
         cfg: DeepSVDDConfig = self.config
-        return SVDDNet(n_features, cfg.hidden_sizes, cfg.rep_dim, cfg.negative_slope,
-                       cfg.dropout, cfg.output_activation)
+        return SVDDNet(
+            n_features,
+            cfg.hidden_sizes,
+            cfg.rep_dim,
+            cfg.negative_slope,
+            cfg.dropout,
+            cfg.output_activation,
+        )
 
     def _before_training(self, net: nn.Module, train_rows: np.ndarray) -> None:
         if not isinstance(net, SVDDNet):

@@ -70,16 +70,20 @@ class DeepSVDDImageConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on values that cannot work."""
-        step = 2 ** _N_STAGES
+        step = 2**_N_STAGES
         if self.work_size < step or self.work_size % step:
-            raise ConfigError(f"deep_svdd_image: work_size must be a multiple of {step}, "
-                              f"got {self.work_size}")
+            raise ConfigError(
+                f"deep_svdd_image: work_size must be a multiple of {step}, got {self.work_size}"
+            )
         if self.image_size % self.work_size:
-            raise ConfigError(f"deep_svdd_image: image_size {self.image_size} must be a "
-                              f"multiple of work_size {self.work_size}")
+            raise ConfigError(
+                f"deep_svdd_image: image_size {self.image_size} must be a "
+                f"multiple of work_size {self.work_size}"
+            )
         if min(self.base_channels, self.rep_dim, self.epochs, self.batch_size) < 1:
-            raise ConfigError("deep_svdd_image: base_channels, rep_dim, epochs and batch_size "
-                              "must be >= 1")
+            raise ConfigError(
+                "deep_svdd_image: base_channels, rep_dim, epochs and batch_size must be >= 1"
+            )
         if self.lr <= 0 or self.weight_decay < 0 or self.blur_sigma < 0:
             raise ConfigError("deep_svdd_image: lr must be > 0; weight_decay, blur_sigma >= 0")
 
@@ -93,10 +97,13 @@ class SVDDNet(nn.Module):
         layers: list[nn.Module] = []
         in_ch = 3
         for i in range(_N_STAGES):
-            width = cfg.base_channels * 2 ** i
-            layers += [nn.Conv2d(in_ch, width, 5, padding=2, bias=False),
-                       nn.BatchNorm2d(width, eps=1e-4, affine=False),
-                       nn.LeakyReLU(0.1), nn.MaxPool2d(2)]
+            width = cfg.base_channels * 2**i
+            layers += [
+                nn.Conv2d(in_ch, width, 5, padding=2, bias=False),
+                nn.BatchNorm2d(width, eps=1e-4, affine=False),
+                nn.LeakyReLU(0.1),
+                nn.MaxPool2d(2),
+            ]
             in_ch = width
         layers.append(nn.Conv2d(in_ch, cfg.rep_dim, 1, bias=False))
         self.body = nn.Sequential(*layers)
@@ -132,7 +139,7 @@ def _recalibrate_batch_norm(net: SVDDNet, prepared: torch.Tensor, batch_size: in
     net.train()
     with torch.no_grad():
         for lo in range(0, len(prepared), batch_size):
-            net.cells(prepared[lo: lo + batch_size])
+            net.cells(prepared[lo : lo + batch_size])
     for norm in norms:
         norm.momentum = 0.1
 
@@ -143,8 +150,13 @@ class DeepSVDDImage(ScratchNetDetector):
 
     config_cls = DeepSVDDImageConfig
 
-    def fit(self, data: Sequence[np.ndarray] | np.ndarray, *, seed: int = 0,
-            progress: Progress = no_progress) -> None:
+    def fit(
+        self,
+        data: Sequence[np.ndarray] | np.ndarray,
+        *,
+        seed: int = 0,
+        progress: Progress = no_progress,
+    ) -> None:
         """Fix the centre from the initial net, then minimise the mean squared distance to it."""
         cfg = self.config
         check_images(data, cfg.image_size)
@@ -157,8 +169,10 @@ class DeepSVDDImage(ScratchNetDetector):
         # Centre: batch-statistics mode (as during training), no gradient.
         net.train()
         with torch.no_grad():
-            sums = [net.cells(prepared[lo: lo + cfg.batch_size]).mean(dim=(2, 3)).sum(dim=0)
-                    for lo in range(0, len(prepared), cfg.batch_size)]
+            sums = [
+                net.cells(prepared[lo : lo + cfg.batch_size]).mean(dim=(2, 3)).sum(dim=0)
+                for lo in range(0, len(prepared), cfg.batch_size)
+            ]
             centre = torch.stack(sums).sum(dim=0) / len(prepared)
             small = centre.abs() < _CENTRE_EPS
             centre[small & (centre < 0)] = -_CENTRE_EPS
@@ -169,29 +183,42 @@ class DeepSVDDImage(ScratchNetDetector):
             emb = net.cells(x).mean(dim=(2, 3))
             return ((emb - net.centre) ** 2).sum(dim=1).mean()
 
-        self.train_losses_ = train_epochs(net, prepared, batch_loss, epochs=cfg.epochs,
-                                          batch_size=cfg.batch_size, lr=cfg.lr,
-                                          weight_decay=cfg.weight_decay,
-                                          generator=seeded_generator(seed + 1), progress=progress,
-                                          description="deep_svdd_image: epochs")
+        self.train_losses_ = train_epochs(
+            net,
+            prepared,
+            batch_loss,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            generator=seeded_generator(seed + 1),
+            progress=progress,
+            description="deep_svdd_image: epochs",
+        )
         _recalibrate_batch_norm(net, prepared, cfg.batch_size)
         net.eval()
         self._net = net
 
-    def score(self, data: Sequence[np.ndarray] | np.ndarray,
-              progress: Progress = no_progress) -> ScoreOutput:
+    def score(
+        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
+    ) -> ScoreOutput:
         """Scores (N,) squared distance to c; maps (N, S, S) per-cell distances, blurred."""
         net = self._fitted_net()
         check_images(data, self.config.image_size)
         scores, maps = [], []
         with torch.inference_mode():
-            for batch in iter_batches(data, self.config.batch_size, progress,
-                                      "deep_svdd_image: score"):
+            for batch in iter_batches(
+                data, self.config.batch_size, progress, "deep_svdd_image: score"
+            ):
                 batch_scores, batch_maps = net(batch)
                 scores.append(batch_scores.numpy())
                 maps.append(batch_maps.numpy())
-        return maps_to_output(np.concatenate(maps), self.config.image_size,
-                              self.config.blur_sigma, scores=np.concatenate(scores))
+        return maps_to_output(
+            np.concatenate(maps),
+            self.config.image_size,
+            self.config.blur_sigma,
+            scores=np.concatenate(scores),
+        )
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         net = SVDDNet(self.config)

@@ -81,8 +81,10 @@ class FastFlowConfig:
     def validate(self) -> None:
         """Raise ConfigError on values that cannot work."""
         if self.image_size < 16 or self.n_blocks < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("fastflow: image_size >= 16, n_blocks >= 1, epochs >= 1 and "
-                              "batch_size >= 1 are required")
+            raise ConfigError(
+                "fastflow: image_size >= 16, n_blocks >= 1, epochs >= 1 and "
+                "batch_size >= 1 are required"
+            )
         if self.hidden_ratio <= 0 or self.clamp <= 0 or self.lr <= 0 or self.blur_sigma < 0:
             raise ConfigError("fastflow: hidden_ratio, clamp and lr must be > 0, blur_sigma >= 0")
 
@@ -98,8 +100,9 @@ class AffineCoupling(nn.Module):
         permutation: int64 (c,) channel order applied before splitting.
     """
 
-    def __init__(self, channels: int, hidden: int, kernel: int, clamp: float,
-                 permutation: torch.Tensor) -> None:
+    def __init__(
+        self, channels: int, hidden: int, kernel: int, clamp: float, permutation: torch.Tensor
+    ) -> None:
         super().__init__()
         self.split = channels // 2
         self.clamp = float(clamp)
@@ -117,7 +120,7 @@ class AffineCoupling(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z float32 (B, c, h, w), log|det| float32 (B, h, w) = sum_c s)."""
         x = torch.index_select(x, 1, self.permutation)
-        x_a, x_b = x[:, : self.split], x[:, self.split:]
+        x_a, x_b = x[:, : self.split], x[:, self.split :]
         s_raw, t = self.subnet(x_a).chunk(2, dim=1)
         s = self.clamp * torch.tanh(s_raw / self.clamp)
         z_b = x_b * torch.exp(s) + t
@@ -127,13 +130,25 @@ class AffineCoupling(nn.Module):
 class StageFlow(nn.Module):
     """LayerNorm over (c, h, w) then `n_blocks` couplings; returns (z, log|det| (B, h, w))."""
 
-    def __init__(self, channels: int, grid_hw: tuple[int, int], n_blocks: int, hidden: int,
-                 clamp: float, generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        channels: int,
+        grid_hw: tuple[int, int],
+        n_blocks: int,
+        hidden: int,
+        clamp: float,
+        generator: torch.Generator,
+    ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm([channels, grid_hw[0], grid_hw[1]])
         self.blocks = nn.ModuleList(
-            AffineCoupling(channels, hidden, 3 if i % 2 == 0 else 1, clamp,
-                           torch.randperm(channels, generator=generator))
+            AffineCoupling(
+                channels,
+                hidden,
+                3 if i % 2 == 0 else 1,
+                clamp,
+                torch.randperm(channels, generator=generator),
+            )
             for i in range(n_blocks)
         )
 
@@ -155,13 +170,15 @@ def _nll_per_dim(z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
 class FastFlowHead(nn.Module):
     """The flows of all stages: feature maps -> (B, h, w) anomaly map on the finest grid."""
 
-    def __init__(self, channels: list[int], grids: list[tuple[int, int]], cfg: FastFlowConfig,
-                 seed: int) -> None:
+    def __init__(
+        self, channels: list[int], grids: list[tuple[int, int]], cfg: FastFlowConfig, seed: int
+    ) -> None:
         super().__init__()
         generator = seeded_generator(seed)
         self.flows = nn.ModuleList(
-            StageFlow(c, g, cfg.n_blocks, max(1, int(round(c * cfg.hidden_ratio))), cfg.clamp,
-                      generator)
+            StageFlow(
+                c, g, cfg.n_blocks, max(1, int(round(c * cfg.hidden_ratio))), cfg.clamp, generator
+            )
             for c, g in zip(channels, grids, strict=True)
         )
         self.grid_hw = (int(grids[0][0]), int(grids[0][1]))
@@ -212,8 +229,10 @@ class FastFlow(BaseDetector):
         self.grids_ = [(-(-config.image_size // r),) * 2 for r in strides]
         order = np.argsort(strides, kind="stable")  # finest grid first
         if order[0] != 0:
-            raise ConfigError(f"fastflow expects the backbone's finest map first; got strides "
-                              f"{strides}; use another backbone")
+            raise ConfigError(
+                f"fastflow expects the backbone's finest map first; got strides "
+                f"{strides}; use another backbone"
+            )
         self._features = BackboneFeatures(backbone)
         self._graph: FastFlowGraph | None = None
         self.train_losses_: list[float] = []
@@ -228,42 +247,60 @@ class FastFlow(BaseDetector):
     def _new_head(self, seed: int) -> FastFlowHead:
         return FastFlowHead(self.channels_, self.grids_, self.config, seed)
 
-    def fit(self, data: Sequence[np.ndarray] | np.ndarray, *, seed: int = 0,
-            progress: Progress = no_progress) -> None:
+    def fit(
+        self,
+        data: Sequence[np.ndarray] | np.ndarray,
+        *,
+        seed: int = 0,
+        progress: Progress = no_progress,
+    ) -> None:
         """Train the flows by maximum likelihood on the (cached) features of normal images."""
         cfg = self.config
         n_images = check_images(data, cfg.image_size)
         with torch.inference_mode():
-            cached = [self._features(b) for b in iter_batches(data, cfg.batch_size, progress,
-                                                               "fastflow: features")]
+            cached = [
+                self._features(b)
+                for b in iter_batches(data, cfg.batch_size, progress, "fastflow: features")
+            ]
         stages = [torch.cat([c[i] for c in cached]).clone() for i in range(len(self.channels_))]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # subnet conv init; the global RNG is restored afterwards
             head = self._new_head(seed)
         self.train_losses_ = train_epochs(
-            head, torch.arange(n_images),
+            head,
+            torch.arange(n_images),
             lambda idx: head.loss([stage[idx] for stage in stages]),
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-            weight_decay=cfg.weight_decay, generator=seeded_generator(seed + 1),
-            progress=progress, description="fastflow: epochs")
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            generator=seeded_generator(seed + 1),
+            progress=progress,
+            description="fastflow: epochs",
+        )
         head.eval()
         self._graph = FastFlowGraph(self._features, head)
 
-    def grid_maps(self, data: Sequence[np.ndarray] | np.ndarray,
-                  progress: Progress = no_progress) -> np.ndarray:
+    def grid_maps(
+        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
+    ) -> np.ndarray:
         """float32 (N, h, w) NLL maps at the finest feature grid (the graph output)."""
         graph = self._fitted_graph()
         check_images(data, self.config.image_size)
         with torch.inference_mode():
-            outputs = [graph(b)[0].numpy() for b in iter_batches(
-                data, self.config.batch_size, progress, "fastflow: score")]
+            outputs = [
+                graph(b)[0].numpy()
+                for b in iter_batches(data, self.config.batch_size, progress, "fastflow: score")
+            ]
         return np.concatenate(outputs).astype(np.float32)
 
-    def score(self, data: Sequence[np.ndarray] | np.ndarray,
-              progress: Progress = no_progress) -> ScoreOutput:
+    def score(
+        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
+    ) -> ScoreOutput:
         """Scores (N,) = max of the blurred NLL map; maps (N, S, S)."""
-        return maps_to_output(self.grid_maps(data, progress), self.config.image_size,
-                              self.config.blur_sigma)
+        return maps_to_output(
+            self.grid_maps(data, progress), self.config.image_size, self.config.blur_sigma
+        )
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return module_state("flow.", self._fitted_graph().head)
@@ -282,6 +319,8 @@ class FastFlow(BaseDetector):
         if not self.is_fitted:
             return {}
         head = self._fitted_graph().head
-        return {"grids": [list(g) for g in self.grids_],
-                "flow_parameters": int(sum(p.numel() for p in head.parameters())),
-                "final_train_loss": self.train_losses_[-1] if self.train_losses_ else None}
+        return {
+            "grids": [list(g) for g in self.grids_],
+            "flow_parameters": int(sum(p.numel() for p in head.parameters())),
+            "final_train_loss": self.train_losses_[-1] if self.train_losses_ else None,
+        }

@@ -59,11 +59,18 @@ class GMMConfig:
 
     def validate(self) -> None:
         """ConfigError on out-of-range values."""
-        if self.n_components < 1 or self.covariance_type not in COVARIANCE_TYPES \
-                or self.reg_covar < 0 or self.n_init < 1 or self.max_iter < 1:
-            raise ConfigError(f"GMMConfig: need n_components >= 1, covariance_type in "
-                              f"{COVARIANCE_TYPES}, reg_covar >= 0, n_init >= 1, max_iter >= 1; "
-                              f"got {self}")
+        if (
+            self.n_components < 1
+            or self.covariance_type not in COVARIANCE_TYPES
+            or self.reg_covar < 0
+            or self.n_init < 1
+            or self.max_iter < 1
+        ):
+            raise ConfigError(
+                f"GMMConfig: need n_components >= 1, covariance_type in "
+                f"{COVARIANCE_TYPES}, reg_covar >= 0, n_init >= 1, max_iter >= 1; "
+                f"got {self}"
+            )
 
 
 def full_precision_cholesky(model: Any) -> np.ndarray:
@@ -90,12 +97,15 @@ class GMMScorer(nn.Module):
         self.k, self.d = k, d
         # x @ P_k for all k at once: (D, K*D); mu_k @ P_k: (K, D)
         self.register_buffer("proj", as_buffer(prec.transpose(1, 0, 2).reshape(d, k * d)))
-        self.register_buffer("mean_proj", as_buffer(np.einsum("kd,kde->ke", means, prec)
-                                                    .reshape(k * d)))
+        self.register_buffer(
+            "mean_proj", as_buffer(np.einsum("kd,kde->ke", means, prec).reshape(k * d))
+        )
         # sums each component's D squared entries: (K*D, K) block indicator
         self.register_buffer("group", as_buffer(np.kron(np.eye(k), np.ones((d, 1)))))
-        self.register_buffer("offset", as_buffer(arrays["log_weights"] + arrays["log_det"]
-                                                 - 0.5 * d * math.log(2 * math.pi)))
+        self.register_buffer(
+            "offset",
+            as_buffer(arrays["log_weights"] + arrays["log_det"] - 0.5 * d * math.log(2 * math.pi)),
+        )
 
     def forward(self, scaled: torch.Tensor) -> torch.Tensor:
         """scaled float32 (B, D) -> scores float32 (B,)."""
@@ -116,41 +126,66 @@ class GMM(ClassicalDetector):
         cfg = self.config
         n_comp = min(cfg.n_components, len(scaled))
         if n_comp < cfg.n_components:
-            logger.warning("GMM: only %d training rows; using %d components instead of %d",
-                           len(scaled), n_comp, cfg.n_components)
-        model = GaussianMixture(n_components=n_comp, covariance_type=cfg.covariance_type,
-                                reg_covar=cfg.reg_covar, n_init=cfg.n_init,
-                                max_iter=cfg.max_iter, random_state=seed)
+            logger.warning(
+                "GMM: only %d training rows; using %d components instead of %d",
+                len(scaled),
+                n_comp,
+                cfg.n_components,
+            )
+        model = GaussianMixture(
+            n_components=n_comp,
+            covariance_type=cfg.covariance_type,
+            reg_covar=cfg.reg_covar,
+            n_init=cfg.n_init,
+            max_iter=cfg.max_iter,
+            random_state=seed,
+        )
         try:
             model.fit(scaled.astype(np.float64))
         except ValueError as exc:  # sklearn: ill-defined empirical covariance
-            raise DataError(f"GMM fit failed ({exc}); raise reg_covar (now {cfg.reg_covar}) or "
-                            "lower n_components") from exc
+            raise DataError(
+                f"GMM fit failed ({exc}); raise reg_covar (now {cfg.reg_covar}) or "
+                "lower n_components"
+            ) from exc
         if not model.converged_:
-            logger.warning("GMM: EM did not converge in %d iterations; raise max_iter",
-                           cfg.max_iter)
+            logger.warning(
+                "GMM: EM did not converge in %d iterations; raise max_iter", cfg.max_iter
+            )
         prec = full_precision_cholesky(model)
         log_det = np.log(np.diagonal(prec, axis1=1, axis2=2)).sum(axis=1)
-        return {"means": model.means_.astype(np.float64), "prec_chol": prec,
-                "log_weights": np.log(model.weights_), "log_det": log_det}
+        return {
+            "means": model.means_.astype(np.float64),
+            "prec_chol": prec,
+            "log_weights": np.log(model.weights_),
+            "log_det": log_det,
+        }
 
     def _score_scaled(self, scaled: np.ndarray) -> np.ndarray:
         a = self.model_arrays
         x = scaled.astype(np.float64)
         d = x.shape[1]
-        y = np.einsum("nd,kde->nke", x, a["prec_chol"]) \
-            - np.einsum("kd,kde->ke", a["means"], a["prec_chol"])[None]  # type: ignore[index]
-        log_prob = (-0.5 * (d * math.log(2 * math.pi) + (y * y).sum(axis=2))
-                    + a["log_det"] + a["log_weights"])  # type: ignore[index]
+        y = (
+            np.einsum("nd,kde->nke", x, a["prec_chol"])
+            - np.einsum("kd,kde->ke", a["means"], a["prec_chol"])[None]
+        )  # type: ignore[index]
+        log_prob = (
+            -0.5 * (d * math.log(2 * math.pi) + (y * y).sum(axis=2))
+            + a["log_det"]
+            + a["log_weights"]
+        )  # type: ignore[index]
         return -logsumexp_np(log_prob)
 
     def export_spec(self) -> ExportSpec:
         """Graph: standardise -> whitened component log-likelihoods -> log-sum-exp."""
         self.check_is_fitted()
         scorer = GMMScorer(self.model_arrays)  # type: ignore[arg-type]
-        return ExportSpec(module=StandardizedGraph(self.standardizer, scorer).eval(),  # type: ignore
-                          example_input=self._example_input(), input_name="rows",
-                          output_names=("score",), postprocess={"kind": "rows"})
+        return ExportSpec(
+            module=StandardizedGraph(self.standardizer, scorer).eval(),  # type: ignore
+            example_input=self._example_input(),
+            input_name="rows",
+            output_names=("score",),
+            postprocess={"kind": "rows"},
+        )
 
     def describe(self) -> dict[str, Any]:
         """Number of components."""

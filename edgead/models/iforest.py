@@ -45,8 +45,16 @@ from edgead.models.base import (
 
 logger = logging.getLogger(__name__)
 
-_ARRAY_KEYS = ("feature", "threshold", "children_left", "children_right", "n_node_samples",
-               "leaf_value", "norm", "max_depth")
+_ARRAY_KEYS = (
+    "feature",
+    "threshold",
+    "children_left",
+    "children_right",
+    "n_node_samples",
+    "leaf_value",
+    "norm",
+    "max_depth",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,8 +72,10 @@ class IForestConfig:
     def validate(self) -> None:
         """ConfigError on out-of-range values."""
         if self.n_estimators < 1 or self.max_samples < 2 or not 0 < self.max_features <= 1:
-            raise ConfigError(f"IForestConfig: need n_estimators >= 1, max_samples >= 2, "
-                              f"0 < max_features <= 1; got {self}")
+            raise ConfigError(
+                f"IForestConfig: need n_estimators >= 1, max_samples >= 2, "
+                f"0 < max_features <= 1; got {self}"
+            )
 
 
 def average_path_length(n: np.ndarray) -> np.ndarray:
@@ -119,9 +129,16 @@ def forest_arrays(model: Any, n_features: int) -> dict[str, np.ndarray]:
     is_leaf = left == np.arange(width)[None, :]
     max_depth = int(depth[is_leaf & (counts > 0)].max())
     norm = float(average_path_length(np.array([model.max_samples_]))[0])
-    return {"feature": feature, "threshold": threshold, "children_left": left,
-            "children_right": right, "n_node_samples": counts, "leaf_value": leaf_value,
-            "norm": np.array(norm), "max_depth": np.array(max_depth, dtype=np.int64)}
+    return {
+        "feature": feature,
+        "threshold": threshold,
+        "children_left": left,
+        "children_right": right,
+        "n_node_samples": counts,
+        "leaf_value": leaf_value,
+        "norm": np.array(norm),
+        "max_depth": np.array(max_depth, dtype=np.int64),
+    }
 
 
 class IForestGraph(nn.Module):
@@ -137,14 +154,16 @@ class IForestGraph(nn.Module):
         self.max_depth = int(arrays["max_depth"])
         self.register_buffer("offsets", torch.from_numpy(offsets[:, 0].copy()))
         self.register_buffer("feature", torch.from_numpy(arrays["feature"].reshape(-1).copy()))
-        self.register_buffer("threshold",
-                             torch.from_numpy(arrays["threshold"].reshape(-1).copy()))
-        self.register_buffer("left", torch.from_numpy((arrays["children_left"] + offsets)
-                                                      .reshape(-1)))
-        self.register_buffer("right", torch.from_numpy((arrays["children_right"] + offsets)
-                                                       .reshape(-1)))
-        self.register_buffer("leaf_value", torch.from_numpy(
-            arrays["leaf_value"].reshape(-1).astype(np.float32)))
+        self.register_buffer("threshold", torch.from_numpy(arrays["threshold"].reshape(-1).copy()))
+        self.register_buffer(
+            "left", torch.from_numpy((arrays["children_left"] + offsets).reshape(-1))
+        )
+        self.register_buffer(
+            "right", torch.from_numpy((arrays["children_right"] + offsets).reshape(-1))
+        )
+        self.register_buffer(
+            "leaf_value", torch.from_numpy(arrays["leaf_value"].reshape(-1).astype(np.float32))
+        )
         self.scale = float(math.log(2.0) / (n_trees * float(arrays["norm"])))
 
     def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor]:
@@ -189,9 +208,12 @@ class IForest(BaseDetector):
         if rows.shape[0] < 2:
             raise DataError(f"iforest needs at least 2 training rows, got {rows.shape[0]}")
         cfg = self.config
-        model = IsolationForest(n_estimators=cfg.n_estimators,
-                                max_samples=min(cfg.max_samples, rows.shape[0]),
-                                max_features=cfg.max_features, random_state=seed)
+        model = IsolationForest(
+            n_estimators=cfg.n_estimators,
+            max_samples=min(cfg.max_samples, rows.shape[0]),
+            max_features=cfg.max_features,
+            random_state=seed,
+        )
         model.fit(rows)
         progress(1, 1, "iforest")
         self.arrays = forest_arrays(model, rows.shape[1])
@@ -212,13 +234,13 @@ class IForest(BaseDetector):
         out = np.empty(rows.shape[0], dtype=np.float32)
         step = 4096
         for start in range(0, rows.shape[0], step):
-            chunk = rows[start:start + step]
+            chunk = rows[start : start + step]
             node = np.broadcast_to(offsets, (chunk.shape[0], n_trees)).copy()
             for _ in range(int(arrays["max_depth"])):
                 values = np.take_along_axis(chunk, feature[node], axis=1)
                 node = np.where(values <= threshold[node], left[node], right[node])
             path = leaf_value[node].mean(axis=1)
-            out[start:start + step] = np.exp2(-path / float(arrays["norm"]))
+            out[start : start + step] = np.exp2(-path / float(arrays["norm"]))
             progress(min(start + step, rows.shape[0]), rows.shape[0], "iforest score")
         return ScoreOutput(scores=out)
 
@@ -240,14 +262,21 @@ class IForest(BaseDetector):
         """IForestGraph over the node arrays: raw rows (B, D) -> ("score",) (B,)."""
         arrays = self._arrays()
         example = np.zeros((2, self.n_features), dtype=np.float32)
-        return ExportSpec(module=IForestGraph(arrays).eval(), example_input=example,
-                          input_name="rows", output_names=("score",),
-                          postprocess={"kind": "rows"})
+        return ExportSpec(
+            module=IForestGraph(arrays).eval(),
+            example_input=example,
+            input_name="rows",
+            output_names=("score",),
+            postprocess={"kind": "rows"},
+        )
 
     def describe(self) -> dict[str, Any]:
         """Tree count, padded node count and walk depth."""
         if self.arrays is None:
             return {}
         n_trees, width = self.arrays["feature"].shape
-        return {"n_trees": int(n_trees), "nodes_per_tree": int(width),
-                "max_depth": int(self.arrays["max_depth"])}
+        return {
+            "n_trees": int(n_trees),
+            "nodes_per_tree": int(width),
+            "max_depth": int(self.arrays["max_depth"]),
+        }

@@ -67,10 +67,16 @@ class KDEConfig:
 
     def validate(self) -> None:
         """ConfigError on out-of-range values."""
-        if self.bandwidth_rule not in RULES or self.bandwidth < 0 or self.max_rows < 2 \
-                or self.cv_grid < 2:
-            raise ConfigError(f"KDEConfig: need bandwidth_rule in {RULES}, bandwidth >= 0, "
-                              f"max_rows >= 2, cv_grid >= 2; got {self}")
+        if (
+            self.bandwidth_rule not in RULES
+            or self.bandwidth < 0
+            or self.max_rows < 2
+            or self.cv_grid < 2
+        ):
+            raise ConfigError(
+                f"KDEConfig: need bandwidth_rule in {RULES}, bandwidth >= 0, "
+                f"max_rows >= 2, cv_grid >= 2; got {self}"
+            )
 
 
 def rule_bandwidth(n_rows: int, n_features: int, rule: str) -> float:
@@ -86,17 +92,28 @@ def cv_bandwidth(scaled: np.ndarray, n_grid: int, seed: int) -> float:
     from sklearn.neighbors import KernelDensity
 
     rng = np.random.default_rng(seed)
-    rows = scaled if len(scaled) <= _CV_MAX_ROWS else scaled[rng.choice(len(scaled), _CV_MAX_ROWS,
-                                                                        replace=False)]
+    rows = (
+        scaled
+        if len(scaled) <= _CV_MAX_ROWS
+        else scaled[rng.choice(len(scaled), _CV_MAX_ROWS, replace=False)]
+    )
     scott = rule_bandwidth(len(scaled), scaled.shape[1], "scott")
     grid = scott * np.logspace(math.log10(0.05), math.log10(5.0), n_grid)
-    search = GridSearchCV(KernelDensity(kernel="gaussian"), {"bandwidth": grid},
-                          cv=KFold(n_splits=min(5, len(rows)), shuffle=True, random_state=seed))
+    search = GridSearchCV(
+        KernelDensity(kernel="gaussian"),
+        {"bandwidth": grid},
+        cv=KFold(n_splits=min(5, len(rows)), shuffle=True, random_state=seed),
+    )
     search.fit(rows.astype(np.float64))
     best = float(search.best_params_["bandwidth"])
     if best in (grid[0], grid[-1]):
-        logger.warning("KDE cross-validation picked the edge of its bandwidth grid (h=%.4g); "
-                       "the optimum may lie outside [%.4g, %.4g]", best, grid[0], grid[-1])
+        logger.warning(
+            "KDE cross-validation picked the edge of its bandwidth grid (h=%.4g); "
+            "the optimum may lie outside [%.4g, %.4g]",
+            best,
+            grid[0],
+            grid[-1],
+        )
     return best
 
 
@@ -110,7 +127,7 @@ class KDEScorer(nn.Module):
         self.register_buffer("centres_sq", as_buffer((c * c).sum(1)))
         self.inv_h = float(1.0 / bandwidth)
         m, d = centres.shape
-        self.log_norm = float(-math.log(m) - 0.5 * d * math.log(2 * math.pi * bandwidth ** 2))
+        self.log_norm = float(-math.log(m) - 0.5 * d * math.log(2 * math.pi * bandwidth**2))
 
     def forward(self, scaled: torch.Tensor) -> torch.Tensor:
         """scaled float32 (B, D) -> scores float32 (B,)."""
@@ -131,18 +148,27 @@ class KDE(ClassicalDetector):
             rng = np.random.default_rng(seed)
             keep = np.sort(rng.choice(len(scaled), cfg.max_rows, replace=False))
             centres = scaled[keep]
-            logger.warning("KDE: %d training rows; keeping a random %d as kernel centres "
-                           "(max_rows)", len(scaled), cfg.max_rows)
+            logger.warning(
+                "KDE: %d training rows; keeping a random %d as kernel centres (max_rows)",
+                len(scaled),
+                cfg.max_rows,
+            )
         if cfg.bandwidth > 0:
             h = float(cfg.bandwidth)
         elif cfg.bandwidth_rule == "cv":
             h = cv_bandwidth(centres, cfg.cv_grid, seed)
         else:
             h = rule_bandwidth(len(centres), centres.shape[1], cfg.bandwidth_rule)
-        logger.info("KDE bandwidth h = %.4g (%s), %d centres", h,
-                    "fixed" if cfg.bandwidth > 0 else cfg.bandwidth_rule, len(centres))
-        return {"centres": np.ascontiguousarray(centres, dtype=np.float32),
-                "bandwidth": np.array(h, dtype=np.float64)}
+        logger.info(
+            "KDE bandwidth h = %.4g (%s), %d centres",
+            h,
+            "fixed" if cfg.bandwidth > 0 else cfg.bandwidth_rule,
+            len(centres),
+        )
+        return {
+            "centres": np.ascontiguousarray(centres, dtype=np.float32),
+            "bandwidth": np.array(h, dtype=np.float64),
+        }
 
     @property
     def bandwidth(self) -> float:
@@ -165,13 +191,19 @@ class KDE(ClassicalDetector):
         """Graph: standardise -> KDE log-sum-exp -> ("score",)."""
         self.check_is_fitted()
         scorer = KDEScorer(self.model_arrays["centres"], self.bandwidth)  # type: ignore[index]
-        return ExportSpec(module=StandardizedGraph(self.standardizer, scorer).eval(),  # type: ignore
-                          example_input=self._example_input(), input_name="rows",
-                          output_names=("score",), postprocess={"kind": "rows"})
+        return ExportSpec(
+            module=StandardizedGraph(self.standardizer, scorer).eval(),  # type: ignore
+            example_input=self._example_input(),
+            input_name="rows",
+            output_names=("score",),
+            postprocess={"kind": "rows"},
+        )
 
     def describe(self) -> dict[str, Any]:
         """Bandwidth and number of kernel centres."""
         if not self.is_fitted:
             return {}
-        return {"bandwidth": self.bandwidth,
-                "n_centres": int(self.model_arrays["centres"].shape[0])}  # type: ignore[index]
+        return {
+            "bandwidth": self.bandwidth,
+            "n_centres": int(self.model_arrays["centres"].shape[0]),
+        }  # type: ignore[index]

@@ -48,8 +48,10 @@ class KNNConfig:
     def validate(self) -> None:
         """ConfigError on out-of-range values."""
         if self.k < 1 or self.method not in ("largest", "mean"):
-            raise ConfigError(f"KNNConfig: need k >= 1 and method 'largest' or 'mean'; got "
-                              f"k={self.k}, method={self.method!r}")
+            raise ConfigError(
+                f"KNNConfig: need k >= 1 and method 'largest' or 'mean'; got "
+                f"k={self.k}, method={self.method!r}"
+            )
 
 
 class NeighborDetector(ClassicalDetector):
@@ -65,8 +67,7 @@ class NeighborDetector(ClassicalDetector):
         return int(self.config.k) + 1
 
     def _why_min_rows(self) -> str:
-        return (f"k = {self.config.k} neighbours of each training row, which excludes the "
-                "row itself")
+        return f"k = {self.config.k} neighbours of each training row, which excludes the row itself"
 
     def _min_rows_fix(self) -> str:
         return "add normal rows or lower k"
@@ -75,10 +76,17 @@ class NeighborDetector(ClassicalDetector):
         return self.method
 
     def _postprocess(self) -> dict[str, Any]:
-        lof = ({"k_distance": "k_distance", "lrd": "lrd", "eps": LOF_EPS}
-               if self._method() == "lof" else None)
-        return {"kind": "rows_nn_index", "k": int(self.config.k), "method": self._method(),
-                "lof": lof}
+        lof = (
+            {"k_distance": "k_distance", "lrd": "lrd", "eps": LOF_EPS}
+            if self._method() == "lof"
+            else None
+        )
+        return {
+            "kind": "rows_nn_index",
+            "k": int(self.config.k),
+            "method": self._method(),
+            "lof": lof,
+        }
 
     def _fit_scaled(self, scaled: np.ndarray, seed: int) -> dict[str, np.ndarray]:
         from sklearn.neighbors import NearestNeighbors
@@ -118,20 +126,32 @@ class NeighborDetector(ClassicalDetector):
         self.check_is_fitted()
         arrays = {"memory_bank": self.model_arrays["memory_bank"]}  # type: ignore[index]
         if self._method() == "lof":
-            arrays.update({name: self.model_arrays[name]  # type: ignore[index]
-                           for name in ("k_distance", "lrd")})
-        return ExportSpec(module=StandardizedGraph(self.standardizer).eval(),  # type: ignore
-                          example_input=self._example_input(), input_name="rows",
-                          output_names=("embedding",), postprocess=self._postprocess(),
-                          arrays=arrays)
+            arrays.update(
+                {
+                    name: self.model_arrays[name]  # type: ignore[index]
+                    for name in ("k_distance", "lrd")
+                }
+            )
+        return ExportSpec(
+            module=StandardizedGraph(self.standardizer).eval(),  # type: ignore
+            example_input=self._example_input(),
+            input_name="rows",
+            output_names=("embedding",),
+            postprocess=self._postprocess(),
+            arrays=arrays,
+        )
 
     def describe(self) -> dict[str, Any]:
         """Memory-bank size and k."""
         if not self.is_fitted:
             return {}
         bank = self.model_arrays["memory_bank"]  # type: ignore[index]
-        return {"n_memory_rows": int(bank.shape[0]), "dim": int(bank.shape[1]),
-                "k": int(self.config.k), "method": self._method()}
+        return {
+            "n_memory_rows": int(bank.shape[0]),
+            "dim": int(bank.shape[1]),
+            "k": int(self.config.k),
+            "method": self._method(),
+        }
 
 
 @register_detector("knn")
@@ -142,4 +162,3 @@ class KNN(NeighborDetector):
 
     def _method(self) -> str:
         return str(self.config.method)
-

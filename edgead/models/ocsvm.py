@@ -62,11 +62,19 @@ class OCSVMConfig:
 
     def validate(self) -> None:
         """ConfigError on out-of-range values."""
-        if not 0 < self.nu <= 1 or self.gamma < 0 or self.approximation not in APPROXIMATIONS \
-                or self.n_components < 1 or self.tol <= 0 or self.max_iter < 1:
-            raise ConfigError(f"OCSVMConfig: need 0 < nu <= 1, gamma >= 0, approximation in "
-                              f"{APPROXIMATIONS}, n_components >= 1, tol > 0, max_iter >= 1; "
-                              f"got {self}")
+        if (
+            not 0 < self.nu <= 1
+            or self.gamma < 0
+            or self.approximation not in APPROXIMATIONS
+            or self.n_components < 1
+            or self.tol <= 0
+            or self.max_iter < 1
+        ):
+            raise ConfigError(
+                f"OCSVMConfig: need 0 < nu <= 1, gamma >= 0, approximation in "
+                f"{APPROXIMATIONS}, n_components >= 1, tol > 0, max_iter >= 1; "
+                f"got {self}"
+            )
 
 
 class RBFExpansionScorer(nn.Module):
@@ -102,8 +110,11 @@ class OCSVM(ClassicalDetector):
             from sklearn.svm import OneClassSVM
 
             if len(x) > 20000:
-                logger.warning("OCSVM: exact fit on %d rows is slow (quadratic memory/time); "
-                               "consider approximation = 'nystroem'", len(x))
+                logger.warning(
+                    "OCSVM: exact fit on %d rows is slow (quadratic memory/time); "
+                    "consider approximation = 'nystroem'",
+                    len(x),
+                )
             model = OneClassSVM(kernel="rbf", nu=cfg.nu, gamma=gamma, tol=cfg.tol).fit(x)
             centres = model.support_vectors_
             weights = model.dual_coef_.ravel()
@@ -120,10 +131,12 @@ class OCSVM(ClassicalDetector):
             weights = feats.normalization_.T @ svm.coef_.ravel()
             intercept = -float(svm.offset_[0])
         logger.info("OCSVM (%s): %d centres, gamma %.4g", cfg.approximation, len(centres), gamma)
-        return {"centres": np.ascontiguousarray(centres, dtype=np.float32),
-                "weights": np.asarray(weights, dtype=np.float64),
-                "intercept": np.array(intercept, dtype=np.float64),
-                "gamma": np.array(gamma, dtype=np.float64)}
+        return {
+            "centres": np.ascontiguousarray(centres, dtype=np.float32),
+            "weights": np.asarray(weights, dtype=np.float64),
+            "intercept": np.array(intercept, dtype=np.float64),
+            "gamma": np.array(gamma, dtype=np.float64),
+        }
 
     def _score_scaled(self, scaled: np.ndarray) -> np.ndarray:
         a = self.model_arrays
@@ -139,14 +152,20 @@ class OCSVM(ClassicalDetector):
         """Graph: standardise -> RBF kernel expansion -> ("score",)."""
         self.check_is_fitted()
         scorer = RBFExpansionScorer(self.model_arrays)  # type: ignore[arg-type]
-        return ExportSpec(module=StandardizedGraph(self.standardizer, scorer).eval(),  # type: ignore
-                          example_input=self._example_input(), input_name="rows",
-                          output_names=("score",), postprocess={"kind": "rows"})
+        return ExportSpec(
+            module=StandardizedGraph(self.standardizer, scorer).eval(),  # type: ignore
+            example_input=self._example_input(),
+            input_name="rows",
+            output_names=("score",),
+            postprocess={"kind": "rows"},
+        )
 
     def describe(self) -> dict[str, Any]:
         """Number of kernel centres (support vectors or landmarks) and gamma."""
         if not self.is_fitted:
             return {}
-        return {"approximation": self.config.approximation,
-                "n_centres": int(self.model_arrays["centres"].shape[0]),  # type: ignore[index]
-                "gamma": float(self.model_arrays["gamma"])}  # type: ignore[index]
+        return {
+            "approximation": self.config.approximation,
+            "n_centres": int(self.model_arrays["centres"].shape[0]),  # type: ignore[index]
+            "gamma": float(self.model_arrays["gamma"]),
+        }  # type: ignore[index]

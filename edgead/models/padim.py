@@ -83,14 +83,17 @@ class PaDiMConfig:
         if self.image_size < 16:
             raise ConfigError(f"padim: image_size must be >= 16 px, got {self.image_size}")
         if self.n_features < 0:
-            raise ConfigError(f"padim: n_features must be >= 0 (0 = all channels), "
-                              f"got {self.n_features}")
+            raise ConfigError(
+                f"padim: n_features must be >= 0 (0 = all channels), got {self.n_features}"
+            )
         if self.pooling not in POOLINGS:
-            raise ConfigError(f"padim: pooling must be one of {', '.join(POOLINGS)}, "
-                              f"got {self.pooling!r}")
+            raise ConfigError(
+                f"padim: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}"
+            )
         if self.eps <= 0:
-            raise ConfigError(f"padim: eps must be > 0 (it keeps covariances invertible), "
-                              f"got {self.eps}")
+            raise ConfigError(
+                f"padim: eps must be > 0 (it keeps covariances invertible), got {self.eps}"
+            )
         if self.batch_size < 1 or self.blur_sigma < 0:
             raise ConfigError("padim: batch_size must be >= 1 and blur_sigma >= 0")
 
@@ -98,8 +101,13 @@ class PaDiMConfig:
 class PaDiMEmbedding(nn.Module):
     """uint8 (B, S, S, 3) RGB -> float32 (B, d, h, w) embeddings (chosen channels, finest grid)."""
 
-    def __init__(self, features: BackboneFeatures, channel_index: torch.Tensor,
-                 grid_hw: tuple[int, int], resize: Sequence[bool]) -> None:
+    def __init__(
+        self,
+        features: BackboneFeatures,
+        channel_index: torch.Tensor,
+        grid_hw: tuple[int, int],
+        resize: Sequence[bool],
+    ) -> None:
         super().__init__()
         self.features = features
         self.register_buffer("channel_index", channel_index.to(torch.int64))
@@ -109,19 +117,24 @@ class PaDiMEmbedding(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """float32 (B, d, h, w)."""
         maps = self.features(images)
-        resized = [F.interpolate(m, size=self.grid_hw, mode="bilinear", align_corners=False)
-                   if resize else m for m, resize in zip(maps, self.resize, strict=True)]
+        resized = [
+            F.interpolate(m, size=self.grid_hw, mode="bilinear", align_corners=False)
+            if resize
+            else m
+            for m, resize in zip(maps, self.resize, strict=True)
+        ]
         return torch.index_select(torch.cat(resized, dim=1), 1, self.channel_index)
 
 
 class PaDiMGraph(nn.Module):
     """Export module: uint8 (B, S, S, 3) -> ("anomaly_map",) float32 (B, h, w) Mahalanobis."""
 
-    def __init__(self, embedding: PaDiMEmbedding, mean: torch.Tensor,
-                 precision: torch.Tensor) -> None:
+    def __init__(
+        self, embedding: PaDiMEmbedding, mean: torch.Tensor, precision: torch.Tensor
+    ) -> None:
         super().__init__()
         self.embedding = embedding
-        self.register_buffer("mean", mean)            # (P, d); (1, d) when pooled globally
+        self.register_buffer("mean", mean)  # (P, d); (1, d) when pooled globally
         self.register_buffer("precision", precision)  # (P, d, d); (1, d, d) when pooled
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
@@ -130,8 +143,8 @@ class PaDiMGraph(nn.Module):
         batch, dim, height, width = emb.shape
         # (P, B, d): one batched matmul per position, export-safe (MatMul, no einsum).
         diff = emb.reshape(batch, dim, height * width).permute(2, 0, 1) - self.mean.unsqueeze(1)
-        left = torch.matmul(diff, self.precision)                   # (P, B, d)
-        dist2 = (left * diff).sum(dim=2).clamp_min(0.0)             # (P, B)
+        left = torch.matmul(diff, self.precision)  # (P, B, d)
+        dist2 = (left * diff).sum(dim=2).clamp_min(0.0)  # (P, B)
         return (torch.sqrt(dist2).permute(1, 0).reshape(batch, height, width),)
 
 
@@ -160,15 +173,30 @@ class PaDiM(BaseDetector):
         return self._require_fitted(self._graph)
 
     def _embedding(self, channel_index: np.ndarray) -> PaDiMEmbedding:
-        if channel_index.ndim != 1 or channel_index.size == 0 or \
-                channel_index.min() < 0 or channel_index.max() >= self.total_channels_:
-            raise DataError(f"padim: channel_index must pick from {self.total_channels_} "
-                            "backbone channels; the run was made with another backbone")
-        return PaDiMEmbedding(self._features, torch.from_numpy(channel_index.astype(np.int64)),
-                              self.grid_hw_, self._resize)
+        if (
+            channel_index.ndim != 1
+            or channel_index.size == 0
+            or channel_index.min() < 0
+            or channel_index.max() >= self.total_channels_
+        ):
+            raise DataError(
+                f"padim: channel_index must pick from {self.total_channels_} "
+                "backbone channels; the run was made with another backbone"
+            )
+        return PaDiMEmbedding(
+            self._features,
+            torch.from_numpy(channel_index.astype(np.int64)),
+            self.grid_hw_,
+            self._resize,
+        )
 
-    def fit(self, data: Sequence[np.ndarray] | np.ndarray, *, seed: int = 0,
-            progress: Progress = no_progress) -> None:
+    def fit(
+        self,
+        data: Sequence[np.ndarray] | np.ndarray,
+        *,
+        seed: int = 0,
+        progress: Progress = no_progress,
+    ) -> None:
         """Fit the per-position Gaussians on normal uint8 (S, S, 3) RGB images."""
         cfg = self.config
         n_images = check_images(data, cfg.image_size)
@@ -176,8 +204,11 @@ class PaDiM(BaseDetector):
             raise DataError("padim needs at least 2 training images to estimate covariances")
         n_keep = min(cfg.n_features or self.total_channels_, self.total_channels_)
         if n_keep < cfg.n_features:
-            logger.warning("padim: backbone has %d channels; using all of them instead of %d",
-                           self.total_channels_, cfg.n_features)
+            logger.warning(
+                "padim: backbone has %d channels; using all of them instead of %d",
+                self.total_channels_,
+                cfg.n_features,
+            )
         rng = np.random.default_rng(seed)
         channel_index = np.sort(rng.choice(self.total_channels_, size=n_keep, replace=False))
         embedding = self._embedding(channel_index)
@@ -190,10 +221,10 @@ class PaDiM(BaseDetector):
         sum_xx = torch.zeros(n_gauss, n_keep, n_keep, dtype=torch.float64)
         with torch.inference_mode():
             for batch in iter_batches(data, cfg.batch_size, progress, "padim: features"):
-                emb = embedding(batch).to(torch.float64)             # (B, d, h, w)
+                emb = embedding(batch).to(torch.float64)  # (B, d, h, w)
                 emb = emb.reshape(emb.shape[0], n_keep, n_pos).permute(2, 0, 1)  # (P, B, d)
                 if pooled:
-                    emb = emb.reshape(1, -1, n_keep)                 # (1, P * B, d)
+                    emb = emb.reshape(1, -1, n_keep)  # (1, P * B, d)
                 sum_x += emb.sum(dim=1)
                 sum_xx += torch.matmul(emb.transpose(1, 2), emb)
         n_samples = n_images * n_pos if pooled else n_images
@@ -203,16 +234,22 @@ class PaDiM(BaseDetector):
         precision = torch.linalg.inv(cov)
         precision = 0.5 * (precision + precision.transpose(1, 2))
         self._graph = PaDiMGraph(embedding, mean.to(torch.float32), precision.to(torch.float32))
-        logger.info("padim: fitted %d Gaussian(s) x %d dims on %d images (%.2f MB of statistics)",
-                    mean.shape[0], n_keep, n_images, self.statistics_bytes() / 1e6)
+        logger.info(
+            "padim: fitted %d Gaussian(s) x %d dims on %d images (%.2f MB of statistics)",
+            mean.shape[0],
+            n_keep,
+            n_images,
+            self.statistics_bytes() / 1e6,
+        )
 
     def statistics_bytes(self) -> int:
         """Bytes of the fitted means and precision matrices (float32)."""
         graph = self._fitted_graph()
         return int(graph.mean.numel() * 4 + graph.precision.numel() * 4)
 
-    def grid_maps(self, data: Sequence[np.ndarray] | np.ndarray,
-                  progress: Progress = no_progress) -> np.ndarray:
+    def grid_maps(
+        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
+    ) -> np.ndarray:
         """float32 (N, h, w) Mahalanobis distances at the feature grid (the graph output)."""
         graph = self._fitted_graph()
         check_images(data, self.config.image_size)
@@ -222,11 +259,13 @@ class PaDiM(BaseDetector):
                 outputs.append(graph(batch)[0].numpy())
         return np.concatenate(outputs).astype(np.float32)
 
-    def score(self, data: Sequence[np.ndarray] | np.ndarray,
-              progress: Progress = no_progress) -> ScoreOutput:
+    def score(
+        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
+    ) -> ScoreOutput:
         """Scores (N,) = max of the blurred map; maps (N, S, S) Mahalanobis distances."""
-        return maps_to_output(self.grid_maps(data, progress), self.config.image_size,
-                              self.config.blur_sigma)
+        return maps_to_output(
+            self.grid_maps(data, progress), self.config.image_size, self.config.blur_sigma
+        )
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         graph = self._fitted_graph()
@@ -246,11 +285,14 @@ class PaDiM(BaseDetector):
         mean = np.asarray(arrays["mean"], dtype=np.float32)
         precision = np.asarray(arrays["precision"], dtype=np.float32)
         if mean.shape != (n_pos, dim) or precision.shape != (n_pos, dim, dim):
-            raise DataError(f"padim state has mean {mean.shape} / precision {precision.shape}; "
-                            f"expected ({n_pos}, {dim}) / ({n_pos}, {dim}, {dim}) for this "
-                            f"image_size, backbone and pooling ({self.config.pooling!r})")
-        self._graph = PaDiMGraph(embedding, torch.from_numpy(mean.copy()),
-                                 torch.from_numpy(precision.copy()))
+            raise DataError(
+                f"padim state has mean {mean.shape} / precision {precision.shape}; "
+                f"expected ({n_pos}, {dim}) / ({n_pos}, {dim}, {dim}) for this "
+                f"image_size, backbone and pooling ({self.config.pooling!r})"
+            )
+        self._graph = PaDiMGraph(
+            embedding, torch.from_numpy(mean.copy()), torch.from_numpy(precision.copy())
+        )
 
     def export_spec(self) -> ExportSpec:
         graph = self._fitted_graph()
@@ -260,6 +302,9 @@ class PaDiM(BaseDetector):
         if not self.is_fitted:
             return {}
         graph = self._fitted_graph()
-        return {"grid": list(self.grid_hw_), "n_features": int(graph.mean.shape[1]),
-                "pooling": self.config.pooling,
-                "statistics_mb": round(self.statistics_bytes() / 1e6, 2)}
+        return {
+            "grid": list(self.grid_hw_),
+            "n_features": int(graph.mean.shape[1]),
+            "pooling": self.config.pooling,
+            "statistics_mb": round(self.statistics_bytes() / 1e6, 2),
+        }

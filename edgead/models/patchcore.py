@@ -90,12 +90,15 @@ class PatchCoreConfig:
             raise ConfigError(f"patchcore: image_size must be >= 16 px, got {self.image_size}")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ConfigError(
-                f"patchcore: coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+                f"patchcore: coreset_ratio must be in (0, 1], got {self.coreset_ratio}"
+            )
         if self.num_neighbors < 1:
             raise ConfigError(f"patchcore: num_neighbors must be >= 1, got {self.num_neighbors}")
         if self.reweight and self.num_neighbors < 2:
-            raise ConfigError("patchcore: reweight needs num_neighbors >= 2 (the paper uses 9); "
-                              "with 1 neighbour every weight is 0")
+            raise ConfigError(
+                "patchcore: reweight needs num_neighbors >= 2 (the paper uses 9); "
+                "with 1 neighbour every weight is 0"
+            )
         if self.batch_size < 1 or self.blur_sigma < 0:
             raise ConfigError("patchcore: batch_size must be >= 1 and blur_sigma >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -130,17 +133,23 @@ class PatchCoreEmbedder(nn.Module):
         for feature_map, resize in zip(maps, self._resize, strict=True):
             feature_map = self.pool(feature_map)
             if resize:
-                feature_map = F.interpolate(feature_map, size=self.grid_hw, mode="bilinear",
-                                            align_corners=False)
+                feature_map = F.interpolate(
+                    feature_map, size=self.grid_hw, mode="bilinear", align_corners=False
+                )
             pooled.append(feature_map)
         embedding = torch.cat(pooled, dim=1)  # (B, D, h, w)
         batch = embedding.shape[0]
         return (embedding.reshape(batch, self.embedding_dim, -1).permute(0, 2, 1).contiguous(),)
 
 
-def reweight_scores(patch_embeddings: np.ndarray, patch_distances: np.ndarray,
-                    nearest_ids: np.ndarray, memory_bank: np.ndarray, index: FaissIndex,
-                    num_neighbors: int) -> np.ndarray:
+def reweight_scores(
+    patch_embeddings: np.ndarray,
+    patch_distances: np.ndarray,
+    nearest_ids: np.ndarray,
+    memory_bank: np.ndarray,
+    index: FaissIndex,
+    num_neighbors: int,
+) -> np.ndarray:
     """float32 (B,) image scores re-weighted as in the PatchCore paper (eq. 7).
 
     For the most anomalous patch m_test of each image, with nearest bank entry m* at distance
@@ -208,8 +217,12 @@ class PatchCore(BaseDetector):
             self._index = FaissIndex.build(self._bank(), _INDEX_FACTORY)
         return self._index
 
-    def embed(self, images: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress,
-              description: str = "patchcore: features") -> np.ndarray:
+    def embed(
+        self,
+        images: Sequence[np.ndarray] | np.ndarray,
+        progress: Progress = no_progress,
+        description: str = "patchcore: features",
+    ) -> np.ndarray:
         """float32 (N, h*w, D) patch embeddings of uint8 (S, S, 3) RGB images."""
         check_images(images, self.config.image_size)
         parts: list[np.ndarray] = []
@@ -218,8 +231,13 @@ class PatchCore(BaseDetector):
                 parts.append(self.embedder(batch)[0].numpy())
         return np.concatenate(parts)
 
-    def fit(self, data: Sequence[np.ndarray] | np.ndarray, *, seed: int = 0,
-            progress: Progress = no_progress) -> None:
+    def fit(
+        self,
+        data: Sequence[np.ndarray] | np.ndarray,
+        *,
+        seed: int = 0,
+        progress: Progress = no_progress,
+    ) -> None:
         """Build the memory bank from normal uint8 (S, S, 3) RGB images."""
         t0 = time.perf_counter()
         embeddings = self.embed(data, progress)
@@ -227,17 +245,28 @@ class PatchCore(BaseDetector):
         del embeddings
         t1 = time.perf_counter()
         stats = CoresetStats()
-        keep = greedy_coreset(features, self.config.coreset_ratio,
-                              projection_dim=self.config.projection_dim, seed=seed,
-                              progress=progress, stats=stats)
+        keep = greedy_coreset(
+            features,
+            self.config.coreset_ratio,
+            projection_dim=self.config.projection_dim,
+            seed=seed,
+            progress=progress,
+            stats=stats,
+        )
         self.memory_bank_ = np.ascontiguousarray(features[keep], dtype=np.float32)
         self._index = None
         self.n_train_patches_ = int(features.shape[0])
         t2 = time.perf_counter()
         self.fit_timings_ = {"feature_extraction_s": t1 - t0, "coreset_s": t2 - t1}
-        logger.info("patchcore: %d of %d patches in the memory bank (D=%d); features %.1f s, "
-                    "coreset %.1f s", len(keep), features.shape[0], features.shape[1],
-                    t1 - t0, t2 - t1)
+        logger.info(
+            "patchcore: %d of %d patches in the memory bank (D=%d); features %.1f s, "
+            "coreset %.1f s",
+            len(keep),
+            features.shape[0],
+            features.shape[1],
+            t1 - t0,
+            t2 - t1,
+        )
 
     def patch_distances(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(float32 (B, h, w) L2 distances, int64 (B, h*w) bank ids) of (B, h*w, D) embeddings."""
@@ -245,8 +274,9 @@ class PatchCore(BaseDetector):
         dists, ids = self._nn_index().search(embeddings.reshape(-1, dim), 1)
         return dists[:, 0].reshape(batch, *self.grid_hw), ids[:, 0].reshape(batch, n_patches)
 
-    def score(self, data: Sequence[np.ndarray] | np.ndarray,
-              progress: Progress = no_progress) -> ScoreOutput:
+    def score(
+        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
+    ) -> ScoreOutput:
         """Scores float32 (N,) (max or re-weighted patch distance) and maps float32 (N, S, S)."""
         cfg = self.config
         bank = self._bank()
@@ -259,14 +289,17 @@ class PatchCore(BaseDetector):
                 patch, ids = self.patch_distances(emb)
                 flat = patch.reshape(patch.shape[0], -1)
                 if cfg.reweight:
-                    scores.append(reweight_scores(emb, flat, ids, bank, self._nn_index(),
-                                                  cfg.num_neighbors))
+                    scores.append(
+                        reweight_scores(emb, flat, ids, bank, self._nn_index(), cfg.num_neighbors)
+                    )
                 else:
                     scores.append(flat.max(axis=1))
-                maps.append(upsample_and_blur(patch, (cfg.image_size, cfg.image_size),
-                                              cfg.blur_sigma))
-        return ScoreOutput(scores=np.concatenate(scores).astype(np.float32),
-                           anomaly_maps=np.concatenate(maps))
+                maps.append(
+                    upsample_and_blur(patch, (cfg.image_size, cfg.image_size), cfg.blur_sigma)
+                )
+        return ScoreOutput(
+            scores=np.concatenate(scores).astype(np.float32), anomaly_maps=np.concatenate(maps)
+        )
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {"memory_bank": self._bank().copy()}
@@ -277,9 +310,11 @@ class PatchCore(BaseDetector):
         bank = np.asarray(arrays["memory_bank"])
         dim = self.embedder.embedding_dim
         if bank.ndim != 2 or bank.shape[1] != dim or bank.shape[0] == 0:
-            raise DataError(f"patchcore memory bank has shape {bank.shape}; expected (M, {dim}) "
-                            f"for backbone {self.config.backbone}; the run was made with another "
-                            "backbone")
+            raise DataError(
+                f"patchcore memory bank has shape {bank.shape}; expected (M, {dim}) "
+                f"for backbone {self.config.backbone}; the run was made with another "
+                "backbone"
+            )
         self.memory_bank_ = np.ascontiguousarray(bank, dtype=np.float32)
         self._index = None
 
@@ -287,17 +322,23 @@ class PatchCore(BaseDetector):
         bank = self._bank()
         size = self.config.image_size
         if self.config.reweight:
-            logger.warning("patchcore: the exported bundle scores with 'reweight'; runtimes that "
-                           "only know 'max' will refuse it")
+            logger.warning(
+                "patchcore: the exported bundle scores with 'reweight'; runtimes that "
+                "only know 'max' will refuse it"
+            )
         return ExportSpec(
             module=self.embedder,
             example_input=np.zeros((1, size, size, 3), dtype=np.uint8),
             input_name="images",
             output_names=("embedding",),
-            postprocess={"kind": "nn_index", "grid": list(self.grid_hw), "k": 1,
-                         "blur_sigma": float(self.config.blur_sigma),
-                         "score": "reweight" if self.config.reweight else "max",
-                         "num_neighbors": int(self.config.num_neighbors)},
+            postprocess={
+                "kind": "nn_index",
+                "grid": list(self.grid_hw),
+                "k": 1,
+                "blur_sigma": float(self.config.blur_sigma),
+                "score": "reweight" if self.config.reweight else "max",
+                "num_neighbors": int(self.config.num_neighbors),
+            },
             arrays={"memory_bank": bank.copy()},
         )
 
@@ -305,7 +346,10 @@ class PatchCore(BaseDetector):
         if not self.is_fitted:
             return {}
         bank = self._bank()
-        return {"grid": list(self.grid_hw), "embedding_dim": int(bank.shape[1]),
-                "memory_bank_size": int(bank.shape[0]),
-                "n_train_patches": int(self.n_train_patches_),
-                "memory_bank_mb": round(bank.nbytes / 1e6, 2)}
+        return {
+            "grid": list(self.grid_hw),
+            "embedding_dim": int(bank.shape[1]),
+            "memory_bank_size": int(bank.shape[0]),
+            "n_train_patches": int(self.n_train_patches_),
+            "memory_bank_mb": round(bank.nbytes / 1e6, 2),
+        }

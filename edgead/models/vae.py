@@ -50,8 +50,10 @@ class VAEConfig:
         """ConfigError on out-of-range values."""
         validate_common(self)
         if self.latent_dim < 0 or self.kl_weight < 0:
-            raise ConfigError(f"VAEConfig: need latent_dim >= 0 and kl_weight >= 0, got "
-                              f"latent_dim={self.latent_dim}, kl_weight={self.kl_weight}")
+            raise ConfigError(
+                f"VAEConfig: need latent_dim >= 0 and kl_weight >= 0, got "
+                f"latent_dim={self.latent_dim}, kl_weight={self.kl_weight}"
+            )
 
 
 class VAENet(nn.Module):
@@ -60,8 +62,9 @@ class VAENet(nn.Module):
     forward(x float32 (B, D)) -> float32 (B,): SSE(x, decode(mu)) + 0.5 * KL.
     """
 
-    def __init__(self, n_features: int, hidden_sizes: tuple[int, ...], latent_dim: int,
-                 kl_weight: float) -> None:
+    def __init__(
+        self, n_features: int, hidden_sizes: tuple[int, ...], latent_dim: int, kl_weight: float
+    ) -> None:
         super().__init__()
         self.kl_weight = kl_weight
         self.encoder = make_mlp([n_features, *hidden_sizes], final_activation=True)
@@ -77,7 +80,7 @@ class VAENet(nn.Module):
     @staticmethod
     def kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """KL(N(mu, exp(logvar)) || N(0, I)) per row (B,), nats."""
-        return 0.5 * (mu ** 2 + torch.exp(logvar) - 1.0 - logvar).sum(dim=1)
+        return 0.5 * (mu**2 + torch.exp(logvar) - 1.0 - logvar).sum(dim=1)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per-row training loss (B,): SSE + kl_weight * KL; z sampled in train mode, mu in eval."""

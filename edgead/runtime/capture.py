@@ -80,8 +80,10 @@ def parse_source(source: str) -> SourceSpec:
         return SourceSpec("folder", str(path))
     if path.is_file():
         return SourceSpec("file", str(path))
-    raise DataError(f"source {source!r} is not a camera index, URL, device or existing "
-                    "file/folder; check the path, or give a camera index such as 0")
+    raise DataError(
+        f"source {source!r} is not a camera index, URL, device or existing "
+        "file/folder; check the path, or give a camera index such as 0"
+    )
 
 
 class FolderReader:
@@ -92,8 +94,9 @@ class FolderReader:
     """
 
     def __init__(self, folder: str | Path) -> None:
-        self.files = sorted(p for p in Path(folder).iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = sorted(
+            p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         if not self.files:
             raise DataError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self._next = 0
@@ -118,8 +121,12 @@ def open_reader(spec: SourceSpec, timeout_ms: int = 5000) -> FrameReader:
     if spec.kind == "folder":
         return FolderReader(str(spec.target))
     if spec.kind == "url":
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            timeout_ms,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            timeout_ms,
+        ]
         cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, params)
     elif spec.kind == "device":
         cap = cv2.VideoCapture(str(spec.target), cv2.CAP_V4L2)
@@ -162,8 +169,9 @@ class CaptureConfig:
     def validate(self) -> None:
         """Raise ConfigError on a bad value."""
         if self.drop not in DROP_POLICIES:
-            raise ConfigError(f"--drop must be one of {', '.join(DROP_POLICIES)}; "
-                              f"got {self.drop!r}")
+            raise ConfigError(
+                f"--drop must be one of {', '.join(DROP_POLICIES)}; got {self.drop!r}"
+            )
         if not 1 <= self.queue_size <= 64:
             raise ConfigError(f"queue_size must be 1..64, got {self.queue_size}")
         if self.open_retries < 1:
@@ -249,9 +257,14 @@ class CaptureCounters:
     def snapshot(self) -> dict[str, int]:
         """The counts as a dict."""
         with self._lock:
-            return {"read": self.read, "queued": self.queued, "dropped": self.dropped,
-                    "corrupt": self.corrupt, "reconnects": self.reconnects,
-                    "outages": self.outages}
+            return {
+                "read": self.read,
+                "queued": self.queued,
+                "dropped": self.dropped,
+                "corrupt": self.corrupt,
+                "reconnects": self.reconnects,
+                "outages": self.outages,
+            }
 
 
 class CaptureThread(threading.Thread):
@@ -266,8 +279,15 @@ class CaptureThread(threading.Thread):
         sleep: injectable for tests (default time.sleep, but interruptible by stop_event).
     """
 
-    def __init__(self, opener: Callable[[], FrameReader], config: CaptureConfig, *, is_live: bool,
-                 stop_event: threading.Event, name: str = "source") -> None:
+    def __init__(
+        self,
+        opener: Callable[[], FrameReader],
+        config: CaptureConfig,
+        *,
+        is_live: bool,
+        stop_event: threading.Event,
+        name: str = "source",
+    ) -> None:
         super().__init__(name="edgead-capture", daemon=True)
         config.validate()
         self.opener = opener
@@ -300,13 +320,21 @@ class CaptureThread(threading.Thread):
                 last_error = exc
                 if attempt < self.config.open_retries:
                     delay = next(delays)
-                    logger.warning("cannot open %s (attempt %d/%d: %s); retrying in %.1f s",
-                                   self.source_name, attempt, self.config.open_retries, exc, delay)
+                    logger.warning(
+                        "cannot open %s (attempt %d/%d: %s); retrying in %.1f s",
+                        self.source_name,
+                        attempt,
+                        self.config.open_retries,
+                        exc,
+                        delay,
+                    )
                     if self.stop_event.wait(delay):
                         break
-        raise DataError(f"cannot open source {self.source_name} after {self.config.open_retries} "
-                        f"attempt(s): {last_error}; check the URL/path/camera index, that the "
-                        "camera is connected and that nothing else holds it") from last_error
+        raise DataError(
+            f"cannot open source {self.source_name} after {self.config.open_retries} "
+            f"attempt(s): {last_error}; check the URL/path/camera index, that the "
+            "camera is connected and that nothing else holds it"
+        ) from last_error
 
     def _reconnect(self) -> bool:
         """Reopen a live source after an outage; False when stopped or retries ran out."""
@@ -318,12 +346,16 @@ class CaptureThread(threading.Thread):
             attempt += 1
             limit = self.config.reconnect_retries
             if limit is not None and attempt > limit:
-                logger.error("%s did not come back after %d attempts; giving up",
-                             self.source_name, self.config.reconnect_retries)
+                logger.error(
+                    "%s did not come back after %d attempts; giving up",
+                    self.source_name,
+                    self.config.reconnect_retries,
+                )
                 return False
             delay = next(delays)
-            logger.warning("%s lost; reconnecting in %.2f s (attempt %d)", self.source_name, delay,
-                           attempt)
+            logger.warning(
+                "%s lost; reconnecting in %.2f s (attempt %d)", self.source_name, delay, attempt
+            )
             if self.stop_event.wait(delay):
                 return False
             try:
@@ -402,8 +434,13 @@ class CaptureThread(threading.Thread):
         self.counters.add(corrupt=1)
         self._corrupt_logged += 1
         if self._corrupt_logged <= 10 or self._corrupt_logged % 1000 == 0:
-            logger.warning("frame %d from %s skipped: %s (corrupt frames so far: %d)", index,
-                           self.source_name, problem, self._corrupt_logged)
+            logger.warning(
+                "frame %d from %s skipped: %s (corrupt frames so far: %d)",
+                index,
+                self.source_name,
+                problem,
+                self._corrupt_logged,
+            )
 
     def _offer(self, frame: Frame) -> None:
         """Queue `frame` under the drop policy; counts it as queued or dropped."""

@@ -212,7 +212,8 @@ class Detector:
         # kNN/LOF training-row statistics, decoded once (.npy, no pickle).
         self._row_arrays: dict[str, np.ndarray] = (
             {name: bundle.array(name) for name in self.manifest.arrays}
-            if kind == "rows_nn_index" else {}
+            if kind == "rows_nn_index"
+            else {}
         )
         norm = self.manifest.normalisation
         self._calibrated = self.manifest.threshold is not None and all(
@@ -340,9 +341,7 @@ class Detector:
         t0 = time.perf_counter()
         size_hw = self.image_size
         resize = self.manifest.input.resize
-        batch = np.stack(
-            [resize_frame(f, size_hw, resize, channel_order) for f in frames]
-        )
+        batch = np.stack([resize_frame(f, size_hw, resize, channel_order) for f in frames])
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
         t2 = time.perf_counter()
@@ -496,8 +495,12 @@ class Detector:
         if self._kind == "rows":
             raw = outputs["score"].reshape(n).astype(np.float32)
         else:
-            raw = score_rows_nn(self._index, outputs["embedding"].reshape(n, -1),
-                                self.manifest.postprocess, self._row_arrays).astype(np.float32)
+            raw = score_rows_nn(
+                self._index,
+                outputs["embedding"].reshape(n, -1),
+                self.manifest.postprocess,
+                self._row_arrays,
+            ).astype(np.float32)
         normalised, decisions = self._decide(raw)
         if decisions is None:
             decisions = np.zeros(n, dtype=bool)

@@ -210,9 +210,16 @@ class LoopStats:
     def snapshot(self) -> dict[str, Any]:
         """Counters for /metrics and /healthz."""
         with self._lock:
-            return {"scored": self.scored, "corrupt": self.corrupt, "anomalies": self.anomalies,
-                    "last_score": self.last_score, "last_scored_at": self.last_scored_at,
-                    "backend": self.backend, "fallbacks": self.fallbacks, "fps": self.fps}
+            return {
+                "scored": self.scored,
+                "corrupt": self.corrupt,
+                "anomalies": self.anomalies,
+                "last_score": self.last_score,
+                "last_scored_at": self.last_scored_at,
+                "backend": self.backend,
+                "fallbacks": self.fallbacks,
+                "fps": self.fps,
+            }
 
 
 class JsonlWriter:
@@ -265,8 +272,11 @@ def _trim_partial_line(path: Path) -> None:
             cut = chunk.rfind(b"\n")
             if cut >= 0:
                 fh.truncate(start + cut + 1)
-                logger.warning("%s ended in a partial line (%d bytes); trimmed it", path,
-                               size - start - cut - 1)
+                logger.warning(
+                    "%s ended in a partial line (%d bytes); trimmed it",
+                    path,
+                    size - start - cut - 1,
+                )
                 return
             pos = start
         fh.truncate(0)
@@ -292,8 +302,10 @@ def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
 
     def handler(signum: int, _frame: object) -> None:
         if not stop_event.is_set():
-            logger.info("%s received: finishing the frame in flight, then stopping",
-                        signal.Signals(signum).name)
+            logger.info(
+                "%s received: finishing the frame in flight, then stopping",
+                signal.Signals(signum).name,
+            )
         stop_event.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -322,10 +334,17 @@ class InspectionLoop:
         stats: LoopStats shared with an HTTP endpoint; a new one when None.
     """
 
-    def __init__(self, detector: FrameDetector, capture: CaptureThread, config: LoopConfig,
-                 stop_event: threading.Event, *,
-                 fallback_factory: Callable[[], FrameDetector] | None = None,
-                 stream: IO[str] | None = None, stats: LoopStats | None = None) -> None:
+    def __init__(
+        self,
+        detector: FrameDetector,
+        capture: CaptureThread,
+        config: LoopConfig,
+        stop_event: threading.Event,
+        *,
+        fallback_factory: Callable[[], FrameDetector] | None = None,
+        stream: IO[str] | None = None,
+        stats: LoopStats | None = None,
+    ) -> None:
         self.detector = detector
         self.capture = capture
         self.config = config
@@ -334,9 +353,12 @@ class InspectionLoop:
         self.stream = stream
         self.stats = stats or LoopStats(config.latency_window)
         self.stats.backend = detector.backend
-        self.summary = RunSummary(source=capture.source_name, backend=detector.backend,
-                                  started_at=_utc_now(),
-                                  load_fallbacks=list(getattr(detector, "fallbacks", [])))
+        self.summary = RunSummary(
+            source=capture.source_name,
+            backend=detector.backend,
+            started_at=_utc_now(),
+            load_fallbacks=list(getattr(detector, "fallbacks", [])),
+        )
         self._roi_checked = False
         self._saving_stopped_logged = False
 
@@ -356,8 +378,10 @@ class InspectionLoop:
             self.stop_event.set()
             self.capture.join(timeout=max(5.0, self.capture.config.timeout_ms / 1000 + 1))
             if self.capture.is_alive():
-                logger.error("capture thread did not stop within its read timeout; counts may "
-                             "miss the frame it is reading")
+                logger.error(
+                    "capture thread did not stop within its read timeout; counts may "
+                    "miss the frame it is reading"
+                )
             self.capture.drain()
             writer.close()
             self._finish(stop_reason, time.perf_counter() - start)
@@ -375,8 +399,11 @@ class InspectionLoop:
             except queue.Empty:
                 now = time.perf_counter()
                 if now - last_frame_seen > self.config.stall_warn_s and not stall_warned:
-                    logger.warning("no frame from %s for %.0f s", self.capture.source_name,
-                                   now - last_frame_seen)
+                    logger.warning(
+                        "no frame from %s for %.0f s",
+                        self.capture.source_name,
+                        now - last_frame_seen,
+                    )
                     stall_warned = True
                 next_status = self._maybe_status(next_status)
                 continue
@@ -399,14 +426,17 @@ class InspectionLoop:
         height, width = frame.image.shape[:2]
         if x + w > width or y + h > height:
             if not self._roi_checked:
-                raise ConfigError(f"--roi {x},{y},{w},{h} does not fit the {width}x{height} frames "
-                                  f"of {self.capture.source_name}; choose x+w <= {width} and "
-                                  f"y+h <= {height}")
-            logger.warning("frame %d (%dx%d) is too small for the ROI; skipped", frame.index,
-                           width, height)
+                raise ConfigError(
+                    f"--roi {x},{y},{w},{h} does not fit the {width}x{height} frames "
+                    f"of {self.capture.source_name}; choose x+w <= {width} and "
+                    f"y+h <= {height}"
+                )
+            logger.warning(
+                "frame %d (%dx%d) is too small for the ROI; skipped", frame.index, width, height
+            )
             return None
         self._roi_checked = True
-        return frame.image[y:y + h, x:x + w]
+        return frame.image[y : y + h, x : x + w]
 
     def _score(self, image: np.ndarray, frame_index: int) -> Any:
         """Score with the current detector, replacing it once per failure when allowed."""
@@ -419,21 +449,30 @@ class InspectionLoop:
             if self.fallback_factory is None or used >= self.config.max_fallbacks:
                 raise BackendUnavailableError(
                     f"backend {self.detector.backend} failed on frame {frame_index} ({exc!r}) and "
-                    f"no fallback is left ({used} used of {self.config.max_fallbacks})") from exc
+                    f"no fallback is left ({used} used of {self.config.max_fallbacks})"
+                ) from exc
             old = self.detector.backend
             logger.error("backend %s failed on frame %d: %r; falling back", old, frame_index, exc)
             with contextlib.suppress(Exception):
                 self.detector.close()
             self.detector = self.fallback_factory()
-            record = FallbackRecord(frame_index=frame_index, from_backend=old,
-                                    to_backend=self.detector.backend, reason=repr(exc),
-                                    at=_utc_now())
+            record = FallbackRecord(
+                frame_index=frame_index,
+                from_backend=old,
+                to_backend=self.detector.backend,
+                reason=repr(exc),
+                at=_utc_now(),
+            )
             self.summary.runtime_fallbacks.append(record)
             self.summary.backend = self.detector.backend
             self.stats.backend = self.detector.backend
             self.stats.fallbacks += 1
-            logger.warning("now scoring with %s (fallback %d of %d)", self.detector.backend,
-                           used + 1, self.config.max_fallbacks)
+            logger.warning(
+                "now scoring with %s (fallback %d of %d)",
+                self.detector.backend,
+                used + 1,
+                self.config.max_fallbacks,
+            )
             return self.detector(image, channel_order="BGR")
 
     def _process(self, frame: Frame, writer: JsonlWriter) -> None:
@@ -452,14 +491,17 @@ class InspectionLoop:
         is_anomaly = bool(result.is_anomaly)
         record: dict[str, Any] = {
             "ts": datetime.fromtimestamp(frame.timestamp, timezone.utc).isoformat(
-                timespec="milliseconds"),
+                timespec="milliseconds"
+            ),
             "frame": frame.index,
             "raw_score": _finite(result.raw_score),
             "score": _finite(result.score),
             "is_anomaly": None if result.is_anomaly is None else is_anomaly,
-            "latency_ms": {"queue": round((dequeued - frame.captured_at) * 1e3, 3),
-                           **{k: round(float(v), 3) for k, v in result.timings_ms.items()},
-                           "score": round((scored - dequeued) * 1e3, 3)},
+            "latency_ms": {
+                "queue": round((dequeued - frame.captured_at) * 1e3, 3),
+                **{k: round(float(v), 3) for k, v in result.timings_ms.items()},
+                "score": round((scored - dequeued) * 1e3, 3),
+            },
         }
         if is_anomaly:
             saved = self._save_anomaly(frame, image, result)
@@ -476,21 +518,31 @@ class InspectionLoop:
             return None
         if self.summary.saved_images >= self.config.max_saved_images:
             if not self._saving_stopped_logged:
-                logger.warning("saved %d anomaly images (the limit); not saving more",
-                               self.config.max_saved_images)
+                logger.warning(
+                    "saved %d anomaly images (the limit); not saving more",
+                    self.config.max_saved_images,
+                )
                 self._saving_stopped_logged = True
             return None
         norm = getattr(getattr(self.detector, "manifest", None), "normalisation", {}) or {}
-        title = (f"frame {frame.index}  score {float(result.score):.3f}  "
-                 f"raw {float(result.raw_score):.4g}")
+        title = (
+            f"frame {frame.index}  score {float(result.score):.3f}  "
+            f"raw {float(result.raw_score):.4g}"
+        )
         try:
-            panel = overlay_panel(to_rgb(image, "BGR"), result.anomaly_map,
-                                  vmin=norm.get("min"), vmax=norm.get("max"), title=title)
+            panel = overlay_panel(
+                to_rgb(image, "BGR"),
+                result.anomaly_map,
+                vmin=norm.get("min"),
+                vmax=norm.get("max"),
+                title=title,
+            )
         except DataError as exc:
             logger.warning("no overlay for frame %d: %s", frame.index, exc)
             return None
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, 90])
+        ok, encoded = cv2.imencode(
+            ".jpg", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+        )
         if not ok:
             logger.warning("could not encode the overlay of frame %d; not saved", frame.index)
             return None
@@ -511,12 +563,20 @@ class InspectionLoop:
         pct = self.stats.percentiles()
         counts = self.capture.counters.snapshot()
         snap = self.stats.snapshot()
-        logger.info("status: %.1f fps | latency p50 %.1f ms p95 %.1f ms | read %d scored %d "
-                    "dropped %d corrupt %d | anomalies %d | reconnects %d | %s",
-                    fps, pct.get("p50", float("nan")), pct.get("p95", float("nan")),
-                    counts["read"], snap["scored"], counts["dropped"],
-                    counts["corrupt"] + snap["corrupt"], snap["anomalies"], counts["reconnects"],
-                    snap["backend"])
+        logger.info(
+            "status: %.1f fps | latency p50 %.1f ms p95 %.1f ms | read %d scored %d "
+            "dropped %d corrupt %d | anomalies %d | reconnects %d | %s",
+            fps,
+            pct.get("p50", float("nan")),
+            pct.get("p95", float("nan")),
+            counts["read"],
+            snap["scored"],
+            counts["dropped"],
+            counts["corrupt"] + snap["corrupt"],
+            snap["anomalies"],
+            counts["reconnects"],
+            snap["backend"],
+        )
 
     def _finish(self, stop_reason: str, duration_s: float) -> None:
         counts = self.capture.counters.snapshot()
@@ -532,25 +592,50 @@ class InspectionLoop:
         s.fps = round(s.scored / duration_s, 3) if duration_s > 0 else 0.0
         s.latency_ms = {k: round(v, 3) for k, v in self.stats.percentiles().items()}
         if not s.accounted and stop_reason != "error":  # an error leaves its frame uncounted
-            logger.error("frame accounting is off: scored %d + dropped %d + corrupt %d != read %d",
-                         s.scored, s.dropped, s.corrupt, s.read)
+            logger.error(
+                "frame accounting is off: scored %d + dropped %d + corrupt %d != read %d",
+                s.scored,
+                s.dropped,
+                s.corrupt,
+                s.read,
+            )
         if self.config.out_dir is not None:
             write_json_atomic(self.config.out_dir / "summary.json", s.to_dict())
-        logger.info("run ended (%s): read %d, scored %d, dropped %d, corrupt %d, anomalies %d, "
-                    "%.1f fps, backend %s%s", stop_reason, s.read, s.scored, s.dropped, s.corrupt,
-                    s.anomalies, s.fps, s.backend,
-                    f", {len(s.runtime_fallbacks)} fallback(s)" if s.runtime_fallbacks else "")
+        logger.info(
+            "run ended (%s): read %d, scored %d, dropped %d, corrupt %d, anomalies %d, "
+            "%.1f fps, backend %s%s",
+            stop_reason,
+            s.read,
+            s.scored,
+            s.dropped,
+            s.corrupt,
+            s.anomalies,
+            s.fps,
+            s.backend,
+            f", {len(s.runtime_fallbacks)} fallback(s)" if s.runtime_fallbacks else "",
+        )
 
 
-def run_inspection(model: str | Path, source: str, *, device: str = "auto",
-                   backend: str | None = None, threads: int | None = None,
-                   config: LoopConfig = LoopConfig(), drop: str | None = None,
-                   loop_source: bool = False, max_frames: int | None = None,
-                   pace_fps: float | None = None,
-                   open_retries: int = 3, backoff_initial_s: float = 0.5,
-                   backoff_max_s: float = 10.0, http_port: int | None = None,
-                   http_host: str = "127.0.0.1", stream: IO[str] | None = None,
-                   stop_event: threading.Event | None = None) -> RunSummary:
+def run_inspection(
+    model: str | Path,
+    source: str,
+    *,
+    device: str = "auto",
+    backend: str | None = None,
+    threads: int | None = None,
+    config: LoopConfig = LoopConfig(),
+    drop: str | None = None,
+    loop_source: bool = False,
+    max_frames: int | None = None,
+    pace_fps: float | None = None,
+    open_retries: int = 3,
+    backoff_initial_s: float = 0.5,
+    backoff_max_s: float = 10.0,
+    http_port: int | None = None,
+    http_host: str = "127.0.0.1",
+    stream: IO[str] | None = None,
+    stop_event: threading.Event | None = None,
+) -> RunSummary:
     """Load `model`, open `source` and run the inspection loop until the source ends or a stop.
 
     Args:
@@ -580,11 +665,21 @@ def run_inspection(model: str | Path, source: str, *, device: str = "auto",
     capture_config = CaptureConfig(
         queue_size=2 if spec.is_live else 4,
         drop=drop or ("oldest" if spec.is_live else "none"),
-        loop=loop_source, max_frames=max_frames, open_retries=open_retries, pace_fps=pace_fps,
-        backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
+        loop=loop_source,
+        max_frames=max_frames,
+        open_retries=open_retries,
+        pace_fps=pace_fps,
+        backoff_initial_s=backoff_initial_s,
+        backoff_max_s=backoff_max_s,
+    )
     stop_event = stop_event or threading.Event()
-    capture = CaptureThread(lambda: open_reader(spec, capture_config.timeout_ms), capture_config,
-                            is_live=spec.is_live, stop_event=stop_event, name=str(spec))
+    capture = CaptureThread(
+        lambda: open_reader(spec, capture_config.timeout_ms),
+        capture_config,
+        is_live=spec.is_live,
+        stop_event=stop_event,
+        name=str(spec),
+    )
     capture.open()
     detector = Detector.load(model, device=device, backend=backend, threads=threads)
     logger.info("scoring %s with %s (drop policy %s)", spec, detector.backend, capture_config.drop)
@@ -592,18 +687,24 @@ def run_inspection(model: str | Path, source: str, *, device: str = "auto",
     def fallback() -> FrameDetector:
         return Detector.load(model, device="cpu", threads=threads)
 
-    loop = InspectionLoop(detector, capture, config, stop_event, fallback_factory=fallback,
-                          stream=stream)
+    loop = InspectionLoop(
+        detector, capture, config, stop_event, fallback_factory=fallback, stream=stream
+    )
     server = None
     if http_port is not None:
         from edgead.runtime.metrics_http import MetricsServer
 
         def collect() -> tuple[dict[str, int], dict[str, Any], dict[str, float], dict[str, str]]:
-            return (capture.counters.snapshot(), loop.stats.snapshot(), loop.stats.percentiles(),
-                    {"model": str(model), "backend": loop.stats.backend, "source": str(spec)})
+            return (
+                capture.counters.snapshot(),
+                loop.stats.snapshot(),
+                loop.stats.percentiles(),
+                {"model": str(model), "backend": loop.stats.backend, "source": str(spec)},
+            )
 
-        server = MetricsServer(http_port, collect, host=http_host,
-                               stall_after_s=max(30.0, config.stall_warn_s)).start()
+        server = MetricsServer(
+            http_port, collect, host=http_host, stall_after_s=max(30.0, config.stall_warn_s)
+        ).start()
     try:
         return loop.run()
     finally:

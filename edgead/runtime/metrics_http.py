@@ -31,13 +31,13 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def render_metrics(counts: dict[str, int], snap: dict[str, Any], quantiles: dict[str, float],
-                   info: dict[str, str]) -> str:
+def render_metrics(
+    counts: dict[str, int], snap: dict[str, Any], quantiles: dict[str, float], info: dict[str, str]
+) -> str:
     """Prometheus exposition text from capture counts, loop stats and latency quantiles (ms)."""
     lines: list[str] = []
 
-    def metric(name: str, kind: str, help_text: str, value: float | None,
-               labels: str = "") -> None:
+    def metric(name: str, kind: str, help_text: str, value: float | None, labels: str = "") -> None:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         if value is not None:
@@ -45,18 +45,35 @@ def render_metrics(counts: dict[str, int], snap: dict[str, Any], quantiles: dict
 
     metric("edgead_frames_read_total", "counter", "Frames read from the source.", counts["read"])
     metric("edgead_frames_scored_total", "counter", "Frames scored.", snap["scored"])
-    metric("edgead_frames_dropped_total", "counter", "Frames dropped by the queue policy.",
-           counts["dropped"])
-    metric("edgead_frames_corrupt_total", "counter", "Frames skipped as corrupt.",
-           counts["corrupt"] + snap["corrupt"])
+    metric(
+        "edgead_frames_dropped_total",
+        "counter",
+        "Frames dropped by the queue policy.",
+        counts["dropped"],
+    )
+    metric(
+        "edgead_frames_corrupt_total",
+        "counter",
+        "Frames skipped as corrupt.",
+        counts["corrupt"] + snap["corrupt"],
+    )
     metric("edgead_anomalies_total", "counter", "Frames judged anomalous.", snap["anomalies"])
-    metric("edgead_source_reconnects_total", "counter", "Successful source reconnects.",
-           counts["reconnects"])
-    metric("edgead_backend_fallbacks_total", "counter", "Backends replaced mid-run.",
-           snap["fallbacks"])
+    metric(
+        "edgead_source_reconnects_total",
+        "counter",
+        "Successful source reconnects.",
+        counts["reconnects"],
+    )
+    metric(
+        "edgead_backend_fallbacks_total", "counter", "Backends replaced mid-run.", snap["fallbacks"]
+    )
     metric("edgead_fps", "gauge", "Frames scored per second (last status interval).", snap["fps"])
-    metric("edgead_last_score", "gauge", "Normalised score of the last frame (0.5 = threshold).",
-           _finite_or_none(snap["last_score"]))
+    metric(
+        "edgead_last_score",
+        "gauge",
+        "Normalised score of the last frame (0.5 = threshold).",
+        _finite_or_none(snap["last_score"]),
+    )
     lines.append("# HELP edgead_latency_ms Capture-to-result latency over the recent window, ms.")
     lines.append("# TYPE edgead_latency_ms summary")
     for key, q in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):
@@ -77,10 +94,15 @@ class MetricsServer:
         stall_after_s: /healthz reports 503 when no frame was scored for this long.
     """
 
-    def __init__(self, port: int,
-                 collect: Callable[[], tuple[dict[str, int], dict[str, Any], dict[str, float],
-                                             dict[str, str]]],
-                 host: str = "127.0.0.1", stall_after_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        collect: Callable[
+            [], tuple[dict[str, int], dict[str, Any], dict[str, float], dict[str, str]]
+        ],
+        host: str = "127.0.0.1",
+        stall_after_s: float = 30.0,
+    ) -> None:
         self.collect = collect
         self.stall_after_s = stall_after_s
         self.started = time.perf_counter()
@@ -96,8 +118,9 @@ class MetricsServer:
                     code, payload = server.health()
                     self._send(code, json.dumps(payload).encode(), "application/json")
                 else:
-                    self._send(404, b'{"error": "not found; try /healthz or /metrics"}',
-                               "application/json")
+                    self._send(
+                        404, b'{"error": "not found; try /healthz or /metrics"}', "application/json"
+                    )
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:
                 self.send_response(code)
@@ -114,12 +137,14 @@ class MetricsServer:
         except OSError as exc:
             from edgead.errors import ConfigError
 
-            raise ConfigError(f"--http {port}: cannot listen on {host}:{port} ({exc}); "
-                              "pick a free port") from exc
+            raise ConfigError(
+                f"--http {port}: cannot listen on {host}:{port} ({exc}); pick a free port"
+            ) from exc
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="edgead-http",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="edgead-http", daemon=True
+        )
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, payload) for /healthz."""
@@ -127,9 +152,13 @@ class MetricsServer:
         now = time.perf_counter()
         last = snap.get("last_scored_at")
         age = now - (last if last is not None else self.started)
-        payload = {"status": "ok" if age <= self.stall_after_s else "stalled",
-                   "seconds_since_last_frame": round(age, 3) if last is not None else None,
-                   "scored": snap["scored"], "read": counts["read"], **info}
+        payload = {
+            "status": "ok" if age <= self.stall_after_s else "stalled",
+            "seconds_since_last_frame": round(age, 3) if last is not None else None,
+            "scored": snap["scored"],
+            "read": counts["read"],
+            **info,
+        }
         return (200 if payload["status"] == "ok" else 503), payload
 
     def start(self) -> MetricsServer:

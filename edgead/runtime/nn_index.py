@@ -32,10 +32,27 @@ logger = logging.getLogger(__name__)
 _HEADER = struct.Struct("<4siqqq")
 _HEADER_MARK = 1 << 20
 #: fourcc codes of the index types edgead builds (see faiss/impl/index_write.cpp).
-KNOWN_FOURCC = frozenset({
-    b"IxF2", b"IxFI", b"IxSQ", b"IxPq", b"IPfs", b"IwFl", b"IwSq", b"IwSQ", b"IwPQ", b"IwPf",
-    b"IxPT", b"IHNf", b"IHNs", b"IHNp", b"IxRF", b"IxHe", b"IxH2",
-})
+KNOWN_FOURCC = frozenset(
+    {
+        b"IxF2",
+        b"IxFI",
+        b"IxSQ",
+        b"IxPq",
+        b"IPfs",
+        b"IwFl",
+        b"IwSq",
+        b"IwSQ",
+        b"IwPQ",
+        b"IwPf",
+        b"IxPT",
+        b"IHNf",
+        b"IHNs",
+        b"IHNp",
+        b"IxRF",
+        b"IxHe",
+        b"IxH2",
+    }
+)
 _MAX_DIM = 1 << 16
 
 
@@ -71,8 +88,15 @@ class FaissIndex:
             index.
     """
 
-    def __init__(self, index: Any, factory: str, *, nprobe: int | None = None, rerank: int = 0,
-                 rerank_bank: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        index: Any,
+        factory: str,
+        *,
+        nprobe: int | None = None,
+        rerank: int = 0,
+        rerank_bank: np.ndarray | None = None,
+    ) -> None:
         self.index = index
         self.factory = factory
         self.rerank = int(rerank)
@@ -81,13 +105,17 @@ class FaissIndex:
             raise BundleError(f"rerank must be >= 0 candidates; got {rerank}")
         if self.rerank > 0:
             if rerank_bank is None:
-                raise BundleError(f"index asks to re-rank {self.rerank} candidates but no fp16 "
-                                  "bank "
-                                  "copy was given; re-export with the rerank array or set rerank=0")
+                raise BundleError(
+                    f"index asks to re-rank {self.rerank} candidates but no fp16 "
+                    "bank "
+                    "copy was given; re-export with the rerank array or set rerank=0"
+                )
             bank = np.ascontiguousarray(rerank_bank, dtype=np.float16)
             if bank.shape != (self.n_vectors, self.dim):
-                raise BundleError(f"re-rank bank has shape {bank.shape}; the index holds "
-                                  f"({self.n_vectors}, {self.dim}); re-export the bundle")
+                raise BundleError(
+                    f"re-rank bank has shape {bank.shape}; the index holds "
+                    f"({self.n_vectors}, {self.dim}); re-export the bundle"
+                )
             self.rerank_bank = bank
         self.nprobe: int | None = None
         if nprobe is not None:
@@ -110,17 +138,26 @@ class FaissIndex:
         try:
             ivf = faiss.extract_index_ivf(self.index)
         except RuntimeError as exc:
-            raise BundleError(f"nprobe={nprobe} was given but index {self.factory!r} has no "
-                              "inverted file (IVF); drop nprobe from the manifest") from exc
+            raise BundleError(
+                f"nprobe={nprobe} was given but index {self.factory!r} has no "
+                "inverted file (IVF); drop nprobe from the manifest"
+            ) from exc
         if not 1 <= nprobe <= ivf.nlist:
             raise BundleError(f"nprobe={nprobe} is outside 1..{ivf.nlist} (the index's nlist)")
         ivf.nprobe = nprobe
         self.nprobe = nprobe
 
     @classmethod
-    def build(cls, vectors: np.ndarray, factory: str = "Flat", seed: int = 0, *,
-              nprobe: int | None = None, rerank: int = 0,
-              train_threads: int | None = 1) -> FaissIndex:
+    def build(
+        cls,
+        vectors: np.ndarray,
+        factory: str = "Flat",
+        seed: int = 0,
+        *,
+        nprobe: int | None = None,
+        rerank: int = 0,
+        train_threads: int | None = 1,
+    ) -> FaissIndex:
         """Train (if needed) and fill an index with `vectors` float32 (M, D).
 
         Args:
@@ -140,8 +177,9 @@ class FaissIndex:
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] == 0:
-            raise BundleError(f"index vectors must be a non-empty (M, D) array; got "
-                              f"{vectors.shape}")
+            raise BundleError(
+                f"index vectors must be a non-empty (M, D) array; got {vectors.shape}"
+            )
         index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_L2)
         _seed_training(index, seed)
         with _training_threads(train_threads):
@@ -168,11 +206,13 @@ class FaissIndex:
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise BundleError(f"query vectors have shape {queries.shape}; the index takes "
-                              f"(N, {self.dim})")
+            raise BundleError(
+                f"query vectors have shape {queries.shape}; the index takes (N, {self.dim})"
+            )
         if not 1 <= k <= self.n_vectors:
-            raise BundleError(f"k={k} neighbours asked for; the index holds {self.n_vectors} "
-                              "vectors")
+            raise BundleError(
+                f"k={k} neighbours asked for; the index holds {self.n_vectors} vectors"
+            )
         if self.rerank_bank is not None:
             return self._search_rerank(queries, k, self.rerank_bank)
         sq_dist, ids = self.index.search(queries, k)
@@ -180,23 +220,26 @@ class FaissIndex:
         dist[ids < 0] = np.inf
         return dist, ids
 
-    def _search_rerank(self, queries: np.ndarray, k: int, bank: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    def _search_rerank(
+        self, queries: np.ndarray, k: int, bank: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by exact L2 over `bank` float16 (M, D) among the top-max(R, k) candidates."""
         n_cand = min(max(self.rerank, k), self.n_vectors)
         _, cand = self.index.search(queries, n_cand)
         dist = np.empty((len(queries), n_cand), dtype=np.float32)
         chunk = max(1, (1 << 22) // max(1, n_cand * self.dim))  # ~16 MiB of float32 per chunk
         for lo in range(0, len(queries), chunk):
-            ids = cand[lo:lo + chunk]
+            ids = cand[lo : lo + chunk]
             vecs = bank[np.maximum(ids, 0)].astype(np.float32)  # (n, R, D)
-            diff = vecs - queries[lo:lo + chunk, None, :]
+            diff = vecs - queries[lo : lo + chunk, None, :]
             d = np.sqrt(np.einsum("nrd,nrd->nr", diff, diff))
             d[ids < 0] = np.inf
-            dist[lo:lo + chunk] = d
+            dist[lo : lo + chunk] = d
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-        return (np.take_along_axis(dist, order, axis=1),
-                np.take_along_axis(cand, order, axis=1).astype(np.int64))
+        return (
+            np.take_along_axis(dist, order, axis=1),
+            np.take_along_axis(cand, order, axis=1).astype(np.int64),
+        )
 
     def reconstruct_all(self) -> np.ndarray:
         """float32 (M, D) bank vectors as the index stores them (decoded codes; exact for Flat).
@@ -222,9 +265,17 @@ class FaissIndex:
         return faiss.serialize_index(self.index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, factory: str, *, expected_dim: int | None = None,
-                   expected_n: int | None = None, nprobe: int | None = None, rerank: int = 0,
-                   rerank_bank: np.ndarray | None = None) -> FaissIndex:
+    def from_bytes(
+        cls,
+        data: bytes,
+        factory: str,
+        *,
+        expected_dim: int | None = None,
+        expected_n: int | None = None,
+        nprobe: int | None = None,
+        rerank: int = 0,
+        rerank_bank: np.ndarray | None = None,
+    ) -> FaissIndex:
         """Deserialize an index written by `to_bytes`, validating it first.
 
         Raises:
@@ -237,35 +288,48 @@ class FaissIndex:
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8).copy())
         except (RuntimeError, MemoryError, ValueError) as exc:
-            raise BundleError(f"the nearest-neighbour index is damaged or truncated: "
-                              f"{str(exc).splitlines()[0][:300]}; re-export the bundle") from exc
+            raise BundleError(
+                f"the nearest-neighbour index is damaged or truncated: "
+                f"{str(exc).splitlines()[0][:300]}; re-export the bundle"
+            ) from exc
         if index.metric_type != faiss.METRIC_L2:
-            raise BundleError(f"the index uses faiss metric {index.metric_type}; edgead needs L2 "
-                              f"({faiss.METRIC_L2})")
+            raise BundleError(
+                f"the index uses faiss metric {index.metric_type}; edgead needs L2 "
+                f"({faiss.METRIC_L2})"
+            )
         written = faiss.serialize_index(index).nbytes
         if written != len(data):
-            raise BundleError(f"the nearest-neighbour index has {len(data)} bytes but parses as "
-                              f"{written}; the file is damaged (extra or missing bytes)")
+            raise BundleError(
+                f"the nearest-neighbour index has {len(data)} bytes but parses as "
+                f"{written}; the file is damaged (extra or missing bytes)"
+            )
         return cls(index, factory, nprobe=nprobe, rerank=rerank, rerank_bank=rerank_bank)
 
 
 def read_index_header(data: bytes) -> tuple[bytes, int, int]:
     """(fourcc, dim, n_vectors) from faiss's fixed index header; BundleError if it is not one."""
     if len(data) < _HEADER.size:
-        raise BundleError(f"the nearest-neighbour index is truncated: {len(data)} bytes, shorter "
-                          f"than faiss's {_HEADER.size}-byte header; re-export the bundle")
+        raise BundleError(
+            f"the nearest-neighbour index is truncated: {len(data)} bytes, shorter "
+            f"than faiss's {_HEADER.size}-byte header; re-export the bundle"
+        )
     fourcc, dim, ntotal, mark1, mark2 = _HEADER.unpack_from(data)
     if fourcc not in KNOWN_FOURCC or mark1 != _HEADER_MARK or mark2 != _HEADER_MARK:
-        raise BundleError(f"the nearest-neighbour index is damaged or not a faiss index (header "
-                          f"{data[:4]!r}, markers {mark1}, {mark2}); re-export the bundle")
+        raise BundleError(
+            f"the nearest-neighbour index is damaged or not a faiss index (header "
+            f"{data[:4]!r}, markers {mark1}, {mark2}); re-export the bundle"
+        )
     if not 0 < dim <= _MAX_DIM or not 0 <= ntotal <= len(data) * 8:
-        raise BundleError(f"the nearest-neighbour index header is implausible (dim {dim}, "
-                          f"{ntotal} vectors in {len(data)} bytes); the file is damaged")
+        raise BundleError(
+            f"the nearest-neighbour index header is implausible (dim {dim}, "
+            f"{ntotal} vectors in {len(data)} bytes); the file is damaged"
+        )
     return fourcc, int(dim), int(ntotal)
 
 
-def validate_index_bytes(data: bytes, *, expected_dim: int | None = None,
-                         expected_n: int | None = None) -> None:
+def validate_index_bytes(
+    data: bytes, *, expected_dim: int | None = None, expected_n: int | None = None
+) -> None:
     """Check faiss's header (and dim / count when given) before faiss parses the bytes.
 
     Raises:
@@ -273,15 +337,24 @@ def validate_index_bytes(data: bytes, *, expected_dim: int | None = None,
     """
     _, dim, ntotal = read_index_header(data)
     if expected_dim is not None and dim != expected_dim:
-        raise BundleError(f"the nearest-neighbour index takes {dim}-d vectors but {expected_dim} "
-                          "were expected; the index does not belong to this model, re-export it")
+        raise BundleError(
+            f"the nearest-neighbour index takes {dim}-d vectors but {expected_dim} "
+            "were expected; the index does not belong to this model, re-export it"
+        )
     if expected_n is not None and ntotal != expected_n:
-        raise BundleError(f"the nearest-neighbour index holds {ntotal} vectors but the manifest "
-                          f"says {expected_n}; the bundle is inconsistent, re-export it")
+        raise BundleError(
+            f"the nearest-neighbour index holds {ntotal} vectors but the manifest "
+            f"says {expected_n}; the bundle is inconsistent, re-export it"
+        )
 
 
-def load_index(data: bytes, spec: Any, *, embedding_dim: int | None = None,
-               rerank_bank: np.ndarray | None = None) -> FaissIndex:
+def load_index(
+    data: bytes,
+    spec: Any,
+    *,
+    embedding_dim: int | None = None,
+    rerank_bank: np.ndarray | None = None,
+) -> FaissIndex:
     """A validated `FaissIndex` for a bundle's index member and its manifest `IndexSpec`.
 
     Args:
@@ -298,11 +371,19 @@ def load_index(data: bytes, spec: Any, *, embedding_dim: int | None = None,
     if spec.metric != "l2":
         raise BundleError(f"index metric {spec.metric!r} is not supported; this runtime knows 'l2'")
     if embedding_dim is not None and int(embedding_dim) != int(spec.dim):
-        raise BundleError(f"the graph outputs {embedding_dim}-d embeddings but the index "
-                          f"{spec.file!r} takes {spec.dim}-d vectors; re-export the bundle")
-    return FaissIndex.from_bytes(data, spec.factory, expected_dim=int(spec.dim),
-                                 expected_n=int(spec.n_vectors), nprobe=spec.nprobe,
-                                 rerank=int(spec.rerank or 0), rerank_bank=rerank_bank)
+        raise BundleError(
+            f"the graph outputs {embedding_dim}-d embeddings but the index "
+            f"{spec.file!r} takes {spec.dim}-d vectors; re-export the bundle"
+        )
+    return FaissIndex.from_bytes(
+        data,
+        spec.factory,
+        expected_dim=int(spec.dim),
+        expected_n=int(spec.n_vectors),
+        nprobe=spec.nprobe,
+        rerank=int(spec.rerank or 0),
+        rerank_bank=rerank_bank,
+    )
 
 
 @contextlib.contextmanager

@@ -25,8 +25,9 @@ def upsample_and_blur(maps: np.ndarray, size_hw: tuple[int, int], sigma: float) 
     for i, grid in enumerate(maps):
         resized = cv2.resize(grid, (width, height), interpolation=cv2.INTER_LINEAR)
         if sigma > 0:
-            resized = cv2.GaussianBlur(resized, (ksize, ksize), sigmaX=sigma, sigmaY=sigma,
-                                       borderType=cv2.BORDER_REFLECT)
+            resized = cv2.GaussianBlur(
+                resized, (ksize, ksize), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT
+            )
         out[i] = resized
     return out
 
@@ -36,8 +37,9 @@ def resize_map(anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     height, width = int(size_hw[0]), int(size_hw[1])
     if anomaly_map.shape == (height, width):
         return anomaly_map.astype(np.float32, copy=False)
-    return cv2.resize(anomaly_map.astype(np.float32, copy=False), (width, height),
-                      interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(
+        anomaly_map.astype(np.float32, copy=False), (width, height), interpolation=cv2.INTER_LINEAR
+    )
 
 
 def normalise_scores(raw: np.ndarray, normalisation: dict) -> np.ndarray:

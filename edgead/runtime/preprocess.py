@@ -65,8 +65,12 @@ def _convert_to_rgb(image: np.ndarray, channel_order: str) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def resize_frame(image: np.ndarray, size_hw: tuple[int, int], interpolation: str = "area",
-                 channel_order: str = "RGB") -> np.ndarray:
+def resize_frame(
+    image: np.ndarray,
+    size_hw: tuple[int, int],
+    interpolation: str = "area",
+    channel_order: str = "RGB",
+) -> np.ndarray:
     """uint8 (H, W, 3) RGB resized to `size_hw` = (H, W) px (stretch, no crop).
 
     The frame is resized in its own channel layout and converted to RGB afterwards: resizing

@@ -43,19 +43,28 @@ def check_postprocess(postprocess: dict[str, Any]) -> tuple[int, str]:
         k = int(postprocess["k"])
         method = str(postprocess["method"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"rows_nn_index post-processing needs integer 'k' and 'method'; got "
-                          f"{postprocess!r}") from exc
+        raise BundleError(
+            f"rows_nn_index post-processing needs integer 'k' and 'method'; got {postprocess!r}"
+        ) from exc
     if k < 1 or method not in METHODS:
-        raise BundleError(f"rows_nn_index: k must be >= 1 and method one of {', '.join(METHODS)}; "
-                          f"got k={k}, method={method!r}; re-export with this edgead version")
+        raise BundleError(
+            f"rows_nn_index: k must be >= 1 and method one of {', '.join(METHODS)}; "
+            f"got k={k}, method={method!r}; re-export with this edgead version"
+        )
     if method == "lof" and not isinstance(postprocess.get("lof"), dict):
-        raise BundleError("rows_nn_index method 'lof' needs a 'lof' entry naming the "
-                          "k_distance and lrd arrays; re-export the bundle")
+        raise BundleError(
+            "rows_nn_index method 'lof' needs a 'lof' entry naming the "
+            "k_distance and lrd arrays; re-export the bundle"
+        )
     return k, method
 
 
-def scores_from_neighbors(distances: np.ndarray, ids: np.ndarray, postprocess: dict[str, Any],
-                          arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def scores_from_neighbors(
+    distances: np.ndarray,
+    ids: np.ndarray,
+    postprocess: dict[str, Any],
+    arrays: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
     """Anomaly scores of N new rows from their k nearest training rows.
 
     Args:
@@ -88,22 +97,29 @@ def scores_from_neighbors(distances: np.ndarray, ids: np.ndarray, postprocess: d
         k_distance = np.asarray(arrays[spec.get("k_distance", "k_distance")], dtype=np.float64)
         lrd_train = np.asarray(arrays[spec.get("lrd", "lrd")], dtype=np.float64)
     except KeyError as exc:
-        raise BundleError(f"LOF scoring needs the bundle array {exc}; "
-                          "re-export the bundle") from exc
+        raise BundleError(
+            f"LOF scoring needs the bundle array {exc}; re-export the bundle"
+        ) from exc
     neighbors = np.asarray(ids, dtype=np.int64)[:, :k]
     if neighbors.shape != dist.shape:
         raise BundleError(f"neighbour ids {neighbors.shape} do not match distances {dist.shape}")
     if (neighbors < 0).any() or (neighbors >= k_distance.shape[0]).any():
-        raise BundleError(f"the index returned neighbour ids outside 0..{k_distance.shape[0] - 1} "
-                          "(fewer stored rows than k?); the bundle's index and arrays disagree")
+        raise BundleError(
+            f"the index returned neighbour ids outside 0..{k_distance.shape[0] - 1} "
+            "(fewer stored rows than k?); the bundle's index and arrays disagree"
+        )
     eps = float(spec.get("eps", LOF_EPS))
     reach = np.maximum(dist, k_distance[neighbors])
     lrd = 1.0 / (reach.mean(axis=1) + eps)
     return (lrd_train[neighbors] / lrd[:, None]).mean(axis=1)
 
 
-def score_rows_nn(index: _Searcher, embeddings: np.ndarray, postprocess: dict[str, Any],
-                  arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def score_rows_nn(
+    index: _Searcher,
+    embeddings: np.ndarray,
+    postprocess: dict[str, Any],
+    arrays: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
     """Search `index` for the k nearest training rows of each embedding and score them.
 
     Args:
@@ -115,7 +131,8 @@ def score_rows_nn(index: _Searcher, embeddings: np.ndarray, postprocess: dict[st
         float64 (N,) scores, higher = more anomalous.
     """
     k, _ = check_postprocess(postprocess)
-    queries = np.ascontiguousarray(np.asarray(embeddings).reshape(len(embeddings), -1),
-                                   dtype=np.float32)
+    queries = np.ascontiguousarray(
+        np.asarray(embeddings).reshape(len(embeddings), -1), dtype=np.float32
+    )
     distances, ids = index.search(queries, k)
     return scores_from_neighbors(distances, ids, postprocess, arrays)

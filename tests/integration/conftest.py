@@ -36,7 +36,8 @@ def mpdd_run_224(mpdd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     torch.set_num_threads(2)
     run = tmp_path_factory.mktemp("mpdd_patchcore_224") / "run"
-    train_run("patchcore", mpdd_root, run, {"image_size": MPDD_SIZE_PX, "coreset_ratio": 0.1},
-              seed=0)
+    train_run(
+        "patchcore", mpdd_root, run, {"image_size": MPDD_SIZE_PX, "coreset_ratio": 0.1}, seed=0
+    )
     evaluate_run(run)
     return run

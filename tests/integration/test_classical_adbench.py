@@ -79,8 +79,11 @@ def test_exported_graph_matches_on_real_rows(fitted_classical, model, tmp_path):
     expected = det.score(rows).scores.astype(np.float64)
     spec = det.export_spec()
     onnx_bytes = export_onnx(spec.module, spec.example_input, spec.input_name, spec.output_names)
-    outputs = {"onnxruntime": ort.InferenceSession(
-        onnx_bytes, providers=["CPUExecutionProvider"]).run(None, {"rows": rows})[0]}
+    outputs = {
+        "onnxruntime": ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"]).run(
+            None, {"rows": rows}
+        )[0]
+    }
     try:
         import openvino as ov
     except ImportError:
@@ -96,5 +99,6 @@ def test_exported_graph_matches_on_real_rows(fitted_classical, model, tmp_path):
             got = score_rows_nn(index, out, spec.postprocess, spec.arrays)
         else:
             got = out.astype(np.float64)
-        np.testing.assert_allclose(got, expected, rtol=1e-4,
-                                   atol=1e-4 * float(np.abs(expected).max()), err_msg=backend)
+        np.testing.assert_allclose(
+            got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()), err_msg=backend
+        )

@@ -46,9 +46,12 @@ def mpdd_128() -> dict:
 
     data = MVTecFolder(root, SIZE)
     test = data.test_set()
-    return {"train": np.stack(list(data.train_images())),
-            "test": np.stack(list(test.images)), "labels": test.labels,
-            "masks": test.masks_array()}
+    return {
+        "train": np.stack(list(data.train_images())),
+        "test": np.stack(list(test.images)),
+        "labels": test.labels,
+        "masks": test.masks_array(),
+    }
 
 
 @pytest.mark.parametrize("name", sorted(FLOORS))

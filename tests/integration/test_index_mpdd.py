@@ -31,10 +31,14 @@ def mpdd_bank(mpdd_run_224: Path, mpdd_root: Path) -> dict[str, Any]:
     detector, _ = load_run(mpdd_run_224)
     test = load_image_dataset(mpdd_root, SIZE_PX).test_set()
     embeddings = detector.embed(list(test.images))  # type: ignore[attr-defined]
-    validation = IndexValidation(embeddings=embeddings, labels=test.labels,
-                                 masks=test.masks_array(), grid=detector.grid_hw,  # type: ignore[attr-defined]
-                                 image_size=(SIZE_PX, SIZE_PX),
-                                 blur_sigma=detector.config.blur_sigma)
+    validation = IndexValidation(
+        embeddings=embeddings,
+        labels=test.labels,
+        masks=test.masks_array(),
+        grid=detector.grid_hw,  # type: ignore[attr-defined]
+        image_size=(SIZE_PX, SIZE_PX),
+        blur_sigma=detector.config.blur_sigma,
+    )
     return {"bank": detector.memory_bank_, "validation": validation}  # type: ignore[attr-defined]
 
 
@@ -63,5 +67,6 @@ def test_too_coarse_index_is_refused_on_real_data(mpdd_bank: dict[str, Any]) -> 
     from edgead.export.index import build_index
 
     with pytest.raises(ExportError, match="drops by"):
-        build_index(mpdd_bank["bank"], {"index": "PCA2,PQ1x4fs"},
-                    validation=mpdd_bank["validation"])
+        build_index(
+            mpdd_bank["bank"], {"index": "PCA2,PQ1x4fs"}, validation=mpdd_bank["validation"]
+        )

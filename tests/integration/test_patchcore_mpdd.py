@@ -40,15 +40,15 @@ def patchcore_mpdd_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     return run, meta
 
 
-def test_mpdd_meets_the_issue_floors(patchcore_mpdd_run: tuple[Path, dict],
-                                     tmp_path: Path) -> None:
+def test_mpdd_meets_the_issue_floors(patchcore_mpdd_run: tuple[Path, dict], tmp_path: Path) -> None:
     from edgead.training import evaluate_run
 
     run, meta = patchcore_mpdd_run
     assert meta["data"]["n_train"] == 49 and meta["data"]["n_val"] == 5
     assert meta["describe"]["memory_bank_size"] == round(49 * 32 * 32 * 0.1)
-    result = evaluate_run(run, save_maps=tmp_path / "panels", maps_selection="extremes",
-                          n_extremes=1)
+    result = evaluate_run(
+        run, save_maps=tmp_path / "panels", maps_selection="extremes", n_extremes=1
+    )
     for key, floor in FLOORS.items():
         assert result[key] >= floor, f"{key} {result[key]:.4f} < {floor}"
     assert result["n_test"] == 107 and result["n_anomalous"] == 81
@@ -62,8 +62,11 @@ def test_demo_on_a_small_elpv_split(tmp_path: Path) -> None:
     from edgead.cli.main import app
 
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--max-train", "24",
-                                      "--max-test", "24", "--json"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        app,
+        ["demo", "--out", str(out), "--max-train", "24", "--max-test", "24", "--json"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert json.loads(result.stdout)["image_auroc"] == metrics["image_auroc"]

@@ -72,10 +72,12 @@ def mpdd_bundle(mpdd_run_224: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def _soak_video(mpdd_dir: Path, path: Path) -> Path:
     """MJPG/avi of 16 MPDD test images (8 good, 8 defective) at 224x224 px."""
     good = sorted((mpdd_dir / "test" / "good").glob("*.png"))[:8]
-    bad = sorted(p for d in (mpdd_dir / "test").iterdir() if d.name != "good"
-                 for p in d.glob("*.png"))[:8]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30,
-                             (IMAGE_SIZE_PX, IMAGE_SIZE_PX))
+    bad = sorted(
+        p for d in (mpdd_dir / "test").iterdir() if d.name != "good" for p in d.glob("*.png")
+    )[:8]
+    writer = cv2.VideoWriter(
+        str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (IMAGE_SIZE_PX, IMAGE_SIZE_PX)
+    )
     assert writer.isOpened(), "OpenCV cannot write MJPG/avi here"
     for p in [x for pair in zip(good, bad, strict=True) for x in pair]:
         image = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -131,9 +133,28 @@ def test_soak_run_2000_frames_sigterm(mpdd_dir: Path, mpdd_bundle: Path, tmp_pat
     video = _soak_video(mpdd_dir, tmp_path / "soak.avi")
     out = tmp_path / "out"
     port = _free_port()
-    cmd = [sys.executable, "-m", "edgead.cli.main", "run", str(mpdd_bundle), "--source",
-           str(video), "--loop", "--fps", str(CAMERA_FPS), "--drop", "oldest", "--out", str(out),
-           "--http", str(port), "--status-every", "10", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgead.cli.main",
+        "run",
+        str(mpdd_bundle),
+        "--source",
+        str(video),
+        "--loop",
+        "--fps",
+        str(CAMERA_FPS),
+        "--drop",
+        "oldest",
+        "--out",
+        str(out),
+        "--http",
+        str(port),
+        "--status-every",
+        "10",
+        "--device",
+        "cpu",
+    ]
     log = open(tmp_path / "run.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     counter = _LineCounter(out / "results.jsonl")
@@ -184,13 +205,16 @@ def test_soak_run_2000_frames_sigterm(mpdd_dir: Path, mpdd_bundle: Path, tmp_pat
     assert rss_warm is not None
     growth = rss_end - rss_warm
     peak_after_warmup = max(r for _, r in rss_samples)
-    print(f"\nsoak: {summary['read']} read, {summary['scored']} scored, {summary['dropped']} "
-          f"dropped in {elapsed:.0f} s "
-          f"({summary['fps']} fps, p50 {summary['latency_ms'].get('p50')} ms); RSS at frame "
-          f"{WARMUP_FRAMES} {rss_warm:.1f} MiB, at the end {rss_end:.1f} MiB (growth "
-          f"{growth:+.1f} MiB, peak {peak_after_warmup:.1f} MiB)")
+    print(
+        f"\nsoak: {summary['read']} read, {summary['scored']} scored, {summary['dropped']} "
+        f"dropped in {elapsed:.0f} s "
+        f"({summary['fps']} fps, p50 {summary['latency_ms'].get('p50')} ms); RSS at frame "
+        f"{WARMUP_FRAMES} {rss_warm:.1f} MiB, at the end {rss_end:.1f} MiB (growth "
+        f"{growth:+.1f} MiB, peak {peak_after_warmup:.1f} MiB)"
+    )
     assert growth < MAX_RSS_GROWTH_MIB, (
-        f"RSS grew {growth:.1f} MiB after warm-up ({rss_warm:.1f} -> {rss_end:.1f} MiB)")
+        f"RSS grew {growth:.1f} MiB after warm-up ({rss_warm:.1f} -> {rss_end:.1f} MiB)"
+    )
     # half the looped frames are defective parts: the detector flags some, not all frames
     flagged = sum(bool(r["is_anomaly"]) for r in records)
     assert 0 < flagged < len(records)

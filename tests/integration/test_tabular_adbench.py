@@ -56,8 +56,11 @@ def tabular_splits() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 
 @pytest.mark.parametrize(("dataset", "detector"), sorted(FLOORS))
-def test_auroc_floor(dataset: str, detector: str,
-                     tabular_splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+def test_auroc_floor(
+    dataset: str,
+    detector: str,
+    tabular_splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> None:
     import torch
 
     torch.set_num_threads(1)

@@ -256,7 +256,12 @@ def tiny_bundle(target: str, precision: str = "fp32") -> Path:
     out = _cache_dir() / f"tiny_{target}_{precision}.edgead"
     # exact index: these bundles are the reference the runtime tests compare with torch
     export_detector(
-        det, meta, target, precision, out, parity_inputs=parity_images()[:4],
+        det,
+        meta,
+        target,
+        precision,
+        out,
+        parity_inputs=parity_images()[:4],
         index={"index": "flat"},
     )
     return out

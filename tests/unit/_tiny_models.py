@@ -36,11 +36,17 @@ def gradient_images(n: int, seed: int, size: int, defect: bool = False) -> np.nd
     """uint8 (n, size, size, 3): smooth gradients + noise; `defect` adds a bright 8x8 square."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(60, 180, size, dtype=np.float32)
-    base = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1),
-                     np.full((size, size), 120, np.float32)], axis=-1)
+    base = np.stack(
+        [
+            ramp[None, :].repeat(size, 0),
+            ramp[:, None].repeat(size, 1),
+            np.full((size, size), 120, np.float32),
+        ],
+        axis=-1,
+    )
     out = base[None] + rng.normal(0, 6, size=(n, size, size, 3))
     if defect:
         for image in out:
             y, x = rng.integers(2, size - 10, size=2)
-            image[y: y + 8, x: x + 8] = 255.0
+            image[y : y + 8, x : x + 8] = 255.0
     return np.clip(out, 0, 255).astype(np.uint8)

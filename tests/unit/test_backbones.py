@@ -23,8 +23,9 @@ _CHINA_CLASSES = {442, 449, 483, 663, 698, 832}  # bell cote, boathouse, castle,
 _DAISY = 985
 
 
-def _normalised(image_rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-                size: int = 224) -> torch.Tensor:
+def _normalised(
+    image_rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], size: int = 224
+) -> torch.Tensor:
     resized = cv2.resize(image_rgb, (size, size), interpolation=cv2.INTER_AREA)
     x = torch.from_numpy(resized).permute(2, 0, 1)[None].float() / 255.0
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
@@ -32,8 +33,11 @@ def _normalised(image_rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float
 
 def test_registry_lists_and_rejects_unknown_names() -> None:
     assert {"efficientnet_lite0", "resnet18", "wide_resnet50_2"} <= set(list_backbones())
-    with pytest.raises(ConfigError, match=r"unknown backbone 'efficientnet_lite'.*did you mean "
-                                          r"'efficientnet_lite0'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown backbone 'efficientnet_lite'.*did you mean "
+        r"'efficientnet_lite0'",
+    ):
         create_backbone("efficientnet_lite", pretrained=False)
     with pytest.raises(ConfigError, match="registered twice"):
         register_backbone("resnet18")(lambda pretrained: None)  # type: ignore[arg-type,return-value]
@@ -80,8 +84,9 @@ def lite0() -> torch.nn.Module:
     return create_backbone("efficientnet_lite0", pretrained=True)
 
 
-def test_lite0_imagenet_weights_classify_real_photos(sample_photos: dict[str, np.ndarray],
-                                                      lite0: torch.nn.Module) -> None:
+def test_lite0_imagenet_weights_classify_real_photos(
+    sample_photos: dict[str, np.ndarray], lite0: torch.nn.Module
+) -> None:
     net = lite0
     assert net.mean == net.std == (0.5, 0.5, 0.5)
     with torch.no_grad():
@@ -100,8 +105,9 @@ def test_lite0_imagenet_weights_classify_real_photos(sample_photos: dict[str, np
 _TIMM_CHINA_TOP5 = ([442, 449, 663, 832, 483], [8.4384, 7.3027, 7.1498, 7.0288, 6.7849])
 
 
-def test_lite0_logits_match_timm_reference(sample_photos: dict[str, np.ndarray],
-                                           lite0: torch.nn.Module) -> None:
+def test_lite0_logits_match_timm_reference(
+    sample_photos: dict[str, np.ndarray], lite0: torch.nn.Module
+) -> None:
     with torch.no_grad():
         logits = lite0.classify(_normalised(sample_photos["china.jpg"], lite0.mean, lite0.std))[0]
     values, classes = logits.topk(5)
@@ -110,8 +116,8 @@ def test_lite0_logits_match_timm_reference(sample_photos: dict[str, np.ndarray],
 
 
 def test_lite0_random_or_misconfigured_weights_fail_the_photo_check(
-        sample_photos: dict[str, np.ndarray], lite0: torch.nn.Module,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    sample_photos: dict[str, np.ndarray], lite0: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     random_net = create_backbone("efficientnet_lite0", pretrained=False)
     with torch.no_grad():
@@ -121,8 +127,9 @@ def test_lite0_random_or_misconfigured_weights_fail_the_photo_check(
 
     # With symmetric instead of TF "same" padding the pretrained net no longer finds the daisy.
     def symmetric(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.conv2d(x, self.weight, None, self.stride,
-                                          self.kernel_size[0] // 2, 1, self.groups)
+        return torch.nn.functional.conv2d(
+            x, self.weight, None, self.stride, self.kernel_size[0] // 2, 1, self.groups
+        )
 
     monkeypatch.setattr(efficientnet_lite.Conv2dSame, "forward", symmetric)
     net = lite0
@@ -131,8 +138,9 @@ def test_lite0_random_or_misconfigured_weights_fail_the_photo_check(
     assert int(flower.argmax()) != _DAISY
 
 
-def test_lite0_stride8_map_has_sensible_statistics(sample_photos: dict[str, np.ndarray],
-                                                    lite0: torch.nn.Module) -> None:
+def test_lite0_stride8_map_has_sensible_statistics(
+    sample_photos: dict[str, np.ndarray], lite0: torch.nn.Module
+) -> None:
     net = lite0
     x = _normalised(sample_photos["china.jpg"], net.mean, net.std, size=128)
     with torch.no_grad():
@@ -142,7 +150,8 @@ def test_lite0_stride8_map_has_sensible_statistics(sample_photos: dict[str, np.n
 
 
 def test_resnet_weights_are_read_only_from_local_files(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub = tmp_path / "hub"
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -166,19 +175,24 @@ def test_resnet_weights_are_read_only_from_local_files(
     assert torch.equal(net.bn1.running_var, reference["bn1.running_var"])
 
 
-@pytest.mark.parametrize("kernel, size, expected_pads", [
-    (3, 16, (0, 1)),   # even input, k3 s2: TF pads 0 before, 1 after
-    (5, 16, (1, 2)),   # even input, k5 s2: 1 before, 2 after
-    (3, 15, (1, 1)),   # odd input: symmetric
-])
-def test_conv2d_same_matches_tensorflow_padding(kernel: int, size: int,
-                                                expected_pads: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    "kernel, size, expected_pads",
+    [
+        (3, 16, (0, 1)),  # even input, k3 s2: TF pads 0 before, 1 after
+        (5, 16, (1, 2)),  # even input, k5 s2: 1 before, 2 after
+        (3, 15, (1, 1)),  # odd input: symmetric
+    ],
+)
+def test_conv2d_same_matches_tensorflow_padding(
+    kernel: int, size: int, expected_pads: tuple[int, int]
+) -> None:
     torch.manual_seed(0)
     conv = efficientnet_lite.Conv2dSame(2, 3, kernel, 2, 0, bias=False)
     x = torch.randn(1, 2, size, size)
     before, after = expected_pads
     reference = torch.nn.functional.conv2d(
-        torch.nn.functional.pad(x, [before, after, before, after]), conv.weight, stride=2)
+        torch.nn.functional.pad(x, [before, after, before, after]), conv.weight, stride=2
+    )
     with torch.no_grad():
         out = conv(x)
     assert out.shape[-1] == -(-size // 2)

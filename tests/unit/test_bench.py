@@ -42,8 +42,11 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def mvtec_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data") / "tiny_category"
-    for sub, anomalous, seed in (("train/good", False, 4), ("test/good", False, 5),
-                                 ("test/broken", True, 6)):
+    for sub, anomalous, seed in (
+        ("train/good", False, 4),
+        ("test/good", False, 5),
+        ("test/broken", True, 6),
+    ):
         (root / sub).mkdir(parents=True)
         for i, img in enumerate(synthetic_images(4, seed=seed, anomalous=anomalous)):
             cv2.imwrite(str(root / sub / f"{i:03d}.png"), img[..., ::-1])
@@ -51,8 +54,16 @@ def mvtec_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_bench_in_process_with_data(tiny_bundle: Path, mvtec_folder: Path) -> None:
-    report = bench_bundles([tiny_bundle], backends=["onnxruntime/cpu"], batches=(1, 2), frames=4,
-                           warmup=1, data=str(mvtec_folder), isolate=False, threads=1)
+    report = bench_bundles(
+        [tiny_bundle],
+        backends=["onnxruntime/cpu"],
+        batches=(1, 2),
+        frames=4,
+        warmup=1,
+        data=str(mvtec_folder),
+        isolate=False,
+        threads=1,
+    )
     assert report["schema_version"] == 1 and report["device"]["logical_cores"] >= 1
     assert report["versions"]["onnxruntime"]
     (entry,) = report["results"]
@@ -91,14 +102,26 @@ def test_unknown_backend_is_refused(tiny_bundle: Path) -> None:
 def test_accuracy_columns_against_reference() -> None:
     labels = [0, 0, 1, 1]
     results = [
-        {"status": "ok", "label": "onnxruntime/cpu", "precision": "fp32", "bundle": "a",
-         "scores": {"raw": [0.1, 0.2, 0.8, 0.9], "labels": labels}},
-        {"status": "ok", "label": "openvino/CPU", "precision": "fp16", "bundle": "b",
-         "scores": {"raw": [0.1, 0.25, 0.8, 0.15], "labels": labels}},
+        {
+            "status": "ok",
+            "label": "onnxruntime/cpu",
+            "precision": "fp32",
+            "bundle": "a",
+            "scores": {"raw": [0.1, 0.2, 0.8, 0.9], "labels": labels},
+        },
+        {
+            "status": "ok",
+            "label": "openvino/CPU",
+            "precision": "fp16",
+            "bundle": "b",
+            "scores": {"raw": [0.1, 0.25, 0.8, 0.15], "labels": labels},
+        },
         {"status": "failed", "label": "tensorrt/cuda", "bundle": "b"},
     ]
-    manifests = {"a": SimpleNamespace(metrics={"image_auroc": 1.0}),
-                 "b": SimpleNamespace(metrics={})}
+    manifests = {
+        "a": SimpleNamespace(metrics={"image_auroc": 1.0}),
+        "b": SimpleNamespace(metrics={}),
+    }
     _add_accuracy(results, manifests)
     ref, other, failed = results
     assert ref["image_auroc"] == 1.0 and ref["image_auroc_delta"] == 0.0
@@ -111,11 +134,28 @@ def test_accuracy_columns_against_reference() -> None:
 
 def test_cli_bench_writes_json_and_png(tiny_bundle: Path, tmp_path: Path) -> None:
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
-    result = CliRunner().invoke(app, ["bench", str(tiny_bundle), "--backends", "onnxruntime/cpu",
-                                      "--batch", "1,2", "--frames", "2", "--warmup", "1",
-                                      "--no-isolate", "--json", str(out_json),
-                                      "--plot", str(out_png), "--markdown",
-                                      str(tmp_path / "bench.md")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(tiny_bundle),
+            "--backends",
+            "onnxruntime/cpu",
+            "--batch",
+            "1,2",
+            "--frames",
+            "2",
+            "--warmup",
+            "1",
+            "--no-isolate",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+            "--markdown",
+            str(tmp_path / "bench.md"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "b1 total p50 ms" in result.stdout and "onnxruntime/cpu" in result.stdout
     report = json.loads(out_json.read_text())
@@ -132,7 +172,8 @@ def test_cli_bench_writes_json_and_png(tiny_bundle: Path, tmp_path: Path) -> Non
 
 
 def test_same_graph_is_timed_once(tiny_bundle: Path) -> None:
-    report = bench_bundles([tiny_bundle, tiny_bundle], backends=["onnxruntime/cpu"], frames=1,
-                           warmup=0, isolate=False)
+    report = bench_bundles(
+        [tiny_bundle, tiny_bundle], backends=["onnxruntime/cpu"], frames=1, warmup=0, isolate=False
+    )
     (entry,) = report["results"]
     assert entry["status"] == "ok" and entry["precision"] == "fp32"

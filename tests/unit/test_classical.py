@@ -18,10 +18,17 @@ from edgead.runtime.rows_nn import score_rows_nn, scores_from_neighbors
 
 RTOL = 1e-4
 SCALES = np.array([1.0, 2.0, 3.0, 0.5, 5.0, 10.0], dtype=np.float32)
-CASES = [("knn", {}), ("knn", {"method": "mean", "k": 3}), ("lof", {"k": 10}), ("kde", {}),
-         ("kde", {"bandwidth_rule": "silverman"}), ("gmm", {"n_components": 3}),
-         ("gmm", {"n_components": 2, "covariance_type": "diag"}), ("ocsvm", {}),
-         ("ocsvm", {"approximation": "nystroem", "n_components": 50})]
+CASES = [
+    ("knn", {}),
+    ("knn", {"method": "mean", "k": 3}),
+    ("lof", {"k": 10}),
+    ("kde", {}),
+    ("kde", {"bandwidth_rule": "silverman"}),
+    ("gmm", {"n_components": 3}),
+    ("gmm", {"n_components": 2, "covariance_type": "diag"}),
+    ("ocsvm", {}),
+    ("ocsvm", {"approximation": "nystroem", "n_components": 50}),
+]
 
 
 def _close(got: np.ndarray, ref: np.ndarray) -> None:
@@ -63,11 +70,15 @@ def _sklearn_reference(det, train: np.ndarray, test: np.ndarray, seed: int) -> n
         # exact sum; sklearn's tree-based KernelDensity under-estimates far-away points' scores
         h = det.bandwidth
         d2 = ((q[:, None, :] - z[None]) ** 2).sum(-1)
-        return -(logsumexp(-0.5 * d2 / h**2, axis=1) - np.log(len(z))
-                 - 0.5 * z.shape[1] * np.log(2 * np.pi * h * h))
+        return -(
+            logsumexp(-0.5 * d2 / h**2, axis=1)
+            - np.log(len(z))
+            - 0.5 * z.shape[1] * np.log(2 * np.pi * h * h)
+        )
     if det.name == "gmm":
-        gm = GaussianMixture(cfg.n_components, covariance_type=cfg.covariance_type,
-                             random_state=seed).fit(z)
+        gm = GaussianMixture(
+            cfg.n_components, covariance_type=cfg.covariance_type, random_state=seed
+        ).fit(z)
         return -gm.score_samples(q)
     gamma = 1.0 / (z.shape[1] * z.var())
     if cfg.approximation == "exact":
@@ -168,8 +179,9 @@ def test_training_scores_exclude_self(data):
 
 def test_duplicate_training_rows_lof_is_finite():
     rng = np.random.default_rng(0)
-    train = np.concatenate([np.repeat(rng.normal(size=(1, 3)), 6, axis=0),
-                            rng.normal(size=(40, 3))]).astype(np.float32)
+    train = np.concatenate(
+        [np.repeat(rng.normal(size=(1, 3)), 6, axis=0), rng.normal(size=(40, 3))]
+    ).astype(np.float32)
     det = create_detector("lof", {"k": 5})
     det.fit(train)
     scores = det.score(train[:8]).scores
@@ -203,10 +215,18 @@ def test_bad_input(name, data):
         det.score(np.zeros((0, 6), dtype=np.float32))
 
 
-@pytest.mark.parametrize(("name", "cfg"), [("knn", {"method": "median"}), ("knn", {"k": 0}),
-                                           ("lof", {"k": 0}), ("kde", {"bandwidth_rule": "x"}),
-                                           ("gmm", {"covariance_type": "x"}),
-                                           ("ocsvm", {"nu": 0.0}), ("ocsvm", {"bogus": 1})])
+@pytest.mark.parametrize(
+    ("name", "cfg"),
+    [
+        ("knn", {"method": "median"}),
+        ("knn", {"k": 0}),
+        ("lof", {"k": 0}),
+        ("kde", {"bandwidth_rule": "x"}),
+        ("gmm", {"covariance_type": "x"}),
+        ("ocsvm", {"nu": 0.0}),
+        ("ocsvm", {"bogus": 1}),
+    ],
+)
 def test_bad_config(name, cfg):
     with pytest.raises(ConfigError):
         create_detector(name, cfg)
@@ -260,9 +280,10 @@ def test_rows_nn_rejects_malformed_postprocess():
         scores_from_neighbors(dist, ids - 1, lof, {"k_distance": np.ones(3), "lrd": np.ones(3)})
 
 
-@pytest.mark.parametrize(("name", "cfg"), [
-    ("knn", {}), ("lof", {"k": 10}),
-    ("kde", {}), ("gmm", {"n_components": 3}), ("ocsvm", {})])
+@pytest.mark.parametrize(
+    ("name", "cfg"),
+    [("knn", {}), ("lof", {"k": 10}), ("kde", {}), ("gmm", {"n_components": 3}), ("ocsvm", {})],
+)
 def test_bundle_round_trip(fitted, data, tmp_path, name, cfg):
     """export_detector (ONNX, parity-checked) -> runtime Detector.score_rows on ONNX Runtime.
 
@@ -274,9 +295,16 @@ def test_bundle_round_trip(fitted, data, tmp_path, name, cfg):
     det = fitted[f"{name}-{cfg}"]
     val = det.score(train[:60]).scores
     thr = float(np.percentile(val, 99))
-    meta = {"threshold": {"value": thr, "policy": "percentile:99"}, "config": cfg,
-            "normalisation": {"method": "minmax_threshold", "min": float(val.min()),
-                              "max": float(val.max()), "threshold": thr}}
+    meta = {
+        "threshold": {"value": thr, "policy": "percentile:99"},
+        "config": cfg,
+        "normalisation": {
+            "method": "minmax_threshold",
+            "min": float(val.min()),
+            "max": float(val.max()),
+            "threshold": thr,
+        },
+    }
     out = tmp_path / f"{name}.edgead"
     export_detector(det, meta, "onnx", "fp32", out, parity_inputs=test[:16])
     expected = det.score(test).scores

@@ -41,8 +41,20 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dic
     root = tmp_path_factory.mktemp("cli")
     data = make_synthetic_mvtec(root / "category")
     run = root / "run"
-    result = _invoke("train", "patchcore", "--data", str(data), "--out", str(run),
-                     "--coreset-ratio", "0.5", "--seed", "1", "--json", *IMAGE_ARGS)
+    result = _invoke(
+        "train",
+        "patchcore",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--coreset-ratio",
+        "0.5",
+        "--seed",
+        "1",
+        "--json",
+        *IMAGE_ARGS,
+    )
     assert result.exit_code == 0, result.output
     return data, run, json.loads(result.stdout)
 
@@ -79,8 +91,9 @@ def test_eval_json_has_the_contract_keys(image_run: tuple[Path, Path, dict]) -> 
     assert again["image_auroc"] == out["image_auroc"]
 
 
-def test_eval_save_maps_writes_one_panel_per_test_image(image_run: tuple[Path, Path, dict],
-                                                        tmp_path: Path) -> None:
+def test_eval_save_maps_writes_one_panel_per_test_image(
+    image_run: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
     data, run, _ = image_run
     panels = tmp_path / "panels"
     result = _invoke("eval", str(run), "--data", str(data), "--save-maps", str(panels))
@@ -92,8 +105,9 @@ def test_eval_save_maps_writes_one_panel_per_test_image(image_run: tuple[Path, P
     assert "image_auroc" in result.stdout
 
 
-def test_eval_of_an_exported_bundle_matches_the_run(image_run: tuple[Path, Path, dict],
-                                                    tmp_path: Path) -> None:
+def test_eval_of_an_exported_bundle_matches_the_run(
+    image_run: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
     data, run, _ = image_run
     bundle = tmp_path / "model.edgead"
     # exact index: the issue-3 guarantee (the compressed default re-fits the threshold)
@@ -105,12 +119,23 @@ def test_eval_of_an_exported_bundle_matches_the_run(image_run: tuple[Path, Path,
         assert from_bundle[key] == pytest.approx(from_run[key], rel=1e-3), key
 
 
-def test_f1_threshold_from_labelled_validation_data(image_run: tuple[Path, Path, dict],
-                                                    tmp_path: Path) -> None:
+def test_f1_threshold_from_labelled_validation_data(
+    image_run: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
     data, _, _ = image_run
     run = tmp_path / "run_f1"
-    result = _invoke("train", "patchcore", "--data", str(data), "--out", str(run),
-                     "--val-data", str(data), "--json", *IMAGE_ARGS)
+    result = _invoke(
+        "train",
+        "patchcore",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--val-data",
+        str(data),
+        "--json",
+        *IMAGE_ARGS,
+    )
     assert result.exit_code == 0, result.output
     meta = json.loads((run / "run.json").read_text())
     assert meta["threshold"]["policy"] == "f1"
@@ -120,15 +145,40 @@ def test_f1_threshold_from_labelled_validation_data(image_run: tuple[Path, Path,
 
 def test_option_the_detector_lacks_is_a_config_error(tmp_path: Path) -> None:
     data = make_synthetic_mvtec(tmp_path / "category")
-    result = _invoke("train", "padim", "--data", str(data), "--out", str(tmp_path / "r"),
-                     "--coreset-ratio", "0.1")
+    result = _invoke(
+        "train",
+        "padim",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r"),
+        "--coreset-ratio",
+        "0.1",
+    )
     assert result.exit_code == 2
     assert "--coreset-ratio" in _err(result) and "padim" in _err(result)
-    result = _invoke("train", "patchcore", "--data", str(data), "--out", str(tmp_path / "r"),
-                     "--set", "coreset_ration=0.1")
+    result = _invoke(
+        "train",
+        "patchcore",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "coreset_ration=0.1",
+    )
     assert result.exit_code == 2 and "coreset_ration" in _err(result)
-    result = _invoke("train", "patchcore", "--data", str(data), "--out", str(tmp_path / "r"),
-                     "--label-column", "y", *IMAGE_ARGS)
+    result = _invoke(
+        "train",
+        "patchcore",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r"),
+        "--label-column",
+        "y",
+        *IMAGE_ARGS,
+    )
     assert result.exit_code == 2 and "tabular" in _err(result)
     assert not (tmp_path / "r").exists()
 
@@ -136,8 +186,16 @@ def test_option_the_detector_lacks_is_a_config_error(tmp_path: Path) -> None:
 def test_config_file_and_missing_data_errors(tmp_path: Path) -> None:
     config = tmp_path / "pc.toml"
     config.write_text("coreset_ratio = 0.3\nprojection_dim = 8\npretrained = false\n")
-    result = _invoke("train", "patchcore", "--data", str(tmp_path / "nowhere"), "--out",
-                     str(tmp_path / "r"), "--config", str(config))
+    result = _invoke(
+        "train",
+        "patchcore",
+        "--data",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "r"),
+        "--config",
+        str(config),
+    )
     assert result.exit_code == 2 and "nowhere" in _err(result)
     result = _invoke("eval", str(tmp_path), "--json")
     assert result.exit_code == 2 and "not an edgead run" in _err(result)
@@ -158,6 +216,14 @@ def test_tabular_train_and_eval(tmp_path: Path) -> None:
     assert {"auroc", "auprc", "f1", "threshold", "n_test"} <= set(out)
     assert out["n_test"] == 120 + 30 and out["auroc"] > 0.95
     assert out["threshold"] == meta["threshold"]["value"]
-    result = _invoke("train", "iforest", "--data", str(table), "--out", str(tmp_path / "r2"),
-                     "--image-size", "64")
+    result = _invoke(
+        "train",
+        "iforest",
+        "--data",
+        str(table),
+        "--out",
+        str(tmp_path / "r2"),
+        "--image-size",
+        "64",
+    )
     assert result.exit_code == 2 and "--image-size" in _err(result)

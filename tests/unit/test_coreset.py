@@ -80,8 +80,9 @@ def test_covers_better_than_a_random_subset() -> None:
     exact = greedy_coreset(x, 0.05, projection_dim=0, seed=0)
     projected = greedy_coreset(x, 0.05, projection_dim=64, seed=0)
     rng = np.random.default_rng(0)
-    random_radii = [_covering_radius(x, rng.choice(600, size=len(exact), replace=False))
-                    for _ in range(5)]
+    random_radii = [
+        _covering_radius(x, rng.choice(600, size=len(exact), replace=False)) for _ in range(5)
+    ]
     assert _covering_radius(x, exact) < min(random_radii)
     assert _covering_radius(x, projected) < float(np.median(random_radii))
 

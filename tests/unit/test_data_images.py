@@ -34,6 +34,7 @@ def _rgb(seed: int = 0, hw: tuple[int, int] = (20, 30)) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ decoding
 
+
 def test_read_image_converts_every_pixel_format(tmp_path: Path) -> None:
     rgb = _rgb()
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
@@ -92,6 +93,7 @@ def test_read_mask_thresholds_binary_masks_of_any_scale(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- MVTec folder
+
 
 def test_mvtec_folder_indexes_and_loads_lazily(synthetic_mvtec: Path) -> None:
     data = MVTecFolder(synthetic_mvtec, SIZE)
@@ -167,8 +169,9 @@ def test_mask_size_mismatch_raises(synthetic_mvtec: Path) -> None:
     test = MVTecFolder(synthetic_mvtec, SIZE).test_set()
     assert test.masks is not None
     test.masks[SYNTHETIC_TEST_GOOD]  # the dent mask is fine
-    with pytest.raises(DataError,
-                       match=r"001_mask\.png is 48x44 px but its image .*001\.png is 48x40"):
+    with pytest.raises(
+        DataError, match=r"001_mask\.png is 48x44 px but its image .*001\.png is 48x40"
+    ):
         test.masks[len(test) - 1]
 
 
@@ -186,6 +189,7 @@ def test_bad_image_size_raises(synthetic_mvtec: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------- splits
+
 
 def test_split_train_val_is_deterministic_disjoint_and_complete() -> None:
     train, val = split_train_val(20, 0.25, seed=3)
@@ -213,6 +217,7 @@ def test_split_train_val_needs_two_images() -> None:
 
 # ------------------------------------------------------------------------------- spec dispatch
 
+
 def test_load_image_dataset_dispatches(synthetic_mvtec: Path, tmp_path: Path) -> None:
     data = load_image_dataset(str(synthetic_mvtec), SIZE)
     assert isinstance(data, MVTecFolder) and data.image_size == SIZE
@@ -221,6 +226,7 @@ def test_load_image_dataset_dispatches(synthetic_mvtec: Path, tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------------------------------- ELPV
+
 
 @pytest.fixture(scope="module")
 def elpv_labels() -> tuple[list[Path], np.ndarray]:
@@ -252,7 +258,8 @@ def test_elpv_normal_only_split(elpv_labels: tuple[list[Path], np.ndarray]) -> N
 
 
 def test_elpv_caps_are_seeded_and_keep_both_classes(
-        elpv_labels: tuple[list[Path], np.ndarray]) -> None:
+    elpv_labels: tuple[list[Path], np.ndarray],
+) -> None:
     from edgead.data.elpv import ElpvDataset
 
     first = ElpvDataset(SIZE, seed=5, max_train=10, max_test=12)

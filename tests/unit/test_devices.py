@@ -21,22 +21,49 @@ from edgead.devices.detect import _probe_onnxruntime, first_working_backend, par
 from edgead.devices.profiles import profile_from_dict
 from edgead.errors import ConfigError
 
-EXPECTED = {"jetson-orin-nano", "jetson-agx-orin", "jetson-xavier-nx", "intel-core-cpu",
-            "intel-igpu", "intel-npu", "raspberry-pi-5", "generic-x86-cpu", "generic-arm-cpu"}
+EXPECTED = {
+    "jetson-orin-nano",
+    "jetson-agx-orin",
+    "jetson-xavier-nx",
+    "intel-core-cpu",
+    "intel-igpu",
+    "intel-npu",
+    "raspberry-pi-5",
+    "generic-x86-cpu",
+    "generic-arm-cpu",
+}
 
 MINIMAL = {
-    "name": "x", "description": "d", "target": "onnx", "precision": "fp32", "threads": 2,
-    "image_size": 224, "memory_budget_mib": 512, "sources": ["doc - https://example.org"],
+    "name": "x",
+    "description": "d",
+    "target": "onnx",
+    "precision": "fp32",
+    "threads": 2,
+    "image_size": 224,
+    "memory_budget_mib": 512,
+    "sources": ["doc - https://example.org"],
     "match": {"arch": ["x86_64"]},
     "backends": [{"backend": "onnxruntime", "provider": "CPUExecutionProvider"}],
 }
 
 
 def machine(**kw) -> MachineInfo:
-    base = dict(system="Linux", arch="x86_64", cpu_model="cpu", cpu_vendor="AuthenticAMD",
-                cpu_flags=(), logical_cores=4, usable_cores=4, memory_total_mib=8000,
-                device_tree_model="", cuda_gpus=(), ort_version="1", ort_providers=(),
-                openvino_version=None, openvino_devices={})
+    base = dict(
+        system="Linux",
+        arch="x86_64",
+        cpu_model="cpu",
+        cpu_vendor="AuthenticAMD",
+        cpu_flags=(),
+        logical_cores=4,
+        usable_cores=4,
+        memory_total_mib=8000,
+        device_tree_model="",
+        cuda_gpus=(),
+        ort_version="1",
+        ort_providers=(),
+        openvino_version=None,
+        openvino_devices={},
+    )
     base.update(kw)
     return MachineInfo(**base)
 
@@ -67,15 +94,18 @@ def test_export_settings() -> None:
         profile_export_settings("jetson-orin-nan")
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.update(colour="red"), "colour"),
-    (lambda d: d["backends"][0].update(fp16=True), "fp16"),
-    (lambda d: d["match"].update(gpu=True), "gpu"),
-    (lambda d: d.update(target="tflite"), "tflite"),
-    (lambda d: d.update(sources=[]), "cites no sources"),
-    (lambda d: d["backends"][0].pop("provider"), "needs a provider"),
-    (lambda d: d.update(threads="many"), "threads"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(colour="red"), "colour"),
+        (lambda d: d["backends"][0].update(fp16=True), "fp16"),
+        (lambda d: d["match"].update(gpu=True), "gpu"),
+        (lambda d: d.update(target="tflite"), "tflite"),
+        (lambda d: d.update(sources=[]), "cites no sources"),
+        (lambda d: d["backends"][0].pop("provider"), "needs a provider"),
+        (lambda d: d.update(threads="many"), "threads"),
+    ],
+)
 def test_invalid_profiles_are_rejected(mutate, message) -> None:
     data = json.loads(json.dumps(MINIMAL))
     assert profile_from_dict(data).name == "x"
@@ -84,21 +114,42 @@ def test_invalid_profiles_are_rejected(mutate, message) -> None:
         profile_from_dict(data, origin="x.toml")
 
 
-@pytest.mark.parametrize("info, expected", [
-    (machine(arch="aarch64", device_tree_model="NVIDIA Jetson Orin Nano Developer Kit",
-             cuda_gpus=("tegra (integrated)",)), "jetson-orin-nano"),
-    (machine(arch="aarch64", device_tree_model="Jetson AGX Orin"), "jetson-agx-orin"),
-    (machine(arch="aarch64", device_tree_model="NVIDIA Jetson Xavier NX Developer Kit"),
-     "jetson-xavier-nx"),
-    (machine(arch="aarch64", device_tree_model="Raspberry Pi 5 Model B Rev 1.0"), "raspberry-pi-5"),
-    (machine(arch="aarch64", device_tree_model="Raspberry Pi 4 Model B"), "generic-arm-cpu"),
-    (machine(cpu_vendor="GenuineIntel", openvino_devices={"CPU": "i7"}), "intel-core-cpu"),
-    (machine(cpu_vendor="GenuineIntel", openvino_devices={"CPU": "a", "GPU": "b"}), "intel-igpu"),
-    (machine(cpu_vendor="GenuineIntel", openvino_devices={"CPU": "a", "GPU": "b", "NPU": "c"}),
-     "intel-npu"),
-    (machine(cpu_vendor="GenuineIntel"), "generic-x86-cpu"),  # no OpenVINO installed
-    (machine(), "generic-x86-cpu"),
-])
+@pytest.mark.parametrize(
+    "info, expected",
+    [
+        (
+            machine(
+                arch="aarch64",
+                device_tree_model="NVIDIA Jetson Orin Nano Developer Kit",
+                cuda_gpus=("tegra (integrated)",),
+            ),
+            "jetson-orin-nano",
+        ),
+        (machine(arch="aarch64", device_tree_model="Jetson AGX Orin"), "jetson-agx-orin"),
+        (
+            machine(arch="aarch64", device_tree_model="NVIDIA Jetson Xavier NX Developer Kit"),
+            "jetson-xavier-nx",
+        ),
+        (
+            machine(arch="aarch64", device_tree_model="Raspberry Pi 5 Model B Rev 1.0"),
+            "raspberry-pi-5",
+        ),
+        (machine(arch="aarch64", device_tree_model="Raspberry Pi 4 Model B"), "generic-arm-cpu"),
+        (machine(cpu_vendor="GenuineIntel", openvino_devices={"CPU": "i7"}), "intel-core-cpu"),
+        (
+            machine(cpu_vendor="GenuineIntel", openvino_devices={"CPU": "a", "GPU": "b"}),
+            "intel-igpu",
+        ),
+        (
+            machine(
+                cpu_vendor="GenuineIntel", openvino_devices={"CPU": "a", "GPU": "b", "NPU": "c"}
+            ),
+            "intel-npu",
+        ),
+        (machine(cpu_vendor="GenuineIntel"), "generic-x86-cpu"),  # no OpenVINO installed
+        (machine(), "generic-x86-cpu"),
+    ],
+)
 def test_match_profile(info: MachineInfo, expected: str) -> None:
     assert match_profile(info).name == expected
 
@@ -108,10 +159,15 @@ def test_no_profile_for_unknown_arch() -> None:
 
 
 def test_parse_cpuinfo_x86_and_arm() -> None:
-    x86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i7\n" \
-          "flags\t\t: fpu sse4_2 avx avx2 avx512f amx_tile\n"
-    assert parse_cpuinfo(x86) == ("Intel(R) Core(TM) i7", "GenuineIntel",
-                                  ("sse4_2", "avx", "avx2", "avx512f", "amx_tile"))
+    x86 = (
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i7\n"
+        "flags\t\t: fpu sse4_2 avx avx2 avx512f amx_tile\n"
+    )
+    assert parse_cpuinfo(x86) == (
+        "Intel(R) Core(TM) i7",
+        "GenuineIntel",
+        ("sse4_2", "avx", "avx2", "avx512f", "amx_tile"),
+    )
     arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimdhp asimddp\nCPU part\t: 0xd0b\n"
     model, vendor, flags = parse_cpuinfo(arm)
     assert (model, vendor, flags) == ("", "", ("asimd", "asimdhp", "asimddp"))
@@ -124,8 +180,10 @@ def test_probe_backends_here() -> None:
     probes = {p.label: p for p in probe_backends(info)}
     cpu = probes["onnxruntime/CPUExecutionProvider"]
     assert cpu.works and cpu.init_ms is not None
-    assert first_working_backend(load_profile("generic-x86-cpu"), probes.values()) == \
-        "onnxruntime/CPUExecutionProvider"
+    assert (
+        first_working_backend(load_profile("generic-x86-cpu"), probes.values())
+        == "onnxruntime/CPUExecutionProvider"
+    )
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         bogus = _probe_onnxruntime("CUDAExecutionProvider")
         assert not bogus.works and bogus.detail

@@ -100,7 +100,13 @@ def test_index_flat_keeps_exact_parity_and_the_run_threshold(
     det, meta = tiny
     out = tmp_path / "flat.edgead"
     m = export_detector(
-        det, meta, "onnx", "fp32", out, parity_inputs=parity_images(), data=export_data,
+        det,
+        meta,
+        "onnx",
+        "fp32",
+        out,
+        parity_inputs=parity_images(),
+        data=export_data,
         index={"index": "flat"},
     )
     assert m.index.factory == "Flat" and m.export["calibration"] is None
@@ -119,7 +125,12 @@ def test_rerank_array_lands_in_the_bundle_and_round_trips(
     bank = det.export_spec().arrays["memory_bank"]
     out = tmp_path / "rerank.edgead"
     m = export_detector(
-        det, meta, "onnx", "fp32", out, parity_inputs=parity_images(),
+        det,
+        meta,
+        "onnx",
+        "fp32",
+        out,
+        parity_inputs=parity_images(),
         index={"index": "sq8", "rerank": 4},
     )
     assert m.index.rerank == 4 and m.index.rerank_array == RERANK_ARRAY
@@ -138,7 +149,12 @@ def test_without_validation_inputs_the_threshold_is_scaled_and_says_so(
 ) -> None:
     det, meta = tiny
     m = export_detector(
-        det, meta, "onnx", "fp32", tmp_path / "s.edgead", parity_inputs=parity_images(),
+        det,
+        meta,
+        "onnx",
+        "fp32",
+        tmp_path / "s.edgead",
+        parity_inputs=parity_images(),
         index={"index": "sq8"},
     )
     cal = m.export["calibration"]
@@ -157,14 +173,21 @@ def test_too_coarse_index_fails_the_auroc_budget(
     out = tmp_path / "coarse.edgead"
     with pytest.raises(ExportError, match="auroc drops by"):
         export_detector(
-            det, meta, "onnx", "fp32", out, parity_inputs=parity_images(), data=export_data,
+            det,
+            meta,
+            "onnx",
+            "fp32",
+            out,
+            parity_inputs=parity_images(),
+            data=export_data,
             index={"index": "PCA1,SQ4", "max_auroc_drop": 0.001},
         )
     assert not out.exists()
 
 
-def test_unknown_index_option_is_refused(tiny: tuple[TinyPatch, dict[str, Any]],
-                                         tmp_path: Path) -> None:
+def test_unknown_index_option_is_refused(
+    tiny: tuple[TinyPatch, dict[str, Any]], tmp_path: Path
+) -> None:
     det, meta = tiny
     with pytest.raises(ExportError, match="index options"):
         export_detector(det, meta, "onnx", "fp32", tmp_path / "x.edgead", index={"bogus": 1})
@@ -174,20 +197,31 @@ def test_reweight_with_an_ivf_index_uses_reconstruct_all(tmp_path: Path) -> None
     """PatchCore's re-weighted score reconstructs bank vectors; IVF needs a direct map."""
     from edgead.models.base import create_detector
 
-    cfg = {"image_size": 32, "pretrained": False, "coreset_ratio": 0.5, "reweight": True,
-           "num_neighbors": 3}
+    cfg = {
+        "image_size": 32,
+        "pretrained": False,
+        "coreset_ratio": 0.5,
+        "reweight": True,
+        "num_neighbors": 3,
+    }
     det = create_detector("patchcore", cfg)
     det.fit(synthetic_images(4, seed=0))
     test = synthetic_images(2, seed=1) + synthetic_images(2, seed=2, anomalous=True)
     out = tmp_path / "ivf.edgead"
-    m = export_detector(det, run_meta(det.score(test).scores), "onnx", "fp32", out,
-                        parity_inputs=np.stack(test), index={"index": "IVF2,Flat", "nprobe": 2})
+    m = export_detector(
+        det,
+        run_meta(det.score(test).scores),
+        "onnx",
+        "fp32",
+        out,
+        parity_inputs=np.stack(test),
+        index={"index": "IVF2,Flat", "nprobe": 2},
+    )
     assert m.index.factory == "IVF2,Flat" and m.postprocess["score"] == "reweight"
     with Detector.load(out, device="cpu") as runtime:
         results = runtime(test, channel_order="RGB")
     # IVF2,Flat with nprobe = nlist is exact: scores equal the torch model's
-    np.testing.assert_allclose([r.raw_score for r in results], det.score(test).scores,
-                               rtol=1e-4)
+    np.testing.assert_allclose([r.raw_score for r in results], det.score(test).scores, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -202,16 +236,29 @@ def test_cli_index_options(run_dir: Path, tmp_path: Path) -> None:
     from edgead.cli.main import app
 
     out = tmp_path / "cli.edgead"
-    res = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out), "--index", "sq8",
-                                   "--max-auroc-drop", "0.01", "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--index",
+            "sq8",
+            "--max-auroc-drop",
+            "0.01",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["index"]["factory"] == "SQ8" and summary["index"]["max_auroc_drop"] == 0.01
     assert summary["calibration"]["method"] == "scaled_by_dist_ratio_median"
     assert read_bundle(out).manifest.index.factory == "SQ8"
     # the rich table prints the index report
-    res = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "t.edgead"),
-                                   "--index", "flat"])
+    res = CliRunner().invoke(
+        app, ["export", str(run_dir), "--out", str(tmp_path / "t.edgead"), "--index", "flat"]
+    )
     assert res.exit_code == 0, res.output
     assert "index recall@1" in res.stdout and "Flat" in res.stdout
 
@@ -225,18 +272,45 @@ def test_cli_device_profile_sets_target_and_explicit_options_win(
     runner = CliRunner()
     target, precision = profile_export_settings("intel-core-cpu")
     out = tmp_path / "dev.edgead"
-    res = runner.invoke(app, ["export", str(run_dir), "--out", str(out), "--device",
-                              "intel-core-cpu", "--index", "flat", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--device",
+            "intel-core-cpu",
+            "--index",
+            "flat",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = read_bundle(out).manifest
     assert (m.target, m.precision) == (target, precision)
     assert m.export["device_profile"] == "intel-core-cpu"
-    res = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "o.edgead"),
-                              "--device", "jetson-orin-nano", "--target", "onnx", "--index",
-                              "flat", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            str(run_dir),
+            "--out",
+            str(tmp_path / "o.edgead"),
+            "--device",
+            "jetson-orin-nano",
+            "--target",
+            "onnx",
+            "--index",
+            "flat",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["target"] == "onnx"
     assert json.loads(res.stdout)["precision"] == "fp32"
-    res = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "n.edgead"),
-                              "--device", "no-such-device"])
+    res = runner.invoke(
+        app,
+        ["export", str(run_dir), "--out", str(tmp_path / "n.edgead"), "--device", "no-such-device"],
+    )
     assert res.exit_code != 0 and not (tmp_path / "n.edgead").exists()

@@ -434,7 +434,12 @@ def test_real_patchcore_with_reweight_round_trips(tmp_path: Path) -> None:
     expected = det.score(test)
     out = tmp_path / "pc.edgead"
     m = export_detector(
-        det, run_meta(expected.scores), "onnx", "fp32", out, parity_inputs=np.stack(test),
+        det,
+        run_meta(expected.scores),
+        "onnx",
+        "fp32",
+        out,
+        parity_inputs=np.stack(test),
         index={"index": "flat"},
     )
     assert m.postprocess["score"] == "reweight" and m.backbone == "efficientnet_lite0"

@@ -20,17 +20,40 @@ SIZE = 32
 RTOL = 1e-3
 
 
-
 CONFIGS: dict[str, dict] = {
     "padim": {"image_size": SIZE, "backbone": TINY, "pretrained": False, "n_features": 12},
-    "fastflow": {"image_size": SIZE, "backbone": TINY, "pretrained": False, "n_blocks": 2,
-                 "epochs": 3, "batch_size": 8},
-    "conv_ae": {"image_size": SIZE, "work_size": 16, "base_channels": 4, "latent_dim": 8,
-                "epochs": 3, "batch_size": 8},
-    "conv_vae": {"image_size": SIZE, "work_size": 16, "base_channels": 4, "latent_dim": 8,
-                 "epochs": 3, "batch_size": 8},
-    "deep_svdd_image": {"image_size": SIZE, "work_size": 16, "base_channels": 4, "rep_dim": 8,
-                        "epochs": 3, "batch_size": 8},
+    "fastflow": {
+        "image_size": SIZE,
+        "backbone": TINY,
+        "pretrained": False,
+        "n_blocks": 2,
+        "epochs": 3,
+        "batch_size": 8,
+    },
+    "conv_ae": {
+        "image_size": SIZE,
+        "work_size": 16,
+        "base_channels": 4,
+        "latent_dim": 8,
+        "epochs": 3,
+        "batch_size": 8,
+    },
+    "conv_vae": {
+        "image_size": SIZE,
+        "work_size": 16,
+        "base_channels": 4,
+        "latent_dim": 8,
+        "epochs": 3,
+        "batch_size": 8,
+    },
+    "deep_svdd_image": {
+        "image_size": SIZE,
+        "work_size": 16,
+        "base_channels": 4,
+        "rep_dim": 8,
+        "epochs": 3,
+        "batch_size": 8,
+    },
 }
 NAMES = sorted(CONFIGS)
 
@@ -89,10 +112,16 @@ def test_onnx_and_openvino_parity(name: str, fitted: dict, tmp_path) -> None:
     det = fitted[name]
     spec = det.export_spec()
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(spec.module, (torch.from_numpy(spec.example_input),), str(path),
-                      input_names=[spec.input_name], output_names=list(spec.output_names),
-                      opset_version=17, dynamo=False,
-                      dynamic_axes={spec.input_name: {0: "batch"}})
+    torch.onnx.export(
+        spec.module,
+        (torch.from_numpy(spec.example_input),),
+        str(path),
+        input_names=[spec.input_name],
+        output_names=list(spec.output_names),
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={spec.input_name: {0: "batch"}},
+    )
     onnx = pytest.importorskip("onnx")
     onnx.checker.check_model(str(path), full_check=True)
     op_types = {node.op_type for node in onnx.load(str(path)).graph.node}
@@ -116,8 +145,7 @@ def test_onnx_and_openvino_parity(name: str, fitted: dict, tmp_path) -> None:
     compiled = core.compile_model(core.read_model(str(path)), "CPU")
     result = compiled(images)
     for want, output in zip(expected, compiled.outputs, strict=True):
-        np.testing.assert_allclose(result[output], want, rtol=RTOL,
-                                   atol=RTOL * np.abs(want).max())
+        np.testing.assert_allclose(result[output], want, rtol=RTOL, atol=RTOL * np.abs(want).max())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -157,8 +185,9 @@ def test_padim_statistics_and_seeded_subset(fitted: dict) -> None:
     grid = SIZE // 4  # finest stride of the tiny backbone
     assert state["mean"].shape == (grid * grid, 12)
     assert state["precision"].shape == (grid * grid, 12, 12)
-    np.testing.assert_allclose(state["precision"], state["precision"].transpose(0, 2, 1),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        state["precision"], state["precision"].transpose(0, 2, 1), rtol=1e-5, atol=1e-6
+    )
     # Precision must invert the covariance + eps*I: eigenvalues positive and finite.
     assert np.linalg.eigvalsh(state["precision"].astype(np.float64)).min() > 0
     other = create_detector("padim", CONFIGS["padim"])
@@ -239,10 +268,17 @@ def test_training_is_seeded() -> None:
 
 
 CLI_CASES = {
-    "padim": ["--set", f"backbone={TINY}", "--set", "pretrained=false",
-              "--set", "n_features=8"],
-    "conv-vae": ["--set", "work_size=16", "--set", "base_channels=4", "--set", "latent_dim=8",
-                 "--set", "epochs=2"],
+    "padim": ["--set", f"backbone={TINY}", "--set", "pretrained=false", "--set", "n_features=8"],
+    "conv-vae": [
+        "--set",
+        "work_size=16",
+        "--set",
+        "base_channels=4",
+        "--set",
+        "latent_dim=8",
+        "--set",
+        "epochs=2",
+    ],
 }
 
 
@@ -263,8 +299,17 @@ def test_cli_train_export_eval(cli_name: str, tmp_path) -> None:
 
     data = make_synthetic_mvtec(tmp_path / "category")
     run, bundle = tmp_path / "run", tmp_path / "model.edgead"
-    invoke("train", cli_name, "--data", str(data), "--out", str(run), "--image-size", str(SIZE),
-           *CLI_CASES[cli_name])
+    invoke(
+        "train",
+        cli_name,
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--image-size",
+        str(SIZE),
+        *CLI_CASES[cli_name],
+    )
     meta = json.loads((run / "run.json").read_text())
     assert meta["detector"] == cli_name.replace("-", "_")
     invoke("export", str(run), "--out", str(bundle))

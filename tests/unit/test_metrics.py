@@ -36,18 +36,22 @@ def test_image_metrics_perfect_and_inverted() -> None:
     labels = np.array([0, 1, 0, 1, 1])
     scores = np.array([0.0, 5.0, 1.0, 3.0, 2.0])
     assert image_metrics(labels, scores) == pytest.approx(
-        {"auroc": 1.0, "auprc": 1.0, "f1": 1.0, "f1_threshold": 2.0})
+        {"auroc": 1.0, "auprc": 1.0, "f1": 1.0, "f1_threshold": 2.0}
+    )
     assert image_metrics(labels, -scores)["auroc"] == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("labels, scores, match", [
-    ([1, 1, 1], [0.1, 0.2, 0.3], "all 3 labels are 1"),
-    ([0, 0], [0.1, 0.2], "all 2 labels are 0"),
-    ([0, 1], [0.1], "differ in length"),
-    ([0, 2], [0.1, 0.2], "0 .normal. or 1"),
-    ([0, 1], [0.1, np.nan], "NaN"),
-    ([], [], "empty"),
-])
+@pytest.mark.parametrize(
+    "labels, scores, match",
+    [
+        ([1, 1, 1], [0.1, 0.2, 0.3], "all 3 labels are 1"),
+        ([0, 0], [0.1, 0.2], "all 2 labels are 0"),
+        ([0, 1], [0.1], "differ in length"),
+        ([0, 2], [0.1, 0.2], "0 .normal. or 1"),
+        ([0, 1], [0.1, np.nan], "NaN"),
+        ([], [], "empty"),
+    ],
+)
 def test_image_metrics_rejects_bad_input(labels: list, scores: list, match: str) -> None:
     with pytest.raises(DataError, match=match):
         image_metrics(np.array(labels), np.array(scores, dtype=float))
@@ -74,8 +78,9 @@ def test_normalisation_from_scores() -> None:
 def _reference_aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
     """Brute force over every distinct threshold (the MVTec AD definition, no subsampling)."""
     labelled = [ndimage.label(m, structure=np.ones((3, 3)))[0] for m in masks]
-    regions = [(i, labelled[i] == r) for i in range(len(masks))
-               for r in range(1, labelled[i].max() + 1)]
+    regions = [
+        (i, labelled[i] == r) for i in range(len(masks)) for r in range(1, labelled[i].max() + 1)
+    ]
     negatives = maps[~masks]
     fprs, pros = [0.0], [0.0]
     for t in np.unique(maps)[::-1]:
@@ -90,9 +95,9 @@ def _reference_aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) 
 
 def _masks_with_regions(n: int = 3, size: int = 24) -> np.ndarray:
     masks = np.zeros((n, size, size), dtype=bool)
-    masks[0, 2:8, 2:10] = True          # two regions in image 0
+    masks[0, 2:8, 2:10] = True  # two regions in image 0
     masks[0, 15:20, 14:22] = True
-    masks[1, 10:13, 3:6] = True         # a small region in image 1; image 2 is good
+    masks[1, 10:13, 3:6] = True  # a small region in image 1; image 2 is good
     return masks
 
 
@@ -100,8 +105,8 @@ def test_aupro_matches_brute_force_reference() -> None:
     rng = np.random.default_rng(0)
     masks = _masks_with_regions()
     maps = rng.random(masks.shape)
-    maps[0][masks[0]] += 0.5            # image 0's regions partly detected
-    maps = np.round(maps * 50) / 50     # ties, as real maps have
+    maps[0][masks[0]] += 0.5  # image 0's regions partly detected
+    maps = np.round(maps * 50) / 50  # ties, as real maps have
     expected = _reference_aupro(masks, maps)
     assert aupro(masks, maps, num_thresholds=500) == pytest.approx(expected, abs=2e-3)
     assert pixel_metrics(masks, maps)["aupro"] == pytest.approx(expected, abs=1e-2)

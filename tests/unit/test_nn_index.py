@@ -47,14 +47,20 @@ def data() -> dict[str, np.ndarray]:
     for i in range(8, n_img):
         r, c = rng.integers(0, GRID[0] - 3, size=2)
         strength = 0.6 + 0.15 * (i - 8)  # graded anomalies keep the AUROC below 1 for some maps
-        emb[i, r:r + 3, c:c + 3] += strength * rng.normal(size=(3, 3, D)).astype(np.float32)
-        masks[i, r * 4:(r + 3) * 4, c * 4:(c + 3) * 4] = True
+        emb[i, r : r + 3, c : c + 3] += strength * rng.normal(size=(3, 3, D)).astype(np.float32)
+        masks[i, r * 4 : (r + 3) * 4, c * 4 : (c + 3) * 4] = True
     return {"bank": bank, "emb": emb.reshape(n_img, p, D), "labels": labels, "masks": masks}
 
 
 def _validation(data: dict[str, np.ndarray]) -> IndexValidation:
-    return IndexValidation(embeddings=data["emb"], labels=data["labels"], masks=data["masks"],
-                           grid=GRID, image_size=(32, 32), blur_sigma=1.0)
+    return IndexValidation(
+        embeddings=data["emb"],
+        labels=data["labels"],
+        masks=data["masks"],
+        grid=GRID,
+        image_size=(32, 32),
+        blur_sigma=1.0,
+    )
 
 
 def test_flat_search_returns_l2_not_squared(data: dict[str, np.ndarray]) -> None:
@@ -80,21 +86,36 @@ def test_search_rejects_wrong_dim_and_k(data: dict[str, np.ndarray]) -> None:
 
 @pytest.mark.parametrize("name", ["flat", "fp16", "sq8", "pq", "pq4", "ivfpq", "hnsw"])
 def test_named_indexes_build_and_keep_the_nearest_neighbour(
-        name: str, data: dict[str, np.ndarray]) -> None:
+    name: str, data: dict[str, np.ndarray]
+) -> None:
     bank, queries = data["bank"], data["emb"].reshape(-1, D)[:800]
     factory, nprobe = resolve_factory(name, D, M)
     index = FaissIndex.build(bank, factory, nprobe=nprobe)
     exact = FaissIndex.build(bank, "Flat")
     report = measure_index(bank, queries, index, exact, frame_patches=200)
     # This bank is tiny (150 KiB), so codebooks weigh in; the 8x claim is checked on real banks.
-    min_ratio = {"flat": 0.99, "fp16": 1.9, "sq8": 3.5, "pq": 3.0, "pq4": 3.0, "ivfpq": 2.0,
-                 "hnsw": 0.0}[name]
+    min_ratio = {
+        "flat": 0.99,
+        "fp16": 1.9,
+        "sq8": 3.5,
+        "pq": 3.0,
+        "pq4": 3.0,
+        "ivfpq": 2.0,
+        "hnsw": 0.0,
+    }[name]
     assert report["compression_ratio"] >= min_ratio
     # Quantisation may swap near-ties, but the nearest distance must stay close.
     assert report["rel_dist_error_mean"] < (0.002 if name in ("flat", "fp16") else 0.25)
     # Isotropic synthetic clusters are the worst case for recall (near-ties everywhere).
-    min_recall = {"flat": 0.99, "fp16": 0.99, "sq8": 0.8, "pq": 0.2, "pq4": 0.03, "ivfpq": 0.2,
-                  "hnsw": 0.7}[name]
+    min_recall = {
+        "flat": 0.99,
+        "fp16": 0.99,
+        "sq8": 0.8,
+        "pq": 0.2,
+        "pq4": 0.03,
+        "ivfpq": 0.2,
+        "hnsw": 0.7,
+    }[name]
     assert report["recall_at_1"] > min_recall
     assert report["search_ms_per_frame"] > 0
 
@@ -143,8 +164,14 @@ def test_measure_and_auroc_change_report_drops(data: dict[str, np.ndarray]) -> N
     fine = FaissIndex.build(data["bank"], "SQfp16")
     coarse = FaissIndex.build(data["bank"], "PCA2,PQ1x4fs")
     same = auroc_change(val, fine, exact)
-    assert set(same) == {"image_auroc_exact", "image_auroc", "image_auroc_drop",
-                         "pixel_auroc_exact", "pixel_auroc", "pixel_auroc_drop"}
+    assert set(same) == {
+        "image_auroc_exact",
+        "image_auroc",
+        "image_auroc_drop",
+        "pixel_auroc_exact",
+        "pixel_auroc",
+        "pixel_auroc_drop",
+    }
     assert 0.5 < same["image_auroc_exact"] <= 1.0
     assert abs(same["image_auroc_drop"]) < 1e-6 and abs(same["pixel_auroc_drop"]) < 1e-3
     bad = auroc_change(val, coarse, exact)
@@ -186,19 +213,30 @@ def _bundle(tmp_path, built, extra_arrays=True):  # type: ignore[no-untyped-def]
         arrays[name] = f"arrays/{name}.npy"
         members[arrays[name]] = array_to_npy_bytes(arr)
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION, edgead_version="0", detector="patchcore",
-        modality="image", target="onnx", precision="fp32", graphs={"onnx": "model.onnx"},
+        schema_version=SCHEMA_VERSION,
+        edgead_version="0",
+        detector="patchcore",
+        modality="image",
+        target="onnx",
+        precision="fp32",
+        graphs={"onnx": "model.onnx"},
         input=InputSpec(name="images", dtype="uint8", shape=(None, 32, 32, 3)),
         outputs=(OutputSpec(name="embedding", shape=(None, 64, D)),),
-        postprocess={"kind": "nn_index", "grid": list(GRID), "k": 1}, threshold=None,
-        normalisation={}, index=built.spec, arrays=arrays, export={"index": built.report})
+        postprocess={"kind": "nn_index", "grid": list(GRID), "k": 1},
+        threshold=None,
+        normalisation={},
+        index=built.spec,
+        arrays=arrays,
+        export={"index": built.report},
+    )
     path = tmp_path / "m.edgead"
     write_bundle(path, manifest, members)
     return path
 
 
-@pytest.mark.parametrize("options", [{"index": "pq4"}, {"index": "ivfpq"},
-                                     {"index": "sq8", "rerank": 16}])
+@pytest.mark.parametrize(
+    "options", [{"index": "pq4"}, {"index": "ivfpq"}, {"index": "sq8", "rerank": 16}]
+)
 def test_index_round_trips_through_bundle_byte_for_byte(tmp_path, data, options) -> None:  # type: ignore[no-untyped-def]
     built = build_index(data["bank"], {**options, "max_auroc_drop": 1.0})
     path = _bundle(tmp_path, built)
@@ -228,8 +266,18 @@ def ivfpq_build(data: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
     return build_index(data["bank"], {"index": "ivfpq", "max_auroc_drop": 1.0})
 
 
-@pytest.mark.parametrize("damage", ["truncate_header", "truncate_half", "truncate_one",
-                                    "garbage", "flip_fourcc", "extra_bytes", "empty"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncate_header",
+        "truncate_half",
+        "truncate_one",
+        "garbage",
+        "flip_fourcc",
+        "extra_bytes",
+        "empty",
+    ],
+)
 def test_damaged_index_is_refused_with_bundle_error(damage: str, ivfpq_build) -> None:  # type: ignore[no-untyped-def]
     built = ivfpq_build
     raw = built.data

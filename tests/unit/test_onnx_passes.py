@@ -54,9 +54,11 @@ def test_pads_folded_into_convs_with_identical_outputs() -> None:
 
 def test_fold_is_a_no_op_without_foldable_pads() -> None:
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_node("Relu", ["x"], ["y"])],
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])])
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+    )
     model = onnx.helper.make_model(graph)
     before = model.SerializeToString()
     assert fold_pads_into_convs(model) == 0

@@ -22,7 +22,6 @@ SIZE = 32
 PARITY_RTOL = 1e-4
 
 
-
 CONFIG = {"backbone": TINY, "pretrained": False, "image_size": SIZE, "coreset_ratio": 0.25}
 
 
@@ -53,18 +52,24 @@ def test_embedding_is_pooled_and_upsampled_features() -> None:
         (emb,) = embedder(torch.from_numpy(images))
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
         x = (x - torch.tensor(backbone.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.std).view(
-            1, 3, 1, 1)
+            1, 3, 1, 1
+        )
         fine, coarse = backbone(x)
         fine = F.avg_pool2d(fine, 3, 1, 1)
-        coarse = F.interpolate(F.avg_pool2d(coarse, 3, 1, 1), size=fine.shape[-2:],
-                               mode="bilinear", align_corners=False)
+        coarse = F.interpolate(
+            F.avg_pool2d(coarse, 3, 1, 1),
+            size=fine.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+        )
         want = torch.cat([fine, coarse], 1).flatten(2).transpose(1, 2)
     torch.testing.assert_close(emb, want, rtol=1e-5, atol=1e-5)
 
 
 def test_default_backbone_random_weights() -> None:
-    det = create_detector("patchcore", {"pretrained": False, "image_size": 64,
-                                        "coreset_ratio": 0.5})
+    det = create_detector(
+        "patchcore", {"pretrained": False, "image_size": 64, "coreset_ratio": 0.5}
+    )
     det.fit(_images_at(4, 64), seed=0)
     out = det.score(_images_at(2, 64))
     grid = det.describe()["grid"]
@@ -94,8 +99,8 @@ def test_defects_score_higher_and_maps_localise(fitted: PatchCore) -> None:
     masks = np.zeros((6, SIZE, SIZE), bool)
     for image, mask in zip(defective, masks, strict=True):
         y, x = rng.integers(2, SIZE - 10, size=2)
-        image[y: y + 8, x: x + 8] = 255
-        mask[y: y + 8, x: x + 8] = True
+        image[y : y + 8, x : x + 8] = 255
+        mask[y : y + 8, x : x + 8] = True
     bad = fitted.score(defective)
     assert bad.scores.dtype == np.float32 and bad.anomaly_maps.shape == (6, SIZE, SIZE)
     assert bad.scores.min() > normal.scores.max()
@@ -132,7 +137,8 @@ def test_reweighting_follows_the_paper() -> None:
     flat = patch.reshape(3, -1)
     got = det.score(images).scores
     np.testing.assert_allclose(
-        got, reweight_scores(emb, flat, ids, bank, det._nn_index(), 3), rtol=1e-5)
+        got, reweight_scores(emb, flat, ids, bank, det._nn_index(), 3), rtol=1e-5
+    )
     for b in range(3):  # eq. 7 by hand with brute-force neighbours
         worst = int(np.argmax(flat[b]))
         anchor = bank[ids[b, worst]]
@@ -158,8 +164,14 @@ def test_export_spec_contract(fitted: PatchCore) -> None:
     spec = fitted.export_spec()
     assert spec.output_names == ("embedding",) and spec.input_name == "images"
     assert spec.example_input.dtype == np.uint8 and spec.example_input.shape == (1, SIZE, SIZE, 3)
-    assert spec.postprocess == {"kind": "nn_index", "grid": [SIZE // 4, SIZE // 4], "k": 1,
-                                "blur_sigma": 4.0, "score": "max", "num_neighbors": 1}
+    assert spec.postprocess == {
+        "kind": "nn_index",
+        "grid": [SIZE // 4, SIZE // 4],
+        "k": 1,
+        "blur_sigma": 4.0,
+        "score": "max",
+        "num_neighbors": 1,
+    }
     np.testing.assert_array_equal(spec.arrays["memory_bank"], fitted.memory_bank_)
 
 
@@ -167,10 +179,16 @@ def test_onnx_and_openvino_parity(fitted: PatchCore, tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     spec = fitted.export_spec()
     path = tmp_path / "patchcore.onnx"
-    torch.onnx.export(spec.module, (torch.from_numpy(spec.example_input),), str(path),
-                      input_names=[spec.input_name], output_names=list(spec.output_names),
-                      opset_version=17, dynamo=False,
-                      dynamic_axes={spec.input_name: {0: "batch"}})
+    torch.onnx.export(
+        spec.module,
+        (torch.from_numpy(spec.example_input),),
+        str(path),
+        input_names=[spec.input_name],
+        output_names=list(spec.output_names),
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={spec.input_name: {0: "batch"}},
+    )
     images = _images(3, seed=5, defect=True)
     with torch.inference_mode():
         want = spec.module(torch.from_numpy(images))[0].numpy()

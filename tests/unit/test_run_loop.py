@@ -40,8 +40,9 @@ NORM = {"method": "minmax_threshold", "min": 0.0, "max": 255.0, "threshold": 128
 class FakeDetector:
     """Scores a frame by its mean intensity (raw units 0..255); anomalous at >= 128."""
 
-    def __init__(self, backend: str = "fake/GPU", fail_at: set[int] | None = None,
-                 delay_s: float = 0.0) -> None:
+    def __init__(
+        self, backend: str = "fake/GPU", fail_at: set[int] | None = None, delay_s: float = 0.0
+    ) -> None:
         self.backend = backend
         self.fallbacks: list[str] = []
         self.manifest = SimpleNamespace(normalisation=NORM)
@@ -60,10 +61,13 @@ class FakeDetector:
         if self.delay_s:
             time.sleep(self.delay_s)
         raw = float(frame.mean())
-        return SimpleNamespace(raw_score=raw, score=float(np.clip((raw - 128) / 255 + 0.5, 0, 1)),
-                               is_anomaly=raw >= 128.0,
-                               anomaly_map=np.full(frame.shape[:2], raw, np.float32),
-                               timings_ms={"preprocess": 0.1, "graph": 0.2})
+        return SimpleNamespace(
+            raw_score=raw,
+            score=float(np.clip((raw - 128) / 255 + 0.5, 0, 1)),
+            is_anomaly=raw >= 128.0,
+            anomaly_map=np.full(frame.shape[:2], raw, np.float32),
+            timings_ms={"preprocess": 0.1, "graph": 0.2},
+        )
 
     def close(self) -> None:
         self.closed = True
@@ -92,18 +96,35 @@ def gray(value: int, size: int = 16) -> np.ndarray:
     return np.full((size, size, 3), value, np.uint8)
 
 
-def make_loop(frames: list, tmp_path: Path | None, *, detector: FakeDetector | None = None,
-              live: bool = False, capture_kw: dict | None = None, loop_kw: dict | None = None,
-              fallback=None, opener=None) -> InspectionLoop:
+def make_loop(
+    frames: list,
+    tmp_path: Path | None,
+    *,
+    detector: FakeDetector | None = None,
+    live: bool = False,
+    capture_kw: dict | None = None,
+    loop_kw: dict | None = None,
+    fallback=None,
+    opener=None,
+) -> InspectionLoop:
     stop = threading.Event()
-    cfg = CaptureConfig(**{"drop": "none", "queue_size": 2, "backoff_initial_s": 0.01,
-                           "backoff_max_s": 0.05, **(capture_kw or {})})
-    capture = CaptureThread(opener or (lambda: ListReader(frames)), cfg, is_live=live,
-                            stop_event=stop, name="test")
+    cfg = CaptureConfig(
+        **{
+            "drop": "none",
+            "queue_size": 2,
+            "backoff_initial_s": 0.01,
+            "backoff_max_s": 0.05,
+            **(capture_kw or {}),
+        }
+    )
+    capture = CaptureThread(
+        opener or (lambda: ListReader(frames)), cfg, is_live=live, stop_event=stop, name="test"
+    )
     capture.open()
     config = LoopConfig(out_dir=tmp_path, status_every_s=0, **(loop_kw or {}))
-    return InspectionLoop(detector or FakeDetector(), capture, config, stop,
-                          fallback_factory=fallback)
+    return InspectionLoop(
+        detector or FakeDetector(), capture, config, stop, fallback_factory=fallback
+    )
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -133,8 +154,15 @@ def test_file_source_every_frame_scored_and_written(tmp_path: Path) -> None:
 
 
 def test_corrupt_frames_are_skipped_and_counted(tmp_path: Path) -> None:
-    frames = [gray(10), None, np.zeros((0, 0, 3), np.uint8), gray(20, size=8),
-              np.zeros((16, 16, 3), np.float32), gray(30), np.zeros((16, 16, 2), np.uint8)]
+    frames = [
+        gray(10),
+        None,
+        np.zeros((0, 0, 3), np.uint8),
+        gray(20, size=8),
+        np.zeros((16, 16, 3), np.float32),
+        gray(30),
+        np.zeros((16, 16, 2), np.uint8),
+    ]
     summary = make_loop(frames, tmp_path).run()
     # None, empty, wrong size (vs the first frame), float32, 2 channels -> 5 corrupt
     assert (summary.read, summary.scored, summary.corrupt) == (7, 2, 5)
@@ -159,8 +187,9 @@ def test_live_source_reconnects_after_failure(tmp_path: Path) -> None:
             raise DataError("camera not there yet")
         return ListReader([gray(20)], repeat_last=True)  # back, streaming
 
-    loop = make_loop([], tmp_path, live=True, opener=opener,
-                     capture_kw={"drop": "oldest", "max_frames": 8})
+    loop = make_loop(
+        [], tmp_path, live=True, opener=opener, capture_kw={"drop": "oldest", "max_frames": 8}
+    )
     summary = loop.run()
     assert summary.stop_reason == "max_frames"
     assert summary.reconnects == 1 and summary.outages == 1
@@ -178,8 +207,9 @@ def test_live_source_that_never_returns_ends_the_run(tmp_path: Path) -> None:
             return ListReader([gray(10)] * 2)
         raise DataError("gone")
 
-    summary = make_loop([], tmp_path, live=True, opener=opener,
-                        capture_kw={"reconnect_retries": 3}).run()
+    summary = make_loop(
+        [], tmp_path, live=True, opener=opener, capture_kw={"reconnect_retries": 3}
+    ).run()
     assert summary.stop_reason == "source_lost"
     assert summary.read == 2 and summary.accounted and calls["n"] == 4
 
@@ -188,8 +218,13 @@ def test_unreadable_source_at_start_raises_clear_error() -> None:
     stop = threading.Event()
     spec = parse_source("rtsp://127.0.0.1:9/no-camera-here")
     cfg = CaptureConfig(open_retries=2, backoff_initial_s=0.01, timeout_ms=2000)
-    capture = CaptureThread(lambda: open_reader(spec, cfg.timeout_ms), cfg, is_live=True,
-                            stop_event=stop, name=str(spec))
+    capture = CaptureThread(
+        lambda: open_reader(spec, cfg.timeout_ms),
+        cfg,
+        is_live=True,
+        stop_event=stop,
+        name=str(spec),
+    )
     start = time.perf_counter()
     with pytest.raises(DataError, match=r"cannot open source url rtsp://127\.0\.0\.1:9.*2 attempt"):
         capture.open()
@@ -205,8 +240,11 @@ def test_backend_failure_mid_run_falls_back_and_is_recorded(tmp_path: Path) -> N
     assert failing.closed
     assert summary.backend == "fake/CPU"
     (record,) = summary.runtime_fallbacks
-    assert (record.frame_index, record.from_backend, record.to_backend) == \
-        (2, "fake/GPU", "fake/CPU")
+    assert (record.frame_index, record.from_backend, record.to_backend) == (
+        2,
+        "fake/GPU",
+        "fake/CPU",
+    )
     assert "device lost" in record.reason
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["runtime_fallbacks"][0]["to_backend"] == "fake/CPU"
@@ -224,8 +262,9 @@ def test_backend_failure_without_fallback_left_raises(tmp_path: Path) -> None:
 @pytest.mark.parametrize("policy", ["oldest", "newest"])
 def test_slow_scoring_drops_frames_but_accounts_for_all(tmp_path: Path, policy: str) -> None:
     frames = [gray(i) for i in range(60)]
-    loop = make_loop(frames, tmp_path, detector=FakeDetector(delay_s=0.01),
-                     capture_kw={"drop": policy})
+    loop = make_loop(
+        frames, tmp_path, detector=FakeDetector(delay_s=0.01), capture_kw={"drop": policy}
+    )
     summary = loop.run()
     assert summary.read == 60 and summary.dropped > 0 and summary.accounted
     scored = [r["frame"] for r in read_lines(tmp_path / "results.jsonl")]
@@ -257,9 +296,13 @@ class StopAfter(FakeDetector):
 
 
 def test_stop_request_finishes_frame_and_flushes(tmp_path: Path) -> None:
-    loop = make_loop([], tmp_path, live=True,
-                     opener=lambda: ListReader([gray(7)], repeat_last=True),
-                     capture_kw={"drop": "oldest"})
+    loop = make_loop(
+        [],
+        tmp_path,
+        live=True,
+        opener=lambda: ListReader([gray(7)], repeat_last=True),
+        capture_kw={"drop": "oldest"},
+    )
     loop.detector = StopAfter(loop.stop_event, 20)
     summary = loop.run()
     assert summary.stop_reason == "signal"
@@ -295,11 +338,13 @@ def test_stdout_stream_when_no_out_dir(capsys: pytest.CaptureFixture[str]) -> No
 
     stop = threading.Event()
     cfg = CaptureConfig(drop="none")
-    capture = CaptureThread(lambda: ListReader([gray(1), gray(2)]), cfg, is_live=False,
-                            stop_event=stop)
+    capture = CaptureThread(
+        lambda: ListReader([gray(1), gray(2)]), cfg, is_live=False, stop_event=stop
+    )
     capture.open()
-    summary = InspectionLoop(FakeDetector(), capture, LoopConfig(status_every_s=0), stop,
-                             stream=sys.stdout).run()
+    summary = InspectionLoop(
+        FakeDetector(), capture, LoopConfig(status_every_s=0), stop, stream=sys.stdout
+    ).run()
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert summary.scored == 2 and [r["frame"] for r in lines] == [0, 1]
 
@@ -325,8 +370,12 @@ def test_folder_reader_counts_undecodable_file(tmp_path: Path) -> None:
 def test_folder_loop_replays(tmp_path: Path) -> None:
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"img_{i}.png"), gray(10))
-    summary = make_loop([], tmp_path / "out", opener=lambda: FolderReader(tmp_path),
-                        capture_kw={"loop": True, "max_frames": 10}).run()
+    summary = make_loop(
+        [],
+        tmp_path / "out",
+        opener=lambda: FolderReader(tmp_path),
+        capture_kw={"loop": True, "max_frames": 10},
+    ).run()
     assert summary.read == 10 and summary.scored == 10
 
 
@@ -356,8 +405,16 @@ def test_metrics_http_endpoints() -> None:
     state = {"last": None}
 
     def collect():
-        snap = {"scored": 5, "corrupt": 1, "anomalies": 2, "last_score": 0.7,
-                "last_scored_at": state["last"], "backend": "fake", "fallbacks": 0, "fps": 3.5}
+        snap = {
+            "scored": 5,
+            "corrupt": 1,
+            "anomalies": 2,
+            "last_score": 0.7,
+            "last_scored_at": state["last"],
+            "backend": "fake",
+            "fallbacks": 0,
+            "fps": 3.5,
+        }
         counts = {"read": 8, "dropped": 2, "corrupt": 0, "reconnects": 1}
         return counts, snap, {"p50": 10.0, "p95": 20.0, "p99": 30.0}, {"backend": 'b"x'}
 
@@ -382,6 +439,7 @@ def test_metrics_http_endpoints() -> None:
 
 # ------------------------------------------------------------------ with a real (tiny) bundle
 
+
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny nn_index bundle exported from the test detector in `_export_helpers` (32 px)."""
@@ -400,8 +458,9 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def write_video(path: Path, n_frames: int, size_hw: tuple[int, int] = (48, 64),
-                bright_every: int = 10) -> Path:
+def write_video(
+    path: Path, n_frames: int, size_hw: tuple[int, int] = (48, 64), bright_every: int = 10
+) -> Path:
     """MJPG .avi of flat gray frames; every `bright_every`-th frame has a white square."""
     height, width = size_hw
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
@@ -409,7 +468,7 @@ def write_video(path: Path, n_frames: int, size_hw: tuple[int, int] = (48, 64),
     for i in range(n_frames):
         frame = np.full((height, width, 3), 120, np.uint8)
         if i % bright_every == bright_every - 1:
-            frame[height // 4:height // 2, width // 4:width // 2] = 255
+            frame[height // 4 : height // 2, width // 4 : width // 2] = 255
         writer.write(frame)
     writer.release()
     return path
@@ -422,9 +481,24 @@ def test_cli_run_video_with_real_bundle(tiny_bundle: Path, tmp_path: Path) -> No
 
     video = write_video(tmp_path / "v.avi", 30)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["run", str(tiny_bundle), "--source", str(video), "--out",
-                                      str(out), "--loop", "--max-frames", "45", "--status-every",
-                                      "0", "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(tiny_bundle),
+            "--source",
+            str(video),
+            "--out",
+            str(out),
+            "--loop",
+            "--max-frames",
+            "45",
+            "--status-every",
+            "0",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["read"] == summary["scored"] == 45 and summary["accounted"]
@@ -442,23 +516,48 @@ def test_cli_run_unreadable_url_is_a_clear_error(tiny_bundle: Path) -> None:
     from edgead.cli.main import app
 
     start = time.perf_counter()
-    result = CliRunner().invoke(app, ["run", str(tiny_bundle), "--source",
-                                      "rtsp://127.0.0.1:9/nothing", "--open-retries", "2",
-                                      "--backoff", "0.05"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(tiny_bundle),
+            "--source",
+            "rtsp://127.0.0.1:9/nothing",
+            "--open-retries",
+            "2",
+            "--backoff",
+            "0.05",
+        ],
+    )
     assert result.exit_code == 2
     assert "cannot open source" in result.output and "2 attempt" in result.output
     assert time.perf_counter() - start < 30
 
 
-def test_cli_run_sigterm_exits_cleanly_with_complete_output(tiny_bundle: Path,
-                                                            tmp_path: Path) -> None:
+def test_cli_run_sigterm_exits_cleanly_with_complete_output(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
     import subprocess
     import sys
 
     video = write_video(tmp_path / "v.avi", 20)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "edgead.cli.main", "run", str(tiny_bundle), "--source",
-           str(video), "--out", str(out), "--loop", "--status-every", "0", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgead.cli.main",
+        "run",
+        str(tiny_bundle),
+        "--source",
+        str(video),
+        "--out",
+        str(out),
+        "--loop",
+        "--status-every",
+        "0",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
@@ -498,7 +597,6 @@ assert summary.scored == 5 and summary.accounted, summary
 assert match_profile(detect_machine()) is not None
 print("torch-free ok")
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "torch-free ok" in proc.stdout

@@ -24,8 +24,13 @@ pd = pytest.importorskip("pandas")
 
 def _frame(n: int = 20) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"a": rng.normal(size=n), "b": rng.integers(0, 5, n),
-                         "label": (np.arange(n) % 5 == 0).astype(int)})
+    return pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "b": rng.integers(0, 5, n),
+            "label": (np.arange(n) % 5 == 0).astype(int),
+        }
+    )
 
 
 def test_npz_roundtrip_with_labels(tmp_path: Path) -> None:
@@ -140,8 +145,11 @@ def test_check_rows() -> None:
 
 
 def test_drop_anomalies() -> None:
-    table = Table(X=np.arange(8, dtype=np.float32).reshape(4, 2), y=np.array([0, 1, 0, 1]),
-                  feature_names=("a", "b"))
+    table = Table(
+        X=np.arange(8, dtype=np.float32).reshape(4, 2),
+        y=np.array([0, 1, 0, 1]),
+        feature_names=("a", "b"),
+    )
     kept = drop_anomalies(table)
     assert kept.X[:, 0].tolist() == [0.0, 4.0]
     with pytest.raises(DataError, match="every row"):

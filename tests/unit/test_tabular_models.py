@@ -21,8 +21,12 @@ from edgead.models._tabular import Standardizer, split_validation, train_network
 from edgead.models.base import create_detector, list_detectors
 
 TABULAR = ("ae", "vae", "deep_svdd", "iforest")
-FAST: dict[str, dict[str, Any]] = {"ae": {"epochs": 4}, "vae": {"epochs": 4},
-                                   "deep_svdd": {"epochs": 4}, "iforest": {"n_estimators": 30}}
+FAST: dict[str, dict[str, Any]] = {
+    "ae": {"epochs": 4},
+    "vae": {"epochs": 4},
+    "deep_svdd": {"epochs": 4},
+    "iforest": {"n_estimators": 30},
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +37,11 @@ def data() -> dict[str, np.ndarray]:
     train = (rng.normal(size=(300, 6)) @ mix + 10.0).astype(np.float32)
     normal = (rng.normal(size=(60, 6)) @ mix + 10.0).astype(np.float32)
     anomalous = (rng.normal(size=(20, 6)) * 4.0 + 10.0).astype(np.float32)
-    return {"train": train, "test": np.concatenate([normal, anomalous]),
-            "labels": np.r_[np.zeros(60), np.ones(20)]}
+    return {
+        "train": train,
+        "test": np.concatenate([normal, anomalous]),
+        "labels": np.r_[np.zeros(60), np.ones(20)],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +61,16 @@ def _onnx(module: torch.nn.Module, example: np.ndarray) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.from_numpy(example),), buf, input_names=["rows"],
-                          output_names=["score"], opset_version=17, dynamo=False,
-                          dynamic_axes={"rows": {0: "batch"}, "score": {0: "batch"}})
+        torch.onnx.export(
+            module,
+            (torch.from_numpy(example),),
+            buf,
+            input_names=["rows"],
+            output_names=["score"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={"rows": {0: "batch"}, "score": {0: "batch"}},
+        )
     return buf.getvalue()
 
 
@@ -74,8 +88,9 @@ def test_registered_as_tabular() -> None:
 
 
 @pytest.mark.parametrize("name", TABULAR)
-def test_detects_shifted_rows(name: str, fitted: dict[str, Any],
-                              data: dict[str, np.ndarray]) -> None:
+def test_detects_shifted_rows(
+    name: str, fitted: dict[str, Any], data: dict[str, np.ndarray]
+) -> None:
     scores = fitted[name].score(data["test"]).scores
     assert scores.dtype == np.float32 and scores.shape == (80,)
     assert np.isfinite(scores).all()
@@ -83,8 +98,9 @@ def test_detects_shifted_rows(name: str, fitted: dict[str, Any],
 
 
 @pytest.mark.parametrize("name", TABULAR)
-def test_state_roundtrip_without_pickle(name: str, fitted: dict[str, Any],
-                                        data: dict[str, np.ndarray]) -> None:
+def test_state_roundtrip_without_pickle(
+    name: str, fitted: dict[str, Any], data: dict[str, np.ndarray]
+) -> None:
     buf = io.BytesIO()
     np.savez(buf, **fitted[name].state_arrays())
     buf.seek(0)
@@ -92,8 +108,9 @@ def test_state_roundtrip_without_pickle(name: str, fitted: dict[str, Any],
         arrays = {k: archive[k] for k in archive.files}
     restored = create_detector(name, FAST[name])
     restored.load_state_arrays(arrays)
-    np.testing.assert_array_equal(restored.score(data["test"]).scores,
-                                  fitted[name].score(data["test"]).scores)
+    np.testing.assert_array_equal(
+        restored.score(data["test"]).scores, fitted[name].score(data["test"]).scores
+    )
 
 
 @pytest.mark.parametrize("name", TABULAR)
@@ -118,8 +135,9 @@ def test_seeded_training_is_deterministic(name: str, data: dict[str, np.ndarray]
 
 
 @pytest.mark.parametrize("name", TABULAR)
-def test_onnx_parity_ort_and_openvino(name: str, fitted: dict[str, Any],
-                                      data: dict[str, np.ndarray]) -> None:
+def test_onnx_parity_ort_and_openvino(
+    name: str, fitted: dict[str, Any], data: dict[str, np.ndarray]
+) -> None:
     ort = pytest.importorskip("onnxruntime")
     spec = fitted[name].export_spec()
     assert spec.input_name == "rows" and spec.output_names == ("score",)
@@ -140,8 +158,9 @@ def test_onnx_parity_ort_and_openvino(name: str, fitted: dict[str, Any],
     except ImportError:
         return
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(model=model, weights=b""), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(
+        core.read_model(model=model, weights=b""), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
     got = compiled(data["test"])[0]
     assert _rel_err(np.asarray(got).reshape(-1), ref) < 1e-4
 
@@ -149,8 +168,13 @@ def test_onnx_parity_ort_and_openvino(name: str, fitted: dict[str, Any],
 def test_iforest_equals_sklearn(data: dict[str, np.ndarray]) -> None:
     rng = np.random.default_rng(5)
     train = np.round(data["train"] * 3) / 3  # many ties between rows and thresholds
-    test = np.concatenate([train[:50], np.round(data["test"] * 3) / 3,
-                           rng.normal(size=(30, 6)).astype(np.float32) * 50])
+    test = np.concatenate(
+        [
+            train[:50],
+            np.round(data["test"] * 3) / 3,
+            rng.normal(size=(30, 6)).astype(np.float32) * 50,
+        ]
+    )
     for cfg in ({"n_estimators": 40}, {"max_features": 0.5, "n_estimators": 20, "max_samples": 64}):
         det = create_detector("iforest", cfg)
         det.fit(train, seed=3)
@@ -175,13 +199,13 @@ def test_standardizer_constant_columns(caplog: pytest.LogCaptureFixture) -> None
     assert det.describe()["constant_columns"] == [1]
 
 
-def test_deep_svdd_has_no_bias_and_fixed_centre(fitted: dict[str, Any],
-                                                data: dict[str, np.ndarray]) -> None:
+def test_deep_svdd_has_no_bias_and_fixed_centre(
+    fitted: dict[str, Any], data: dict[str, np.ndarray]
+) -> None:
     net = fitted["deep_svdd"].net
     names = [n for n, _ in net.named_parameters()]
     assert names and not any("bias" in n for n in names)
-    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.LayerNorm))
-                   for m in net.modules())
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.LayerNorm)) for m in net.modules())
     centre = net.center.clone()
     assert (centre.abs() >= 0.1 - 1e-7).all()
     # the centre is the mean initial embedding (with the eps push), and training leaves it fixed
@@ -197,8 +221,9 @@ def test_deep_svdd_has_no_bias_and_fixed_centre(fitted: dict[str, Any],
     assert torch.allclose(det.net.center, expected, atol=1e-4)
 
 
-def test_vae_score_is_deterministic_recon_plus_half_kl(fitted: dict[str, Any],
-                                                      data: dict[str, np.ndarray]) -> None:
+def test_vae_score_is_deterministic_recon_plus_half_kl(
+    fitted: dict[str, Any], data: dict[str, np.ndarray]
+) -> None:
     det = fitted["vae"]
     first = det.score(data["test"]).scores
     np.testing.assert_array_equal(first, det.score(data["test"]).scores)
@@ -206,12 +231,13 @@ def test_vae_score_is_deterministic_recon_plus_half_kl(fitted: dict[str, Any],
         x = torch.from_numpy(det.standardizer.transform(data["test"]))
         mu, logvar = det.net.encode(x)
         sse = ((x - det.net.decoder(mu)) ** 2).sum(1)
-        kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
+        kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
     np.testing.assert_allclose(first, (sse + 0.5 * kl).numpy(), rtol=1e-5)
 
 
-def test_ae_score_is_reconstruction_mse(fitted: dict[str, Any],
-                                        data: dict[str, np.ndarray]) -> None:
+def test_ae_score_is_reconstruction_mse(
+    fitted: dict[str, Any], data: dict[str, np.ndarray]
+) -> None:
     det = fitted["ae"]
     with torch.no_grad():
         x = torch.from_numpy(det.standardizer.transform(data["test"]))
@@ -223,8 +249,18 @@ def test_early_stopping_and_progress() -> None:
     net = torch.nn.Linear(3, 1)
     calls: list[tuple[int, int, str]] = []
     rows = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
-    history = train_network(net, lambda m, b: (m(b)[:, 0] - 1.0) ** 2, rows[:40], rows[40:],
-                            epochs=50, batch_size=8, lr=0.0, weight_decay=0.0, patience=3,
-                            seed=0, progress=lambda d, t, s: calls.append((d, t, s)))
+    history = train_network(
+        net,
+        lambda m, b: (m(b)[:, 0] - 1.0) ** 2,
+        rows[:40],
+        rows[40:],
+        epochs=50,
+        batch_size=8,
+        lr=0.0,
+        weight_decay=0.0,
+        patience=3,
+        seed=0,
+        progress=lambda d, t, s: calls.append((d, t, s)),
+    )
     assert history["best_epoch"] == 1 and history["epochs_run"] == 4
     assert calls == [(e, 50, "train") for e in range(1, 5)]

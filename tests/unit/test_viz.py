@@ -29,11 +29,11 @@ def test_panel_layout_and_content() -> None:
     strip = panel.shape[0] - S
     assert strip > 0 and panel.shape[1] == 3 * S + 2 * 4
     row = panel[strip:]
-    overlay = row[:, S + 4: 2 * S + 4]
+    overlay = row[:, S + 4 : 2 * S + 4]
     # JET: the hot square is red-dominated, the cold background blue-dominated.
     hot, cold = overlay[50, 50].astype(int), overlay[20, 50].astype(int)
     assert hot[0] > hot[2] + 50 and cold[2] > cold[0] + 50
-    mask_tile = row[:, 2 * S + 8:]
+    mask_tile = row[:, 2 * S + 8 :]
     assert (mask_tile[50, 50] == 255).all() and (mask_tile[30, 30] == 0).all()
     assert (panel[:strip] < 128).any()  # the title text was drawn
 

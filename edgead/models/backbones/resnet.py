@@ -25,10 +25,16 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 #: name -> (torchvision builder, standard checkpoint file name, download URL)
 _RESNETS: dict[str, tuple[Callable[..., tv_models.ResNet], str, str]] = {
-    "resnet18": (tv_models.resnet18, "resnet18-f37072fd.pth",
-                 "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
-    "wide_resnet50_2": (tv_models.wide_resnet50_2, "wide_resnet50_2-32ee1156.pth",
-                        "https://download.pytorch.org/models/wide_resnet50_2-32ee1156.pth"),
+    "resnet18": (
+        tv_models.resnet18,
+        "resnet18-f37072fd.pth",
+        "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    ),
+    "wide_resnet50_2": (
+        tv_models.wide_resnet50_2,
+        "wide_resnet50_2-32ee1156.pth",
+        "https://download.pytorch.org/models/wide_resnet50_2-32ee1156.pth",
+    ),
 }
 
 
