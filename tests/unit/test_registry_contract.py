@@ -6,7 +6,8 @@ fit -> score -> the project's exporter (`export_detector`, OpenVINO target, fp32
 OpenVINO backend compiles with INFERENCE_PRECISION_HINT f32 even on CPUs with bf16/AMX) ->
 raw scores equal to the fitted model's.
 
-A detector registered without an entry in `TINY_CONFIGS` fails `test_every_detector_has_a_tiny_config`:
+A detector registered without an entry in `TINY_CONFIGS` fails
+`test_every_detector_has_a_tiny_config`:
 adding a family means adding its tiny config here.
 Parity tolerance: |runtime - torch| <= 1e-3 * max|torch| + 1e-3 * |torch| (fp32 graphs).
 """
