@@ -140,18 +140,14 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def latency_frames(data: str | None, n: int, seed: int = 0) -> list[np.ndarray]:
-    """uint8 BGR frames for timing: up to `n` test images of `data` at full size, else noise."""
+    """uint8 frames for timing (gray (H, W) or BGR, as `read_frame` decodes them): up to `n` test
+    images of `data` at full size, else noise."""
     if data:
-        import cv2
-
         from edgead.data.images import MVTecFolder
+        from edgead.ops.decode import read_frame
 
         paths = MVTecFolder(Path(data), 32).test_paths[: max(1, n)]
-        frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
-        bad = [str(p) for p, f in zip(paths, frames, strict=True) if f is None]
-        if bad:
-            raise DataError(f"cannot decode {bad[:3]} for benchmarking")
-        return frames  # type: ignore[return-value]
+        return [read_frame(p) for p in paths]  # DataError names an undecodable file
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (*NOISE_FRAME_HW, 3), dtype=np.uint8) for _ in range(min(n, 8))]
 

@@ -59,6 +59,7 @@ class InputSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     feature_names: tuple[str, ...] | None = None
+    trained_channels: str | None = None  # images: "gray" | "color" files at training; None unknown
 
 
 @dataclass(frozen=True, kw_only=True)

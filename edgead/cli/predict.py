@@ -11,8 +11,6 @@ import typer
 
 from edgead.cli._common import console, handle_errors, print_json
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
 
 @handle_errors
 def predict(
@@ -70,12 +68,13 @@ def predict(
 
 def _image_paths(inputs: list[str]) -> list[Path]:
     from edgead.errors import DataError
+    from edgead.ops.decode import IMAGE_SUFFIXES, list_image_files
 
     paths: list[Path] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            paths.extend(list_image_files(path, recursive=True))
         elif path.is_file():
             paths.append(path)
         else:
@@ -86,15 +85,12 @@ def _image_paths(inputs: list[str]) -> list[Path]:
 
 
 def _predict_images(det: Any, inputs: list[str], save_maps: Path | None) -> list[dict[str, Any]]:
-    import cv2
 
-    from edgead.errors import DataError
+    from edgead.ops.decode import read_frame
 
     items = []
     for path in _image_paths(inputs):
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise DataError(f"{path} cannot be read as an image (damaged or unsupported format)")
+        frame = read_frame(path)  # the decoder of training and `run`: gray (H, W) or BGR
         res = det(frame, channel_order="BGR")
         item = {
             "item": str(path),

@@ -177,4 +177,5 @@ class ElpvDataset:
             "n_test": len(self.test_paths),
             "n_test_defective": int(self.test_labels.sum()),
             "has_masks": False,
+            "channels": "gray",  # electroluminescence cells are 8-bit gray PNGs
         }

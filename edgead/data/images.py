@@ -7,12 +7,12 @@
 
 Every image is returned as uint8 RGB (S, S, 3), resized with
 `edgead.runtime.preprocess.resize_frame(img, (S, S), "area")`, the code the runtime uses.
-Gray, RGB, RGBA and 16-bit files are converted; truncated files raise `DataError`.
+Files are decoded by `edgead.ops.decode.read_image` (the decoder `predict`, `run` and `bench` use:
+gray, RGB, RGBA and 16-bit files; truncated files raise `DataError`).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,127 +23,12 @@ import cv2
 import numpy as np
 
 from edgead.errors import ConfigError, DataError
+from edgead.ops.decode import IMAGE_SUFFIXES, list_image_files, read_frame, read_image, read_mask
 from edgead.runtime.preprocess import resize_frame
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 GOOD = "good"
-
-
-# ----------------------------------------------------------------------------------- decoding
-
-
-def _check_complete(path: Path, data: bytes) -> None:
-    """Raise DataError when a PNG/JPEG file is truncated (OpenCV decodes those silently)."""
-    head = data[:8]
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        complete = b"IEND" in data[-12:]
-    elif head.startswith(b"\xff\xd8"):
-        complete = data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9"
-    else:
-        return
-    if complete:
-        return
-    # Trailing bytes after the end marker are legal: let Pillow decide whether data is missing.
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except Exception as exc:  # Pillow raises OSError/SyntaxError/ValueError subclasses
-        raise DataError(
-            f"image {path} is truncated or corrupt ({exc}); re-copy or remove it"
-        ) from exc
-
-
-def _decode_pillow(path: Path, data: bytes) -> np.ndarray:
-    """Decode with Pillow (formats OpenCV lacks); returns uint8 RGB (H, W, 3)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64)
-                scale = 255.0 / 65535.0 if array.max(initial=0) > 255 else 1.0
-                return _gray_to_rgb(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8))
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except Exception as exc:
-        raise DataError(f"cannot decode image {path} ({exc}); is it an image file?") from exc
-
-
-def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
-
-
-def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
-    """uint8 from uint8/uint16/float (0..1) pixel data."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.uint16:
-        return (array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)):
-            raise DataError(f"image {path} holds NaN/inf pixels; fix or remove it")
-        peak = float(array.max(initial=0.0))
-        scale = 255.0 if peak <= 1.0 else 1.0
-        return np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
-    raise DataError(f"image {path} has pixel type {array.dtype}; use 8- or 16-bit images")
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """uint8 RGB (H, W, 3) at the file's own size, from any gray/RGB/RGBA, 8/16-bit file.
-
-    Alpha is dropped (not composited). 16-bit values are scaled by 255/65535.
-
-    Raises:
-        DataError: the file is missing, empty, truncated or not a decodable image.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read image {path} ({exc.strerror or exc})") from exc
-    if not data:
-        raise DataError(f"image {path} is empty (0 bytes); re-copy or remove it")
-    _check_complete(path, data)
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if decoded is None:
-        return _decode_pillow(path, data)
-    decoded = _to_uint8(decoded, path)
-    if decoded.ndim == 3 and decoded.shape[2] == 2:  # gray + alpha
-        decoded = decoded[:, :, 0]
-    if decoded.ndim == 2 or decoded.shape[2] == 1:
-        return _gray_to_rgb(decoded.reshape(decoded.shape[:2]))
-    code = cv2.COLOR_BGRA2RGB if decoded.shape[2] == 4 else cv2.COLOR_BGR2RGB
-    return cv2.cvtColor(decoded, code)
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """bool (H, W) mask at the file's own size: True where the pixel is above half its max.
-
-    Works for 0/255, 0/1, 16-bit and JPEG-noisy masks; colour masks use their brightest channel.
-
-    Raises:
-        DataError: unreadable or truncated file.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read mask {path} ({exc.strerror or exc})") from exc
-    _check_complete(path, data)
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if decoded is None:
-        decoded = cv2.cvtColor(_decode_pillow(path, data), cv2.COLOR_RGB2GRAY)
-    if decoded.ndim == 3:
-        channels = decoded.shape[2]
-        decoded = decoded[:, :, : 3 if channels == 4 else channels].max(axis=2)
-    peak = float(decoded.max(initial=0))
-    if peak <= 0:
-        return np.zeros(decoded.shape, dtype=bool)
-    return decoded > peak / 2.0
 
 
 def load_resized(path: str | Path, image_size: int, interpolation: str = "area") -> np.ndarray:
@@ -285,11 +170,9 @@ def list_images(folder: Path) -> list[Path]:
             f"folder {folder} does not exist; expected the MVTec AD layout "
             "(train/good, test/good, test/<defect>, optional ground_truth/<defect>)"
         )
-    files = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    files = list_image_files(folder)
     if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
 
 
@@ -424,7 +307,12 @@ class MVTecFolder:
             "n_test": len(self.test_paths),
             "n_test_defective": int(self.test_labels.sum()),
             "has_masks": self._has_masks,
+            "channels": self.channels(),
         }
+
+    def channels(self) -> str:
+        """ "gray" when the first training file decodes to one channel, else "color"."""
+        return "gray" if read_frame(self.train_paths[0]).ndim == 2 else "color"
 
 
 def _image_hw(path: Path) -> tuple[int, int]:

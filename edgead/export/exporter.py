@@ -123,6 +123,7 @@ def _input_spec(detector: BaseDetector, spec: ExportSpec, meta: dict[str, Any]) 
             resize="area",
             mean=mean,
             std=std,
+            trained_channels=(meta.get("data") or {}).get("channels"),
         )
     if example.ndim != 2:
         raise ExportError(f"{detector.name}: tabular export needs a float32 (B, D) example input")

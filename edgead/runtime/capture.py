@@ -1,7 +1,8 @@
 """Frame capture for the inspection loop: sources, a capture thread and a bounded queue. Torch-free.
 
 A source is a camera index ("0"), a V4L2 device ("/dev/video0"), an RTSP/HTTP URL, a video file or
-a folder of images; OpenCV opens and decodes all of them (`cv2.VideoCapture`, `cv2.imread`).
+a folder of images. OpenCV opens streams (`cv2.VideoCapture`); folder images go through the one
+decoder of training and `predict` (`edgead.ops.decode.read_frame`).
 
 The capture thread reads frames and puts them in a small bounded queue. When scoring falls behind,
 the drop policy decides: "oldest" discards the frame waiting longest (keep the latest: live
@@ -28,11 +29,11 @@ import cv2
 import numpy as np
 
 from edgead.errors import ConfigError, DataError
+from edgead.ops.decode import IMAGE_SUFFIXES, list_image_files, read_frame
 
 logger = logging.getLogger(__name__)
 
 DROP_POLICIES = ("oldest", "newest", "none")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 _URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -87,16 +88,15 @@ def parse_source(source: str) -> SourceSpec:
 
 
 class FolderReader:
-    """Images of a folder in name order, read with cv2.imread (BGR uint8).
+    """Images of a folder in name order, decoded by `edgead.ops.decode.read_frame` (the decoder
+    of training and `predict`): uint8 (H, W) gray or (H, W, 3) BGR.
 
-    `read()` returns (True, None) for a file OpenCV cannot decode (a corrupt frame) and
+    `read()` returns (True, None) for a file that cannot be decoded (a corrupt frame) and
     (False, None) after the last file.
     """
 
     def __init__(self, folder: str | Path) -> None:
-        self.files = sorted(
-            p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        self.files = list_image_files(folder)
         if not self.files:
             raise DataError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self._next = 0
@@ -107,10 +107,11 @@ class FolderReader:
             return False, None
         path = self.files[self._next]
         self._next += 1
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is not None and image.dtype != np.uint8:  # 16-bit PNG/TIFF -> 8 bit
-            image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
-        return True, image
+        try:
+            return True, read_frame(path)
+        except DataError as exc:
+            logger.debug("corrupt frame %s: %s", path, exc)
+            return True, None
 
     def release(self) -> None:
         """Nothing to free."""

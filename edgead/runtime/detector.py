@@ -192,6 +192,7 @@ class Detector:
                 f"(knows {IMAGE_KINDS + ROW_KINDS}); upgrade edgead"
             )
         self._kind: str = kind
+        self._gray_warned = False
         self._index: FaissIndex | None = None
         self._bank: np.ndarray | None = None  # reconstructed bank vectors (reweight only)
         if kind.endswith("nn_index"):
@@ -339,6 +340,7 @@ class Detector:
 
     def _score_frames(self, frames: list[np.ndarray], channel_order: str) -> list[Result]:
         t0 = time.perf_counter()
+        self._warn_on_gray(frames)
         size_hw = self.image_size
         resize = self.manifest.input.resize
         batch = np.stack([resize_frame(f, size_hw, resize, channel_order) for f in frames])
@@ -368,6 +370,19 @@ class Detector:
             )
             for i in range(len(frames))
         ]
+
+    def _warn_on_gray(self, frames: list[np.ndarray]) -> None:
+        """Log once per Detector when a colour-trained bundle is given gray frames."""
+        if self._gray_warned or self.manifest.input.trained_channels != "color":
+            return
+        if any(f.ndim == 2 or (f.ndim == 3 and f.shape[2] == 1) for f in frames):
+            self._gray_warned = True
+            logger.warning(
+                "bundle %s was trained on colour images but is given gray frames; they are "
+                "replicated to 3 channels and may score as anomalous. Feed colour frames or "
+                "train on gray images",
+                self._bundle.path,
+            )
 
     def _run_graph(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Graph outputs for `batch`, split into chunks of the backend's max_batch."""

@@ -187,15 +187,18 @@ def write_overlay(
     """PNG of the frame blended with a JET heat map scaled by the bundle's min/max (raw units).
 
     Args:
-        rgb: uint8 (H, W, 3) frame in `channel_order`; anomaly_map: float32 (H, W) same H, W.
+        rgb: uint8 (H, W) gray or (H, W, 3|4) frame in `channel_order`; anomaly_map: float32
+            (H, W), same H, W.
     """
     import cv2
+
+    from edgead.runtime.preprocess import to_rgb
 
     low = float(normalisation.get("min", float(anomaly_map.min())))
     high = float(normalisation.get("max", float(anomaly_map.max())))
     scaled = np.clip((anomaly_map - low) / max(high - low, 1e-12), 0.0, 1.0)
     heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if channel_order.upper() == "RGB" else rgb
+    bgr = cv2.cvtColor(to_rgb(rgb, channel_order), cv2.COLOR_RGB2BGR)
     overlay = cv2.addWeighted(bgr, 0.6, heat, 0.4, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), overlay):
