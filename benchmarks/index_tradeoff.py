@@ -116,7 +116,7 @@ def run_dataset(
         resolve_factory,
         time_search,
     )
-    from edgead.runtime.nn_index import FaissIndex
+    from edgead.ops.nn_index import FaissIndex
 
     bank = arrays["bank"]
     grid = tuple(int(v) for v in arrays["grid"])

@@ -49,7 +49,7 @@ def run_dataset(
     from edgead.data.images import load_image_dataset
     from edgead.models.base import create_detector
     from edgead.models.coreset import greedy_coreset
-    from edgead.runtime.postprocess import upsample_and_blur
+    from edgead.ops.postprocess import upsample_and_blur
     from edgead.training import DEFAULT_VAL_FRACTION, MIN_VAL_IMAGES, holdout_split
 
     options = (

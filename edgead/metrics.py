@@ -125,7 +125,7 @@ def normalisation_from_scores(scores: np.ndarray, threshold: float) -> dict[str,
     """{"method": "minmax_threshold", "min", "max", "threshold"} for the runtime's score scaling.
 
     The runtime maps raw -> clip((raw - threshold) / (max - min) + 0.5, 0, 1), so the threshold
-    sits at 0.5 (see `edgead.runtime.postprocess.normalise_scores`).
+    sits at 0.5 (see `edgead.ops.postprocess.normalise_scores`).
 
     Args:
         scores: float (N,) raw validation scores (N >= 1).

@@ -1,9 +1,9 @@
-"""Training and evaluation glue for every detector: data in, run directory out, metrics back.
+"""Training glue for every detector: data in, run directory out.
 
 `train_run` builds a detector from the registry, loads the data for its modality, holds out
 normal validation data, fits, sets the operating threshold and the score normalisation from the
-validation scores, and saves a run directory (`edgead.rundir.save_run`). `evaluate_run` loads a
-run and measures it on labelled test data.
+validation scores, and saves a run directory (`edgead.rundir.save_run`).
+`edgead.evaluation.evaluate_run` measures a run on labelled test data.
 
 Hold-out and threshold policy (recorded in run.json under "threshold" and "validation"):
 
@@ -33,7 +33,7 @@ import numpy as np
 from edgead import metrics
 from edgead.errors import ConfigError, DataError
 from edgead.models.base import BaseDetector, Progress, create_detector, no_progress
-from edgead.rundir import load_run, save_run
+from edgead.rundir import save_run
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,6 @@ TABULAR_VAL_FRACTION = 0.1
 MIN_VAL_IMAGES = 2
 MIN_VAL_ROWS = 5
 THRESHOLD_PERCENTILE = 99.0
-#: test images scored per chunk in `evaluate_run` (bounds the memory held for maps).
-_EVAL_CHUNK = 32
 
 
 @dataclass
@@ -284,253 +282,3 @@ def _score_summary(scores: np.ndarray) -> dict[str, float | int]:
 def _renamed(progress: Progress, description: str) -> Progress:
     """A progress callback that reports every step under `description`."""
     return lambda done, total, _desc: progress(done, total, description)
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    data: str | Path | None = None,
-    *,
-    save_maps: str | Path | None = None,
-    maps_selection: str = "all",
-    n_extremes: int = 3,
-    data_options: dict[str, Any] | None = None,
-    progress: Progress = no_progress,
-) -> dict[str, Any]:
-    """Metrics of the run in `run_dir` on labelled test data.
-
-    Args:
-        run_dir: a directory written by `train_run`.
-        data: images: MVTec-layout folder or "elpv"; tabular: a labelled table. None: the data
-            the run was trained on (its test split).
-        save_maps: folder for "image | heat-map overlay | mask" PNG panels (images only).
-        maps_selection: "all" (one panel per test image) or "extremes" (the `n_extremes`
-            highest-scored anomalies, highest-scored normals and lowest-scored anomalies).
-        data_options: image loader options (ELPV caps); None: those stored with the run when
-            `data` is the run's own data, else none.
-        progress: progress(done, total, description).
-
-    Returns:
-        Images: image_auroc, image_auprc, image_f1, f1_threshold, threshold, n_test,
-        n_anomalous, precision / recall at the run's threshold, (pixel_auroc, aupro with masks),
-        seconds_per_image, panels (list of files, when saved).
-        Tabular: auroc, auprc, f1, f1_threshold, threshold, n_test, n_anomalous.
-        When the data is the run's own, the scalar metrics are also stored in run.json
-        ("metrics"), where `edgead export` compares the bundle against them.
-
-    Raises:
-        DataError: not a run, test data without both classes, masks that do not fit.
-        ConfigError: bad maps_selection, or save_maps for a tabular run.
-    """
-    if maps_selection not in ("all", "extremes"):
-        raise ConfigError(f"maps_selection must be 'all' or 'extremes', got {maps_selection!r}")
-    detector, meta = load_run(run_dir)
-    run_data = meta.get("data", {})
-    spec = data if data is not None else run_data.get("spec") or run_data.get("path")
-    if spec is None:
-        raise DataError(f"run {run_dir} does not record its data; pass --data")
-    same = data is None or str(data) in (run_data.get("spec"), run_data.get("path"))
-    if data_options is None:
-        data_options = dict(run_data.get("options") or {}) if same else {}
-    threshold = float(meta["threshold"]["value"])
-    if detector.modality != "image":
-        if save_maps is not None:
-            raise ConfigError("--save-maps needs an image detector; this run is tabular")
-        result = _evaluate_tabular(detector, spec, meta, threshold)
-    else:
-        result = _evaluate_images(
-            detector,
-            spec,
-            meta,
-            threshold,
-            save_maps,
-            maps_selection,
-            n_extremes,
-            data_options,
-            progress,
-        )
-    if same and data_options == dict(run_data.get("options") or {}):
-        _record_metrics(Path(run_dir), result)
-    return result
-
-
-def _record_metrics(run_dir: Path, result: dict[str, Any]) -> None:
-    """Store the scalar metrics on the run's own test split in run.json under "metrics"."""
-    from edgead._io import write_json_atomic
-    from edgead.rundir import RUN_JSON, read_run_meta
-
-    meta = read_run_meta(run_dir)
-    meta["metrics"] = {
-        k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-    write_json_atomic(run_dir / RUN_JSON, meta)
-
-
-def _evaluate_tabular(
-    detector: BaseDetector, spec: str | Path, meta: dict[str, Any], threshold: float
-) -> dict[str, Any]:
-    from edgead.data.tabular import adbench_split, load_table
-
-    table = load_table(spec, (meta.get("data") or {}).get("label_column"))
-    if table.y is None:
-        raise DataError(f"{spec} has no labels; evaluation needs 0/1 labels")
-    _, test_idx = adbench_split(table.y, seed=int(meta.get("seed", 0)))
-    labels = table.y[test_idx]
-    t0 = time.perf_counter()
-    scores = detector.score(table.X[test_idx]).scores
-    seconds = time.perf_counter() - t0
-    result = metrics.image_metrics(labels, scores)
-    return {
-        "auroc": result["auroc"],
-        "auprc": result["auprc"],
-        "f1": result["f1"],
-        "f1_threshold": result["f1_threshold"],
-        "threshold": threshold,
-        "n_test": int(len(labels)),
-        "n_anomalous": int(labels.sum()),
-        **_at_threshold(labels, scores, threshold),
-        "seconds_per_row": seconds / len(labels),
-    }
-
-
-def _at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """Precision and recall when "anomalous" means score >= threshold."""
-    predicted = scores >= threshold
-    tp = int(np.sum(predicted & (labels == 1)))
-    return {
-        "precision_at_threshold": tp / max(int(predicted.sum()), 1),
-        "recall_at_threshold": tp / max(int(labels.sum()), 1),
-    }
-
-
-def _evaluate_images(
-    detector: BaseDetector,
-    spec: str | Path,
-    meta: dict[str, Any],
-    threshold: float,
-    save_maps: str | Path | None,
-    maps_selection: str,
-    n_extremes: int,
-    data_options: dict[str, Any],
-    progress: Progress,
-) -> dict[str, Any]:
-    from edgead.data.images import load_image_dataset
-
-    dataset = load_image_dataset(spec, int(detector.config.image_size), **data_options)
-    test = dataset.test_set()
-    labels = np.asarray(test.labels, dtype=np.int64)
-    n_test = len(labels)
-    keep_maps = test.masks is not None
-    panel_dir = Path(save_maps) if save_maps is not None else None
-    write_all = panel_dir is not None and maps_selection == "all"
-    scores = np.empty(n_test, dtype=np.float32)
-    maps: list[np.ndarray] = []
-    panels: list[str] = []
-    t0 = time.perf_counter()
-    for start in range(0, n_test, _EVAL_CHUNK):
-        idx = np.arange(start, min(start + _EVAL_CHUNK, n_test))
-        chunk = [test.images[int(i)] for i in idx]
-        out = detector.score(chunk)
-        scores[idx] = out.scores
-        if keep_maps:
-            maps.append(out.anomaly_maps)
-        if write_all and out.anomaly_maps is not None:
-            for j, i in enumerate(idx):
-                panels.append(
-                    str(
-                        _write_panel(
-                            panel_dir,
-                            test,
-                            int(i),
-                            chunk[j],
-                            out.anomaly_maps[j],
-                            float(out.scores[j]),
-                            meta,
-                        )
-                    )
-                )
-        progress(int(idx[-1]) + 1, n_test, "evaluate")
-    seconds = time.perf_counter() - t0
-    result_metrics = metrics.image_metrics(labels, scores)
-    result: dict[str, Any] = {
-        "image_auroc": result_metrics["auroc"],
-        "image_auprc": result_metrics["auprc"],
-        "image_f1": result_metrics["f1"],
-        "f1_threshold": result_metrics["f1_threshold"],
-        "threshold": threshold,
-        "n_test": int(n_test),
-        "n_anomalous": int(labels.sum()),
-        **_at_threshold(labels, scores, threshold),
-    }
-    if keep_maps and test.masks is not None:
-        result.update(metrics.pixel_metrics(test.masks_array(), np.concatenate(maps)))
-    result["seconds_per_image"] = seconds / max(n_test, 1)
-    if panel_dir is not None and maps_selection == "extremes":
-        for i in _extreme_cases(labels, scores, n_extremes):
-            image = test.images[i]
-            out = detector.score([image])
-            panels.append(
-                str(
-                    _write_panel(
-                        panel_dir,
-                        test,
-                        i,
-                        image,
-                        out.anomaly_maps[0],
-                        float(out.scores[0]),
-                        meta,
-                        tag=_case_tag(labels, i, scores, threshold),
-                    )
-                )
-            )
-    if panel_dir is not None:
-        result["panels"] = panels
-        result["panels_dir"] = str(panel_dir)
-    return result
-
-
-def _extreme_cases(labels: np.ndarray, scores: np.ndarray, n: int) -> list[int]:
-    """Indices: the n highest-scored anomalies, n highest-scored normals, n lowest anomalies."""
-    order = np.argsort(-scores, kind="stable")
-    anomalous = [int(i) for i in order if labels[i] == 1]
-    normal = [int(i) for i in order if labels[i] == 0]
-    chosen = anomalous[:n] + normal[:n] + anomalous[::-1][:n]
-    return list(dict.fromkeys(chosen))  # unique, order kept
-
-
-def _case_tag(labels: np.ndarray, i: int, scores: np.ndarray, threshold: float) -> str:
-    """'tp' / 'fp' / 'fn' / 'tn' of test item i at the run's threshold."""
-    flagged = scores[i] >= threshold
-    if labels[i] == 1:
-        return "tp" if flagged else "fn"
-    return "fp" if flagged else "tn"
-
-
-def _write_panel(
-    folder: Path,
-    test: Any,
-    i: int,
-    image: np.ndarray,
-    anomaly_map: np.ndarray,
-    raw_score: float,
-    meta: dict[str, Any],
-    tag: str = "",
-) -> Path:
-    """PNG panel of test item i; colours on the normalised-score scale (threshold mid-scale)."""
-    from edgead.runtime.postprocess import normalise_scores
-    from edgead.viz import overlay_panel, save_panel
-
-    norm = meta["normalisation"]
-    span = float(norm["max"]) - float(norm["min"])
-    span = span if span > 0 else 1.0
-    thr = float(norm["threshold"])
-    score = float(normalise_scores(np.array([raw_score]), norm)[0])
-    defect = test.defect_types[i]
-    stem = Path(test.paths[i]).stem
-    mask = test.masks[i] if test.masks is not None else None
-    verdict = "ANOMALY" if raw_score >= thr else "normal"
-    title = f"{defect}/{stem}  score {score:.2f} (raw {raw_score:.3g})  -> {verdict}"
-    panel = overlay_panel(
-        image, anomaly_map, mask, vmin=thr - span / 2, vmax=thr + span / 2, title=title
-    )
-    prefix = f"{tag}_" if tag else ""
-    return save_panel(folder / f"{prefix}{i:04d}_{defect}_{stem}.png", panel)

@@ -34,7 +34,8 @@ def demo(
 
     from edgead._io import write_json_atomic
     from edgead.cli.eval import results_table
-    from edgead.training import evaluate_run, train_run
+    from edgead.evaluation import evaluate_run
+    from edgead.training import train_run
 
     out = out.expanduser().resolve()
     options = {"max_train": max_train, "max_test": max_test}

@@ -13,17 +13,17 @@ from edgead.cli._common import console, handle_errors, print_json, progress_bars
 def evaluate_path(
     target: Path, data: str | None, save_maps: Path | None, device: str, progress: Any
 ) -> dict[str, Any]:
-    """Metrics of a run directory (`edgead.training.evaluate_run`) or a `.edgead` bundle file
-    (`edgead.runtime.eval.evaluate_bundle`); both return the same keys."""
+    """Metrics of a run directory (`edgead.evaluation.evaluate_run`) or a `.edgead` bundle file
+    (`edgead.evaluation.evaluate_bundle`); both return the same keys."""
     from edgead.errors import DataError
 
     if target.is_dir():
-        from edgead.training import evaluate_run
+        from edgead.evaluation import evaluate_run
 
         return evaluate_run(target, data, save_maps=save_maps, progress=progress)
     if data is None:
         raise DataError(f"{target} is a bundle; pass --data with labelled test data")
-    from edgead.runtime.eval import evaluate_bundle
+    from edgead.evaluation import evaluate_bundle
 
     return evaluate_bundle(target, data, device=device, save_maps=save_maps, progress=progress)
 

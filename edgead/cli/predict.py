@@ -100,17 +100,14 @@ def _predict_images(det: Any, inputs: list[str], save_maps: Path | None) -> list
             "timings_ms": res.timings_ms,
         }
         if save_maps is not None and res.anomaly_map is not None:
-            from edgead.runtime.eval import write_overlay
+            from edgead.ops.image import to_rgb
+            from edgead.ops.overlay import save_panel, score_panel
 
-            item["map"] = str(
-                write_overlay(
-                    save_maps / f"{path.stem}_map.png",
-                    frame,
-                    res.anomaly_map,
-                    det.manifest.normalisation,
-                    "BGR",
-                )
+            title = f"{path.name}  score {res.score:.2f} (raw {res.raw_score:.3g})"
+            panel = score_panel(
+                to_rgb(frame, "BGR"), res.anomaly_map, det.manifest.normalisation, title
             )
+            item["map"] = str(save_panel(save_maps / f"{path.stem}_map.png", panel))
         items.append(item)
     return items
 

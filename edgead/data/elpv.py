@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgead.data.images import ImageTestSet, LazySequence, load_resized
+from edgead.data.base import ImageTestSet, LazySequence, load_resized
 from edgead.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

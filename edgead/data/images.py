@@ -6,7 +6,7 @@
     ROOT/ground_truth/<defect>/<stem>_mask.png   optional binary masks (or <stem>.png)
 
 Every image is returned as uint8 RGB (S, S, 3), resized with
-`edgead.runtime.preprocess.resize_frame(img, (S, S), "area")`, the code the runtime uses.
+`edgead.ops.image.resize_frame(img, (S, S), "area")`, the code the runtime uses.
 Files are decoded by `edgead.ops.decode.read_image` (the decoder `predict`, `run` and `bench` use:
 gray, RGB, RGBA and 16-bit files; truncated files raise `DataError`).
 """
@@ -14,146 +14,24 @@ gray, RGB, RGBA and 16-bit files; truncated files raise `DataError`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, overload
+from typing import Any
 
-import cv2
 import numpy as np
 
+from edgead.data.base import (
+    ImageDataset,
+    ImageTestSet,
+    LazySequence,
+    load_resized,
+    resize_mask,
+)
 from edgead.errors import ConfigError, DataError
-from edgead.ops.decode import IMAGE_SUFFIXES, list_image_files, read_frame, read_image, read_mask
-from edgead.runtime.preprocess import resize_frame
+from edgead.ops.decode import IMAGE_SUFFIXES, list_image_files, read_frame, read_mask
 
 logger = logging.getLogger(__name__)
 
 GOOD = "good"
-
-
-def load_resized(path: str | Path, image_size: int, interpolation: str = "area") -> np.ndarray:
-    """uint8 RGB (S, S, 3): `read_image` then `resize_frame(img, (S, S), interpolation)`."""
-    return resize_frame(read_image(path), (image_size, image_size), interpolation)
-
-
-def resize_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
-    """bool (S, S) from bool (H, W), nearest-neighbour."""
-    resized = cv2.resize(
-        mask.astype(np.uint8), (image_size, image_size), interpolation=cv2.INTER_NEAREST
-    )
-    return resized.astype(bool)
-
-
-# ------------------------------------------------------------------------------ lazy sequences
-
-
-class LazySequence(Sequence[Any]):
-    """A read-only Sequence that loads item i with `loader(key_i)` on access.
-
-    Indexing with an int loads one item; a slice, list or int array returns a new lazy
-    sub-sequence (nothing is loaded). Items are not cached: iterate once, keep what you need.
-    """
-
-    def __init__(self, keys: Sequence[Any], loader: Callable[[Any], Any]) -> None:
-        self._keys = list(keys)
-        self._loader = loader
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    @overload
-    def __getitem__(self, index: int) -> Any: ...
-
-    @overload
-    def __getitem__(self, index: slice | Sequence[int] | np.ndarray) -> LazySequence: ...
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, (int, np.integer)):
-            return self._loader(self._keys[index])
-        if isinstance(index, slice):
-            return LazySequence(self._keys[index], self._loader)
-        return LazySequence([self._keys[int(i)] for i in np.asarray(index).ravel()], self._loader)
-
-    def __iter__(self) -> Iterator[Any]:
-        for key in self._keys:
-            yield self._loader(key)
-
-    def __repr__(self) -> str:
-        return f"LazySequence(n={len(self)})"
-
-
-@dataclass(frozen=True)
-class ImageTestSet:
-    """A labelled test split.
-
-    images: lazy Sequence of uint8 RGB (S, S, 3).
-    labels: int64 (N,), 0 = good, 1 = defective.
-    defect_types: N names ("good" for normal images).
-    paths: N image files.
-    masks: lazy Sequence of bool (S, S) (all False for good images), or None when the data set
-        has no masks.
-    """
-
-    images: Sequence[np.ndarray]
-    labels: np.ndarray
-    defect_types: list[str]
-    paths: list[Path]
-    masks: Sequence[np.ndarray] | None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def masks_array(self) -> np.ndarray | None:
-        """bool (N, S, S) with every mask loaded, or None without masks."""
-        if self.masks is None:
-            return None
-        return np.stack(list(self.masks)) if len(self.masks) else np.zeros((0, 0, 0), bool)
-
-
-class ImageDataset(Protocol):
-    """What training and evaluation need from an image data set (MVTecFolder, ELPV)."""
-
-    name: str
-    image_size: int
-
-    def train_images(self) -> Sequence[np.ndarray]:
-        """Lazy Sequence of uint8 RGB (S, S, 3) normal training images."""
-        ...
-
-    def test_set(self) -> ImageTestSet:
-        """The labelled test split."""
-        ...
-
-    @property
-    def has_masks(self) -> bool:
-        """Whether `test_set().masks` is available."""
-        ...
-
-
-def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic split of n normal images into (train_idx, val_idx), both sorted int64.
-
-    Args:
-        n: number of images.
-        val_fraction: share held out as normal validation data, 0 <= f < 1; with f > 0 at least
-            one image goes to each side.
-        seed: RNG seed; the same (n, val_fraction, seed) always gives the same split.
-
-    Raises:
-        ConfigError: val_fraction outside [0, 1), or too few images to hold any out.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if val_fraction == 0.0:
-        return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    if n < 2:
-        raise ConfigError(
-            f"cannot hold out validation images from {n} training image(s); "
-            "add images or set val_fraction=0"
-        )
-    n_val = min(max(1, int(round(n * val_fraction))), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]).astype(np.int64), np.sort(order[:n_val]).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------- MVTec layout
@@ -324,7 +202,7 @@ def _image_hw(path: Path) -> tuple[int, int]:
             width, height = image.size
             return int(height), int(width)
     except Exception:  # Pillow lacks the format: decode fully
-        return read_image(path).shape[:2]  # type: ignore[return-value]
+        return read_frame(path).shape[:2]  # type: ignore[return-value]
 
 
 def load_image_dataset(spec: str | Path, image_size: int, **kwargs: Any) -> ImageDataset:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgead.errors import DataError
+from edgead.ops.rows import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def load_table(path: str | Path, label_column: str | None = None) -> Table:
         raise DataError(
             f"{path}: unsupported table format '{suffix}'; use one of {', '.join(SUFFIXES)}"
         )
-    _check_finite(table.X, table.feature_names, path)
+    check_finite(table.X, table.feature_names, str(path))
     const = constant_columns(table.X)
     if const.size:
         names = ", ".join(table.feature_names[i] for i in const[:10])
@@ -211,50 +212,6 @@ def _check_labels(raw: np.ndarray, n_rows: int, path: Path, name: str) -> np.nda
             f"(e.g. {examples}); use 0 = normal, 1 = anomaly"
         )
     return numeric.astype(np.int64)
-
-
-def _check_finite(X: np.ndarray, names: tuple[str, ...], path: Path | str) -> None:
-    """DataError naming each column with NaN/inf values and how many rows have them."""
-    finite = np.isfinite(X)
-    if finite.all():
-        return
-    bad_cols = np.flatnonzero(~finite.all(axis=0))
-    parts = []
-    for col in bad_cols[:10]:
-        n_nan = int(np.isnan(X[:, col]).sum())
-        n_inf = int(np.isinf(X[:, col]).sum())
-        parts.append(f"'{names[col]}' ({n_nan} NaN, {n_inf} inf)")
-    more = f" and {bad_cols.size - 10} more columns" if bad_cols.size > 10 else ""
-    n_rows = int((~finite.all(axis=1)).sum())
-    raise DataError(
-        f"{path}: {n_rows} row(s) have NaN or inf values in column(s) "
-        f"{', '.join(parts)}{more}; impute or drop them before training/scoring"
-    )
-
-
-def check_rows(rows: np.ndarray, n_features: int | None = None) -> np.ndarray:
-    """Rows as C-contiguous float32 (N, D), checked for shape, column count and finiteness.
-
-    Args:
-        rows: array-like (N, D) of numbers.
-        n_features: expected D (None: any).
-
-    Raises:
-        DataError: not 2-D, empty, wrong D, non-numeric, NaN/inf.
-    """
-    try:
-        arr = np.ascontiguousarray(rows, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"rows must be numeric (N, D) arrays: {exc}") from exc
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise DataError(f"rows have shape {arr.shape}; expected a non-empty (N, D) array")
-    if n_features is not None and arr.shape[1] != n_features:
-        raise DataError(
-            f"rows have {arr.shape[1]} columns but the detector was trained on "
-            f"{n_features}; pass rows with the training columns in the same order"
-        )
-    _check_finite(arr, tuple(f"column {i}" for i in range(arr.shape[1])), "rows")
-    return arr
 
 
 def check_columns(table: Table, feature_names: tuple[str, ...] | list[str]) -> None:

@@ -5,6 +5,6 @@ manifest = export_run("runs/mpdd", target="openvino", precision="fp32", out="mod
 """
 
 from edgead.export.exporter import TARGETS, export_detector, export_run
-from edgead.export.index_member import build_index_member
+from edgead.export.index import build_index_member
 
 __all__ = ["TARGETS", "build_index_member", "export_detector", "export_run"]

@@ -186,7 +186,7 @@ def export_detector(
         parity_inputs: a few real inputs (uint8 (N, S, S, 3) images already resized with
             resize_frame, or float32 (N, D) rows) for the parity check; None uses synthetic ones.
         evaluate: measures metrics of a candidate bundle through the runtime (see
-            `edgead.runtime.eval.evaluate_bundle`); None skips the metrics.
+            `edgead.evaluation.evaluate_bundle`); None skips the metrics.
         device_profile: name of the device profile the export is meant for (recorded).
         index: `edgead.export.index.IndexOptions` fields as a dict (nn-index detectors only):
             {"index": name or faiss factory, "index_dim", "reduce", "rerank", "nprobe",
@@ -421,7 +421,7 @@ def _is_exact(spec: IndexSpec) -> bool:
 
 def _exact_index(bank: np.ndarray, spec: IndexSpec) -> tuple[bytes, IndexSpec]:
     """(bytes, IndexSpec) of an exact fp32 Flat index of `bank`, for the parity check."""
-    from edgead.runtime.nn_index import FaissIndex
+    from edgead.ops.nn_index import FaissIndex
 
     exact = FaissIndex.build(np.ascontiguousarray(bank, dtype=np.float32), "Flat")
     exact_spec = IndexSpec(
@@ -653,7 +653,7 @@ def export_run(
     evaluate: Evaluator | None = None
     if data_path is not None and data_path.exists():
         parity_inputs, export_data = _parity_inputs_from_data(detector, data_path, meta)
-        from edgead.runtime.eval import evaluate_bundle
+        from edgead.evaluation import evaluate_bundle
 
         def evaluate(bundle: Path, backend: str | None) -> dict[str, Any]:
             return evaluate_bundle(bundle, data_path, device="cpu", backend=backend)
@@ -688,7 +688,7 @@ def _parity_inputs_from_data(
 ) -> tuple[np.ndarray | None, ExportData | None]:
     """(a few training and test inputs, the run's test data + held-out validation loader) from
     the run's data, or (None, None) (logged) when unreadable."""
-    from edgead.runtime.eval import load_eval_data
+    from edgead.evaluation import load_eval_data
 
     try:
         train, test, labels, masks = load_eval_data(

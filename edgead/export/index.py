@@ -38,8 +38,8 @@ import numpy as np
 from edgead.bundle import IndexSpec
 from edgead.config import from_dict
 from edgead.errors import ConfigError, DataError, EdgeadError, ExportError
-from edgead.runtime.nn_index import FaissIndex, Searcher
-from edgead.runtime.postprocess import upsample_and_blur
+from edgead.ops.nn_index import FaissIndex, Searcher
+from edgead.ops.postprocess import upsample_and_blur
 
 logger = logging.getLogger(__name__)
 

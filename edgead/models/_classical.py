@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgead.data.tabular import check_rows
 from edgead.errors import DataError
 from edgead.models._tabular import Standardizer
 from edgead.models.base import BaseDetector, Progress, ScoreOutput, no_progress
+from edgead.ops.rows import check_rows
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from edgead.errors import DataError
 from edgead.models.base import BaseDetector, ExportSpec, Progress, ScoreOutput, no_progress
-from edgead.runtime.postprocess import upsample_and_blur
+from edgead.ops.postprocess import upsample_and_blur
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def check_images(images: Sequence[np.ndarray] | np.ndarray, image_size: int) -> 
         if image.dtype != np.uint8 or image.shape != expected:
             raise DataError(
                 f"image {i} is {image.dtype} {image.shape}; expected uint8 {expected} RGB. Resize "
-                f"with edgead.runtime.preprocess.resize_frame(img, ({image_size}, {image_size}))"
+                f"with edgead.ops.image.resize_frame(img, ({image_size}, {image_size}))"
                 " or set image_size in the detector config"
             )
     return n_images

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgead.data.tabular import check_rows
 from edgead.errors import ConfigError, DataError
 from edgead.models.base import BaseDetector, ExportSpec, Progress, ScoreOutput, no_progress
+from edgead.ops.rows import check_rows
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Conventions (see docs/ARCHITECTURE.md):
 - Scores: higher = more anomalous. `score()` returns raw scores; thresholds live outside.
 - Image detectors take `images`: a Sequence of uint8 RGB arrays (S, S, 3) already resized to
-  `config.image_size` with `edgead.runtime.preprocess.resize_frame` (the same code the runtime
+  `config.image_size` with `edgead.ops.image.resize_frame` (the same code the runtime
   uses), and return anomaly maps (N, S, S) float32 at that size.
 - Tabular detectors take `rows`: float32 (N, D) raw feature values (standardisation is theirs).
 - State is plain arrays (`state_arrays` / `load_state_arrays`) plus the JSON config: no pickles.
@@ -49,7 +49,7 @@ class ExportSpec:
         Tabular: input float32 (B, D) raw rows; the module standardises them.
     example_input: np.ndarray used to trace (batch 1 or a few rows).
     output_names: e.g. ("embedding",) for nn-index scoring, ("score", "anomaly_map") otherwise.
-    postprocess: JSON dict for `edgead.runtime.postprocess` (kind, blur sigma, k, ...).
+    postprocess: JSON dict for `edgead.ops.postprocess` (kind, blur sigma, k, ...).
     arrays: extra arrays to ship in the bundle (e.g. "memory_bank" (M, D) float32).
     """
 

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgead.data.tabular import check_rows
 from edgead.errors import ConfigError, DataError
 from edgead.models.base import (
     BaseDetector,
@@ -42,6 +41,7 @@ from edgead.models.base import (
     no_progress,
     register_detector,
 )
+from edgead.ops.rows import check_rows
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Nearest-neighbour detectors for tabular rows: kNN distance ("knn"); LOF ("lof") in lof.py.
 
 Both standardise rows (mean/std of the normal training rows) and search the standardised
-training rows with `edgead.runtime.nn_index.FaissIndex` (exact "Flat" L2 index), the same code the
-runtime uses; `edgead.runtime.rows_nn` turns the neighbours into scores, so a run and its bundle
+training rows with `edgead.ops.nn_index.FaissIndex` (exact "Flat" L2 index), the same code the
+runtime uses; `edgead.ops.rows_nn` turns the neighbours into scores, so a run and its bundle
 compute scores the same way. Score semantics (higher = more anomalous):
 
 - knn, method "largest": L2 distance to the k-th nearest training row (PyOD `KNN`, default);
@@ -32,8 +32,8 @@ import numpy as np
 from edgead.errors import ConfigError
 from edgead.models._classical import ClassicalDetector, StandardizedGraph
 from edgead.models.base import ExportSpec, register_detector
-from edgead.runtime.nn_index import FaissIndex
-from edgead.runtime.rows_nn import LOF_EPS, scores_from_neighbors
+from edgead.ops.nn_index import FaissIndex
+from edgead.ops.rows_nn import LOF_EPS, scores_from_neighbors
 
 logger = logging.getLogger(__name__)
 

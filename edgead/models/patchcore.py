@@ -9,7 +9,7 @@ Pipeline (sizes from the backbone's `feature_info`, never hard-coded):
 2. `fit`: embeddings of all training patches, then a greedy k-center coreset
    (`edgead.models.coreset`) keeps `coreset_ratio` of them as the memory bank float32 (M, D).
 3. `score`: Euclidean (L2, not squared) distance of every patch to its nearest bank entry
-   (faiss "Flat", exact, through `edgead.runtime.nn_index`) -> patch map (B, h, w) -> image score
+   (faiss "Flat", exact, through `edgead.ops.nn_index`) -> patch map (B, h, w) -> image score
    = max patch distance (or the paper's re-weighted max) -> anomaly map =
    `upsample_and_blur(patch map, (S, S), blur_sigma)`, the runtime's own post-processing.
 
@@ -48,8 +48,8 @@ from edgead.models.base import (
     register_detector,
 )
 from edgead.models.coreset import CoresetStats, greedy_coreset
-from edgead.runtime.nn_index import FaissIndex
-from edgead.runtime.postprocess import upsample_and_blur
+from edgead.ops.nn_index import FaissIndex
+from edgead.ops.postprocess import upsample_and_blur
 
 logger = logging.getLogger(__name__)
 

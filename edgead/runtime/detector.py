@@ -16,17 +16,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgead.bundle import Bundle, Manifest, read_bundle
 from edgead.errors import BackendUnavailableError, BundleError, DataError, unknown_name_error
+from edgead.ops.image import resize_frame
+from edgead.ops.nn_index import FaissIndex, load_index
+from edgead.ops.postprocess import normalise_scores, resize_map, upsample_and_blur
+from edgead.ops.rows import check_rows
+from edgead.ops.rows_nn import score_rows_nn
 from edgead.runtime.backends.base import Backend, check_outputs
-from edgead.runtime.nn_index import FaissIndex, load_index
-from edgead.runtime.postprocess import normalise_scores, resize_map, upsample_and_blur
-from edgead.runtime.preprocess import resize_frame
-from edgead.runtime.rows_nn import score_rows_nn
 
 logger = logging.getLogger(__name__)
 
@@ -504,7 +504,7 @@ class Detector:
         """
         if self._kind not in ROW_KINDS:
             raise DataError("this bundle scores images; call detector(frame)")
-        rows = _check_rows(rows, self.manifest.input.shape[-1])
+        rows = check_rows(rows, self.manifest.input.shape[-1], one_row_ok=True)
         outputs = self._run_graph(rows)
         n = len(rows)
         if self._kind == "rows":
@@ -520,21 +520,6 @@ class Detector:
         if decisions is None:
             decisions = np.zeros(n, dtype=bool)
         return RowScores(raw_scores=raw, scores=normalised, is_anomaly=decisions)
-
-
-def _check_rows(rows: Any, n_features: int | None) -> np.ndarray:
-    """float32 C-contiguous (N, D) rows; DataError when shape, dtype or values are wrong."""
-    array = np.asarray(rows)
-    if array.dtype.kind not in "fiub":
-        raise DataError(f"rows must be numbers, got dtype {array.dtype}")
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2 or (n_features is not None and array.shape[1] != n_features):
-        raise DataError(f"rows must have shape (N, {n_features}); got {array.shape}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise DataError("rows contain NaN or inf; impute or drop them before scoring")
-    return array
 
 
 #: faiss computes exact L2 with BLAS (one sgemm) only when n_queries * dim reaches this; below it

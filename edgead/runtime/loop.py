@@ -6,7 +6,7 @@ Outputs (under `out_dir`, or JSON lines on a stream when there is none):
     results.jsonl   one JSON object per scored frame, written as whole lines and flushed each
                     time, fsynced on exit; a partial last line left by a hard kill is trimmed
                     when the file is opened again
-    anomalies/      anomalous frames with their heat-map overlay (edgead.viz.overlay_panel,
+    anomalies/      anomalous frames with their heat-map overlay (edgead.ops.overlay.score_panel,
                     JPEG, written atomically)
     summary.json    counts, latencies, backend and fallbacks of the run (written atomically)
 
@@ -42,9 +42,9 @@ import numpy as np
 
 from edgead._io import write_bytes_atomic, write_json_atomic
 from edgead.errors import BackendUnavailableError, ConfigError, DataError
+from edgead.ops.image import to_rgb
+from edgead.ops.overlay import score_panel
 from edgead.runtime.capture import CaptureThread, EndOfStream, Frame
-from edgead.runtime.preprocess import to_rgb
-from edgead.viz import overlay_panel
 
 logger = logging.getLogger(__name__)
 
@@ -530,13 +530,7 @@ class InspectionLoop:
             f"raw {float(result.raw_score):.4g}"
         )
         try:
-            panel = overlay_panel(
-                to_rgb(image, "BGR"),
-                result.anomaly_map,
-                vmin=norm.get("min"),
-                vmax=norm.get("max"),
-                title=title,
-            )
+            panel = score_panel(to_rgb(image, "BGR"), result.anomaly_map, norm, title)
         except DataError as exc:
             logger.warning("no overlay for frame %d: %s", frame.index, exc)
             return None

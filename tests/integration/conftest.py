@@ -32,7 +32,8 @@ def mpdd_run_224(mpdd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     (so run.json holds the metrics that export compares the bundle against)."""
     import torch
 
-    from edgead.training import evaluate_run, train_run
+    from edgead.evaluation import evaluate_run
+    from edgead.training import train_run
 
     torch.set_num_threads(2)
     run = tmp_path_factory.mktemp("mpdd_patchcore_224") / "run"

@@ -71,8 +71,8 @@ def test_exported_graph_matches_on_real_rows(fitted_classical, model, tmp_path):
     import onnxruntime as ort
 
     from edgead.export.graphs import export_onnx
-    from edgead.runtime.nn_index import FaissIndex
-    from edgead.runtime.rows_nn import score_rows_nn
+    from edgead.ops.nn_index import FaissIndex
+    from edgead.ops.rows_nn import score_rows_nn
 
     rows, _, models = fitted_classical["6_cardio"]
     det = models[model]

@@ -45,7 +45,7 @@ def mpdd_bank(mpdd_run_224: Path, mpdd_root: Path) -> dict[str, Any]:
 def test_default_index_is_small_and_keeps_auroc(mpdd_bank: dict[str, Any], tmp_path: Path) -> None:
     from edgead.bundle import array_to_npy_bytes  # noqa: F401 - bundle layer is importable
     from edgead.export.index import DEFAULT_INDEX, build_index
-    from edgead.runtime.nn_index import load_index
+    from edgead.ops.nn_index import load_index
 
     bank = mpdd_bank["bank"]
     built = build_index(bank, None, validation=mpdd_bank["validation"])

@@ -41,7 +41,7 @@ def patchcore_mpdd_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 
 def test_mpdd_meets_the_issue_floors(patchcore_mpdd_run: tuple[Path, dict], tmp_path: Path) -> None:
-    from edgead.training import evaluate_run
+    from edgead.evaluation import evaluate_run
 
     run, meta = patchcore_mpdd_run
     assert meta["data"]["n_train"] == 49 and meta["data"]["n_val"] == 5

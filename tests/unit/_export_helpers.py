@@ -15,7 +15,7 @@ from torch import nn
 
 from edgead.models import base
 from edgead.models.base import BaseDetector, ExportSpec, ScoreOutput, no_progress
-from edgead.runtime.postprocess import upsample_and_blur
+from edgead.ops.postprocess import upsample_and_blur
 
 SIZE_PX = 32
 GRID = 4

@@ -13,8 +13,8 @@ import pytest
 
 from edgead.errors import ConfigError, DataError, NotFittedError
 from edgead.models.base import create_detector, list_detectors
-from edgead.runtime.nn_index import FaissIndex
-from edgead.runtime.rows_nn import score_rows_nn, scores_from_neighbors
+from edgead.ops.nn_index import FaissIndex
+from edgead.ops.rows_nn import score_rows_nn, scores_from_neighbors
 
 RTOL = 1e-4
 SCALES = np.array([1.0, 2.0, 3.0, 0.5, 5.0, 10.0], dtype=np.float32)

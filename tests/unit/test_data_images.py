@@ -8,15 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edgead.data.images import (
-    LazySequence,
-    MVTecFolder,
-    load_image_dataset,
-    read_image,
-    read_mask,
-    split_train_val,
-)
+from edgead.data.base import LazySequence
+from edgead.data.images import MVTecFolder, load_image_dataset
 from edgead.errors import ConfigError, DataError
+from edgead.ops.decode import read_image, read_mask
 from tests.conftest import (
     SYNTHETIC_DEFECTS,
     SYNTHETIC_HW,
@@ -186,33 +181,6 @@ def test_truncated_training_image_raises_on_access(synthetic_mvtec: Path) -> Non
 def test_bad_image_size_raises(synthetic_mvtec: Path) -> None:
     with pytest.raises(ConfigError, match="image_size"):
         MVTecFolder(synthetic_mvtec, 0)
-
-
-# -------------------------------------------------------------------------------------- splits
-
-
-def test_split_train_val_is_deterministic_disjoint_and_complete() -> None:
-    train, val = split_train_val(20, 0.25, seed=3)
-    assert len(val) == 5 and len(train) == 15
-    assert sorted(np.r_[train, val].tolist()) == list(range(20))
-    again = split_train_val(20, 0.25, seed=3)
-    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
-    assert not np.array_equal(val, split_train_val(20, 0.25, seed=4)[1])
-    train, val = split_train_val(3, 0.01, seed=0)  # at least one image each side
-    assert len(val) == 1 and len(train) == 2
-    train, val = split_train_val(7, 0.0, seed=0)
-    assert train.tolist() == list(range(7)) and val.size == 0
-
-
-@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
-def test_split_train_val_rejects_bad_fractions(fraction: float) -> None:
-    with pytest.raises(ConfigError, match="val_fraction"):
-        split_train_val(10, fraction, seed=0)
-
-
-def test_split_train_val_needs_two_images() -> None:
-    with pytest.raises(ConfigError, match="1 training image"):
-        split_train_val(1, 0.2, seed=0)
 
 
 # ------------------------------------------------------------------------------- spec dispatch

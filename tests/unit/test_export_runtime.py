@@ -168,11 +168,16 @@ def test_rows_bundle_scores_rows_and_refuses_bad_rows(rows_bundle: tuple) -> Non
         scores = det.score_rows(rows)
         np.testing.assert_allclose(scores.raw_scores, det_torch.score(rows).scores, rtol=1e-5)
         assert scores.is_anomaly.dtype == bool and scores.scores.shape == (20,)
-        with pytest.raises(DataError, match=r"shape \(N, 5\)"):
+        with pytest.raises(DataError, match="4 columns but the detector was trained on 5"):
             det.score_rows(rows[:, :4])
+        with pytest.raises(DataError, match="non-empty"):
+            det.score_rows(np.zeros((0, 5), np.float32))
+        with pytest.raises(DataError, match="equal-length rows"):
+            det.score_rows([[1.0] * 5, [1.0] * 4])  # ragged
+        assert det.score_rows(rows[0]).raw_scores.shape == (1,)  # one 1-D row
         with pytest.raises(DataError, match="NaN"):
             det.score_rows(np.full((2, 5), np.nan))
-        with pytest.raises(DataError, match="numbers"):
+        with pytest.raises(DataError, match="numeric"):
             det.score_rows(np.array([["a"] * 5]))
         with pytest.raises(DataError, match="score_rows"):
             det(np.zeros((8, 8, 3), np.uint8))
@@ -296,7 +301,7 @@ def test_unsupported_choices_are_refused(tiny: TinyPatch, meta: dict, tmp_path: 
 def test_openvino_fp16_export_records_looser_parity_and_auroc_change(
     tiny: TinyPatch, meta: dict, tmp_path: Path, test_images: np.ndarray, synthetic_mvtec: Path
 ) -> None:
-    from edgead.runtime.eval import evaluate_bundle
+    from edgead.evaluation import evaluate_bundle
 
     calls: list[str | None] = []
 
@@ -387,9 +392,9 @@ def test_cli_predict_rows_from_stdin(rows_bundle: tuple) -> None:
 def test_export_run_measures_metrics_through_runtime(
     tmp_path: Path, tiny: TinyPatch, meta: dict, synthetic_mvtec: Path
 ) -> None:
+    from edgead.evaluation import evaluate_bundle
     from edgead.export import export_run
     from edgead.rundir import save_run
-    from edgead.runtime.eval import evaluate_bundle
 
     run_dir = save_run(
         tmp_path / "run",
@@ -454,7 +459,7 @@ def test_real_patchcore_with_reweight_round_trips(tmp_path: Path) -> None:
 def test_evaluate_tabular_bundle_uses_the_run_split(rows_bundle: tuple, tmp_path: Path) -> None:
     from edgead import metrics
     from edgead.data.tabular import adbench_split
-    from edgead.runtime.eval import evaluate_bundle
+    from edgead.evaluation import evaluate_bundle
 
     path, det_torch, _ = rows_bundle
     rng = np.random.default_rng(3)

@@ -22,7 +22,7 @@ from edgead.export.index import (
     measure_index,
     resolve_factory,
 )
-from edgead.runtime.nn_index import FaissIndex, Searcher, load_index, validate_index_bytes
+from edgead.ops.nn_index import FaissIndex, Searcher, load_index, validate_index_bytes
 
 D, M = 32, 1200
 GRID = (8, 8)

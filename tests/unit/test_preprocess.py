@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgead.errors import DataError
-from edgead.runtime.preprocess import resize_frame, to_rgb
+from edgead.ops.image import resize_frame, to_rgb
 
 
 def _reference(image: np.ndarray, size: tuple[int, int], flag: int, order: str) -> np.ndarray:

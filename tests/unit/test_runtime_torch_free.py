@@ -77,7 +77,7 @@ def test_runtime_scores_real_image_without_torch(tmp_path: Path, target: str) ->
     assert out["map_shape"] == out["frame_shape"][:2]
     # The same frame scored by the torch detector in this process gives the same raw score.
     frame = cv2.imread(str(image), cv2.IMREAD_COLOR)
-    from edgead.runtime.preprocess import resize_frame
+    from edgead.ops.image import resize_frame
 
     rgb = resize_frame(frame, (32, 32), "area", channel_order="BGR")
     expected = float(det.score([rgb]).scores[0])

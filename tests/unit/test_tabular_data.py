@@ -12,12 +12,12 @@ from edgead.data.tabular import (
     Table,
     adbench_split,
     check_columns,
-    check_rows,
     constant_columns,
     drop_anomalies,
     load_table,
 )
 from edgead.errors import DataError
+from edgead.ops.rows import check_rows
 
 pd = pytest.importorskip("pandas")
 

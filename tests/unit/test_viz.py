@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgead.errors import DataError
-from edgead.viz import heatmap_rgb, overlay_panel, save_panel
+from edgead.ops.overlay import heatmap_rgb, overlay_panel, save_panel
 
 S = 64
 

@@ -69,7 +69,7 @@ def scores_from_neighbors(
 
     Args:
         distances: float (N, k) Euclidean distances (L2, not squared), ascending per row, as
-            returned by `edgead.runtime.nn_index.FaissIndex.search`.
+            returned by `edgead.ops.nn_index.FaissIndex.search`.
         ids: int64 (N, k) training-row indices of those neighbours (needed for "lof").
         postprocess: the manifest's {"kind": "rows_nn_index", "k", "method", "lof"} dict.
         arrays: bundle arrays; for "lof" the float (M,) arrays named by postprocess["lof"].
@@ -123,7 +123,7 @@ def score_rows_nn(
     """Search `index` for the k nearest training rows of each embedding and score them.
 
     Args:
-        index: an `edgead.runtime.nn_index.FaissIndex` over the standardised training rows.
+        index: an `edgead.ops.nn_index.FaissIndex` over the standardised training rows.
         embeddings: float32 (N, D) standardised rows (the graph's "embedding" output).
         postprocess, arrays: as for `scores_from_neighbors`.
 

@@ -1,4 +1,5 @@
-"""Heat-map overlay panels for reports and demos (numpy + OpenCV, torch-free).
+"""The one heat-map overlay: panels for evaluation, `predict`, `run` and demos (numpy + OpenCV,
+torch-free).
 
 A panel is one uint8 RGB image: a title strip above "image | heat-map overlay | mask".
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -73,7 +75,7 @@ def overlay_panel(
     if anomaly_map.shape != (height, width):
         raise DataError(
             f"anomaly map {anomaly_map.shape} must match the image {(height, width)}; "
-            "resize it first (edgead.runtime.postprocess.resize_map)"
+            "resize it first (edgead.ops.postprocess.resize_map)"
         )
     if mask is not None and np.asarray(mask).shape != (height, width):
         raise DataError(f"mask {np.asarray(mask).shape} must match the image {(height, width)}")
@@ -125,3 +127,27 @@ def save_panel(path: str | Path, panel: np.ndarray) -> Path:
     write_bytes_atomic(path, encoded.tobytes())
     logger.debug("wrote panel %s (%dx%d)", path, panel.shape[1], panel.shape[0])
     return path
+
+
+def colour_range(normalisation: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(vmin, vmax) in raw units for heat maps on the normalised-score scale: the threshold at
+    mid-scale and the validation min..max span across; (None, None) when uncalibrated."""
+    if not all(k in normalisation for k in ("min", "max", "threshold")):
+        return None, None
+    span = float(normalisation["max"]) - float(normalisation["min"])
+    span = span if span > 0 else 1.0
+    threshold = float(normalisation["threshold"])
+    return threshold - span / 2.0, threshold + span / 2.0
+
+
+def score_panel(
+    image_rgb: np.ndarray,
+    anomaly_map: np.ndarray,
+    normalisation: dict[str, Any],
+    title: str,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """`overlay_panel` coloured on the normalised-score scale (`colour_range`): the panel that
+    evaluation, `predict --save-maps` and `run`'s anomaly images all write."""
+    vmin, vmax = colour_range(normalisation or {})
+    return overlay_panel(image_rgb, anomaly_map, mask, vmin=vmin, vmax=vmax, title=title)
