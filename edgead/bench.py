@@ -66,31 +66,18 @@ def available_choices(manifest: Any, requested: list[str] | None = None) -> list
     Raises:
         ConfigError: `requested` names nothing available here (the message lists what is).
     """
-    choices = [BackendChoice("onnxruntime/cpu", "cpu", "onnxruntime")]
-    try:
-        import onnxruntime as ort
+    from edgead.devices.detect import detect_machine
 
-        providers = ort.get_available_providers()
-    except ImportError:
-        providers = []
-    if "CUDAExecutionProvider" in providers:
+    info = detect_machine()  # the one probe of what is installed (also `edgead devices`)
+    choices = [BackendChoice("onnxruntime/cpu", "cpu", "onnxruntime")]
+    if "CUDAExecutionProvider" in info.ort_providers:
         choices.append(BackendChoice("onnxruntime/cuda", "cuda", "onnxruntime"))
     if "openvino" in manifest.graphs:
-        try:
-            import openvino as ov
-
-            devices = list(ov.Core().available_devices)
-        except ImportError:
-            devices = []
         for dev in ("CPU", "GPU", "NPU"):
-            if any(d == dev or d.startswith(dev + ".") for d in devices):
+            if any(d == dev or d.startswith(dev + ".") for d in info.openvino_devices):
                 choices.append(BackendChoice(f"openvino/{dev}", dev.lower(), "openvino"))
-    try:
-        import tensorrt  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
-
+    if info.tensorrt_version is not None:
         choices.append(BackendChoice("tensorrt/cuda", "cuda", "tensorrt"))
-    except ImportError:
-        pass
     if not requested or requested == ["all"]:
         return choices
     keep = [
