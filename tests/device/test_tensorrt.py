@@ -42,11 +42,10 @@ if _REASON:
 
 @pytest.mark.parametrize("precision, rtol", [("fp32", 1e-3), ("fp16", 5e-2)])
 def test_engine_builds_caches_and_matches_cpu(tmp_path: Path, precision: str, rtol: float) -> None:
-    from _export_helpers import fitted_tiny, parity_images
-
     from edgead.export import export_detector
     from edgead.runtime import Detector
     from edgead.runtime.backends.tensorrt import engine_cache_dir
+    from tests.helpers.tiny_detectors import fitted_tiny, parity_images
 
     det_torch, meta = fitted_tiny()
     bundle = tmp_path / f"trt_{precision}.edgead"

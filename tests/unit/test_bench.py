@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from _export_helpers import TinyPatch, TinyPatchConfig, run_meta, synthetic_images
 from typer.testing import CliRunner
 
 from edgead.bench import (
@@ -24,6 +23,7 @@ from edgead.bundle import read_bundle
 from edgead.cli.main import app
 from edgead.errors import ConfigError
 from edgead.export import export_detector
+from tests.helpers.tiny_detectors import TinyPatch, TinyPatchConfig, run_meta, synthetic_images
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from edgead.cli.main import app
-from tests.conftest import (
+from tests.helpers.data import (
     SYNTHETIC_DEFECTS,
     SYNTHETIC_TEST_GOOD,
     SYNTHETIC_TRAIN,

@@ -12,7 +12,7 @@ from edgead.data.base import LazySequence
 from edgead.data.images import MVTecFolder, load_image_dataset
 from edgead.errors import ConfigError, DataError
 from edgead.ops.decode import read_image, read_mask
-from tests.conftest import (
+from tests.helpers.data import (
     SYNTHETIC_DEFECTS,
     SYNTHETIC_HW,
     SYNTHETIC_TEST_GOOD,

@@ -15,11 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from _export_helpers import SIZE_PX, fitted_tiny, parity_images, synthetic_images
 from typer.testing import CliRunner
 
 from edgead.ops.decode import decode_frame, read_frame, read_image
 from edgead.runtime import Detector
+from tests.helpers.tiny_detectors import SIZE_PX, fitted_tiny, parity_images, synthetic_images
 
 
 def _files(folder: Path) -> dict[str, Path]:

@@ -9,13 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _export_helpers import (
-    TinyPatch,
-    fitted_tiny,
-    parity_images,
-    run_meta,
-    synthetic_images,
-)
 from typer.testing import CliRunner
 
 from edgead.bundle import read_bundle
@@ -24,6 +17,13 @@ from edgead.export import export_detector
 from edgead.export.exporter import ExportData
 from edgead.export.index import DEFAULT_INDEX, INDEX_FILE, RERANK_ARRAY, resolve_factory
 from edgead.runtime.detector import Detector
+from tests.helpers.tiny_detectors import (
+    TinyPatch,
+    fitted_tiny,
+    parity_images,
+    run_meta,
+    synthetic_images,
+)
 
 
 @pytest.fixture(scope="module")

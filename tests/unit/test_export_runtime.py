@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _export_helpers import (
+from typer.testing import CliRunner
+
+from edgead.bundle import read_bundle
+from edgead.errors import BackendUnavailableError, ConfigError, DataError, ExportError
+from edgead.export import export_detector
+from edgead.runtime import Detector, Result
+from edgead.runtime import detector as detector_module
+from edgead.runtime.backends.base import Backend, NumpyBackend
+from tests.helpers.tiny_detectors import (
     SIZE_PX,
     TinyPatch,
     TinyPatchConfig,
@@ -26,14 +34,6 @@ from _export_helpers import (
     synthetic_images,
     tiny_bundle,
 )
-from typer.testing import CliRunner
-
-from edgead.bundle import read_bundle
-from edgead.errors import BackendUnavailableError, ConfigError, DataError, ExportError
-from edgead.export import export_detector
-from edgead.runtime import Detector, Result
-from edgead.runtime import detector as detector_module
-from edgead.runtime.backends.base import Backend, NumpyBackend
 
 torch.set_num_threads(1)
 

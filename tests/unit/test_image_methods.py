@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _tiny_models import gradient_images, register_tiny_backbone
 
 from edgead.errors import ConfigError, DataError, NotFittedError
 from edgead.models.base import create_detector, get_detector_class, list_detectors
+from tests.helpers.tiny_models import gradient_images, register_tiny_backbone
 
 TINY = register_tiny_backbone("tiny_test_image_methods")
 SIZE = 32
@@ -59,7 +59,7 @@ NAMES = sorted(CONFIGS)
 
 
 def _images(n: int, seed: int, defect: bool = False) -> np.ndarray:
-    """uint8 (n, SIZE, SIZE, 3) synthetic parts (see _tiny_models.gradient_images)."""
+    """uint8 (n, SIZE, SIZE, 3) synthetic parts (see tests.helpers.tiny_models.gradient_images)."""
     return gradient_images(n, seed, SIZE, defect)
 
 
@@ -292,7 +292,7 @@ def test_cli_train_export_eval(cli_name: str, tmp_path) -> None:
     from typer.testing import CliRunner
 
     from edgead.cli.main import app
-    from tests.conftest import make_synthetic_mvtec
+    from tests.helpers.data import make_synthetic_mvtec
 
     def invoke(*args: str):
         result = CliRunner().invoke(app, list(args), catch_exceptions=False)

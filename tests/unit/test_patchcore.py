@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _tiny_models import TinyBackbone, gradient_images, register_tiny_backbone
 
 from edgead.errors import ConfigError, DataError, NotFittedError
 from edgead.models.base import create_detector
 from edgead.models.patchcore import PatchCore, PatchCoreEmbedder, reweight_scores
+from tests.helpers.tiny_models import TinyBackbone, gradient_images, register_tiny_backbone
 
 TINY = register_tiny_backbone("tiny_test_patchcore")
 SIZE = 32
@@ -26,7 +26,7 @@ CONFIG = {"backbone": TINY, "pretrained": False, "image_size": SIZE, "coreset_ra
 
 
 def _images(n: int, seed: int, defect: bool = False) -> np.ndarray:
-    """uint8 (n, SIZE, SIZE, 3) synthetic parts (see _tiny_models.gradient_images)."""
+    """uint8 (n, SIZE, SIZE, 3) synthetic parts (see tests.helpers.tiny_models.gradient_images)."""
     return gradient_images(n, seed, SIZE, defect)
 
 

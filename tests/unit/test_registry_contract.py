@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _tiny_models import gradient_images, register_tiny_backbone
 
 from edgead.models.base import create_detector, get_detector_class, list_detectors
+from tests.helpers.tiny_models import gradient_images, register_tiny_backbone
 
 TINY = register_tiny_backbone("tiny_test_registry_contract")
 SIZE = 32

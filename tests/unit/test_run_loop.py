@@ -442,11 +442,11 @@ def test_metrics_http_endpoints() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny nn_index bundle exported from the test detector in `_export_helpers` (32 px)."""
+    """A tiny nn_index bundle from the test detector in `tests.helpers.tiny_detectors` (32 px)."""
     import torch
-    from _export_helpers import TinyPatch, TinyPatchConfig, run_meta, synthetic_images
 
     from edgead.export import export_detector
+    from tests.helpers.tiny_detectors import TinyPatch, TinyPatchConfig, run_meta, synthetic_images
 
     torch.set_num_threads(1)
     det = TinyPatch(TinyPatchConfig())

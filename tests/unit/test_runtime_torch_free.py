@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _export_helpers import fitted_tiny, tiny_bundle
+
+from tests.helpers.tiny_detectors import fitted_tiny, tiny_bundle
 
 torch.set_num_threads(1)
 

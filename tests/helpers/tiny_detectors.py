@@ -16,6 +16,7 @@ from torch import nn
 from edgead.models import base
 from edgead.models.base import BaseDetector, ExportSpec, ScoreOutput, no_progress
 from edgead.ops.postprocess import upsample_and_blur
+from tests.helpers.tiny_models import gradient_images
 
 SIZE_PX = 32
 GRID = 4
@@ -184,25 +185,9 @@ for _name, _cls in (("_tiny_patch", TinyPatch), ("_tiny_rows", TinyRows)):
 
 
 def synthetic_images(n: int, seed: int, anomalous: bool = False) -> list[np.ndarray]:
-    """uint8 (32, 32, 3) RGB images: smooth gradients plus noise; anomalies get a bright square."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(60, 180, SIZE_PX, dtype=np.float32)
-    images = []
-    for _ in range(n):
-        img = np.stack(
-            [
-                ramp[None, :].repeat(SIZE_PX, 0),
-                ramp[:, None].repeat(SIZE_PX, 1),
-                np.full((SIZE_PX, SIZE_PX), 120, np.float32),
-            ],
-            axis=-1,
-        )
-        img += rng.normal(0, 6, img.shape).astype(np.float32)
-        if anomalous:
-            y, x = rng.integers(2, SIZE_PX - 10, size=2)
-            img[y : y + 8, x : x + 8] = 255
-        images.append(img.clip(0, 255).astype(np.uint8))
-    return images
+    """uint8 (32, 32, 3) RGB images from the one test-image generator
+    (`tests.helpers.tiny_models.gradient_images`); anomalies get a bright square."""
+    return list(gradient_images(n, seed, SIZE_PX, anomalous))
 
 
 def run_meta(scores: np.ndarray) -> dict[str, Any]:
