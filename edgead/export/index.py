@@ -39,7 +39,7 @@ from edgead.bundle import IndexSpec
 from edgead.config import from_dict
 from edgead.errors import ConfigError, DataError, EdgeadError, ExportError
 from edgead.ops.nn_index import FaissIndex, Searcher
-from edgead.ops.postprocess import upsample_and_blur
+from edgead.ops.scoring import parse_postprocess, score_nn_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ class IndexValidation:
     embeddings: float32 (N_img, h*w, D), the graph's "embedding" output for N_img images.
     labels: int (N_img,), 1 = anomalous; None or a single class skips image AUROC.
     masks: bool (N_img, S, S) ground truth at the input size, or None (skips pixel AUROC).
-    grid: (h, w) patch grid; image_size: (S, S) px; blur_sigma: map smoothing in px.
+    grid: (h, w) patch grid; image_size: (S, S) px; blur_sigma: map smoothing in px;
+    score / num_neighbors: the image score of the shipped post-processing ("max", "map_max",
+    "reweight"), so the index is measured on the score the bundle will give.
     """
 
     embeddings: np.ndarray
@@ -112,6 +114,8 @@ class IndexValidation:
     grid: tuple[int, int] = (28, 28)
     image_size: tuple[int, int] = (224, 224)
     blur_sigma: float = 4.0
+    score: str = "max"
+    num_neighbors: int = 1
 
     def __post_init__(self) -> None:
         self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
@@ -279,16 +283,29 @@ def measure_index(
 def score_images(
     validation: IndexValidation, searcher: Searcher, k: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(image scores float32 (N_img,), maps float32 (N_img, S, S)) as the runtime makes them.
+    """(image scores float32 (N_img,), maps float32 (N_img, S, S)) from the runtime's own
+    "nn_index" scorer (`edgead.ops.scoring.score_nn_embeddings`), searching `searcher`.
 
-    Patch score = mean L2 distance to the k nearest bank vectors; image score = max patch score
-    (post-processing score "max"); map = upsample_and_blur(patch scores, image_size, blur_sigma).
-    """
-    n_img, n_patch, dim = validation.embeddings.shape
-    dist, _ = searcher.search(validation.embeddings.reshape(-1, dim), k)
-    patch = (dist.mean(axis=1) if k > 1 else dist[:, 0]).reshape(n_img, *validation.grid)
-    maps = upsample_and_blur(patch, validation.image_size, validation.blur_sigma)
-    return patch.reshape(n_img, -1).max(axis=1), maps
+    With score "reweight" the support sets come from `searcher`'s own vectors (as the runtime
+    reconstructs them from the shipped index)."""
+    post = parse_postprocess(
+        {
+            "kind": "nn_index",
+            "grid": list(validation.grid),
+            "k": int(k),
+            "blur_sigma": float(validation.blur_sigma),
+            "score": validation.score,
+            "num_neighbors": int(validation.num_neighbors),
+        }
+    )
+    bank = None
+    if post.score == "reweight":
+        reconstruct = getattr(searcher, "reconstruct_all", None)
+        if reconstruct is None:
+            raise ExportError("scoring 'reweight' needs an index that can return its vectors")
+        bank = reconstruct()
+    scored = score_nn_embeddings(validation.embeddings, searcher, post, validation.image_size, bank)
+    return scored.raw, scored.maps  # type: ignore[return-value]
 
 
 def auroc_with(validation: IndexValidation, searcher: Searcher, k: int = 1) -> dict[str, float]:
@@ -569,4 +586,6 @@ def validation_from_images(
         grid=grid,
         image_size=(int(images.shape[1]), int(images.shape[2])),
         blur_sigma=float(postprocess.get("blur_sigma", 4.0)),
+        score=str(postprocess.get("score", "max")),
+        num_neighbors=int(postprocess.get("num_neighbors", 1)),
     )

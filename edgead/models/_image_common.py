@@ -21,7 +21,7 @@ from torch import nn
 
 from edgead.errors import DataError
 from edgead.models.base import BaseDetector, ExportSpec, Progress, ScoreOutput, no_progress
-from edgead.ops.postprocess import upsample_and_blur
+from edgead.ops.scoring import parse_postprocess, score_graph_output, score_map_output
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def iter_batches(
 def maps_to_output(
     grid_maps: np.ndarray, image_size: int, sigma: float, scores: np.ndarray | None = None
 ) -> ScoreOutput:
-    """`ScoreOutput` from grid maps, post-processed exactly as the runtime does.
+    """`ScoreOutput` from grid maps, post-processed by the runtime's own scorer
+    (`edgead.ops.scoring`: kind "map" without `scores`, kind "graph" with them).
 
     Args:
         grid_maps: float32 (N, h, w) raw map values at the model's grid.
@@ -147,10 +148,14 @@ def maps_to_output(
     Returns:
         ScoreOutput with scores (N,) and anomaly_maps (N, S, S), both float32.
     """
-    maps = upsample_and_blur(grid_maps.astype(np.float32), (image_size, image_size), sigma)
+    size_hw = (image_size, image_size)
     if scores is None:
-        scores = maps.reshape(maps.shape[0], -1).max(axis=1)
-    return ScoreOutput(scores=np.asarray(scores, dtype=np.float32), anomaly_maps=maps)
+        post = parse_postprocess({"kind": "map", "blur_sigma": float(sigma)})
+        scored = score_map_output(grid_maps, post, size_hw)
+    else:
+        post = parse_postprocess({"kind": "graph", "blur_sigma": float(sigma)})
+        scored = score_graph_output(scores, grid_maps, post, size_hw)
+    return ScoreOutput(scores=scored.raw, anomaly_maps=scored.maps)
 
 
 def map_export_spec(module: nn.Module, image_size: int, blur_sigma: float) -> ExportSpec:

@@ -10,8 +10,9 @@ Pipeline (sizes from the backbone's `feature_info`, never hard-coded):
    (`edgead.models.coreset`) keeps `coreset_ratio` of them as the memory bank float32 (M, D).
 3. `score`: Euclidean (L2, not squared) distance of every patch to its nearest bank entry
    (faiss "Flat", exact, through `edgead.ops.nn_index`) -> patch map (B, h, w) -> image score
-   = max patch distance (or the paper's re-weighted max) -> anomaly map =
-   `upsample_and_blur(patch map, (S, S), blur_sigma)`, the runtime's own post-processing.
+   = max patch distance (or the paper's re-weighted max) -> anomaly map = upsampled, blurred
+   patch map: all by `edgead.ops.scoring.score_nn_embeddings`, the scorer of the runtime and of
+   the exporter's index measurement.
 
 Export: the embedder is the graph (output "embedding"); the bank ships as `memory_bank` and the
 runtime searches it (post-processing kind "nn_index").
@@ -49,7 +50,7 @@ from edgead.models.base import (
 )
 from edgead.models.coreset import CoresetStats, greedy_coreset
 from edgead.ops.nn_index import FaissIndex
-from edgead.ops.postprocess import upsample_and_blur
+from edgead.ops.scoring import parse_postprocess, score_nn_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -140,42 +141,6 @@ class PatchCoreEmbedder(nn.Module):
         embedding = torch.cat(pooled, dim=1)  # (B, D, h, w)
         batch = embedding.shape[0]
         return (embedding.reshape(batch, self.embedding_dim, -1).permute(0, 2, 1).contiguous(),)
-
-
-def reweight_scores(
-    patch_embeddings: np.ndarray,
-    patch_distances: np.ndarray,
-    nearest_ids: np.ndarray,
-    memory_bank: np.ndarray,
-    index: FaissIndex,
-    num_neighbors: int,
-) -> np.ndarray:
-    """float32 (B,) image scores re-weighted as in the PatchCore paper (eq. 7).
-
-    For the most anomalous patch m_test of each image, with nearest bank entry m* at distance
-    s*, and N_b(m*) the `num_neighbors` bank entries nearest to m* (m* included):
-    score = (1 - exp(||m_test - m*||) / sum_{m in N_b(m*)} exp(||m_test - m||)) * s*
-    (the same as anomalib's `1 - softmax(distances)[0]`). Distances are L2, not squared.
-
-    Args:
-        patch_embeddings: float32 (B, P, D).
-        patch_distances: float32 (B, P) L2 distances to the nearest bank entry.
-        nearest_ids: int64 (B, P) bank index of that entry.
-        memory_bank: float32 (M, D).
-        index: the faiss index over `memory_bank`.
-        num_neighbors: support-set size b (>= 2).
-    """
-    rows = np.arange(patch_distances.shape[0])
-    worst = np.argmax(patch_distances, axis=1)
-    best_score = patch_distances[rows, worst].astype(np.float64)
-    query = patch_embeddings[rows, worst]  # (B, D)
-    anchor = memory_bank[nearest_ids[rows, worst]]  # (B, D)
-    n_support = min(num_neighbors, memory_bank.shape[0])
-    _, support = index.search(anchor, n_support)  # (B, b); m* itself first
-    dists = np.linalg.norm(memory_bank[support] - query[:, None, :], axis=2).astype(np.float64)
-    dists -= dists.max(axis=1, keepdims=True)  # stable softmax
-    soft = np.exp(dists) / np.exp(dists).sum(axis=1, keepdims=True)
-    return ((1.0 - soft[:, 0]) * best_score).astype(np.float32)
 
 
 @register_detector("patchcore")
@@ -277,29 +242,35 @@ class PatchCore(BaseDetector):
     def score(
         self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
     ) -> ScoreOutput:
-        """Scores float32 (N,) (max or re-weighted patch distance) and maps float32 (N, S, S)."""
+        """Scores float32 (N,) and maps float32 (N, S, S), from the one "nn_index" scorer the
+        exporter and the runtime use (`edgead.ops.scoring.score_nn_embeddings`)."""
         cfg = self.config
         bank = self._bank()
         check_images(data, cfg.image_size)
+        post = parse_postprocess(self._postprocess())
+        size_hw = (cfg.image_size, cfg.image_size)
         scores: list[np.ndarray] = []
         maps: list[np.ndarray] = []
         with torch.inference_mode():
             for batch in iter_batches(data, cfg.batch_size, progress, "patchcore: score"):
                 emb = self.embedder(batch)[0].numpy()
-                patch, ids = self.patch_distances(emb)
-                flat = patch.reshape(patch.shape[0], -1)
-                if cfg.reweight:
-                    scores.append(
-                        reweight_scores(emb, flat, ids, bank, self._nn_index(), cfg.num_neighbors)
-                    )
-                else:
-                    scores.append(flat.max(axis=1))
-                maps.append(
-                    upsample_and_blur(patch, (cfg.image_size, cfg.image_size), cfg.blur_sigma)
-                )
+                scored = score_nn_embeddings(emb, self._nn_index(), post, size_hw, bank)
+                scores.append(scored.raw)
+                maps.append(scored.maps)  # type: ignore[arg-type]
         return ScoreOutput(
             scores=np.concatenate(scores).astype(np.float32), anomaly_maps=np.concatenate(maps)
         )
+
+    def _postprocess(self) -> dict[str, Any]:
+        """The "nn_index" post-processing entry this model exports (and scores with)."""
+        return {
+            "kind": "nn_index",
+            "grid": list(self.grid_hw),
+            "k": 1,
+            "blur_sigma": float(self.config.blur_sigma),
+            "score": "reweight" if self.config.reweight else "max",
+            "num_neighbors": int(self.config.num_neighbors),
+        }
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {"memory_bank": self._bank().copy()}
@@ -331,14 +302,7 @@ class PatchCore(BaseDetector):
             example_input=np.zeros((1, size, size, 3), dtype=np.uint8),
             input_name="images",
             output_names=("embedding",),
-            postprocess={
-                "kind": "nn_index",
-                "grid": list(self.grid_hw),
-                "k": 1,
-                "blur_sigma": float(self.config.blur_sigma),
-                "score": "reweight" if self.config.reweight else "max",
-                "num_neighbors": int(self.config.num_neighbors),
-            },
+            postprocess=self._postprocess(),
             arrays={"memory_bank": bank.copy()},
         )
 

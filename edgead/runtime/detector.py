@@ -23,9 +23,17 @@ from edgead.bundle import Bundle, Manifest, read_bundle
 from edgead.errors import BackendUnavailableError, BundleError, DataError, unknown_name_error
 from edgead.ops.image import resize_frame
 from edgead.ops.nn_index import FaissIndex, load_index
-from edgead.ops.postprocess import normalise_scores, resize_map, upsample_and_blur
+from edgead.ops.postprocess import normalise_scores, resize_map
 from edgead.ops.rows import check_rows
 from edgead.ops.rows_nn import score_rows_nn
+from edgead.ops.scoring import (
+    ROW_KINDS,
+    PostProcess,
+    parse_postprocess,
+    score_graph_output,
+    score_map_output,
+    score_nn_embeddings,
+)
 from edgead.runtime.backends.base import Backend, check_outputs
 
 logger = logging.getLogger(__name__)
@@ -39,8 +47,6 @@ BACKEND_ALIASES = {
     "tensorrt": "tensorrt",
     "trt": "tensorrt",
 }
-IMAGE_KINDS = ("nn_index", "map", "graph")
-ROW_KINDS = ("rows", "rows_nn_index")
 
 
 @dataclass
@@ -184,13 +190,8 @@ class Detector:
         self.manifest: Manifest = bundle.manifest
         self._backend: Backend | None = backend
         self.fallbacks: list[str] = list(fallbacks)
-        post = self.manifest.postprocess
-        kind = post.get("kind")
-        if kind not in IMAGE_KINDS + ROW_KINDS:
-            raise BundleError(
-                f"bundle post-processing kind {kind!r} is unknown to this runtime "
-                f"(knows {IMAGE_KINDS + ROW_KINDS}); upgrade edgead"
-            )
+        self._post: PostProcess = parse_postprocess(self.manifest.postprocess)
+        kind = self._post.kind
         self._kind: str = kind
         self._gray_warned = False
         self._index: FaissIndex | None = None
@@ -401,88 +402,26 @@ class Detector:
     def _image_scores(
         self, outputs: dict[str, np.ndarray], n: int
     ) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """(raw scores (B,), maps (B, S, S) at input size or None, search time ms)."""
-        post = self.manifest.postprocess
-        sigma = float(post.get("blur_sigma", 0.0))
-        search_ms = 0.0
-        if self._kind == "nn_index":
-            grid_h, grid_w = (int(v) for v in post["grid"])
-            embedding = outputs["embedding"]
-            t0 = time.perf_counter()
-            flat, ids = self._patch_distances(embedding, n, grid_h * grid_w)
-            mode = post.get("score", "max")
-            if mode == "reweight":
-                patches = embedding.reshape(n, grid_h * grid_w, -1)
-                raw = self._reweight(patches, flat.reshape(n, -1), ids.reshape(n, -1))
-            search_ms = (time.perf_counter() - t0) * 1e3
-            patch = flat.reshape(n, grid_h, grid_w)
-            maps = upsample_and_blur(patch, self.image_size, sigma)
-            if mode == "max":
-                raw = patch.reshape(n, -1).max(axis=1)
-            elif mode == "map_max":
-                raw = maps.reshape(n, -1).max(axis=1)
-            elif mode != "reweight":
-                raise BundleError(
-                    f"nn_index score {mode!r} is unknown to this runtime (max, map_max, reweight)"
-                )
-            return raw.astype(np.float32), maps, search_ms
-        if self._kind == "map":
-            maps = upsample_and_blur(
-                outputs["anomaly_map"].reshape(n, *outputs["anomaly_map"].shape[-2:]),
-                self.image_size,
-                sigma,
+        """(raw scores (B,), maps (B, S, S) at input size or None, search time ms), from the
+        one scorer of the bundle's post-processing kind (`edgead.ops.scoring`)."""
+        post = self._post
+        if post.kind == "nn_index":
+            if self._index is None:
+                raise BundleError("bundle has no nearest-neighbour index")
+            if post.score == "reweight" and self._bank is None:
+                # the fp16 re-rank copy if shipped, else the index's own vectors; builds IVF's
+                # direct map (a bare reconstruct_n fails on IVF indexes)
+                self._bank = self._index.reconstruct_all()
+            scored = score_nn_embeddings(
+                outputs["embedding"], self._index, post, self.image_size, self._bank
             )
-            return maps.reshape(n, -1).max(axis=1).astype(np.float32), maps, 0.0
-        raw = outputs["score"].reshape(n).astype(np.float32)
-        maps = None
-        if "anomaly_map" in outputs:
-            grid = outputs["anomaly_map"].reshape(n, *outputs["anomaly_map"].shape[-2:])
-            maps = (
-                grid
-                if grid.shape[1:] == self.image_size and sigma == 0
-                else upsample_and_blur(grid, self.image_size, sigma)
+        elif post.kind == "map":
+            scored = score_map_output(outputs["anomaly_map"], post, self.image_size)
+        else:
+            scored = score_graph_output(
+                outputs["score"], outputs.get("anomaly_map"), post, self.image_size
             )
-        return raw, maps, 0.0
-
-    def _patch_distances(
-        self, embedding: np.ndarray, n: int, per_item: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(float32 (n * per_item,) L2 distance to the k nearest bank entries (averaged),
-        int64 (n * per_item,) id of the nearest entry)."""
-        if self._index is None or self.manifest.index is None:
-            raise BundleError("bundle has no nearest-neighbour index")
-        vectors = embedding.reshape(n * per_item, -1)
-        k = int(self.manifest.postprocess.get("k", self.manifest.index.k))
-        distances, ids = self._index.search(vectors, k)
-        return (distances.mean(axis=1) if k > 1 else distances[:, 0]), ids[:, 0]
-
-    def _reweight(self, patches: np.ndarray, dists: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """float32 (B,) PatchCore's re-weighted image score (paper eq. 7, L2 distances).
-
-        For the worst patch q of each image with nearest bank entry m* at distance s* and the
-        `num_neighbors` entries N nearest to m* (m* first): (1 - softmax(||q - N||)[0]) * s*.
-
-        Args:
-            patches: float32 (B, P, D) embeddings; dists: float32 (B, P); ids: int64 (B, P).
-        """
-        if self._index is None:
-            raise BundleError("bundle has no nearest-neighbour index")
-        if self._bank is None:  # the fp16 re-rank copy if shipped, else the index's own vectors
-            # reconstruct_all uses the re-rank copy when shipped and builds IVF's direct map
-            # (a bare reconstruct_n fails on IVF indexes).
-            self._bank = self._index.reconstruct_all()
-        bank = self._bank
-        rows = np.arange(dists.shape[0])
-        worst = np.argmax(dists, axis=1)
-        best = dists[rows, worst].astype(np.float64)
-        query = patches[rows, worst]
-        anchor = bank[ids[rows, worst]]
-        n_support = min(int(self.manifest.postprocess.get("num_neighbors", 1)), len(bank))
-        _, support = self._index.search(anchor, n_support)
-        d = np.linalg.norm(bank[support] - query[:, None, :], axis=2).astype(np.float64)
-        d -= d.max(axis=1, keepdims=True)
-        soft = np.exp(d) / np.exp(d).sum(axis=1, keepdims=True)
-        return ((1.0 - soft[:, 0]) * best).astype(np.float32)
+        return scored.raw, scored.maps, scored.search_ms
 
     def _decide(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(normalised scores float32, decisions bool or None when uncalibrated)."""

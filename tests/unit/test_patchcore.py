@@ -7,6 +7,8 @@ weights. Parity tolerance for ONNX Runtime / OpenVINO: 1e-4 relative to the larg
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,8 @@ import torch.nn.functional as F
 
 from edgead.errors import ConfigError, DataError, NotFittedError
 from edgead.models.base import create_detector
-from edgead.models.patchcore import PatchCore, PatchCoreEmbedder, reweight_scores
+from edgead.models.patchcore import PatchCore, PatchCoreEmbedder
+from edgead.ops.scoring import reweight_scores
 from tests.helpers.tiny_models import TinyBackbone, gradient_images, register_tiny_backbone
 
 TINY = register_tiny_backbone("tiny_test_patchcore")
@@ -221,3 +224,40 @@ def test_not_fitted_bad_input_and_config() -> None:
         create_detector("patchcore", {"coreset_ratio": 0.0, "pretrained": False})
     with pytest.raises(ConfigError, match="epochs"):
         create_detector("patchcore", {"epochs": 3})
+
+
+@pytest.mark.parametrize("reweight", [False, True])
+def test_run_export_measurement_and_runtime_give_the_same_scores(
+    reweight: bool, tmp_path: Path
+) -> None:
+    """One scorer per post-processing kind: the fitted model, the exporter's index measurement
+    (`edgead.export.index.score_images`, exact Flat search) and the runtime `Detector` give the
+    same raw scores and maps, with the max and with the paper's re-weighted score."""
+    from edgead.export import export_detector
+    from edgead.export.index import score_images, validation_from_images
+    from edgead.runtime import Detector
+
+    cfg = {**CONFIG, "reweight": reweight, "num_neighbors": 3}
+    det = create_detector("patchcore", cfg)
+    det.fit(_images(8, seed=1), seed=0)
+    images = np.concatenate([_images(2, seed=7), _images(2, seed=8, defect=True)])
+    run = det.score(images)
+    spec = det.export_spec()
+    assert spec.postprocess["score"] == ("reweight" if reweight else "max")
+    validation = validation_from_images(det.embed, images, None, None, spec.postprocess)
+    measured, measured_maps = score_images(validation, det._nn_index(), k=1)
+    np.testing.assert_allclose(measured, run.scores, rtol=1e-6)
+    np.testing.assert_allclose(measured_maps, run.anomaly_maps, rtol=1e-6, atol=1e-6)
+    thr = float(run.scores.max())
+    meta = {
+        "threshold": {"value": thr, "policy": "test"},
+        "normalisation": {"method": "minmax_threshold", "min": 0.0, "max": thr, "threshold": thr},
+    }
+    out = tmp_path / f"pc_{reweight}.edgead"
+    export_detector(det, meta, "onnx", "fp32", out, parity_inputs=images, index={"index": "flat"})
+    with Detector.load(out, device="cpu", backend="onnxruntime") as runtime:
+        results = runtime(list(images), channel_order="RGB")
+    np.testing.assert_allclose([r.raw_score for r in results], run.scores, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.stack([r.anomaly_map for r in results]), run.anomaly_maps, rtol=1e-4, atol=1e-4
+    )

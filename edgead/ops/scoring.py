@@ -1,0 +1,233 @@
+"""The one scorer per post-processing kind (numpy + faiss, torch-free).
+
+A bundle's manifest names how its graph outputs become image scores and maps (its
+"postprocess" entry). The fitted model (`edgead.models`), the exporter's index measurement
+(`edgead.export.index`) and the device runtime (`edgead.runtime.Detector`) all score through the
+functions here, so they agree by construction.
+
+Kinds (parsed and validated by `parse_postprocess`):
+    nn_index       graph -> "embedding" (B, h*w, D); patch score = mean L2 distance to the k
+                   nearest bank vectors; image score "max" (of patch scores), "map_max" (of the
+                   blurred map) or "reweight" (PatchCore paper eq. 7); map = upsample + blur.
+    map            graph -> "anomaly_map" (B, h, w); map = upsample + blur; score = map max.
+    graph          graph -> "score" (B,) and optionally "anomaly_map" (B, h, w).
+    rows           graph -> "score" (B,) for tabular rows.
+    rows_nn_index  graph -> standardised rows; kNN / LOF scores from the index
+                   (`edgead.ops.rows_nn`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgead.errors import BundleError
+from edgead.ops.postprocess import upsample_and_blur
+from edgead.ops.rows_nn import check_postprocess
+
+NN_SCORES = ("max", "map_max", "reweight")
+IMAGE_KINDS = ("nn_index", "map", "graph")
+ROW_KINDS = ("rows", "rows_nn_index")
+
+
+class _Searcher(Protocol):
+    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostProcess:
+    """A validated post-processing entry; `kind` says which scorer applies."""
+
+    kind: str
+    blur_sigma: float = 0.0  # map smoothing, px at the input size
+    grid: tuple[int, int] | None = None  # nn_index: the patch grid (h, w)
+    k: int = 1  # nn_index / rows_nn_index: neighbours averaged per query
+    score: str = "max"  # nn_index: "max" | "map_max" | "reweight"
+    num_neighbors: int = 1  # nn_index "reweight": support-set size b
+    raw: dict[str, Any] = field(default_factory=dict)  # the manifest's entry as written
+
+    @property
+    def is_image(self) -> bool:
+        """Whether this kind scores images (else tabular rows)."""
+        return self.kind in IMAGE_KINDS
+
+
+def _number(raw: dict[str, Any], key: str, default: float, *, integer: bool = False) -> Any:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BundleError(f"post-processing {key!r} must be a number; got {value!r}")
+    if not np.isfinite(value) or value < 0 or (integer and int(value) != value):
+        raise BundleError(f"post-processing {key!r} must be a finite number >= 0; got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def parse_postprocess(raw: Any) -> PostProcess:
+    """The typed `PostProcess` of a manifest's "postprocess" entry.
+
+    Raises:
+        BundleError: not a dict, unknown kind or score, or a value of the wrong type or range.
+    """
+    if not isinstance(raw, dict):
+        raise BundleError(f"post-processing must be a JSON object; got {type(raw).__name__}")
+    kind = raw.get("kind")
+    if kind not in IMAGE_KINDS + ROW_KINDS:
+        raise BundleError(
+            f"bundle post-processing kind {kind!r} is unknown to this runtime "
+            f"(knows {IMAGE_KINDS + ROW_KINDS}); upgrade edgead"
+        )
+    sigma = _number(raw, "blur_sigma", 0.0)
+    if kind == "rows_nn_index":
+        k, _ = check_postprocess(raw)
+        return PostProcess(kind=kind, k=k, raw=dict(raw))
+    if kind != "nn_index":
+        return PostProcess(kind=kind, blur_sigma=sigma, raw=dict(raw))
+    grid = raw.get("grid")
+    if (
+        not isinstance(grid, (list, tuple))
+        or len(grid) != 2
+        or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)
+    ):
+        raise BundleError(f"nn_index post-processing needs 'grid': [h, w] > 0; got {grid!r}")
+    score = raw.get("score", "max")
+    if score not in NN_SCORES:
+        raise BundleError(
+            f"nn_index score {score!r} is unknown to this runtime ({', '.join(NN_SCORES)})"
+        )
+    k = _number(raw, "k", 1, integer=True)
+    neighbors = _number(raw, "num_neighbors", 1, integer=True)
+    if k < 1 or (score == "reweight" and neighbors < 2):
+        raise BundleError(f"nn_index needs k >= 1 (and num_neighbors >= 2 to reweight); got {raw}")
+    return PostProcess(
+        kind=kind,
+        blur_sigma=sigma,
+        grid=(int(grid[0]), int(grid[1])),
+        k=k,
+        score=str(score),
+        num_neighbors=neighbors,
+        raw=dict(raw),
+    )
+
+
+@dataclass
+class ImageScores:
+    """raw: float32 (B,) image scores; maps: float32 (B, H, W) at the input size or None;
+    patch_distances: float32 (B, h, w) (nn_index only); search_ms: nearest-neighbour time."""
+
+    raw: np.ndarray
+    maps: np.ndarray | None
+    patch_distances: np.ndarray | None = None
+    search_ms: float = 0.0
+
+
+def reweight_scores(
+    patch_embeddings: np.ndarray,
+    patch_distances: np.ndarray,
+    nearest_ids: np.ndarray,
+    bank: np.ndarray,
+    index: _Searcher,
+    num_neighbors: int,
+) -> np.ndarray:
+    """float32 (B,) image scores re-weighted as in the PatchCore paper (eq. 7).
+
+    For the most anomalous patch m_test of each image, with nearest bank entry m* at distance
+    s*, and N_b(m*) the `num_neighbors` bank entries nearest to m* (m* included):
+    score = (1 - exp(||m_test - m*||) / sum_{m in N_b(m*)} exp(||m_test - m||)) * s*
+    (the same as anomalib's `1 - softmax(distances)[0]`). Distances are L2, not squared.
+
+    Args:
+        patch_embeddings: float32 (B, P, D).
+        patch_distances: float32 (B, P) L2 distances to the nearest bank entry.
+        nearest_ids: int64 (B, P) bank index of that entry.
+        bank: float32 (M, D), the vectors the index holds (or their re-rank copy).
+        index: the nearest-neighbour index over `bank`.
+        num_neighbors: support-set size b (>= 2).
+    """
+    rows = np.arange(patch_distances.shape[0])
+    worst = np.argmax(patch_distances, axis=1)
+    best_score = patch_distances[rows, worst].astype(np.float64)
+    query = patch_embeddings[rows, worst]  # (B, D)
+    anchor = bank[nearest_ids[rows, worst]]  # (B, D)
+    n_support = min(num_neighbors, bank.shape[0])
+    _, support = index.search(np.ascontiguousarray(anchor, dtype=np.float32), n_support)
+    dists = np.linalg.norm(bank[support] - query[:, None, :], axis=2).astype(np.float64)
+    dists -= dists.max(axis=1, keepdims=True)  # stable softmax
+    soft = np.exp(dists) / np.exp(dists).sum(axis=1, keepdims=True)
+    return ((1.0 - soft[:, 0]) * best_score).astype(np.float32)
+
+
+def score_nn_embeddings(
+    embeddings: np.ndarray,
+    index: _Searcher,
+    post: PostProcess,
+    image_hw: tuple[int, int],
+    bank: np.ndarray | None = None,
+) -> ImageScores:
+    """Kind "nn_index": scores and maps of patch embeddings searched in `index`.
+
+    Args:
+        embeddings: float32 (B, h*w, D), the graph's "embedding" output.
+        index: the memory bank's nearest-neighbour index (exact or compressed).
+        post: a parsed "nn_index" `PostProcess`.
+        image_hw: (H, W) px of the graph input (the map's size).
+        bank: float32 (M, D) vectors of `index`; needed for score "reweight" only.
+
+    Raises:
+        BundleError: "reweight" without `bank`, or embeddings that do not fit the grid.
+    """
+    if post.grid is None:
+        raise BundleError("nn_index post-processing has no grid")
+    grid_h, grid_w = post.grid
+    n = int(embeddings.shape[0])
+    patches = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(n, grid_h * grid_w, -1)
+    t0 = time.perf_counter()
+    distances, ids = index.search(patches.reshape(n * grid_h * grid_w, -1), post.k)
+    flat = (distances.mean(axis=1) if post.k > 1 else distances[:, 0]).reshape(n, -1)
+    raw = None
+    if post.score == "reweight":
+        if bank is None:
+            raise BundleError("nn_index score 'reweight' needs the bank vectors")
+        nearest = ids[:, 0].reshape(n, -1)
+        raw = reweight_scores(patches, flat, nearest, bank, index, post.num_neighbors)
+    search_ms = (time.perf_counter() - t0) * 1e3
+    patch = flat.reshape(n, grid_h, grid_w).astype(np.float32)
+    maps = upsample_and_blur(patch, image_hw, post.blur_sigma)
+    if post.score == "max":
+        raw = flat.max(axis=1)
+    elif post.score == "map_max":
+        raw = maps.reshape(n, -1).max(axis=1)
+    return ImageScores(
+        raw=np.asarray(raw, dtype=np.float32),
+        maps=maps,
+        patch_distances=patch,
+        search_ms=search_ms,
+    )
+
+
+def score_map_output(
+    anomaly_map: np.ndarray, post: PostProcess, image_hw: tuple[int, int]
+) -> ImageScores:
+    """Kind "map": map = upsample + blur of the graph's (B, h, w) map; score = its max."""
+    n = int(anomaly_map.shape[0])
+    grid = np.asarray(anomaly_map, dtype=np.float32).reshape(n, *anomaly_map.shape[-2:])
+    maps = upsample_and_blur(grid, image_hw, post.blur_sigma)
+    return ImageScores(raw=maps.reshape(n, -1).max(axis=1).astype(np.float32), maps=maps)
+
+
+def score_graph_output(
+    score: np.ndarray,
+    anomaly_map: np.ndarray | None,
+    post: PostProcess,
+    image_hw: tuple[int, int],
+) -> ImageScores:
+    """Kind "graph": the graph's own (B,) score; its map (if any) upsampled and blurred."""
+    n = int(np.asarray(score).shape[0])
+    raw = np.asarray(score, dtype=np.float32).reshape(n)
+    if anomaly_map is None:
+        return ImageScores(raw=raw, maps=None)
+    grid = np.asarray(anomaly_map, dtype=np.float32).reshape(n, *anomaly_map.shape[-2:])
+    same = grid.shape[1:] == tuple(image_hw) and post.blur_sigma == 0
+    maps = grid if same else upsample_and_blur(grid, image_hw, post.blur_sigma)
+    return ImageScores(raw=raw, maps=maps)
