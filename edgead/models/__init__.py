@@ -1,5 +1,25 @@
-"""Detector families (torch / scikit-learn side). Build detectors with `create_detector`."""
+"""Detector families (torch / scikit-learn side). Build detectors with `create_detector`.
 
+Importing this package imports every family module, and each registers itself
+(`@register_detector`); a family whose dependencies are missing fails loudly here.
+"""
+
+from edgead.models import (  # noqa: F401, E402 - imported for their registration
+    autoencoder,
+    conv_ae,
+    deep_svdd,
+    deep_svdd_image,
+    fastflow,
+    gmm,
+    iforest,
+    kde,
+    knn,
+    lof,
+    ocsvm,
+    padim,
+    patchcore,
+    vae,
+)
 from edgead.models.base import (
     BaseDetector,
     ExportSpec,

@@ -147,13 +147,11 @@ def canonical_name(name: str) -> str:
 
 def list_detectors(modality: str | None = None) -> list[str]:
     """Registered names, optionally only one modality."""
-    _import_families()
     return sorted(n for n, c in _REGISTRY.items() if modality in (None, c.modality))
 
 
 def get_detector_class(name: str) -> type[BaseDetector]:
     """The class registered as `name`; ConfigError with a hint when unknown."""
-    _import_families()
     key = canonical_name(name)
     if key not in _REGISTRY:
         raise unknown_name_error("detector", name, _REGISTRY)
@@ -166,32 +164,3 @@ def create_detector(name: str, cfg: dict[str, Any] | None = None) -> BaseDetecto
 
     cls = get_detector_class(name)
     return cls(from_dict(cls.config_cls, cfg or {}))
-
-
-# Each family module registers itself on import. Missing optional families are skipped.
-_FAMILIES = (
-    "patchcore",
-    "padim",
-    "fastflow",
-    "conv_ae",
-    "deep_svdd_image",
-    "autoencoder",
-    "vae",
-    "deep_svdd",
-    "iforest",
-    "knn",
-    "lof",
-    "kde",
-    "gmm",
-    "ocsvm",
-)
-
-
-def _import_families() -> None:
-    import importlib
-    import importlib.util
-
-    for family in _FAMILIES:
-        module = f"edgead.models.{family}"
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
