@@ -172,7 +172,7 @@ def array_to_npy_bytes(array: np.ndarray) -> bytes:
 def npy_bytes_to_array(data: bytes, name: str) -> np.ndarray:
     """Read .npy bytes with pickles refused; BundleError names the member on failure."""
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return np.asarray(np.load(io.BytesIO(data), allow_pickle=False))
     except (ValueError, OSError, EOFError) as exc:
         raise BundleError(f"bundle member '{name}' is not a valid .npy array: {exc}") from exc
 

@@ -88,7 +88,8 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     """A JSON-ready dict of a dataclass (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(obj)))
+    data: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(obj)))
+    return data
 
 
 def load_toml(path: Path) -> dict[str, Any]:

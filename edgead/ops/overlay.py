@@ -28,7 +28,7 @@ def heatmap_rgb(anomaly_map: np.ndarray, vmin: float, vmax: float) -> np.ndarray
     span = vmax - vmin if vmax > vmin else 1.0
     scaled = np.clip((np.asarray(anomaly_map, dtype=np.float32) - vmin) / span, 0.0, 1.0)
     bgr = cv2.applyColorMap((scaled * 255.0 + 0.5).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
 def _label(tile: np.ndarray, text: str, scale: float) -> None:

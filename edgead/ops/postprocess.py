@@ -6,6 +6,8 @@ Gaussian (sigma in input pixels, kernel 2*int(4*sigma+0.5)+1 as in PatchCore/ano
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -42,7 +44,7 @@ def resize_map(anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     )
 
 
-def normalise_scores(raw: np.ndarray, normalisation: dict) -> np.ndarray:
+def normalise_scores(raw: np.ndarray, normalisation: dict[str, Any]) -> np.ndarray:
     """Scores in [0, 1] with the threshold at 0.5: clip((raw - thr) / (max - min) + 0.5, 0, 1).
 
     `normalisation` = {"method": "minmax_threshold", "min", "max", "threshold"} (raw units),

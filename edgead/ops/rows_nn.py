@@ -90,7 +90,7 @@ def scores_from_neighbors(
     if method == "largest":
         return dist[:, k - 1].copy()
     if method == "mean":
-        return dist.mean(axis=1)
+        return np.asarray(dist.mean(axis=1))
     spec = postprocess["lof"]
     arrays = arrays or {}
     try:
@@ -111,7 +111,7 @@ def scores_from_neighbors(
     eps = float(spec.get("eps", LOF_EPS))
     reach = np.maximum(dist, k_distance[neighbors])
     lrd = 1.0 / (reach.mean(axis=1) + eps)
-    return (lrd_train[neighbors] / lrd[:, None]).mean(axis=1)
+    return np.asarray((lrd_train[neighbors] / lrd[:, None]).mean(axis=1))
 
 
 def score_rows_nn(

@@ -155,7 +155,7 @@ def reweight_scores(
     dists = np.linalg.norm(bank[support] - query[:, None, :], axis=2).astype(np.float64)
     dists -= dists.max(axis=1, keepdims=True)  # stable softmax
     soft = np.exp(dists) / np.exp(dists).sum(axis=1, keepdims=True)
-    return ((1.0 - soft[:, 0]) * best_score).astype(np.float32)
+    return np.asarray((1.0 - soft[:, 0]) * best_score, dtype=np.float32)
 
 
 def score_nn_embeddings(

@@ -333,7 +333,7 @@ class Detector:
                 f"expected a uint8 image array or a list of them, got {type(frame).__name__}"
             )
         single = isinstance(frame, np.ndarray) and frame.ndim in (2, 3)
-        frames = [frame] if single else list(frame)  # type: ignore[arg-type]
+        frames: list[np.ndarray] = [frame] if single else list(frame)  # type: ignore[list-item]
         if not frames:
             return []
         results = self._score_frames(frames, channel_order)
@@ -449,6 +449,8 @@ class Detector:
         if self._kind == "rows":
             raw = outputs["score"].reshape(n).astype(np.float32)
         else:
+            if self._index is None:
+                raise BundleError("bundle has no nearest-neighbour index")
             raw = score_rows_nn(
                 self._index,
                 outputs["embedding"].reshape(n, -1),
