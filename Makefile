@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo test test-unit lint bench clean
+.PHONY: install demo test test-unit test-wheel lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check edgead tests benchmarks
 	$(VENV)/bin/ruff format --check edgead tests benchmarks
+
+# The device install, tested: wheel -> fresh venv with only the runtime extras -> no torch -> scores.
+test-wheel: install
+	EDGEAD_WHEEL_TEST=1 $(PY) -m pytest -q tests/install
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit

@@ -231,7 +231,7 @@ def test_tensorrt_needs_version_10(monkeypatch: pytest.MonkeyPatch) -> None:
     from edgead.errors import BackendUnavailableError
 
     monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="8.5.2"))
-    monkeypatch.setattr(trt_backend, "_import_cudart", lambda: SimpleNamespace())
+    monkeypatch.setattr(trt_backend, "import_cudart", lambda: SimpleNamespace())
     with pytest.raises(BackendUnavailableError, match="TensorRT 8.5.2 is installed.*>= 10"):
         trt_backend._import_trt()
 

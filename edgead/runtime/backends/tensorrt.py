@@ -43,7 +43,7 @@ DEFAULT_BUILD = {"precision": "fp32", "workspace_mib": 1024, "max_batch": 8}
 TRT_MAJOR_MIN = 10
 
 
-def _import_cudart() -> Any:
+def import_cudart() -> Any:
     """cuda-python's runtime module in the layout of the installed version.
 
     cuda-python >= 12.6.1 (and 13) has `cuda.bindings.runtime`; 12.0 - 12.6.0 only
@@ -61,7 +61,7 @@ def _import_trt() -> tuple[Any, Any]:
     try:
         import tensorrt as trt
 
-        cudart = _import_cudart()
+        cudart = import_cudart()
     except ImportError as exc:
         raise BackendUnavailableError(
             f"native TensorRT needs the tensorrt and cuda-python packages ({exc}); install "
