@@ -93,11 +93,13 @@ def export(
         from edgead.devices import profile_export_settings
 
         profile_target, profile_precision = profile_export_settings(device)
+        if target is None and _profile_target(run_dir, device, profile_target) != profile_target:
+            profile_target, profile_precision = "onnx", "fp32"
         # the profile's precision goes with its target; an explicit other target keeps fp32
         # unless --precision says otherwise
         if precision is None and (target is None or target.lower() == profile_target):
             precision = profile_precision
-        target = target or _profile_target(run_dir, device, profile_target)
+        target = target or profile_target
         device_profile = device_profile or device
     # only options the user changed: detectors without an index refuse any index option
     index_options = {

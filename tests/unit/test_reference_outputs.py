@@ -264,3 +264,36 @@ def test_tensorrt_target_refused_for_tabular_and_engine_alias(tmp_path: Path) ->
         index={"index": "flat"},
     )
     assert manifest.target == "tensorrt" and manifest.build["tensorrt"]["precision"] == "fp16"
+
+
+def test_cli_tabular_run_with_tensorrt_profile_exports_onnx_and_predict_verifies(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from _export_helpers import TinyRows, TinyRowsConfig, run_meta
+
+    from edgead.rundir import save_run
+
+    rows = TinyRows(TinyRowsConfig())
+    data = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    rows.fit(data)
+    run_dir = save_run(tmp_path / "run", rows, run_meta(rows.score(data).scores))
+    out = tmp_path / "rows.edgead"
+    runner = CliRunner()
+    res = runner.invoke(
+        _app(), ["export", str(run_dir), "--device", "jetson-orin-nano", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "gains nothing from TensorRT" in " ".join(res.output.split())
+    assert read_bundle(out).manifest.target == "onnx"
+    res = runner.invoke(
+        _app(), ["export", str(run_dir), "--target", "tensorrt", "--out", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 2 and "cannot speed up" in " ".join(res.output.split())
+    csv = tmp_path / "rows.csv"
+    csv.write_text("a,b,c\n0.1,0.2,0.3\n3,3,3\n")
+    res = runner.invoke(_app(), ["predict", str(out), str(csv), "--verify", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["reference_check"]["passed"] and len(payload["results"]) == 2
