@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from _export_helpers import fitted_tiny, tiny_bundle
+from _export_helpers import fitted_tiny, parity_images, tiny_bundle
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
@@ -64,7 +64,10 @@ def test_export_stores_reference_inputs_and_fp32_outputs() -> None:
     for member in [spec["inputs"], *spec["outputs"].values()]:
         assert member in bundle.manifest.files  # hashed like every member
     inputs, outputs = load_reference(bundle)
-    assert inputs.dtype == np.uint8 and inputs.shape == (4, 32, 32, 3) and len(inputs) <= MAX_ITEMS
+    assert inputs.dtype == np.uint8 and inputs.shape == (MAX_ITEMS, 32, 32, 3)
+    # spread over the parity inputs: the first (normal) and the last (with a bright square)
+    parity = parity_images()[:4]
+    np.testing.assert_array_equal(inputs, parity[[0, 3]])
     det, _ = fitted_tiny()
     with torch.no_grad():
         expected = det.embedder(torch.from_numpy(inputs))[0].numpy()
@@ -77,7 +80,7 @@ def test_verify_passes_on_the_exported_graph(backend: str) -> None:
         check = det.reference_check
         assert det.backend.startswith(backend) and not det.fallbacks
         assert check is not None and check.passed and check.precision == "fp32"
-        assert check.max_rel_err < 1e-5 and check.n_items == 4
+        assert check.max_rel_err < 1e-5 and check.n_items == MAX_ITEMS
         if backend == "openvino":
             assert det.backend_info["precision_hint_used"] == "f32"  # explicit f32, not bf16
 
@@ -148,8 +151,11 @@ def test_max_errors_and_pick_reference() -> None:
     with pytest.raises(ValueError, match="shape"):
         max_errors(expected[:1], expected)
     big = {"embedding": np.zeros((6, 4096, 512), np.float32)}  # 8 MiB per item
-    inputs, outputs = pick_reference(np.zeros((6, 2), np.float32), big)
-    assert len(inputs) == 2 and outputs["embedding"].shape[0] == 2
+    inputs, outputs = pick_reference(np.arange(12, dtype=np.float32).reshape(6, 2), big)
+    assert len(inputs) == 1 and outputs["embedding"].shape[0] == 1
+    small = {"score": np.arange(6, dtype=np.float32)}
+    inputs, outputs = pick_reference(np.arange(12, dtype=np.float32).reshape(6, 2), small)
+    assert inputs[:, 0].tolist() == [0, 10] and outputs["score"].tolist() == [0, 5]
 
 
 # ---------------------------------------------------------------- TensorRT, with a fake engine
