@@ -9,8 +9,8 @@ Steps (one venv, reused): `python -m build` (sdist, then the wheel from the sdis
 package index (pip's cache is used). Installed size and package count per extra are written
 to benchmarks/results/wheel_install.json.
 
-Slow (2 min with a warm pip cache, 7 min under heavy load) and needs the package index, so it
-runs in `make test-wheel` (a step of .ci/run), not in `make test`.
+Slow (about 2-3 min with a warm pip cache, 7 min seen under heavy load) and needs the
+package index, so it runs in `make test-wheel` (a step of .ci/run), not in `make test`.
 """
 
 from __future__ import annotations
