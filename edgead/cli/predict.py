@@ -38,12 +38,24 @@ def predict(
     label_column: Annotated[
         str | None, typer.Option(help="Label column to drop from a .csv/.parquet table.")
     ] = None,
+    verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Check the backend against the bundle's reference outputs first "
+            "(default: only TensorRT).",
+        ),
+    ] = None,
 ) -> None:
     """Score images or rows with a bundle; prints one line (or JSON object) per item."""
     from edgead.runtime import Detector
 
-    with Detector.load(bundle, device=device, backend=backend, threads=threads) as det:
+    with Detector.load(
+        bundle, device=device, backend=backend, threads=threads, verify=verify
+    ) as det:
         header = {"bundle": str(bundle), "backend": det.backend, "fallbacks": det.fallbacks}
+        if det.reference_check is not None:
+            header["reference_check"] = det.reference_check.to_dict()
         if det.manifest.modality == "tabular":
             items = _predict_rows(det, inputs, label_column)
         else:

@@ -41,10 +41,13 @@ from edgead.export.index import (
 )
 from edgead.export.parity import check_graph_parity, check_score_parity
 from edgead.models.base import BaseDetector, ExportSpec, Progress, no_progress
+from edgead.runtime.reference import pick_reference, reference_members
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("onnx", "openvino", "tensorrt")
+#: other spellings of a target ("engine" is ultralytics' name for a TensorRT export)
+TARGET_ALIASES = {"engine": "tensorrt", "trt": "tensorrt", "ov": "openvino"}
 PRECISIONS = ("fp32", "fp16")
 #: TensorRT engine build settings recorded in manifest.build["tensorrt"] (built on the device).
 TENSORRT_BUILD = {"workspace_mib": 1024, "max_batch": 8}
@@ -180,8 +183,9 @@ def export_detector(
     Args:
         detector: fitted detector (any registered family).
         meta: the run metadata (run.json): threshold, normalisation, config, metrics.
-        target: "onnx" (ONNX Runtime), "openvino" (adds IR) or "tensorrt" (ONNX + engine build
-            settings; the engine is built on the device).
+        target: "onnx" (ONNX Runtime), "openvino" (adds IR) or "tensorrt" (alias "engine": ONNX
+            + engine build settings; the engine is built on the device). Tabular detectors refuse
+            "tensorrt" (their graphs gain nothing from it).
         precision: "fp32" or "fp16" (openvino / tensorrt only).
         parity_inputs: a few real inputs (uint8 (N, S, S, 3) images already resized with
             resize_frame, or float32 (N, D) rows) for the parity check; None uses synthetic ones.
@@ -199,8 +203,16 @@ def export_detector(
     Raises:
         ExportError: unsupported target/precision, tracing or parity failure (nothing written).
     """
+    target = TARGET_ALIASES.get(target, target)
     _check_choice("target", target, TARGETS)
     _check_choice("precision", precision, PRECISIONS)
+    if target == "tensorrt" and detector.modality == "tabular":
+        raise ExportError(
+            f"--target tensorrt: {detector.name} scores tabular rows with a graph of a few small "
+            "operations (scale-and-shift, small matrix products) that TensorRT cannot speed up: "
+            "copying each batch to the GPU costs more than the graph itself. Export with "
+            "--target onnx (ONNX Runtime on the CPU)"
+        )
     if target == "onnx" and precision == "fp16":
         raise ExportError(
             "an --target onnx bundle runs fp32 on ONNX Runtime; for fp16 use "
@@ -259,6 +271,11 @@ def export_detector(
         OutputSpec(name=name, shape=(None, *reference[name].shape[1:]))
         for name in spec.output_names
     )
+    # a few inputs and the torch fp32 outputs travel in the bundle: devices check backends with them
+    reference_spec, reference_files = reference_members(
+        *pick_reference(inputs, reference), source=f"torch fp32 ({inputs_source} inputs)"
+    )
+    members.update(reference_files)
     threshold = (meta.get("threshold") or {}).get("value")
     build: dict[str, Any] = {}
     if target == "tensorrt":
@@ -284,6 +301,7 @@ def export_detector(
         arrays=array_members,
         build=build,
         config=dict(config),
+        reference=reference_spec,
     )
     progress(2, 5, "export")
     calibration: dict[str, Any] | None = None

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from edgead.bundle import Bundle, Manifest, read_bundle
-from edgead.errors import BackendUnavailableError, BundleError, DataError, unknown_name_error
+from edgead.errors import (
+    BackendUnavailableError,
+    BundleError,
+    DataError,
+    ReferenceMismatchError,
+    unknown_name_error,
+)
 from edgead.ops.image import resize_frame
 from edgead.ops.nn_index import FaissIndex, load_index
 from edgead.ops.postprocess import normalise_scores, resize_map
@@ -34,7 +40,13 @@ from edgead.ops.scoring import (
     score_map_output,
     score_nn_embeddings,
 )
-from edgead.runtime.backends.base import Backend, check_outputs
+from edgead.runtime.backends.base import Backend, run_batched
+from edgead.runtime.reference import (
+    ReferenceCheck,
+    check_reference,
+    has_reference,
+    measure_reference,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,19 +129,13 @@ def _make_openvino(bundle: Bundle, device: str, threads: int | None) -> Backend:
 
 
 def _make_tensorrt(bundle: Bundle, device: str, threads: int | None) -> Backend:
-    from edgead.runtime.backends.tensorrt import (
-        DEFAULT_BUILD,
-        TensorRtBackend,
-        load_or_build_engine,
-    )
+    from edgead.runtime.backends.tensorrt import TensorRtBackend, build_checked_engine
 
-    m = bundle.manifest
-    settings = {**DEFAULT_BUILD, "precision": m.precision, **m.build.get("tensorrt", {})}
-    shape = tuple(1 if d is None else int(d) for d in m.input.shape)
-    engine, _ = load_or_build_engine(
-        bundle.path, bundle.sha256, bundle.member(m.graphs["onnx"]), settings, shape
+    settings_precision = bundle.manifest.build.get("tensorrt", {}).get(
+        "precision", bundle.manifest.precision
     )
-    return TensorRtBackend(engine, precision=str(settings["precision"]))
+    engine, _, _ = build_checked_engine(bundle)  # a new engine is checked before it is cached
+    return TensorRtBackend(engine, precision=str(settings_precision))
 
 
 #: backend name -> factory(bundle, device, threads). Tests may swap entries (monkeypatch.setitem).
@@ -190,6 +196,7 @@ class Detector:
         self.manifest: Manifest = bundle.manifest
         self._backend: Backend | None = backend
         self.fallbacks: list[str] = list(fallbacks)
+        self.reference_check: ReferenceCheck | None = None  # set by load() when it verified
         self._post: PostProcess = parse_postprocess(self.manifest.postprocess)
         kind = self._post.kind
         self._kind: str = kind
@@ -235,6 +242,7 @@ class Detector:
         device: str = "auto",
         backend: str | None = None,
         threads: int | None = None,
+        verify: bool | None = None,
     ) -> Detector:
         """Verify the bundle at `path` and bind it to the best backend available for `device`.
 
@@ -244,9 +252,16 @@ class Detector:
             backend: None (any), "onnxruntime", "openvino" or "tensorrt" (aliases ort/ov/trt).
             threads: intra-op CPU threads for the graph and the nearest-neighbour search
                 (faiss's OpenMP pool is process-wide); None keeps the libraries' defaults.
+            verify: run each backend on the bundle's reference inputs and refuse it (logged,
+                recorded in `fallbacks`, next candidate tried) when its outputs differ beyond
+                the manifest's tolerance. None (default): on for TensorRT (native engine or
+                ONNX Runtime's TensorRT provider), off elsewhere. The result is kept in
+                `detector.reference_check`.
 
         Raises:
-            BundleError: the bundle fails verification.
+            BundleError: the bundle fails verification, or verify=True on a bundle without
+                reference outputs.
+            ReferenceMismatchError: every backend that loaded failed the reference check.
             BackendUnavailableError: not even ONNX Runtime on the CPU could load the graph.
         """
         device = device.lower()
@@ -261,9 +276,15 @@ class Detector:
             _set_search_threads(int(threads))
         fallbacks: list[str] = []
         last_error: BackendUnavailableError | None = None
+        if verify and not has_reference(bundle.manifest):
+            raise BundleError(
+                f"verify=True, but bundle {path} carries no reference outputs (exported by an "
+                "older edgead); re-export it, or load it with verify=False"
+            )
         for name, dev in backend_candidates(bundle.manifest, device, backend):
             try:
                 engine = BACKEND_FACTORIES[name](bundle, dev, threads)
+                check = _verify_backend(bundle, engine, verify)
             except BackendUnavailableError as exc:
                 reason = f"wanted {name}/{dev}: {exc}"
                 logger.warning("backend fallback: %s", reason)
@@ -272,10 +293,23 @@ class Detector:
                 continue
             if fallbacks:
                 logger.warning("using %s after %d fallback(s)", engine.name, len(fallbacks))
-            return cls(bundle, engine, fallbacks)
-        raise BackendUnavailableError(
-            f"no backend could load {path}: {'; '.join(fallbacks)}"
-        ) from last_error
+            detector = cls(bundle, engine, fallbacks)
+            detector.reference_check = check
+            return detector
+        error = (
+            ReferenceMismatchError
+            if isinstance(last_error, ReferenceMismatchError)
+            else BackendUnavailableError
+        )
+        raise error(f"no backend could load {path}: {'; '.join(fallbacks)}") from last_error
+
+    def check_reference(self) -> ReferenceCheck:
+        """Run the backend in use on the bundle's reference inputs; the errors, not raised.
+
+        Raises:
+            BundleError: the bundle carries no reference outputs.
+        """
+        return measure_reference(self._bundle, self._engine())
 
     @property
     def backend(self) -> str:
@@ -387,17 +421,7 @@ class Detector:
 
     def _run_graph(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Graph outputs for `batch`, split into chunks of the backend's max_batch."""
-        engine = self._engine()
-        step = engine.max_batch or len(batch)
-        names = tuple(o.name for o in self.manifest.outputs)
-        parts: list[dict[str, np.ndarray]] = []
-        for start in range(0, len(batch), step):
-            out = engine.run(np.ascontiguousarray(batch[start : start + step]))
-            check_outputs(out, names, engine.name)
-            parts.append(out)
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([p[name] for p in parts]) for name in names}
+        return run_batched(self._engine(), batch, tuple(o.name for o in self.manifest.outputs))
 
     def _image_scores(
         self, outputs: dict[str, np.ndarray], n: int
@@ -461,6 +485,31 @@ class Detector:
         if decisions is None:
             decisions = np.zeros(n, dtype=bool)
         return RowScores(raw_scores=raw, scores=normalised, is_anomaly=decisions)
+
+
+def _verify_backend(bundle: Bundle, engine: Backend, verify: bool | None) -> ReferenceCheck | None:
+    """The reference check of a freshly built backend (closed when it fails), or None when skipped.
+
+    verify None checks TensorRT (native engine or ONNX Runtime's TensorRT provider) when the
+    bundle has reference outputs, and logs that it cannot when it has none.
+    """
+    is_trt = engine.name.lower().startswith("tensorrt/") or engine.name.endswith(
+        "TensorrtExecutionProvider"
+    )
+    if verify is False or (verify is None and not is_trt):
+        return None
+    if not has_reference(bundle.manifest):
+        logger.warning(
+            "%s is not checked: bundle %s carries no reference outputs; re-export it",
+            engine.name,
+            bundle.path,
+        )
+        return None
+    try:
+        return check_reference(bundle, engine)
+    except BackendUnavailableError:
+        engine.close()
+        raise
 
 
 #: faiss computes exact L2 with BLAS (one sgemm) only when n_queries * dim reaches this; below it

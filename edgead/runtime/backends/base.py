@@ -89,3 +89,22 @@ def check_outputs(outputs: dict[str, np.ndarray], expected: tuple[str, ...], bac
             f"(missing {missing}); the graph member does not match the manifest, re-export "
             "the bundle"
         )
+
+
+def run_batched(
+    backend: Backend, inputs: np.ndarray, names: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Named outputs for `inputs`, run in chunks of the backend's max_batch and concatenated.
+
+    Raises:
+        BackendUnavailableError: the backend did not return every name in `names`.
+    """
+    step = backend.max_batch or len(inputs)
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(inputs), max(step, 1)):
+        out = backend.run(np.ascontiguousarray(inputs[start : start + step]))
+        check_outputs(out, names, backend.name)
+        parts.append(out)
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in names}
