@@ -111,7 +111,7 @@ def _image_split(
             "options": dict(data_options),
         }
     )
-    if info.get("kind") == "mvtec_folder":
+    if info.get("kind") in ("mvtec_folder", "folders"):
         info["path"] = str(Path(data).expanduser().resolve())
     return _Split(images[fit_idx], images[val_idx] if n_val else None, info)
 
@@ -419,6 +419,12 @@ def _evaluate_images(
     test = dataset.test_set()
     labels = np.asarray(test.labels, dtype=np.int64)
     n_test = len(labels)
+    if n_test == 0:
+        raise DataError(
+            f"{spec} has no labelled test images (good parts only); evaluate with --data "
+            "pointing at an MVTec folder with test/, or calibrate the bundle on site with "
+            "`edgead calibrate BUNDLE --good DIR`"
+        )
     keep_maps = test.masks is not None
     panel_dir = Path(save_maps) if save_maps is not None else None
     write_all = panel_dir is not None and maps_selection == "all"

@@ -28,22 +28,13 @@ def _callback(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
-    """Install one rich log handler for the whole process."""
+    """Install one rich log handler on the `edgead` logger (other libraries keep theirs)."""
     if version:
         typer.echo(__version__)
         raise typer.Exit()
-    from rich.logging import RichHandler
+    from edgead.cli._common import configure_logging
 
-    from edgead.cli._common import err_console
-
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-        force=True,
-    )
+    configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 app.command("train")(train.train)

@@ -50,18 +50,58 @@ def build_overrides(
     return overrides
 
 
+def resolve_data(
+    data: str | None,
+    normal_dir: str | None,
+    abnormal_dir: str | None,
+    mask_dir: str | None,
+    normal_test_dir: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """(data spec, image loader options) from --data or --normal-dir and its companions.
+
+    Raises:
+        ConfigError: neither or both of --data and --normal-dir.
+    """
+    from edgead.errors import ConfigError
+
+    if (data is None) == (normal_dir is None):
+        raise ConfigError(
+            "give either --data (an MVTec folder, a folder of good images, 'elpv' or a table) "
+            "or --normal-dir (a folder of good images), not both and not neither"
+        )
+    folders = {"abnormal_dir": abnormal_dir, "mask_dir": mask_dir}
+    folders["normal_test_dir"] = normal_test_dir
+    options = {key: value for key, value in folders.items() if value is not None}
+    return str(data if data is not None else normal_dir), options
+
+
 @handle_errors
 def train(
     name: Annotated[
         str, typer.Argument(help="Detector: patchcore, padim, fastflow, ae, iforest, ...")
     ],
-    data: Annotated[
-        str,
-        typer.Option(
-            "--data", help="MVTec-layout folder, 'elpv', or a table (.npz/.csv/.parquet)."
-        ),
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="MVTec-layout folder (train/good; test/ optional), a folder of good images, "
+            "'elpv', or a table (.npz/.csv/.parquet).",
+        ),
+    ] = None,
+    normal_dir: Annotated[
+        str | None,
+        typer.Option(help="Folder of good images to train on (instead of --data)."),
+    ] = None,
+    abnormal_dir: Annotated[
+        str | None, typer.Option(help="Folder of defective test images (any name).")
+    ] = None,
+    mask_dir: Annotated[
+        str | None, typer.Option(help="Masks of the --abnormal-dir images (<stem>.png).")
+    ] = None,
+    normal_test_dir: Annotated[
+        str | None, typer.Option(help="Folder of good test images (any name).")
+    ] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone (image detectors).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Square input size in px.")] = None,
     coreset_ratio: Annotated[
@@ -99,6 +139,7 @@ def train(
     from edgead.training import train_run
 
     name = canonical_name(name)
+    data, data_options = resolve_data(data, normal_dir, abnormal_dir, mask_dir, normal_test_dir)
     overrides = build_overrides(
         name,
         config,
@@ -119,6 +160,7 @@ def train(
             seed=seed,
             label_column=label_column,
             val_data=val_data,
+            data_options=data_options,
             progress=progress,
         )
     if json_out:

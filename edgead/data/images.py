@@ -329,21 +329,21 @@ class MVTecFolder:
             raise DataError(f"data folder {self.root} does not exist")
         self.train_paths = list_images(self.root / "train" / GOOD)
         test_dir = self.root / "test"
-        if not test_dir.is_dir():
-            raise DataError(
-                f"folder {test_dir} does not exist; expected test/good and test/<defect> folders"
+        defects: list[str] = []
+        if test_dir.is_dir():
+            defects = sorted(
+                p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
             )
-        defects = sorted(
-            p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
-        if not defects:
-            raise DataError(f"no class folders (good, <defect>) in {test_dir}")
+            if not defects:
+                raise DataError(f"no class folders (good, <defect>) in {test_dir}")
+        else:  # day one of a station: good parts only; training needs no test split
+            logger.info("%s has no test/ folder: training only (no labelled test set)", self.root)
         gt_dir = self.root / "ground_truth"
-        self._has_masks = gt_dir.is_dir()
+        self._has_masks = gt_dir.is_dir() and bool(defects)
         self.test_paths: list[Path] = []
         self.test_defect_types: list[str] = []
         self.mask_paths: list[Path | None] = []
-        for defect in [GOOD] + [d for d in defects if d != GOOD]:
+        for defect in [GOOD] * bool(defects) + [d for d in defects if d != GOOD]:
             if defect == GOOD and not (test_dir / GOOD).is_dir():
                 logger.warning(
                     "%s has no test/good folder: the test set has no normal images", self.root
@@ -440,13 +440,15 @@ def _image_hw(path: Path) -> tuple[int, int]:
 
 
 def load_image_dataset(spec: str | Path, image_size: int, **kwargs: Any) -> ImageDataset:
-    """An image data set from a spec: "elpv" -> `ElpvDataset`, a folder -> `MVTecFolder`.
+    """An image data set from a spec: "elpv" -> `ElpvDataset`, a folder with train/good ->
+    `MVTecFolder`, any other folder (or the folder options) -> `edgead.data.folders.NormalFolders`.
 
     Args:
         spec: "elpv" or the path of an MVTec-layout category folder.
         image_size: S in px.
         **kwargs: passed to the data set class; None values are dropped. ELPV: seed,
-            train_fraction, max_train, max_test. Folder: interpolation (seed is accepted and
+            train_fraction, max_train, max_test. Folder: interpolation, and for
+            `NormalFolders` abnormal_dir, mask_dir, normal_test_dir (seed is accepted and
             ignored: the folder fixes the split).
 
     Raises:
@@ -461,14 +463,19 @@ def load_image_dataset(spec: str | Path, image_size: int, **kwargs: Any) -> Imag
     path = Path(spec).expanduser()
     if path.is_dir():
         options.pop("seed", None)  # a folder has a fixed split; the seed only matters for ELPV
-        unknown = sorted(set(options) - {"interpolation"})
+        from edgead.data.folders import FOLDER_OPTIONS, NormalFolders, is_mvtec_layout
+
+        unknown = sorted(set(options) - {"interpolation", *FOLDER_OPTIONS})
         if unknown:
             raise ConfigError(
                 f"option(s) {', '.join(unknown)} apply to 'elpv' only, not to the "
                 f"folder {path}; remove them"
             )
-        return MVTecFolder(path, image_size, **options)
+        if is_mvtec_layout(path) and not set(options) & set(FOLDER_OPTIONS):
+            return MVTecFolder(path, image_size, **options)
+        return NormalFolders(path, image_size, **options)
     raise DataError(
         f"image data '{spec}' is neither 'elpv' nor an existing folder; pass an "
-        "MVTec-layout category folder (with train/good and test/) or 'elpv'"
+        "MVTec-layout category folder (train/good, optional test/), a folder of good images, "
+        "or 'elpv'"
     )

@@ -656,6 +656,10 @@ def export_run(
 
         def evaluate(bundle: Path, backend: str | None) -> dict[str, Any]:
             return evaluate_bundle(bundle, data_path, device="cpu", backend=backend)
+
+        if export_data is not None and export_data.test_labels is None:
+            logger.info("%s has no labelled test data: the manifest gets no metrics", data_path)
+            evaluate = None
     else:
         logger.warning(
             "run data %s is not available; parity uses synthetic inputs and the "
@@ -701,10 +705,11 @@ def _parity_inputs_from_data(
     # Lazy image sequences load only the items picked here.
     picked = [train[i] for i in range(min(n_train, len(train)))]
     picked += [test[i] for i in range(min(n_test, len(test)))]
+    has_test = len(labels) > 0  # a good-parts-only run has no labelled test data
     export_data = ExportData(
-        test_inputs=test,
-        test_labels=np.asarray(labels),
-        test_masks=masks,
+        test_inputs=test if has_test else None,
+        test_labels=np.asarray(labels) if has_test else None,
+        test_masks=masks if has_test else None,
         normal_val=lambda: _run_validation_inputs(detector, data_path, meta),
     )
     return (np.stack(picked) if picked else None), export_data

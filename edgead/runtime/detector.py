@@ -5,12 +5,15 @@
     res.raw_score, res.score, res.is_anomaly, res.anomaly_map, res.timings_ms
 
 Device selection walks an ordered list of (backend, device) candidates and stops at the first
-that initialises; each one that fails is logged with its reason (logger.warning) and kept in
-`detector.fallbacks`. The last candidate is always ONNX Runtime on the CPU.
+that initialises; each one that fails is logged with its reason and kept in
+`detector.fallbacks` (INFO on device "auto", where skipping an absent accelerator is expected;
+WARNING when a device or backend was asked for). The last candidate is always ONNX Runtime
+on the CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -233,6 +236,10 @@ class Detector:
         device: str = "auto",
         backend: str | None = None,
         threads: int | None = None,
+        *,
+        threshold: float | None = None,
+        sensitivity: float | None = None,
+        modality: str | None = None,
     ) -> Detector:
         """Verify the bundle at `path` and bind it to the best backend available for `device`.
 
@@ -242,11 +249,20 @@ class Detector:
             backend: None (any), "onnxruntime", "openvino" or "tensorrt" (aliases ort/ov/trt).
             threads: intra-op CPU threads for the graph and the nearest-neighbour search
                 (faiss's OpenMP pool is process-wide); None keeps the libraries' defaults.
+            threshold: decision threshold in raw-score units instead of the bundle's (the
+                normalised score keeps 0.5 at the threshold in use).
+            sensitivity: 0..1 instead of a raw threshold: 0.5 keeps the bundle's threshold,
+                higher flags more (see `edgead.runtime.threshold.override_threshold`).
+            modality: "image" or "tabular": refuse a bundle of the other kind before any
+                backend is loaded.
 
         Raises:
             BundleError: the bundle fails verification.
+            ConfigError: the bundle's modality is not `modality`; a bad threshold override.
             BackendUnavailableError: not even ONNX Runtime on the CPU could load the graph.
         """
+        from edgead.runtime.threshold import check_modality, override_threshold
+
         device = device.lower()
         if device not in DEVICES:
             raise unknown_name_error("device", device, DEVICES)
@@ -255,21 +271,27 @@ class Detector:
                 raise unknown_name_error("backend", backend, BACKEND_ALIASES)
             backend = BACKEND_ALIASES[backend.lower()]
         bundle = read_bundle(path)
+        check_modality(bundle.manifest, modality, path)
+        if threshold is not None or sensitivity is not None:
+            manifest = override_threshold(bundle.manifest, threshold, sensitivity)
+            bundle = dataclasses.replace(bundle, manifest=manifest)
         if threads is not None:
             _set_search_threads(int(threads))
         fallbacks: list[str] = []
         last_error: BackendUnavailableError | None = None
+        # On "auto", walking past an absent accelerator is expected: INFO, not WARNING.
+        level = logging.INFO if device == "auto" and backend is None else logging.WARNING
         for name, dev in backend_candidates(bundle.manifest, device, backend):
             try:
                 engine = BACKEND_FACTORIES[name](bundle, dev, threads)
             except BackendUnavailableError as exc:
                 reason = f"wanted {name}/{dev}: {exc}"
-                logger.warning("backend fallback: %s", reason)
+                logger.log(level, "backend fallback: %s", reason)
                 fallbacks.append(reason)
                 last_error = exc
                 continue
             if fallbacks:
-                logger.warning("using %s after %d fallback(s)", engine.name, len(fallbacks))
+                logger.log(level, "using %s after %d fallback(s)", engine.name, len(fallbacks))
             return cls(bundle, engine, fallbacks)
         raise BackendUnavailableError(
             f"no backend could load {path}: {'; '.join(fallbacks)}"

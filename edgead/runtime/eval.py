@@ -109,6 +109,11 @@ def evaluate_bundle(
         _, inputs, labels, masks = load_eval_data(data, meta, m.modality, image_size=size)
         labels = np.asarray(labels, dtype=np.int64)
         n = len(labels)
+        if n == 0:
+            raise DataError(
+                f"{data} has no labelled test data (good parts only); pass an MVTec folder "
+                "with test/ or a labelled table"
+            )
         raw = np.empty(n, dtype=np.float32)
         maps: list[np.ndarray] = []
         panels: list[str] = []
