@@ -121,6 +121,43 @@ def threshold_from_normal(scores: np.ndarray, percentile: float = 99.0) -> float
     return float(np.percentile(scores, percentile))
 
 
+def threshold_for_fpr(scores: np.ndarray, target_fpr: float) -> float:
+    """Raw threshold flagging at most `target_fpr` of the normal `scores` (rule: raw >= thr).
+
+    With n scores, k = floor(target_fpr * n) may lie at or above the threshold, which is set
+    midway between the (k+1)-th and k-th highest score (k = 0: just above the highest score, so
+    none of them is flagged). The smallest non-zero false-positive rate measurable is 1 / n: with
+    fewer than 1 / target_fpr scores the threshold sits above every score (logged).
+
+    Args:
+        scores: float (N,) raw scores of normal samples, N >= 1.
+        target_fpr: in [0, 1).
+
+    Raises:
+        ConfigError: target_fpr out of range. DataError: empty or non-finite scores.
+    """
+    if not 0.0 <= float(target_fpr) < 1.0:
+        raise ConfigError(f"target false-positive rate must be in [0, 1), got {target_fpr}")
+    ordered = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    if ordered.size == 0 or not np.all(np.isfinite(ordered)):
+        raise DataError("a target false-positive rate needs at least one finite normal score")
+    n = ordered.size
+    allowed = int(np.floor(float(target_fpr) * n + 1e-9))
+    if allowed == 0:
+        if n * float(target_fpr) < 1.0 and target_fpr > 0:
+            logger.info(
+                "target FPR %.4g with %d normal scores: 1/%d is the smallest step, so the "
+                "threshold sits just above the highest normal score",
+                target_fpr,
+                n,
+                n,
+            )
+        top = float(ordered[-1])
+        return float(np.nextafter(top, np.inf))
+    upper, lower = float(ordered[n - allowed]), float(ordered[n - allowed - 1])
+    return lower + (upper - lower) / 2.0 if upper > lower else float(np.nextafter(upper, np.inf))
+
+
 def normalisation_from_scores(scores: np.ndarray, threshold: float) -> dict[str, float | str]:
     """{"method": "minmax_threshold", "min", "max", "threshold"} for the runtime's score scaling.
 

@@ -10,7 +10,7 @@ import logging
 import typer
 
 from edgead import __version__
-from edgead.cli import bench, build_engine, demo, devices, export, predict, run, train
+from edgead.cli import bench, build_engine, calibrate, demo, devices, export, predict, run, train
 from edgead.cli import eval as eval_cmd
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ def _callback(
 app.command("train")(train.train)
 app.command("eval")(eval_cmd.eval_command)
 app.command("export")(export.export)
+app.command("calibrate")(calibrate.calibrate)
 app.command("build-engine")(build_engine.build_engine)
 app.command("predict")(predict.predict)
 app.command("run")(run.run)
