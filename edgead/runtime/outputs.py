@@ -241,7 +241,7 @@ def parse_mqtt_url(url: str) -> MqttTarget:
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ConfigError(f"--mqtt expects mqtt://host:port/topic (or mqtts://), got {url!r}")
     topic = unquote(parts.path.lstrip("/"))
-    if not parts.hostname or not topic or any(c in topic for c in "+#"):
+    if not parts.hostname or not topic or "+" in topic or "#" in url:
         raise ConfigError(
             f"--mqtt {url!r} needs a host and a topic without wildcards, "
             "e.g. mqtt://127.0.0.1:1883/line1/inspection"
