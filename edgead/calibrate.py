@@ -10,7 +10,9 @@ counts, the rates measured on the calibration images and a histogram of their ra
 bundle is written with fresh hashes (`edgead.bundle.write_bundle`), atomically.
 
 Policies (raw units, decision raw >= threshold; the rules live in `edgead.metrics`):
-    target-fpr:F     at most a share F of the good images flagged (`metrics.threshold_for_fpr`)
+    target-fpr:F     about a share F of good parts flagged (`metrics.threshold_for_fpr`; with
+                     few images a Gaussian tail fitted to the good scores, recorded as
+                     "fpr_rule")
     percentile:P     the P-th percentile of the good scores (`metrics.threshold_from_normal`)
     f1               the F1-optimal threshold on good + defects (`metrics.threshold_from_labels`)
 
@@ -183,6 +185,9 @@ def calibrate_bundle(
         "histogram": _histogram(good_scores, bad_scores),
         "source_bundle_sha256": source.sha256,
     }
+    if kind == "target-fpr":
+        small = good_scores.size * float(value) < metrics.MIN_TAIL_COUNT  # type: ignore[arg-type]
+        record["fpr_rule"] = "max(empirical, gaussian_tail)" if small else "empirical"
     if bad_scores is not None:
         record["recall_on_defects"] = float(np.mean(bad_scores >= threshold))
     norm = metrics.normalisation_from_scores(good_scores, threshold)
