@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgead.data.images import GOOD, MVTecFolder, list_images
+from edgead.data.images import GOOD, MVTecFolder, list_images, size_hw
 from edgead.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class NormalFolders(MVTecFolder):
     def __init__(
         self,
         normal_dir: str | Path,
-        image_size: int,
+        image_size: int | tuple[int, int],
         *,
         interpolation: str = "area",
         abnormal_dir: str | Path | None = None,
@@ -69,11 +69,10 @@ class NormalFolders(MVTecFolder):
             ConfigError: image_size < 1, or mask_dir without abnormal_dir.
         """
         self.root = Path(normal_dir).expanduser()
-        if int(image_size) < 1:
-            raise ConfigError(f"image_size must be a positive number of px, got {image_size}")
+        self.size_hw = size_hw(image_size)
         if mask_dir is not None and abnormal_dir is None:
             raise ConfigError("--mask-dir needs --abnormal-dir (the images the masks belong to)")
-        self.image_size = int(image_size)
+        self.image_size = image_size if isinstance(image_size, int) else self.size_hw
         self.interpolation = interpolation
         self.name = self.root.name
         self.train_paths = list_images(self.root)

@@ -146,16 +146,29 @@ def read_mask(path: str | Path) -> np.ndarray:
     return decoded > peak / 2.0
 
 
-def load_resized(path: str | Path, image_size: int, interpolation: str = "area") -> np.ndarray:
-    """uint8 RGB (S, S, 3): `read_image` then `resize_frame(img, (S, S), interpolation)`."""
-    return resize_frame(read_image(path), (image_size, image_size), interpolation)
+def size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) px from a square side S or an (H, W) pair; ConfigError when not positive."""
+    if isinstance(image_size, (int, np.integer)):
+        height = width = int(image_size)
+    else:
+        height, width = (int(v) for v in image_size)
+    if height < 1 or width < 1:
+        raise ConfigError(f"image_size must be a positive number of px, got {image_size}")
+    return height, width
 
 
-def resize_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
-    """bool (S, S) from bool (H, W), nearest-neighbour."""
-    resized = cv2.resize(
-        mask.astype(np.uint8), (image_size, image_size), interpolation=cv2.INTER_NEAREST
-    )
+def load_resized(
+    path: str | Path, image_size: int | Sequence[int], interpolation: str = "area"
+) -> np.ndarray:
+    """uint8 RGB (H, W, 3): `read_image` then `resize_frame(img, (H, W), interpolation)`;
+    `image_size` is S (square) or (H, W)."""
+    return resize_frame(read_image(path), size_hw(image_size), interpolation)
+
+
+def resize_mask(mask: np.ndarray, image_size: int | Sequence[int]) -> np.ndarray:
+    """bool (H, W) at `image_size` (S or (H, W)) from a bool mask, nearest-neighbour."""
+    height, width = size_hw(image_size)
+    resized = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
     return resized.astype(bool)
 
 
@@ -311,7 +324,9 @@ class MVTecFolder:
         without masks).
     """
 
-    def __init__(self, root: str | Path, image_size: int, *, interpolation: str = "area") -> None:
+    def __init__(
+        self, root: str | Path, image_size: int | tuple[int, int], *, interpolation: str = "area"
+    ) -> None:
         """Index the folder (file names only; no pixel is read here).
 
         Raises:
@@ -320,9 +335,8 @@ class MVTecFolder:
             ConfigError: image_size < 1.
         """
         self.root = Path(root)
-        if int(image_size) < 1:
-            raise ConfigError(f"image_size must be a positive number of px, got {image_size}")
-        self.image_size = int(image_size)
+        self.size_hw = size_hw(image_size)
+        self.image_size = image_size if isinstance(image_size, int) else self.size_hw
         self.interpolation = interpolation
         self.name = self.root.name
         if not self.root.is_dir():
@@ -384,9 +398,8 @@ class MVTecFolder:
 
     def _load_mask(self, key: tuple[Path, Path | None]) -> np.ndarray:
         image_path, mask_path = key
-        size = self.image_size
         if mask_path is None:
-            return np.zeros((size, size), dtype=bool)
+            return np.zeros(self.size_hw, dtype=bool)
         mask = read_mask(mask_path)
         height, width = _image_hw(image_path)
         if mask.shape != (height, width):
@@ -394,7 +407,7 @@ class MVTecFolder:
                 f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} px but its image "
                 f"{image_path} is {width}x{height} px; masks must match their images"
             )
-        return resize_mask(mask, size)
+        return resize_mask(mask, self.size_hw)
 
     def train_images(self) -> LazySequence:
         """Lazy Sequence of uint8 RGB (S, S, 3) normal training images (train/good)."""
@@ -439,7 +452,9 @@ def _image_hw(path: Path) -> tuple[int, int]:
         return read_image(path).shape[:2]  # type: ignore[return-value]
 
 
-def load_image_dataset(spec: str | Path, image_size: int, **kwargs: Any) -> ImageDataset:
+def load_image_dataset(
+    spec: str | Path, image_size: int | tuple[int, int], **kwargs: Any
+) -> ImageDataset:
     """An image data set from a spec: "elpv" -> `ElpvDataset`, a folder with train/good ->
     `MVTecFolder`, any other folder (or the folder options) -> `edgead.data.folders.NormalFolders`.
 

@@ -200,6 +200,7 @@ def export_detector(
     """
     _check_choice("target", target, TARGETS)
     _check_choice("precision", precision, PRECISIONS)
+    tiling = meta.get("tiling")
     if target == "onnx" and precision == "fp16":
         raise ExportError(
             "an --target onnx bundle runs fp32 on ONNX Runtime; for fp16 use "
@@ -210,6 +211,10 @@ def export_detector(
     t0 = time.perf_counter()
     spec = detector.export_spec()
     kind = str(spec.postprocess.get("kind"))
+    if tiling and kind == "nn_index" and not (index or {}).get("index"):
+        # the validation frames cannot re-fit a compressed index's threshold tile by tile
+        logger.info("tiled run: exact ('flat') index unless --index is given")
+        index = {**(index or {}), "index": "flat"}
     progress(0, 5, "export")
     onnx_model = export_onnx(
         spec.module, spec.example_input, spec.input_name, spec.output_names, spec.dynamic_batch
@@ -327,6 +332,10 @@ def export_detector(
             parity["index"] = change
             write_bundle(candidate, manifest, members)
             timings["calibration_s"] = time.perf_counter() - t_cal
+        if tiling:  # parity was per tile; the runtime now tiles frames (edgead.runtime.tiling)
+            post = {**manifest.postprocess, "tiling": dict(tiling)}
+            manifest = dataclasses.replace(manifest, postprocess=post)
+            write_bundle(candidate, manifest, members)
         progress(3, 5, "export")
         metrics: dict[str, Any] = {}
         if evaluate is not None:
@@ -727,6 +736,9 @@ def _run_validation_inputs(
 
     info = dict(meta.get("data") or {})
     seed = int(meta.get("seed", 0))
+    if meta.get("tiling"):
+        logger.info("tiled run: validation frames are not re-made for the index calibration")
+        return None
     try:
         if detector.modality == "image":
             # the same private helper train_run uses, so the split is identical by construction

@@ -24,12 +24,19 @@ from typing import Any
 import numpy as np
 
 from edgead.bundle import Bundle, Manifest, read_bundle
-from edgead.errors import BackendUnavailableError, BundleError, DataError, unknown_name_error
+from edgead.errors import (
+    BackendUnavailableError,
+    BundleError,
+    ConfigError,
+    DataError,
+    unknown_name_error,
+)
 from edgead.runtime.backends.base import Backend, check_outputs
 from edgead.runtime.nn_index import FaissIndex, load_index
 from edgead.runtime.postprocess import normalise_scores, resize_map, upsample_and_blur
 from edgead.runtime.preprocess import resize_frame
 from edgead.runtime.rows_nn import score_rows_nn
+from edgead.runtime.tiling import Tiling, merge_tile_scores, tiles_of
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +202,12 @@ class Detector:
                 f"(knows {IMAGE_KINDS + ROW_KINDS}); upgrade edgead"
             )
         self._kind: str = kind
+        self._tiling: Tiling | None = None
+        if post.get("tiling") is not None:
+            try:
+                self._tiling = Tiling.from_dict(post["tiling"]).validate()
+            except ConfigError as exc:
+                raise BundleError(f"bundle tiling is invalid: {exc}") from exc
         self._index: FaissIndex | None = None
         self._bank: np.ndarray | None = None  # reconstructed bank vectors (reweight only)
         if kind.endswith("nn_index"):
@@ -361,13 +374,21 @@ class Detector:
 
     def _score_frames(self, frames: list[np.ndarray], channel_order: str) -> list[Result]:
         t0 = time.perf_counter()
-        size_hw = self.image_size
         resize = self.manifest.input.resize
-        batch = np.stack([resize_frame(f, size_hw, resize, channel_order) for f in frames])
+        tiling = self._tiling
+        if tiling is None:
+            batch = np.stack(
+                [resize_frame(f, self.image_size, resize, channel_order) for f in frames]
+            )
+        else:  # every frame at the tiling's frame size, cut into tiles: one batch of tiles
+            resized = [resize_frame(f, tiling.frame_hw, resize, channel_order) for f in frames]
+            batch = tiles_of(resized, tiling)
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
         t2 = time.perf_counter()
-        raw, maps, search_ms = self._image_scores(outputs, len(frames))
+        raw, maps, search_ms = self._image_scores(outputs, len(batch))
+        if tiling is not None:  # image score = max over tiles, maps stitched at (H, W)
+            raw, maps = merge_tile_scores(raw, maps, len(frames), tiling)  # type: ignore[assignment]
         t3 = time.perf_counter()
         normalised, decisions = self._decide(raw)
         full_maps = [

@@ -37,7 +37,7 @@ def load_eval_data(
     meta: dict[str, Any],
     modality: str,
     with_train: bool = False,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
 ) -> tuple[Any, Any, np.ndarray, Any]:
     """(train inputs or None, test inputs, labels int64 (N,), masks or None) from `data`.
 
@@ -49,7 +49,7 @@ def load_eval_data(
         from edgead.data.images import load_image_dataset
 
         size = image_size or int((meta.get("config") or {}).get("image_size", 0))
-        if size <= 0:
+        if not size:
             raise DataError("cannot tell the image size to evaluate at; the bundle/run has none")
         dataset = load_image_dataset(data, size)
         test = dataset.test_set()
@@ -105,7 +105,11 @@ def evaluate_bundle(
             if data is None:
                 raise DataError(f"{bundle_path} does not record its data; pass labelled data")
         meta = {"config": m.config, "seed": run.get("seed") or 0, "data": run_data}
-        size = m.input.image_size[0] if m.input.image_size else None
+        size: Any = m.input.image_size[0] if m.input.image_size else None
+        tiling = m.postprocess.get("tiling")
+        if tiling:  # a tiled bundle takes frames at its frame size and tiles them itself
+            height, width = (int(v) for v in tiling["frame_size"])
+            size = height if height == width else (height, width)
         _, inputs, labels, masks = load_eval_data(data, meta, m.modality, image_size=size)
         labels = np.asarray(labels, dtype=np.int64)
         n = len(labels)
