@@ -842,9 +842,15 @@ def run_inspection(
                 {"model": str(model), "backend": loop.stats.backend, "source": str(spec)},
             )
 
-        server = MetricsServer(
-            http_port, collect, host=http_host, stall_after_s=max(30.0, config.stall_warn_s)
-        ).start()
+        try:
+            server = MetricsServer(
+                http_port, collect, host=http_host, stall_after_s=max(30.0, config.stall_warn_s)
+            ).start()
+        except Exception:
+            for sink in sinks:  # nothing was scored: leave the spools for the next run
+                sink.close()
+            loop.detector.close()
+            raise
         loop.stats.latency_observers.append(server.observe_latency)
     try:
         return loop.run()

@@ -293,3 +293,38 @@ def test_results_rotate_by_size(tmp_path: Path) -> None:
     assert all(p.exists() for p in kept) and not path.with_name("results.jsonl.3").exists()
     seqs = [json.loads(x)["seq"] for p in kept for x in p.read_text().splitlines()]
     assert seqs == list(range(seqs[0], 40)) and all(p.stat().st_size <= 200 for p in kept)
+
+
+def test_cli_run_publishes_every_result_to_mqtt(bundle: Path, tmp_path: Path) -> None:
+    from tests._broker import Mosquitto, Subscriber, first_occurrences
+
+    frames = _write_rgb(tmp_path / "frames", synthetic_images(4, seed=8))
+    broker = Mosquitto(tmp_path / "broker").start()
+    subscriber = Subscriber(broker.port, "cell/7")
+    try:
+        out = tmp_path / "out"
+        result = _invoke(
+            "run",
+            str(bundle),
+            "--source",
+            str(frames),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--status-every",
+            "0",
+            "--mqtt",
+            f"{broker.url_base}/cell/7",
+        )
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+        got = subscriber.wait_for(len(lines), timeout_s=20)
+        assert first_occurrences(got) == [(r["run_id"], r["seq"]) for r in lines]
+        assert got[0] == lines[0]  # the same record on both outputs
+        assert list((out / "outbox" / "mqtt").iterdir()) == []  # all delivered
+    finally:
+        subscriber.close()
+        broker.stop()
+    bad = _invoke("run", str(bundle), "--source", str(frames), "--mqtt", "mqtt://h:1883/t")
+    assert bad.exit_code == 2 and "--out or --outbox" in " ".join(bad.stderr.split())
