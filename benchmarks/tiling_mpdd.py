@@ -88,7 +88,8 @@ def run_one(
         "n_fit_tiles": meta["data"].get("n_fit_tiles"),
         "image_auroc": result["image_auroc"],
         "pixel_auroc_native": result.get("pixel_auroc"),
-        "pixel_auroc_512": _pixel_auroc_512(run, root),
+        # tiled maps are already 512 px: evaluate_run measured them there
+        "pixel_auroc_512": result.get("pixel_auroc") if tiling else _pixel_auroc_512(run, root),
         "image_f1": result["image_f1"],
         "fit_s": round(t1 - t0, 1),
         "eval_s": round(t2 - t1, 1),
