@@ -28,7 +28,7 @@ def calibrate(
     ] = None,
     target_fpr: Annotated[
         float | None,
-        typer.Option("--target-fpr", help="Flag at most this share of the good parts, e.g. 0.01."),
+        typer.Option("--target-fpr", help="Flag about this share of good parts, e.g. 0.01."),
     ] = None,
     policy: Annotated[
         str | None,
