@@ -10,7 +10,7 @@ import logging
 import typer
 
 from edgead import __version__
-from edgead.cli import bench, build_engine, demo, devices, export, predict, run, train
+from edgead.cli import bench, build_engine, calibrate, demo, devices, export, predict, run, train
 from edgead.cli import eval as eval_cmd
 
 app = typer.Typer(
@@ -28,27 +28,19 @@ def _callback(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
-    """Install one rich log handler for the whole process."""
+    """Install one rich log handler on the `edgead` logger (other libraries keep theirs)."""
     if version:
         typer.echo(__version__)
         raise typer.Exit()
-    from rich.logging import RichHandler
+    from edgead.cli._common import configure_logging
 
-    from edgead.cli._common import err_console
-
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-        force=True,
-    )
+    configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 app.command("train")(train.train)
 app.command("eval")(eval_cmd.eval_command)
 app.command("export")(export.export)
+app.command("calibrate")(calibrate.calibrate)
 app.command("build-engine")(build_engine.build_engine)
 app.command("predict")(predict.predict)
 app.command("run")(run.run)

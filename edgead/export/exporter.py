@@ -213,6 +213,7 @@ def export_detector(
             "copying each batch to the GPU costs more than the graph itself. Export with "
             "--target onnx (ONNX Runtime on the CPU)"
         )
+    tiling = meta.get("tiling")
     if target == "onnx" and precision == "fp16":
         raise ExportError(
             "an --target onnx bundle runs fp32 on ONNX Runtime; for fp16 use "
@@ -223,6 +224,10 @@ def export_detector(
     t0 = time.perf_counter()
     spec = detector.export_spec()
     kind = str(spec.postprocess.get("kind"))
+    if tiling and kind == "nn_index" and not (index or {}).get("index"):
+        # the validation frames cannot re-fit a compressed index's threshold tile by tile
+        logger.info("tiled run: exact ('flat') index unless --index is given")
+        index = {**(index or {}), "index": "flat"}
     progress(0, 5, "export")
     onnx_model = export_onnx(
         spec.module, spec.example_input, spec.input_name, spec.output_names, spec.dynamic_batch
@@ -346,6 +351,10 @@ def export_detector(
             parity["index"] = change
             write_bundle(candidate, manifest, members)
             timings["calibration_s"] = time.perf_counter() - t_cal
+        if tiling:  # parity was per tile; the runtime now tiles frames (edgead.ops.tiling)
+            post = {**manifest.postprocess, "tiling": dict(tiling)}
+            manifest = dataclasses.replace(manifest, postprocess=post)
+            write_bundle(candidate, manifest, members)
         progress(3, 5, "export")
         metrics: dict[str, Any] = {}
         if evaluate is not None:
@@ -675,6 +684,10 @@ def export_run(
 
         def evaluate(bundle: Path, backend: str | None) -> dict[str, Any]:
             return evaluate_bundle(bundle, data_path, device="cpu", backend=backend)
+
+        if export_data is not None and export_data.test_labels is None:
+            logger.info("%s has no labelled test data: the manifest gets no metrics", data_path)
+            evaluate = None
     else:
         logger.warning(
             "run data %s is not available; parity uses synthetic inputs and the "
@@ -720,10 +733,11 @@ def _parity_inputs_from_data(
     # Lazy image sequences load only the items picked here.
     picked = [train[i] for i in range(min(n_train, len(train)))]
     picked += [test[i] for i in range(min(n_test, len(test)))]
+    has_test = len(labels) > 0  # a good-parts-only run has no labelled test data
     export_data = ExportData(
-        test_inputs=test,
-        test_labels=np.asarray(labels),
-        test_masks=masks,
+        test_inputs=test if has_test else None,
+        test_labels=np.asarray(labels) if has_test else None,
+        test_masks=masks if has_test else None,
         normal_val=lambda: _run_validation_inputs(detector, data_path, meta),
     )
     return (np.stack(picked) if picked else None), export_data
@@ -741,6 +755,9 @@ def _run_validation_inputs(
 
     info = dict(meta.get("data") or {})
     seed = int(meta.get("seed", 0))
+    if meta.get("tiling"):
+        logger.info("tiled run: validation frames are not re-made for the index calibration")
+        return None
     try:
         if detector.modality == "image":
             # the same private helper train_run uses, so the split is identical by construction

@@ -5,12 +5,15 @@
     res.raw_score, res.score, res.is_anomaly, res.anomaly_map, res.timings_ms
 
 Device selection walks an ordered list of (backend, device) candidates and stops at the first
-that initialises; each one that fails is logged with its reason (logger.warning) and kept in
-`detector.fallbacks`. The last candidate is always ONNX Runtime on the CPU.
+that initialises; each one that fails is logged with its reason and kept in
+`detector.fallbacks` (INFO on device "auto", where skipping an absent accelerator is expected;
+WARNING when a device or backend was asked for). The last candidate is always ONNX Runtime
+on the CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +26,7 @@ from edgead.bundle import Bundle, Manifest, read_bundle
 from edgead.errors import (
     BackendUnavailableError,
     BundleError,
+    ConfigError,
     DataError,
     ReferenceMismatchError,
     unknown_name_error,
@@ -40,6 +44,7 @@ from edgead.ops.scoring import (
     score_map_output,
     score_nn_embeddings,
 )
+from edgead.ops.tiling import Tiling, merge_tile_scores, tiles_of
 from edgead.runtime.backends.base import Backend, run_batched
 from edgead.runtime.reference import (
     ReferenceCheck,
@@ -201,6 +206,12 @@ class Detector:
         kind = self._post.kind
         self._kind: str = kind
         self._gray_warned = False
+        self._tiling: Tiling | None = None
+        if self.manifest.postprocess.get("tiling") is not None:
+            try:
+                self._tiling = Tiling.from_dict(self.manifest.postprocess["tiling"]).validate()
+            except ConfigError as exc:
+                raise BundleError(f"bundle tiling is invalid: {exc}") from exc
         self._index: FaissIndex | None = None
         self._bank: np.ndarray | None = None  # reconstructed bank vectors (reweight only)
         if kind.endswith("nn_index"):
@@ -243,6 +254,10 @@ class Detector:
         backend: str | None = None,
         threads: int | None = None,
         verify: bool | None = None,
+        *,
+        threshold: float | None = None,
+        sensitivity: float | None = None,
+        modality: str | None = None,
     ) -> Detector:
         """Verify the bundle at `path` and bind it to the best backend available for `device`.
 
@@ -258,12 +273,23 @@ class Detector:
                 ONNX Runtime's TensorRT provider), off elsewhere. The result is kept in
                 `detector.reference_check`.
 
+            threshold: decision threshold in raw-score units instead of the bundle's (the
+                normalised score keeps 0.5 at the threshold in use).
+            sensitivity: 0..1 instead of a raw threshold: 0.5 keeps the bundle's threshold,
+                higher flags more (see `edgead.runtime.threshold.override_threshold`).
+            modality: "image" or "tabular": refuse a bundle of the other kind before any
+                backend is loaded.
+
+
         Raises:
             BundleError: the bundle fails verification, or verify=True on a bundle without
                 reference outputs.
+            ConfigError: the bundle's modality is not `modality`; a bad threshold override.
             ReferenceMismatchError: every backend that loaded failed the reference check.
             BackendUnavailableError: not even ONNX Runtime on the CPU could load the graph.
         """
+        from edgead.runtime.threshold import check_modality, override_threshold
+
         device = device.lower()
         if device not in DEVICES:
             raise unknown_name_error("device", device, DEVICES)
@@ -272,6 +298,10 @@ class Detector:
                 raise unknown_name_error("backend", backend, BACKEND_ALIASES)
             backend = BACKEND_ALIASES[backend.lower()]
         bundle = read_bundle(path)
+        check_modality(bundle.manifest, modality, path)
+        if threshold is not None or sensitivity is not None:
+            manifest = override_threshold(bundle.manifest, threshold, sensitivity)
+            bundle = dataclasses.replace(bundle, manifest=manifest)
         if threads is not None:
             _set_search_threads(int(threads))
         fallbacks: list[str] = []
@@ -281,18 +311,20 @@ class Detector:
                 f"verify=True, but bundle {path} carries no reference outputs (exported by an "
                 "older edgead); re-export it, or load it with verify=False"
             )
+        # On "auto", walking past an absent accelerator is expected: INFO, not WARNING.
+        level = logging.INFO if device == "auto" and backend is None else logging.WARNING
         for name, dev in backend_candidates(bundle.manifest, device, backend):
             try:
                 engine = BACKEND_FACTORIES[name](bundle, dev, threads)
                 check = _verify_backend(bundle, engine, verify)
             except BackendUnavailableError as exc:
                 reason = f"wanted {name}/{dev}: {exc}"
-                logger.warning("backend fallback: %s", reason)
+                logger.log(level, "backend fallback: %s", reason)
                 fallbacks.append(reason)
                 last_error = exc
                 continue
             if fallbacks:
-                logger.warning("using %s after %d fallback(s)", engine.name, len(fallbacks))
+                logger.log(level, "using %s after %d fallback(s)", engine.name, len(fallbacks))
             detector = cls(bundle, engine, fallbacks)
             detector.reference_check = check
             return detector
@@ -376,13 +408,21 @@ class Detector:
     def _score_frames(self, frames: list[np.ndarray], channel_order: str) -> list[Result]:
         t0 = time.perf_counter()
         self._warn_on_gray(frames)
-        size_hw = self.image_size
         resize = self.manifest.input.resize
-        batch = np.stack([resize_frame(f, size_hw, resize, channel_order) for f in frames])
+        tiling = self._tiling
+        if tiling is None:
+            batch = np.stack(
+                [resize_frame(f, self.image_size, resize, channel_order) for f in frames]
+            )
+        else:  # every frame at the tiling's frame size, cut into tiles: one batch of tiles
+            resized = [resize_frame(f, tiling.frame_hw, resize, channel_order) for f in frames]
+            batch = tiles_of(resized, tiling)
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
         t2 = time.perf_counter()
-        raw, maps, search_ms = self._image_scores(outputs, len(frames))
+        raw, maps, search_ms = self._image_scores(outputs, len(batch))
+        if tiling is not None:  # image score = max over tiles, maps stitched at (H, W)
+            raw, maps = merge_tile_scores(raw, maps, len(frames), tiling)  # type: ignore[assignment]
         t3 = time.perf_counter()
         normalised, decisions = self._decide(raw)
         full_maps = [
