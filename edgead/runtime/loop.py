@@ -289,6 +289,20 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def result_fields(result: Any) -> dict[str, Any]:
+    """The verdict part of a result line (shared by `run` lines and `edgead serve` replies).
+
+    {"raw_score", "score" (None when NaN/inf), "is_anomaly" (None when uncalibrated),
+    "latency_ms": {stage: ms} from `result.timings_ms`, rounded to 3 decimals}.
+    """
+    return {
+        "raw_score": _finite(result.raw_score),
+        "score": _finite(result.score),
+        "is_anomaly": None if result.is_anomaly is None else bool(result.is_anomaly),
+        "latency_ms": {k: round(float(v), 3) for k, v in result.timings_ms.items()},
+    }
+
+
 @contextlib.contextmanager
 def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM set `stop_event` instead of killing the process.
@@ -489,17 +503,16 @@ class InspectionLoop:
             return
         scored = time.perf_counter()
         is_anomaly = bool(result.is_anomaly)
+        fields = result_fields(result)
         record: dict[str, Any] = {
             "ts": datetime.fromtimestamp(frame.timestamp, timezone.utc).isoformat(
                 timespec="milliseconds"
             ),
             "frame": frame.index,
-            "raw_score": _finite(result.raw_score),
-            "score": _finite(result.score),
-            "is_anomaly": None if result.is_anomaly is None else is_anomaly,
+            **fields,
             "latency_ms": {
                 "queue": round((dequeued - frame.captured_at) * 1e3, 3),
-                **{k: round(float(v), 3) for k, v in result.timings_ms.items()},
+                **fields["latency_ms"],
                 "score": round((scored - dequeued) * 1e3, 3),
             },
         }
