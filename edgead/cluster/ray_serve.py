@@ -94,7 +94,9 @@ def serve_on_ray(
         ready: set once the deployment answers.
     """
     threads = threads or 1
-    with ray_connection(address) as ray_mod:
+    # signal handlers after ray.init (which installs its own SIGTERM handler in the driver) and
+    # before the deployment, so a stop request while it starts still shuts Serve down cleanly
+    with ray_connection(address) as ray_mod, stop_on_signals(stop_event):
         stats = ray_mod.remote(num_cpus=0)(LocalStats).options(name=STATS_ACTOR).remote()
         try:
             serve.start(http_options={"host": host, "port": port})
@@ -111,9 +113,7 @@ def serve_on_ray(
             )
             if ready is not None:
                 ready.set()
-            # after ray.init, which installs its own SIGTERM handler in the driver
-            with stop_on_signals(stop_event):
-                stop_event.wait()
+            stop_event.wait()
         finally:
             serve.shutdown()
             ray_mod.kill(stats)

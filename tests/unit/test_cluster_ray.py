@@ -37,6 +37,9 @@ pytest.importorskip("pyarrow", reason="pyarrow is needed for the results (edgead
 
 from _export_helpers import synthetic_images, tiny_bundle  # noqa: E402
 
+#: ~2-3 min on a shared 2-core VM (Ray start-up dominates); still run by `make test`
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RAY_BIN = Path(sys.executable).with_name("ray")
 N_IMAGES = 40  # + one broken file
