@@ -109,6 +109,7 @@ class BatchSummary:
     rows: int
     seconds: float
     engine: str
+    first_result_s: float | None = None  # from the call to the first scored batch (start-up)
 
     @property
     def images_per_s(self) -> float:
@@ -351,6 +352,7 @@ class PartWriter:
         self._buffered = 0
         self._last_flush = time.monotonic()
         self._seen: set[str] = set()
+        self.first_result_at: float | None = None  # time.perf_counter() of the first batch
         self.scored = 0
         self.failed = 0
 
@@ -358,6 +360,8 @@ class PartWriter:
         """Take the result rows of one batch."""
         import pyarrow.compute as pc
 
+        if self.first_result_at is None:
+            self.first_result_at = time.perf_counter()
         paths = table.column("path").to_pylist()
         if self._seen.intersection(paths):
             keep = [p not in self._seen for p in paths]
@@ -456,7 +460,13 @@ def run_batch(
         rows=merged.num_rows,
         seconds=time.perf_counter() - start,
         engine="one process",
+        first_result_s=_since(start, writer.first_result_at),
     )
+
+
+def _since(start: float, moment: float | None) -> float | None:
+    """Seconds from `start` to `moment` (perf_counter values), None when there is none."""
+    return None if moment is None else moment - start
 
 
 def iter_path_tables(paths: Sequence[str], rows: int) -> list[pa.Table]:

@@ -29,6 +29,7 @@ from edgead.cluster.batch import (
     PartWriter,
     Progress,
     _no_progress,
+    _since,
     iter_path_tables,
     plan_batch,
 )
@@ -104,6 +105,8 @@ def run_batch_ray(
     writer = PartWriter(store, options, len(todo), progress)
     if todo:
         with ray_connection(address) as ray:
+            # our own progress callback reports; Ray Data's progress log lines would repeat it
+            ray.data.DataContext.get_current().enable_progress_bars = False
             blocks = iter_path_tables(todo, _rows_per_block(len(todo), workers, options.batch_size))
             dataset = ray.data.from_arrow(blocks).map_batches(
                 scorer_cls,
@@ -134,4 +137,5 @@ def run_batch_ray(
         rows=merged.num_rows,
         seconds=time.perf_counter() - start,
         engine=f"ray ({address}, {workers} worker(s))",
+        first_result_s=_since(start, writer.first_result_at),
     )
