@@ -193,6 +193,15 @@ def _load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def resummarize(path: Path, threads: int = 2) -> dict[str, Any]:
+    """Recompute the summary of a written report (e.g. one stopped early); prints and returns it."""
+    report = json.loads(Path(path).read_text())
+    summary = _summary(report["runs"], threads)
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, type=Path)
@@ -302,6 +311,15 @@ def _summary(runs: dict[str, dict[str, Any]], threads: int) -> dict[str, Any]:
         out["ray_overhead_ms_per_image"] = round(
             (ray1["wall_s"] - one["wall_s"]) / one["images"] * 1e3, 2
         )
+        if one["first_result_s"] is not None and ray1["first_result_s"] is not None:
+            # split into a fixed start-up (actor + model load until the first batch is back)
+            # and what remains per image once the pool runs
+            out["ray_startup_extra_s"] = round(ray1["first_result_s"] - one["first_result_s"], 3)
+            steady_ray = ray1["wall_s"] - ray1["first_result_s"]
+            steady_one = one["wall_s"] - one["first_result_s"]
+            out["ray_steady_overhead_ms_per_image"] = round(
+                (steady_ray - steady_one) / one["images"] * 1e3, 2
+            )
     for prefix in ("mpdd", "archive"):
         single, ray2 = (
             runs.get(f"{prefix}/one-process-{threads}t"),
