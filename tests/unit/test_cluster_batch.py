@@ -255,3 +255,39 @@ def test_runtime_and_one_process_paths_never_import_ray() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("BackendUnavailableError") and "edgead[cluster]" in proc.stdout
+
+
+def test_cli_serve_one_process_stops_cleanly_on_sigterm(bundle: Path, folder: Path) -> None:
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "edgead.cli.main", "serve", str(bundle), "--port", str(port),
+         "--device", "cpu"],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.communicate()[1]
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "serve did not come up"
+                time.sleep(0.2)
+        image = next(p for p in list_inputs(folder) if "broken" not in p)
+        status, reply = _post(f"{base}/score", Path(image).read_bytes(), "image/png")
+        assert status == 200 and reply["raw_score"] == _reference(bundle, [image])[image]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    assert server.returncode == 0
