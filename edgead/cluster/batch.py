@@ -194,12 +194,11 @@ class BatchScorer:
         self.detector = Detector.load(
             bundle, device=options.device, backend=options.backend, threads=options.threads
         )
-        if self.detector.manifest.modality != "image":
+        try:
+            check_image_bundle(self.detector.manifest.modality, bundle)
+        except ConfigError:
             self.detector.close()
-            raise ConfigError(
-                f"{bundle} scores tabular rows; edgead batch scores image files "
-                "(use `edgead predict` or `edgead serve` for rows)"
-            )
+            raise
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -317,8 +316,6 @@ class ResultStore:
     def finalize(self) -> pa.Table:
         """Merge `--out` and the parts (newest row per path wins), sorted by path; write `--out`
         atomically, then delete the parts. Returns the merged table."""
-        import numpy as np
-
         from edgead._io import atomic_open
 
         pq = require_module("pyarrow.parquet", "edgead batch")
@@ -395,6 +392,15 @@ def _no_progress(done: int, total: int, description: str) -> None:
     """Default progress callback: does nothing."""
 
 
+def check_image_bundle(modality: str, bundle: str | Path) -> None:
+    """ConfigError unless the bundle scores images (batch jobs read image files)."""
+    if modality != "image":
+        raise ConfigError(
+            f"{bundle} scores tabular rows; edgead batch scores image files "
+            "(use `edgead predict` or `edgead serve` for rows)"
+        )
+
+
 def plan_batch(
     bundle: str | Path, data: str | Path, out: str | Path, options: BatchOptions
 ) -> tuple[list[str], list[str], ResultStore]:
@@ -408,12 +414,7 @@ def plan_batch(
 
     options.validate()
     store = ResultStore(out)
-    manifest = read_bundle(bundle).manifest
-    if manifest.modality != "image":
-        raise ConfigError(
-            f"{bundle} scores tabular rows; edgead batch scores image files "
-            "(use `edgead predict` or `edgead serve` for rows)"
-        )
+    check_image_bundle(read_bundle(bundle).manifest.modality, bundle)
     paths = list_inputs(data)
     done = store.done_paths()
     todo = [p for p in paths if p not in done]

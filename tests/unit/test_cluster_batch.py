@@ -27,6 +27,7 @@ from _export_helpers import (  # noqa: E402
 from edgead.cluster.batch import (  # noqa: E402
     BatchOptions,
     BatchScorer,
+    PartWriter,
     ResultStore,
     list_inputs,
     result_schema,
@@ -138,6 +139,18 @@ def test_batch_resumes_after_a_crash_without_duplicates(
     again = run_batch(bundle, folder, out, BatchOptions(device="cpu"))
     assert (again.skipped, again.scored, again.failed, again.rows) == (12, 0, 1, 13)
     assert pq.read_table(out).num_rows == 13
+
+
+def test_part_writer_drops_a_repeated_path(tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    store = ResultStore(tmp_path / "r.parquet")
+    writer = PartWriter(store, BatchOptions(flush_rows=3), 4, lambda d, t, _: calls.append((d, t)))
+    rows = [{"path": p, "raw_score": 1.0} for p in ("a", "b")]
+    writer.add(pa.Table.from_pylist(rows, schema=result_schema()))
+    retried = [{"path": "b", "raw_score": 1.0}, {"path": "c", "error": "DataError: bad"}]
+    writer.add(pa.Table.from_pylist(retried, schema=result_schema()))  # "b" again: a retried task
+    assert (writer.scored, writer.failed) == (2, 1) and calls == [(3, 4)]
+    assert sorted(store.finalize().column("path").to_pylist()) == ["a", "b", "c"]
 
 
 def test_batch_checks_options_and_bundle_before_work(
