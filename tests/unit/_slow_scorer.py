@@ -1,4 +1,4 @@
-"""A BatchScorer that takes 50 ms per image, so a test can kill a Ray worker mid-job.
+"""A BatchScorer that takes 150 ms per image, so a test can kill a Ray worker mid-job.
 
 Imported by Ray workers by name (tests/unit is on their PYTHONPATH in test_cluster_ray.py).
 """
@@ -10,7 +10,7 @@ from typing import Any
 
 from edgead.cluster.batch import BatchScorer
 
-DELAY_S = 0.05
+DELAY_S = 0.15
 
 
 class SlowScorer(BatchScorer):

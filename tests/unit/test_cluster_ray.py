@@ -181,6 +181,21 @@ def _reference(bundle: Path, paths: list[str]) -> dict[str, float]:
         return {p: det(cv2.imread(p), channel_order="BGR").raw_score for p in paths}
 
 
+def _rows_so_far(parts: Path) -> dict:
+    """Rows in the part files written so far and the pids of the workers that scored them."""
+    import pyarrow.parquet as pq
+
+    rows, pids = 0, set()
+    for part in sorted(parts.glob("part-*.parquet")) if parts.is_dir() else []:
+        try:
+            workers = pq.read_table(part, columns=["worker"]).column("worker").to_pylist()
+        except (OSError, ValueError):  # merged and deleted at the end meanwhile
+            continue
+        rows += len(workers)
+        pids |= {int(w.rsplit(":", 1)[1]) for w in workers}
+    return {"rows": rows, "pids": pids}
+
+
 def test_worker_killed_mid_job_every_input_has_one_row(
     cluster: LocalCluster, bundle: Path, folder: Path, tmp_path: Path
 ) -> None:
@@ -216,11 +231,16 @@ def test_worker_killed_mid_job_every_input_has_one_row(
     worker_node = cluster.workers[0]
     parts = out.with_name(out.name + ".parts")
     deadline = time.monotonic() + 240
-    while not (parts.is_dir() and any(parts.glob("part-*.parquet"))):
+    while True:  # kill the worker node once one of its actors has delivered rows
         assert driver.poll() is None, driver.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no part file appeared"
+        assert time.monotonic() < deadline, "the worker node's actor delivered no rows"
+        done = _rows_so_far(parts)
+        node_pids = {p.pid for p in psutil.Process(worker_node.pid).children(recursive=True)}
+        if done["pids"] & node_pids:
+            break
         time.sleep(0.05)
-    node_pids = set(_kill_tree(worker_node))  # the worker node and its actors, mid-job
+    assert done["rows"] < N_IMAGES + 1, "the job was over before the kill"
+    node_pids |= set(_kill_tree(worker_node))  # the worker node and its actors, mid-job
     stdout, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout.strip().splitlines()[-1])
