@@ -10,8 +10,10 @@ import logging
 import typer
 
 from edgead import __version__
+from edgead.cli import batch as batch_cmd
 from edgead.cli import bench, build_engine, calibrate, demo, devices, export, predict, run, train
 from edgead.cli import eval as eval_cmd
+from edgead.cli import serve as serve_cmd
 
 app = typer.Typer(
     name="edgead",
@@ -47,6 +49,8 @@ app.command("run")(run.run)
 app.command("bench")(bench.bench)
 app.command("devices")(devices.devices)
 app.command("demo")(demo.demo)
+app.command("batch")(batch_cmd.batch)
+app.command("serve")(serve_cmd.serve)
 
 
 def main() -> None:

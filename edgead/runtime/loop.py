@@ -48,7 +48,7 @@ from edgead.errors import BackendUnavailableError, ConfigError, DataError
 from edgead.ops.image import to_rgb
 from edgead.ops.overlay import score_panel
 from edgead.runtime.capture import CaptureThread, EndOfStream, Frame
-from edgead.runtime.results import new_run_id, result_record
+from edgead.runtime.results import finite_or_none, new_run_id, result_record
 
 logger = logging.getLogger(__name__)
 
@@ -350,6 +350,20 @@ def _trim_partial_line(path: Path) -> None:
             pos = start
         fh.truncate(0)
         logger.warning("%s held only a partial line; emptied it", path)
+
+
+def result_fields(result: Any) -> dict[str, Any]:
+    """The verdict part of a result record (shared by `run` lines and `edgead serve` replies).
+
+    {"raw_score", "score" (None when NaN/inf), "is_anomaly" (None when uncalibrated),
+    "latency_ms": {stage: ms} from `result.timings_ms`, rounded to 3 decimals}.
+    """
+    return {
+        "raw_score": finite_or_none(result.raw_score),
+        "score": finite_or_none(result.score),
+        "is_anomaly": None if result.is_anomaly is None else bool(result.is_anomaly),
+        "latency_ms": {k: round(float(v), 3) for k, v in result.timings_ms.items()},
+    }
 
 
 @contextlib.contextmanager
