@@ -124,16 +124,20 @@ def _input_spec(detector: BaseDetector, spec: ExportSpec, meta: dict[str, Any]) 
             mean=mean,
             std=std,
         )
-    if example.ndim != 2:
-        raise ExportError(f"{detector.name}: tabular export needs a float32 (B, D) example input")
+    is_series = detector.modality == "timeseries"
+    if example.ndim != (3 if is_series else 2):
+        raise ExportError(
+            f"{detector.name}: {detector.modality} export needs a float32 "
+            f"{'(B, L, D)' if is_series else '(B, D)'} example input; got shape {example.shape}"
+        )
     names = getattr(detector, "feature_names_", None) or (meta.get("data") or {}).get(
         "feature_names"
     )
     return InputSpec(
         name=spec.input_name,
         dtype="float32",
-        shape=(batch, int(example.shape[1])),
-        layout="NC",
+        shape=(batch, *(int(v) for v in example.shape[1:])),
+        layout="NTC" if is_series else "NC",
         channel_order="",
         resize="",
         feature_names=tuple(names) if names else None,
@@ -156,7 +160,7 @@ def _reference_inputs(
     if detector.modality == "image":
         noise = rng.integers(0, 256, size=(3, *example.shape[1:]), dtype=np.uint8)
     else:
-        noise = (example[:1] + rng.normal(size=(3, example.shape[1]))).astype(np.float32)
+        noise = (example[:1] + rng.normal(size=(3, *example.shape[1:]))).astype(np.float32)
     return np.concatenate([example[:1], noise]).astype(example.dtype), "synthetic"
 
 
@@ -450,7 +454,7 @@ def _runtime_raw_scores(bundle: Path, inputs: np.ndarray, modality: str) -> np.n
         if modality == "image":
             results = det(list(inputs), channel_order="RGB")
             return np.array([r.raw_score for r in results], dtype=np.float64)  # type: ignore
-        return np.asarray(det.score_rows(np.asarray(inputs)).raw_scores, dtype=np.float64)
+        return np.asarray(_score_non_image(det, inputs, modality), dtype=np.float64)
     finally:
         det.close()
 
@@ -586,7 +590,7 @@ def _parity(
                 results = det(list(inputs), channel_order="RGB")
                 scores = np.array([r.raw_score for r in results])  # type: ignore[union-attr]
             else:
-                scores = det.score_rows(inputs).raw_scores
+                scores = _score_non_image(det, inputs, detector.modality)
             entry["score"] = check_score_parity(scores, torch_scores, level, det.backend)
             report[name] = entry
             logger.info("parity %s: %s", det.backend, entry)
@@ -598,6 +602,13 @@ def _parity(
             "reason": "the engine is built on the device; ONNX Runtime checked model.onnx here",
         }
     return report
+
+
+def _score_non_image(det: Any, inputs: np.ndarray, modality: str) -> np.ndarray:
+    """Raw scores (N,) of rows (tabular) or windows (B, L, D) (timeseries) via the runtime."""
+    if modality == "timeseries":
+        return det.score_windows(np.asarray(inputs)).raw_scores
+    return det.score_rows(np.asarray(inputs)).raw_scores
 
 
 def _fp16_change(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:

@@ -184,6 +184,8 @@ _FAMILIES = (
     "kde",
     "gmm",
     "ocsvm",
+    "window_ae",
+    "conv_ae_1d",
 )
 
 

@@ -27,6 +27,14 @@ from edgead.runtime.nn_index import FaissIndex, load_index
 from edgead.runtime.postprocess import normalise_scores, resize_map, upsample_and_blur
 from edgead.runtime.preprocess import resize_frame
 from edgead.runtime.rows_nn import score_rows_nn
+from edgead.runtime.series import (
+    WINDOW_KINDS,
+    RowResult,
+    SeriesScores,
+    check_windows,
+    window_shape,
+)
+from edgead.runtime.windows import RingBuffer, window_end_rows
 
 logger = logging.getLogger(__name__)
 
@@ -186,11 +194,12 @@ class Detector:
         self.fallbacks: list[str] = list(fallbacks)
         post = self.manifest.postprocess
         kind = post.get("kind")
-        if kind not in IMAGE_KINDS + ROW_KINDS:
+        if kind not in IMAGE_KINDS + ROW_KINDS + WINDOW_KINDS:
             raise BundleError(
                 f"bundle post-processing kind {kind!r} is unknown to this runtime "
-                f"(knows {IMAGE_KINDS + ROW_KINDS}); upgrade edgead"
+                f"(knows {IMAGE_KINDS + ROW_KINDS + WINDOW_KINDS}); upgrade edgead"
             )
+        self._buffers: dict[str, RingBuffer] = {}  # window bundles: one ring buffer per stream
         self._kind: str = kind
         self._index: FaissIndex | None = None
         self._bank: np.ndarray | None = None  # reconstructed bank vectors (reweight only)
@@ -324,8 +333,13 @@ class Detector:
         Raises:
             DataError: not uint8, wrong number of dimensions or channels, or a tabular bundle.
         """
-        if self._kind in ROW_KINDS:
-            raise DataError("this bundle scores tabular rows; call detector.score_rows(rows)")
+        if self._kind in ROW_KINDS + WINDOW_KINDS:
+            raise DataError(
+                "this bundle scores rows; call detector.score_rows(rows)"
+                if self._kind in ROW_KINDS
+                else "this bundle scores sensor windows; call detector.push(row) or "
+                "detector.score_series(rows)"
+            )
         if not isinstance(frame, (np.ndarray, list, tuple)):
             raise DataError(
                 f"expected a uint8 image array or a list of them, got {type(frame).__name__}"
@@ -487,6 +501,11 @@ class Detector:
         Raises:
             DataError: an image bundle, wrong shape, non-numeric or non-finite values.
         """
+        if self._kind in WINDOW_KINDS:
+            raise DataError(
+                "this bundle scores windows of rows; call detector.score_series(rows) or "
+                "detector.push(row)"
+            )
         if self._kind not in ROW_KINDS:
             raise DataError("this bundle scores images; call detector(frame)")
         rows = _check_rows(rows, self.manifest.input.shape[-1])
@@ -505,6 +524,76 @@ class Detector:
         if decisions is None:
             decisions = np.zeros(n, dtype=bool)
         return RowScores(raw_scores=raw, scores=normalised, is_anomaly=decisions)
+
+    # ------------------------------------------------------------------ windows
+    @property
+    def window(self) -> tuple[int, int, int]:
+        """(rows per window L, stride, features D) of a window bundle."""
+        if self._kind not in WINDOW_KINDS:
+            raise DataError("this bundle does not score windows of rows")
+        return window_shape(self.manifest.postprocess, self.manifest.input.shape)
+
+    def score_windows(self, windows: np.ndarray) -> RowScores:
+        """Scores of raw windows float32 (B, L, D) (one (L, D) window is a batch of 1).
+
+        Raises:
+            DataError: not a window bundle, wrong shape, non-numeric or non-finite values.
+        """
+        length, _, n_features = self.window
+        batch = check_windows(windows, length, n_features)
+        raw = self._run_graph(batch)["score"].reshape(len(batch)).astype(np.float32)
+        normalised, decisions = self._decide(raw)
+        if decisions is None:
+            decisions = np.zeros(len(raw), dtype=bool)
+        return RowScores(raw_scores=raw, scores=normalised, is_anomaly=decisions)
+
+    def score_series(self, rows: np.ndarray, batch: int = 256) -> SeriesScores:
+        """Scores of the sliding windows of a recording (N, D) in time order.
+
+        The window ending at row t covers rows t-L+1..t; scores exist for rows
+        `window_end_rows(N, L, stride)` (the first L-1 rows get none).
+        """
+        from edgead.runtime.windows import sliding_windows
+
+        length, stride, n_features = self.window
+        array = _check_rows(rows, n_features)
+        ends = window_end_rows(len(array), length, stride)
+        if not len(ends):
+            raise DataError(f"{len(array)} rows are fewer than one window of {length} rows")
+        windows = sliding_windows(array, length, stride)
+        parts = [self.score_windows(windows[i : i + batch]) for i in range(0, len(windows), batch)]
+        return SeriesScores(
+            rows=ends,
+            raw_scores=np.concatenate([p.raw_scores for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            is_anomaly=np.concatenate([p.is_anomaly for p in parts]),
+        )
+
+    def push(self, row: np.ndarray, stream: str = "default") -> RowResult | None:
+        """Add one row (D,) to `stream`'s ring buffer; a RowResult when a window is due.
+
+        Each stream (e.g. one machine) keeps its own last L rows; the first result comes with
+        row L-1, then one every `stride` rows, equal to `score_series` on the same rows.
+        """
+        length, stride, n_features = self.window
+        buffer = self._buffers.get(stream)
+        if buffer is None:
+            buffer = self._buffers[stream] = RingBuffer(length, n_features, stride)
+        window = buffer.push(row)
+        if window is None:
+            return None
+        res = self.score_windows(window[None])
+        return RowResult(
+            stream=stream,
+            row_index=buffer.n_seen - 1,
+            raw_score=float(res.raw_scores[0]),
+            score=float(res.scores[0]),
+            is_anomaly=bool(res.is_anomaly[0]) if self._calibrated else None,
+        )
+
+    def reset_stream(self, stream: str = "default") -> None:
+        """Forget `stream`'s rows (after a gap in the data); the next window starts afresh."""
+        self._buffers.pop(stream, None)
 
 
 def _check_rows(rows: Any, n_features: int | None) -> np.ndarray:
