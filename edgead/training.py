@@ -146,6 +146,49 @@ def _tabular_split(data: str | Path, seed: int, label_column: str | None) -> _Sp
     return _Split(fit_rows, val_rows, info)
 
 
+def _series_split(
+    detector: BaseDetector, data: str | Path, label_column: str | None, options: dict[str, Any]
+) -> _Split:
+    """Fit on the first fit_rows rows (all when 0) minus a held-out tail for the threshold.
+
+    The tail (the last `TABULAR_VAL_FRACTION` of the fitted rows, at least `MIN_VAL_ROWS`
+    windows) is never fitted; its windows (with window - 1 rows of context before it) give the
+    validation scores. Rows labelled anomalous inside the fitted part are refused.
+    """
+    from edgead.data.timeseries import fit_row_count, load_run_series, series_options
+
+    opts = series_options(options)
+    series = load_run_series(data, opts, label_column)
+    n_fit = fit_row_count(series, opts)
+    if series.labels is not None and series.labels[:n_fit].any():
+        raise DataError(
+            f"{data}: {int(series.labels[:n_fit].sum())} of the first {n_fit} rows are labelled "
+            "anomalous; fit on normal rows only (set fit_rows to end before the first anomaly)"
+        )
+    window = int(detector.config.window)
+    n_val = max(MIN_VAL_ROWS, int(round(TABULAR_VAL_FRACTION * n_fit)))
+    if n_fit - n_val < window + 2:
+        raise DataError(
+            f"{data}: {n_fit} fitted rows leave too few for one window of {window} rows plus "
+            f"{n_val} held-out rows; give more rows or a shorter window"
+        )
+    info = {
+        "path": str(Path(data).expanduser().resolve()),
+        "spec": str(data),
+        "kind": "series",
+        "label_column": label_column,
+        "n_rows": series.n_rows,
+        "n_features": len(series.feature_names),
+        "feature_names": list(series.feature_names),
+        "train_rows": f"rows 0..{n_fit - n_val - 1}; held out {n_fit - n_val}..{n_fit - 1}",
+        "n_train": int(n_fit - n_val),
+        "n_val": int(n_val),
+        "options": {**options, "fit_rows": n_fit},
+    }
+    val_rows = series.values[n_fit - n_val - window + 1 : n_fit]
+    return _Split(series.values[: n_fit - n_val], val_rows, info)
+
+
 def _labelled_validation(
     detector: BaseDetector, val_data: str | Path, label_column: str | None
 ) -> tuple[Any, np.ndarray]:
@@ -205,6 +248,8 @@ def train_run(
                 f"--label-column applies to tabular detectors only; {detector.name} takes images"
             )
         split = _image_split(detector, data, seed, options)
+    elif detector.modality == "timeseries":
+        split = _series_split(detector, data, label_column, options)
     else:
         if options:
             raise ConfigError(f"data options {sorted(options)} apply to image data only")
@@ -335,7 +380,7 @@ def evaluate_run(
     if detector.modality != "image":
         if save_maps is not None:
             raise ConfigError("--save-maps needs an image detector; this run is tabular")
-        result = _evaluate_tabular(detector, spec, meta, threshold)
+        result = _evaluate_tabular(detector, spec, meta, threshold, data_options)
     else:
         result = _evaluate_images(
             detector,
@@ -366,17 +411,20 @@ def _record_metrics(run_dir: Path, result: dict[str, Any]) -> None:
 
 
 def _evaluate_tabular(
-    detector: BaseDetector, spec: str | Path, meta: dict[str, Any], threshold: float
+    detector: BaseDetector,
+    spec: str | Path,
+    meta: dict[str, Any],
+    threshold: float,
+    data_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from edgead.data.tabular import adbench_split, load_table
+    """Metrics on labelled rows (tabular) or windows (time series; the rows after fit_rows)."""
+    from edgead.runtime.eval import load_eval_data
 
-    table = load_table(spec, (meta.get("data") or {}).get("label_column"))
-    if table.y is None:
-        raise DataError(f"{spec} has no labels; evaluation needs 0/1 labels")
-    _, test_idx = adbench_split(table.y, seed=int(meta.get("seed", 0)))
-    labels = table.y[test_idx]
+    run_meta = {**meta, "data": {**(meta.get("data") or {}), "options": data_options or {}}}
+    _, inputs, labels, _ = load_eval_data(spec, run_meta, detector.modality)
+    labels = np.asarray(labels, dtype=np.int64)
     t0 = time.perf_counter()
-    scores = detector.score(table.X[test_idx]).scores
+    scores = detector.score(inputs).scores
     seconds = time.perf_counter() - t0
     result = metrics.image_metrics(labels, scores)
     return {

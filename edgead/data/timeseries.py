@@ -182,3 +182,84 @@ def check_feature_names(series: Series, expected: Sequence[str]) -> None:
             f"the series has feature columns {list(series.feature_names)}, but the model was "
             f"trained on {list(expected)}; pick them with --feature-columns"
         )
+
+
+#: loader options a run may record (train_run's data_options for time-series detectors).
+SERIES_OPTIONS = ("fit_rows", "time_column", "feature_columns", "drop_columns", "delimiter")
+
+
+def series_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Checked, typed series options: fit_rows int >= 0 (0 = every row), column lists as tuples.
+
+    Raises:
+        ConfigError: unknown keys or a bad fit_rows.
+    """
+    from edgead.errors import ConfigError
+
+    given = dict(options or {})
+    unknown = sorted(set(given) - set(SERIES_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown time-series data option(s) {unknown}; known: {', '.join(SERIES_OPTIONS)}"
+        )
+    out: dict[str, Any] = {}
+    if given.get("fit_rows") not in (None, ""):
+        try:
+            out["fit_rows"] = int(given["fit_rows"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"fit_rows must be a whole number, got {given['fit_rows']!r}"
+            ) from exc
+        if out["fit_rows"] < 0:
+            raise ConfigError(f"fit_rows must be >= 0 (0 = every row), got {out['fit_rows']}")
+    for key in ("feature_columns", "drop_columns"):
+        value = given.get(key)
+        if value not in (None, ""):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            out[key] = tuple(str(v).strip() for v in items if str(v).strip())
+    for key in ("time_column", "delimiter"):
+        if given.get(key) not in (None, ""):
+            out[key] = str(given[key])
+    return out
+
+
+def load_run_series(
+    path: str | Path, options: dict[str, Any] | None, label_column: str | None
+) -> Series:
+    """`load_series` with a run's recorded options (`series_options`)."""
+    opts = series_options(options)
+    return load_series(
+        path,
+        time_column=opts.get("time_column", "auto"),
+        label_column=label_column,
+        feature_columns=opts.get("feature_columns"),
+        drop_columns=opts.get("drop_columns", ()),
+        delimiter=opts.get("delimiter"),
+    )
+
+
+def fit_row_count(series: Series, options: dict[str, Any] | None) -> int:
+    """Rows used for fitting: options' fit_rows (0 or absent = every row), at most N."""
+    fit_rows = int(series_options(options).get("fit_rows", 0))
+    return series.n_rows if fit_rows == 0 else min(fit_rows, series.n_rows)
+
+
+def test_windows(
+    series: Series, length: int, start_row: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(float32 (M, L, D) windows ending at rows >= start_row, their end rows' labels or None).
+
+    A window ending at row t >= start_row may reach back into earlier rows (context only).
+    """
+    from edgead.runtime.windows import sliding_windows, window_end_rows
+
+    ends = window_end_rows(series.n_rows, length)
+    keep = ends >= max(start_row, length - 1)
+    if not keep.any():
+        raise DataError(
+            f"no window of {length} rows ends at or after row {start_row} "
+            f"(the series has {series.n_rows} rows)"
+        )
+    windows = sliding_windows(series.values, length)[keep]
+    labels = None if series.labels is None else series.labels[ends[keep]]
+    return np.ascontiguousarray(windows), labels

@@ -287,6 +287,8 @@ def export_detector(
         arrays=array_members,
         build=build,
         config=dict(config),
+        # the run's data record, so evaluating the candidate finds its label column and options
+        export={"run": {"seed": meta.get("seed"), "data": meta.get("data")}},
     )
     progress(2, 5, "export")
     calibration: dict[str, Any] | None = None

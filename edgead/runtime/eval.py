@@ -55,6 +55,8 @@ def load_eval_data(
         test = dataset.test_set()
         train = dataset.train_images() if with_train else None
         return train, test.images, np.asarray(test.labels), test.masks
+    if modality == "timeseries":
+        return _series_eval_data(data, meta, with_train)
     from edgead.data.tabular import adbench_split, load_table
 
     table = load_table(data, (meta.get("data") or {}).get("label_column"))
@@ -63,6 +65,32 @@ def load_eval_data(
     train_idx, test_idx = adbench_split(table.y, seed=int(meta.get("seed", 0)))
     train = table.X[train_idx] if with_train else None
     return train, table.X[test_idx], table.y[test_idx], None
+
+
+def _series_eval_data(
+    data: str | Path, meta: dict[str, Any], with_train: bool
+) -> tuple[Any, Any, np.ndarray, Any]:
+    """(train windows or None, test windows (M, L, D), labels of their last rows, None).
+
+    Test windows end at the rows after the run's fit_rows (all rows when the run fitted every
+    row of another file); train windows end inside the fitted rows.
+    """
+    from edgead.data.timeseries import fit_row_count, load_run_series, test_windows
+
+    info = meta.get("data") or {}
+    options = dict(info.get("options") or {})
+    series = load_run_series(data, options, info.get("label_column"))
+    if series.labels is None:
+        raise DataError(f"{data} has no labels; evaluation needs a 0/1 label column")
+    window = int((meta.get("config") or {}).get("window", 0))
+    same = str(data) in (info.get("spec"), info.get("path"))
+    start = fit_row_count(series, options) if same else 0
+    start = 0 if start >= series.n_rows else start
+    windows, labels = test_windows(series, window, start)
+    train = None
+    if with_train:
+        train = test_windows(series, window, 0)[0][: max(start - window + 1, 1)]
+    return train, windows, np.asarray(labels), None
 
 
 def evaluate_bundle(
@@ -113,10 +141,11 @@ def evaluate_bundle(
         maps: list[np.ndarray] = []
         panels: list[str] = []
         t0 = time.perf_counter()
-        if m.modality == "tabular":
+        if m.modality in ("tabular", "timeseries"):
             if save_maps is not None:
-                raise DataError("--save-maps needs an image bundle; this bundle is tabular")
-            raw[:] = det.score_rows(inputs).raw_scores
+                raise DataError(f"--save-maps needs an image bundle; this one is {m.modality}")
+            score = det.score_windows if m.modality == "timeseries" else det.score_rows
+            raw[:] = score(inputs).raw_scores
         else:
             for start in range(0, n, BATCH):
                 batch = [inputs[i] for i in range(start, min(start + BATCH, n))]
@@ -152,7 +181,7 @@ def evaluate_bundle(
         "precision_at_threshold": true_pos / max(int(predicted.sum()), 1),
         "recall_at_threshold": true_pos / max(int(labels.sum()), 1),
     }
-    if m.modality == "tabular":
+    if m.modality in ("tabular", "timeseries"):
         return {
             "auroc": scores["auroc"],
             "auprc": scores["auprc"],
