@@ -320,7 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "exported": not args.no_export,
         "summary": summary,
-        "leaderboard": {k: dict(zip(("f1", "far", "mar"), v, strict=True)) for k, v in LEADERBOARD.items()},
+        "leaderboard": {
+            name: {"f1": f1, "far": far, "mar": mar} for name, (f1, far, mar) in LEADERBOARD.items()
+        },
         "runs": runs,
     }
     out = write_report(report, args.json, REPO / "benchmarks" / "results", "skab")
