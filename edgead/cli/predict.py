@@ -26,7 +26,7 @@ def predict(
         list[str],
         typer.Argument(
             help="Images or folders (image bundles); a .csv/.npz/.parquet table or '-' for JSON "
-            "lines on stdin (tabular bundles)."
+            "lines on stdin (tabular and sensor-window bundles)."
         ),
     ],
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | gpu | npu")] = "auto",
@@ -46,7 +46,11 @@ def predict(
 
     with Detector.load(bundle, device=device, backend=backend, threads=threads) as det:
         header = {"bundle": str(bundle), "backend": det.backend, "fallbacks": det.fallbacks}
-        if det.manifest.modality == "tabular":
+        if det.manifest.modality == "timeseries":
+            from edgead.cli._series import predict_series
+
+            items = predict_series(det, inputs, label_column)
+        elif det.manifest.modality == "tabular":
             items = _predict_rows(det, inputs, label_column)
         else:
             items = _predict_images(det, inputs, save_maps)
