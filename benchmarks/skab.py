@@ -123,8 +123,9 @@ def _score_window_model(
     rule: tuple[float, float],
     seed: int,
     export: bool,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """(per-row decisions (N,) 1/0, NaN before the first window; facts) of a window model."""
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """(per-row scores (N,) NaN before the first window, the runtime's per-row decisions at the
+    bundle's threshold (or None without export), facts) of a window model."""
     from edgead.models.base import create_detector
     from edgead.runtime.windows import window_end_rows
 
@@ -132,13 +133,13 @@ def _score_window_model(
     det.fit(values[:fit_rows], seed=seed)
     torch_scores = det.score(values).scores.astype(np.float64)
     ends = window_end_rows(len(values), det.window, int(det.config.stride))
-    threshold = threshold_from_fitted(torch_scores[ends < fit_rows], *rule)
     facts: dict[str, Any] = {"window": det.window}
     if not export:
-        return _row_scores(len(values), ends, torch_scores >= threshold), facts
+        return _row_scores(len(values), ends, torch_scores), None, facts
     from edgead.export.exporter import export_detector
     from edgead.runtime import Detector
 
+    threshold = threshold_from_fitted(torch_scores[ends < fit_rows], *rule)
     meta = {
         "threshold": {"value": threshold, "policy": f"skab:q{rule[0]}x{rule[1]}"},
         "normalisation": {
@@ -158,8 +159,8 @@ def _score_window_model(
     bundle_scores = series.raw_scores.astype(np.float64)
     rel = np.abs(bundle_scores - torch_scores) / np.maximum(np.abs(torch_scores), 1e-12)
     facts.update(bundle_vs_torch_max_rel=float(rel.max()), scored_by="bundle (onnxruntime)")
-    # the runtime's decisions: is_anomaly = raw >= the bundle's threshold
-    return _row_scores(len(values), series.rows, series.is_anomaly), facts
+    decisions = _row_scores(len(values), series.rows, series.is_anomaly)
+    return _row_scores(len(values), series.rows, bundle_scores), decisions, facts
 
 
 def run_file(
@@ -168,18 +169,24 @@ def run_file(
     configs: dict[str, dict[str, Any]],
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
-    """One entry per model for one SKAB file: counts on the rows after the fitted ones."""
+    """One entry per model for one SKAB file: counts on the rows after the fitted ones.
+
+    The main counts use the default rule (for exported window models: the runtime's own
+    decisions at the bundle's threshold); "sweep" holds the counts at every --sweep factor.
+    """
     from edgead.data.timeseries import load_series
 
     series = load_series(path, label_column="anomaly", drop_columns=("changepoint",))
     labels = series.labels if series.labels is not None else np.zeros(series.n_rows, dtype=int)
+    test_labels = labels[args.fit_rows :]
     rule = (args.threshold_quantile, args.threshold_factor)
     entries = []
     for model in models:
         start = time.perf_counter()
         facts: dict[str, Any] = {}
+        decisions = None
         if model in WINDOW_MODELS:
-            decisions, facts = _score_window_model(
+            rows, decisions, facts = _score_window_model(
                 model,
                 configs.get(model, {}),
                 series.values,
@@ -190,18 +197,27 @@ def run_file(
             )
         else:
             rows = _score_baseline(model, series.values, args.fit_rows, args.seed)
-            threshold = threshold_from_fitted(rows[: args.fit_rows], *rule)
-            decisions = (rows >= threshold).astype(np.float64)
-        test = decisions[args.fit_rows :]
+        fitted = rows[: args.fit_rows]
+        fitted = fitted[~np.isnan(fitted)]
+        test = rows[args.fit_rows :]
         if np.isnan(test).any():
             raise SystemExit(f"{path.name}: {model} left rows after the fitted ones unscored")
+        if decisions is None:
+            decisions = rows >= threshold_from_fitted(fitted, *rule)
+        sweep = {
+            f"{factor:g}": rates(
+                test_labels, test >= threshold_from_fitted(fitted, rule[0], factor)
+            )
+            for factor in args.sweep
+        }
         entry = {
             "file": path.name,
             "model": model,
             "n_test": int(len(test)),
             "seconds": round(time.perf_counter() - start, 2),
             **facts,
-            **rates(labels[args.fit_rows :], test > 0.5),
+            **rates(test_labels, np.asarray(decisions[args.fit_rows :]) > 0.5),
+            "sweep": sweep,
         }
         logger.info(
             "%-8s %-11s F1 %.3f FAR %5.1f MAR %5.1f (%.1fs)",
@@ -214,6 +230,16 @@ def run_file(
         )
         entries.append(entry)
     return entries
+
+
+def _pooled_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """F1 / FAR / MAR of counts summed over parts."""
+    tp, fp, fn, tn = (sum(p[k] for p in parts) for k in ("tp", "fp", "fn", "tn"))
+    return {
+        "f1": 2 * tp / max(2 * tp + fp + fn, 1),
+        "far": 100.0 * fp / max(fp + tn, 1),
+        "mar": 100.0 * fn / max(fn + tp, 1),
+    }
 
 
 def pooled(runs: list[dict[str, Any]], models: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -232,6 +258,10 @@ def pooled(runs: list[dict[str, Any]], models: Sequence[str]) -> dict[str, dict[
             "n_files": len(mine),
             **counts,
         }
+        factors = mine[0].get("sweep", {})
+        out[model]["sweep"] = {
+            factor: _pooled_counts([r["sweep"][factor] for r in mine]) for factor in factors
+        }
         parity = [r["bundle_vs_torch_max_rel"] for r in mine if "bundle_vs_torch_max_rel" in r]
         if parity:
             out[model]["bundle_vs_torch_max_rel"] = max(parity)
@@ -247,6 +277,16 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
             f"{model:<34} {row['f1']:5.3f} {row['far']:6.1f} {row['mar']:6.1f}  "
             f"{src}, {row['n_files']} files"
         )
+    factors = next(iter(summary.values()), {}).get("sweep", {})
+    if factors:
+        lines.append("\nthreshold factor sweep (F1 / FAR %), same fitted-rows quantile:")
+        lines.append(f"{'model':<12}" + "".join(f"{'x' + f:>13}" for f in factors))
+        for model, row in summary.items():
+            cells = "".join(
+                f"{row['sweep'][f]['f1']:7.3f}/{row['sweep'][f]['far']:4.1f}%" for f in factors
+            )
+            lines.append(f"{model:<12}{cells}")
+        lines.append("")
     for name, (f1, far, mar) in LEADERBOARD.items():
         lines.append(f"{name:<34} {f1:5.2f} {far:6.2f} {mar:6.2f}  SKAB leaderboard")
     return "\n".join(lines)
@@ -273,7 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--files", default=None, help="comma-separated file stems (default all)")
     parser.add_argument("--fit-rows", type=int, default=400)
     parser.add_argument("--threshold-quantile", type=float, default=0.99)
-    parser.add_argument("--threshold-factor", type=float, default=2.0)
+    parser.add_argument("--threshold-factor", type=float, default=3.5)
+    parser.add_argument(
+        "--sweep",
+        type=lambda text: [float(v) for v in text.split(",")],
+        default=[1.0, 1.5, 2.0, 3.0, 3.5, 4.0, 5.0],
+        help="threshold factors to report besides the default (comma-separated)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="MODEL.KEY=VALUE config")
     parser.add_argument("--no-export", action="store_true", help="score with torch only")

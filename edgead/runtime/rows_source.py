@@ -101,12 +101,13 @@ def csv_replay(
     return _paced(rows(), rate_hz)
 
 
-def jsonl_rows(
-    stream: IO[str], feature_names: Sequence[str] | None, time_key: str = "time"
-) -> Iterator[SensorRow]:
-    """Rows from JSON lines: a list of D numbers, or an object keyed by the feature names
-    (plus an optional `time_key`). Blank lines are skipped; bad lines yield a row with a problem.
+def jsonl_rows(stream: IO[str], feature_names: Sequence[str] | None) -> Iterator[SensorRow]:
+    """Rows from JSON lines: a list of D numbers, or an object keyed by the feature names (plus
+    an optional time stamp under datetime / timestamp / time / date). Blank lines are skipped;
+    a bad line yields a row with a problem.
     """
+    from edgead.data.timeseries import TIME_NAMES
+
     index = 0
     for line in stream:
         if not line.strip():
@@ -120,7 +121,8 @@ def jsonl_rows(
                 missing = [n for n in feature_names if n not in value]
                 if missing:
                     raise DataError(f"missing features {missing}")
-                stamp = None if value.get(time_key) is None else str(value[time_key])
+                keys = [k for k in value if k.strip().lower() in TIME_NAMES]
+                stamp = str(value[keys[0]]) if keys else None
                 value = [value[n] for n in feature_names]
             values = np.asarray(value, dtype=np.float32).reshape(-1)
             yield SensorRow(index, stamp, values)
