@@ -194,7 +194,8 @@ def test_cli_train_export_predict_and_run_give_the_same_row_scores(tmp_path: Pat
     )
     assert ran[0]["time"] == "2020-01-01 00:00:07"
     # JSON lines on stdin, keyed by feature names, through the same ring buffer
-    lines = "".join(json.dumps(dict(zip(FEATURES, map(float, r), strict=True))) + "\n" for r in rows)
+    records = [dict(zip(FEATURES, map(float, r), strict=True)) for r in rows]
+    lines = "".join(json.dumps(record) + "\n" for record in records)
     from edgead.cli.main import app
 
     stdin_run = CliRunner().invoke(app, ["run", str(bundle), "--source", "-"], input=lines)
