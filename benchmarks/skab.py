@@ -313,11 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--files", default=None, help="comma-separated file stems (default all)")
     parser.add_argument("--fit-rows", type=int, default=400)
     parser.add_argument("--threshold-quantile", type=float, default=0.99)
-    parser.add_argument("--threshold-factor", type=float, default=3.5)
+    parser.add_argument("--threshold-factor", type=float, default=9.0)
     parser.add_argument(
         "--sweep",
         type=lambda text: [float(v) for v in text.split(",")],
-        default=[1.0, 1.5, 2.0, 3.0, 3.5, 4.0, 5.0],
+        default=[1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0],
         help="threshold factors to report besides the default (comma-separated)",
     )
     parser.add_argument("--seed", type=int, default=0)
