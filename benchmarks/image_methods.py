@@ -48,6 +48,7 @@ METHODS = (
     "conv_ae",
     "conv_vae",
     "deep_svdd_image",
+    "mae",
 )
 #: benchmark rows that are a registered detector with settings: row name -> (detector, config).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

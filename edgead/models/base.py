@@ -186,6 +186,7 @@ _FAMILIES = (
     "ocsvm",
     "window_ae",
     "conv_ae_1d",
+    "mae",
 )
 
 
