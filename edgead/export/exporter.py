@@ -53,7 +53,7 @@ TENSORRT_BUILD = {"workspace_mib": 1024, "max_batch": 8}
 Evaluator = Callable[[Path, "str | None"], dict[str, Any]]
 #: Default --index per post-processing kind: PatchCore ships a compressed bank; kNN/LOF keep
 #: exact search (their scores must match the fitted model exactly) unless --index is given.
-DEFAULT_INDEX_BY_KIND = {"nn_index": DEFAULT_INDEX, "rows_nn_index": "flat"}
+DEFAULT_INDEX_BY_KIND = {"nn_index": DEFAULT_INDEX, "rows_nn_index": "flat", "csi_nn_index": "flat"}
 
 
 @dataclass

@@ -187,6 +187,7 @@ _FAMILIES = (
     "window_ae",
     "conv_ae_1d",
     "mae",
+    "csi",
 )
 
 

@@ -47,7 +47,7 @@ BACKEND_ALIASES = {
     "tensorrt": "tensorrt",
     "trt": "tensorrt",
 }
-IMAGE_KINDS = ("nn_index", "map", "graph")
+IMAGE_KINDS = ("nn_index", "map", "graph", "csi_nn_index")
 ROW_KINDS = ("rows", "rows_nn_index")
 
 
@@ -425,6 +425,12 @@ class Detector:
                     f"nn_index score {mode!r} is unknown to this runtime (max, map_max, reweight)"
                 )
             return raw.astype(np.float32), maps, search_ms
+        if self._kind == "csi_nn_index":
+            from edgead.runtime.csi import csi_scores
+
+            t0 = time.perf_counter()
+            raw = csi_scores(self._index, outputs["embedding"], outputs["norm"], post)
+            return raw, None, (time.perf_counter() - t0) * 1e3
         if self._kind == "map":
             maps = upsample_and_blur(
                 outputs["anomaly_map"].reshape(n, *outputs["anomaly_map"].shape[-2:]),
