@@ -78,7 +78,13 @@ def detect_delimiter(path: str | Path, sample_bytes: int = 16384) -> str:
 
 
 def _read_frame(path: Path, delimiter: str | None) -> Any:
-    import pandas as pd
+    try:
+        import pandas as pd
+    except ImportError as exc:
+        raise DataError(
+            f"reading {path.suffix} recordings needs pandas (pip install pandas, or "
+            "'edgead[train]'); without it, send rows as JSON lines on stdin (--source -)"
+        ) from exc
 
     try:
         if path.suffix.lower() == ".parquet":
