@@ -21,6 +21,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("EDGEAD_DATA", REPO.parent / "shared" / "datasets"))
 SKAB_FILE = DATA / "skab_valve1" / "valve1" / "3.csv"
+#: measured 2026-12-01 with this exact recipe (5 epochs, seed 0): AUROC 0.965 on file 3's rows
+#: after the fitted ones (`edgead eval`); the floor catches a broken pipeline, not noise.
 AUROC_FLOOR = 0.8
 
 
