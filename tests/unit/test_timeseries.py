@@ -135,7 +135,10 @@ def test_window_detector_fit_score_state_and_bundle(name: str, tmp_path: Path) -
         np.testing.assert_array_equal(series.is_anomaly, series.raw_scores >= threshold)
         pushed = [runtime.push(row, stream="a") for row in rows]
         assert all(r is None for r in pushed[:7])
-        np.testing.assert_allclose([r.raw_score for r in pushed[7:]], series.raw_scores)
+        # batch 1 vs batch 256 through the graph: float32 rounding only
+        np.testing.assert_allclose(
+            [r.raw_score for r in pushed[7:]], series.raw_scores, rtol=1e-5, atol=1e-7
+        )
         assert runtime.push(rows[0], stream="b") is None  # each stream has its own buffer
         with pytest.raises(DataError, match="score_series"):
             runtime.score_rows(rows)
