@@ -212,6 +212,49 @@ def _tabular_split(data: str | Path, seed: int, label_column: str | None) -> _Sp
     return _Split(fit_rows, val_rows, info)
 
 
+def _series_split(
+    detector: BaseDetector, data: str | Path, label_column: str | None, options: dict[str, Any]
+) -> _Split:
+    """Fit on the first fit_rows rows (all when 0) minus a held-out tail for the threshold.
+
+    The tail (the last `TABULAR_VAL_FRACTION` of the fitted rows, at least `MIN_VAL_ROWS`
+    windows) is never fitted; its windows (with window - 1 rows of context before it) give the
+    validation scores. Rows labelled anomalous inside the fitted part are refused.
+    """
+    from edgead.data.timeseries import fit_row_count, load_run_series, series_options
+
+    opts = series_options(options)
+    series = load_run_series(data, opts, label_column)
+    n_fit = fit_row_count(series, opts)
+    if series.labels is not None and series.labels[:n_fit].any():
+        raise DataError(
+            f"{data}: {int(series.labels[:n_fit].sum())} of the first {n_fit} rows are labelled "
+            "anomalous; fit on normal rows only (set fit_rows to end before the first anomaly)"
+        )
+    window = int(detector.config.window)
+    n_val = max(MIN_VAL_ROWS, int(round(TABULAR_VAL_FRACTION * n_fit)))
+    if n_fit - n_val < window + 2:
+        raise DataError(
+            f"{data}: {n_fit} fitted rows leave too few for one window of {window} rows plus "
+            f"{n_val} held-out rows; give more rows or a shorter window"
+        )
+    info = {
+        "path": str(Path(data).expanduser().resolve()),
+        "spec": str(data),
+        "kind": "series",
+        "label_column": label_column,
+        "n_rows": series.n_rows,
+        "n_features": len(series.feature_names),
+        "feature_names": list(series.feature_names),
+        "train_rows": f"rows 0..{n_fit - n_val - 1}; held out {n_fit - n_val}..{n_fit - 1}",
+        "n_train": int(n_fit - n_val),
+        "n_val": int(n_val),
+        "options": {**options, "fit_rows": n_fit},
+    }
+    val_rows = series.values[n_fit - n_val - window + 1 : n_fit]
+    return _Split(series.values[: n_fit - n_val], val_rows, info)
+
+
 def _labelled_validation(
     detector: BaseDetector,
     val_data: str | Path,
@@ -279,6 +322,10 @@ def train_run(
                 f"--label-column applies to tabular detectors only; {detector.name} takes images"
             )
         split = _image_split(detector, data, seed, options, tiles)
+    elif detector.modality == "timeseries":
+        if tiles is not None:
+            raise ConfigError("tiling applies to image data only")
+        split = _series_split(detector, data, label_column, options)
     else:
         if options or tiles is not None:
             raise ConfigError(
