@@ -33,7 +33,9 @@ class VAEConfig:
     latent_dim: z width (default 2, as PyOD's VAE; 2 beat D // 2 on 8 ADBench sets, seed 0);
         0 = auto: max(2, D // 2), at most hidden_sizes[-1].
     kl_weight: weight of the KL term in the training loss (1 = the ELBO for a unit-variance
-        Gaussian decoder up to a factor); the score always uses 0.5 * KL.
+        Gaussian decoder up to a factor).
+    dropout / batch_norm: as AEConfig, on every hidden block of encoder and decoder.
+    score_kl_weight: weight of the KL term in the score (SSE + score_kl_weight * KL).
     """
 
     hidden_sizes: tuple[int, ...] = (64, 32)
@@ -45,32 +47,46 @@ class VAEConfig:
     weight_decay: float = 1e-5
     val_fraction: float = 0.1
     patience: int = 10
+    dropout: float = 0.0
+    batch_norm: bool = False
+    score_kl_weight: float = 0.5
 
     def validate(self) -> None:
         """ConfigError on out-of-range values."""
         validate_common(self)
-        if self.latent_dim < 0 or self.kl_weight < 0:
+        if self.latent_dim < 0 or self.kl_weight < 0 or self.score_kl_weight < 0:
             raise ConfigError(
-                f"VAEConfig: need latent_dim >= 0 and kl_weight >= 0, got "
-                f"latent_dim={self.latent_dim}, kl_weight={self.kl_weight}"
+                f"VAEConfig: need latent_dim, kl_weight, score_kl_weight >= 0, got "
+                f"latent_dim={self.latent_dim}, kl_weight={self.kl_weight}, "
+                f"score_kl_weight={self.score_kl_weight}"
             )
 
 
 class VAENet(nn.Module):
     """VAE over standardised rows.
 
-    forward(x float32 (B, D)) -> float32 (B,): SSE(x, decode(mu)) + 0.5 * KL.
+    forward(x float32 (B, D)) -> float32 (B,): SSE(x, decode(mu)) + score_kl_weight * KL.
     """
 
     def __init__(
-        self, n_features: int, hidden_sizes: tuple[int, ...], latent_dim: int, kl_weight: float
+        self,
+        n_features: int,
+        hidden_sizes: tuple[int, ...],
+        latent_dim: int,
+        kl_weight: float,
+        *,
+        score_kl_weight: float = 0.5,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.kl_weight = kl_weight
-        self.encoder = make_mlp([n_features, *hidden_sizes], final_activation=True)
+        self.score_kl_weight = score_kl_weight
+        block = {"dropout": dropout, "batch_norm": batch_norm}
+        self.encoder = make_mlp([n_features, *hidden_sizes], final_activation=True, **block)
         self.to_mu = nn.Linear(hidden_sizes[-1], latent_dim)
         self.to_logvar = nn.Linear(hidden_sizes[-1], latent_dim)
-        self.decoder = make_mlp([latent_dim, *hidden_sizes[::-1], n_features])
+        self.decoder = make_mlp([latent_dim, *hidden_sizes[::-1], n_features], **block)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar), each (B, latent_dim); logvar clamped to [-10, 10] for stability."""
@@ -90,10 +106,12 @@ class VAENet(nn.Module):
         return sse + self.kl_weight * self.kl(mu, logvar)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic score (B,): SSE(x, decode(mu)) + 0.5 * KL; export-safe."""
+        """Deterministic score (B,): SSE(x, decode(mu)) + score_kl_weight * KL; export-safe."""
         mu, logvar = self.encode(x)
         sse = ((x - self.decoder(mu)) ** 2).sum(dim=1)
-        return sse + 0.5 * self.kl(mu, logvar)
+        if self.score_kl_weight == 0:
+            return sse
+        return sse + self.score_kl_weight * self.kl(mu, logvar)
 
 
 @register_detector("vae")
@@ -105,4 +123,12 @@ class VAE(TabularNetDetector):
     def _build_network(self, n_features: int) -> nn.Module:
         cfg: VAEConfig = self.config
         latent = latent_width(cfg.latent_dim, n_features, cfg.hidden_sizes[-1])
-        return VAENet(n_features, cfg.hidden_sizes, latent, cfg.kl_weight)
+        return VAENet(
+            n_features,
+            cfg.hidden_sizes,
+            latent,
+            cfg.kl_weight,
+            score_kl_weight=cfg.score_kl_weight,
+            dropout=cfg.dropout,
+            batch_norm=cfg.batch_norm,
+        )
