@@ -130,16 +130,29 @@ def seed_means(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, floa
     return TAB.summarise(runs)["per_dataset"]
 
 
-def lodo_choices(
-    per: dict[str, dict[str, dict[str, float]]], family: str, datasets: list[str]
-) -> dict[str, str]:
-    """{left-out data set: chosen setting}: best mean AUROC over the other data sets.
+def complete_settings(ok: list[dict[str, Any]], family: str) -> list[str]:
+    """Settings of `family` with a result for every (data set, seed) pair of the runs `ok`.
 
-    Only settings with a result on every data set compete (ties: the first in SETTINGS order).
+    Only these compete, so every setting is compared on the same splits.
     """
-    names = [
-        n for n in SETTINGS[family] if all(d in per.get(f"{family}@{n}", {}) for d in datasets)
+    pairs = {(r["dataset"], r["seed"]) for r in ok}
+    return [
+        name
+        for name in SETTINGS[family]
+        if pairs <= {(r["dataset"], r["seed"]) for r in ok if r["model"] == f"{family}@{name}"}
     ]
+
+
+def lodo_choices(
+    per: dict[str, dict[str, dict[str, float]]],
+    family: str,
+    names: list[str],
+    datasets: list[str],
+) -> dict[str, str]:
+    """{left-out data set: chosen setting}: best mean AUROC (of seed means) over the OTHER sets.
+
+    names: the competing settings (ties: the first in SETTINGS order).
+    """
     choices = {}
     for left_out in datasets:
         others = [d for d in datasets if d != left_out]
@@ -163,12 +176,10 @@ def lodo(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: list[dict[str, Any]] = [r for r in ok if "@" not in r["model"]]
     choices, all_in = {}, {}
     for family in SETTINGS:
-        complete = [
-            n for n in SETTINGS[family] if all(d in per.get(f"{family}@{n}", {}) for d in datasets)
-        ]
+        complete = complete_settings(ok, family)
         if not complete:
             continue
-        chosen = lodo_choices(per, family, datasets)
+        chosen = lodo_choices(per, family, complete, datasets)
         choices[family] = chosen
         means = {
             n: float(np.mean([per[f"{family}@{n}"][d]["auroc"] for d in datasets]))
@@ -183,12 +194,34 @@ def lodo(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"runs": out, "choices": choices, "all_in": all_in, **TAB.summarise(out)}
 
 
+def per_dataset_table(runs: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    """Markdown: per data set, each setting's seed-mean AUROC, the LODO choice and its AUROC."""
+    per = seed_means([r for r in runs if "auroc" in r])
+    families = list(result["choices"])
+    head = ["data set"]
+    for family in families:
+        head += [f"{family}@{n}" for n in result["all_in"][family]["mean_auroc"]]
+        head.append(f"{family} LODO (chosen)")
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for ds in result["datasets"]:
+        cells = [ds]
+        for family in families:
+            names = result["all_in"][family]["mean_auroc"]
+            cells += [f"{per[f'{family}@{n}'][ds]['auroc']:.4f}" for n in names]
+            chosen = result["choices"][family][ds]
+            cells.append(f"{result['per_dataset'][family][ds]['auroc']:.4f} ({chosen})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Print the LODO table, the choices and the per-setting means; return the LODO result."""
     result = lodo(runs)
     print(TAB.format_table(result["summary"]))
+    if result["choices"]:
+        print("\n" + per_dataset_table(runs, result))
     for family, chosen in result["choices"].items():
-        counts = {n: list(chosen.values()).count(n) for n in SETTINGS[family]}
+        counts = {n: list(chosen.values()).count(n) for n in result["all_in"][family]["mean_auroc"]}
         means = result["all_in"][family]["mean_auroc"]
         print(
             f"\n{family}: setting chosen per left-out set: "

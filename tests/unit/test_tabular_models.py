@@ -249,18 +249,21 @@ def test_deep_svdd_has_no_bias_and_fixed_centre(
     assert torch.allclose(det.net.center, expected, atol=1e-4)
 
 
-def test_vae_score_is_deterministic_recon_plus_half_kl(
+def test_vae_score_is_deterministic_recon_plus_weighted_kl(
     fitted: dict[str, Any], data: dict[str, np.ndarray]
 ) -> None:
-    det = fitted["vae"]
-    first = det.score(data["test"]).scores
-    np.testing.assert_array_equal(first, det.score(data["test"]).scores)
-    with torch.no_grad():
-        x = torch.from_numpy(det.standardizer.transform(data["test"]))
-        mu, logvar = det.net.encode(x)
-        sse = ((x - det.net.decoder(mu)) ** 2).sum(1)
-        kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
-    np.testing.assert_allclose(first, (sse + 0.5 * kl).numpy(), rtol=1e-5)
+    """Default (PyOD's, no KL term): score = SSE at z = mu; with KL: SSE + score_kl_weight * KL."""
+    kl_vae = create_detector("vae", {"epochs": 2, "kl_weight": 1.0, "score_kl_weight": 0.5})
+    kl_vae.fit(data["train"], seed=0)
+    for det, weight in ((fitted["vae"], 0.0), (kl_vae, 0.5)):
+        first = det.score(data["test"]).scores
+        np.testing.assert_array_equal(first, det.score(data["test"]).scores)
+        with torch.no_grad():
+            x = torch.from_numpy(det.standardizer.transform(data["test"]))
+            mu, logvar = det.net.encode(x)
+            sse = ((x - det.net.decoder(mu)) ** 2).sum(1)
+            kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+        np.testing.assert_allclose(first, (sse + weight * kl).numpy(), rtol=1e-5)
 
 
 def test_ae_score_is_reconstruction_mse(
