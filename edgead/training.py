@@ -13,7 +13,8 @@ Hold-out and threshold policy (recorded in run.json under "threshold" and "valid
   (1.0 either way at 256 px) and keeps a threshold measured on unseen normal images.
 - Tabular: with labels, the ADBench protocol's training part (a seeded 60 % of the normal rows,
   `edgead.data.tabular.adbench_split`) is used, so evaluation on the same file tests on the other
-  rows; without labels every row counts as normal. A seeded `TABULAR_VAL_FRACTION` of those rows
+  rows; without labels, or with labels that are all 0 (a file of normal rows), every row is
+  trained on (logged). A seeded `TABULAR_VAL_FRACTION` of those rows
   is held out.
 - threshold = the 99th percentile of the validation scores (policy "percentile:99"), or, when
   `val_data` (labelled) is given, the F1-optimal threshold on it (policy "f1").
@@ -186,9 +187,17 @@ def _tabular_split(data: str | Path, seed: int, label_column: str | None) -> _Sp
     from edgead.data.tabular import adbench_split, load_table
 
     table = load_table(data, label_column)
-    if table.y is not None:
+    if table.y is not None and bool((table.y == 1).any()):
         rows, _ = adbench_split(table.y, seed=seed)
         protocol = "adbench: seeded 60 % of the normal rows"
+    elif table.y is not None:
+        rows = np.arange(table.n_rows, dtype=np.int64)
+        protocol = "all rows (every label is 0: no anomalies to hold out for testing)"
+        logger.info(
+            "%s: every one of the %d labels is 0 (no anomalies); training on all rows",
+            data,
+            table.n_rows,
+        )
     else:
         rows = np.arange(table.n_rows, dtype=np.int64)
         protocol = "all rows (no labels: every row is taken as normal)"
