@@ -47,8 +47,9 @@ def export(
         str | None,
         typer.Option(
             "--index",
-            help="Nearest-neighbour index: flat | fp16 | sq8 | pq | pq4 | ivfpq | hnsw | auto | "
-            "a faiss index_factory string (default: pq4 for PatchCore, flat for kNN/LOF).",
+            help="Nearest-neighbour index: graph (exact search inside the graph) | flat | fp16 | "
+            "sq8 | pq | pq4 | ivfpq | hnsw | auto | a faiss index_factory string (default: pq4 "
+            "for PatchCore, flat for kNN/LOF).",
         ),
     ] = None,
     index_dim: Annotated[
@@ -180,6 +181,14 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 
 def _index_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) rows of the index report for the CLI table."""
+    if report.get("name") == "graph":
+        return [
+            (
+                "index",
+                f"exact search inside the graph, {report.get('n_vectors')} x {report.get('dim')}"
+                f" in {report.get('n_chunks')} chunk(s)",
+            )
+        ]
     rows = [
         (
             "index",

@@ -29,6 +29,7 @@ import numpy as np
 from edgead import __version__
 from edgead.bundle import SCHEMA_VERSION, IndexSpec, InputSpec, Manifest, OutputSpec, write_bundle
 from edgead.errors import ConfigError, ExportError
+from edgead.export.graph_index import graph_index_report, in_graph_spec
 from edgead.export.graphs import OPSET, export_onnx, export_openvino_ir, run_torch
 from edgead.export.index import (
     DEFAULT_INDEX,
@@ -210,6 +211,12 @@ def export_detector(
     t0 = time.perf_counter()
     spec = detector.export_spec()
     kind = str(spec.postprocess.get("kind"))
+    graph_search = _wants_graph_index(index)
+    if graph_search:  # exact search inside the graph: the bank becomes graph constants
+        bank_for_graph = spec.arrays.get("memory_bank")
+        if bank_for_graph is None:
+            raise ExportError(f"--index graph: {detector.name} has no memory bank to search")
+        spec = in_graph_spec(spec, bank_for_graph)
     progress(0, 5, "export")
     onnx_model = export_onnx(
         spec.module, spec.example_input, spec.input_name, spec.output_names, spec.dynamic_batch
@@ -226,8 +233,11 @@ def export_detector(
     progress(1, 5, "export")
     arrays = dict(spec.arrays)
     index_build: IndexBuild | None = None
+    index_report: dict[str, Any] | None = None
     exact_index: tuple[bytes, IndexSpec] | None = None  # for parity when the index is compressed
-    if kind.endswith("nn_index"):
+    if graph_search:
+        index_report = graph_index_report(bank_for_graph, int(spec.postprocess.get("k", 1)))
+    elif kind.endswith("nn_index"):
         if "memory_bank" not in arrays:
             raise ExportError(
                 f"{detector.name}: post-processing {kind!r} needs arrays['memory_bank']"
@@ -238,6 +248,7 @@ def export_detector(
         validation = _index_validation(detector, spec, kind, data)
         index_build = build_index(bank, options, validation=validation)
         timings["index_s"] = time.perf_counter() - t_index
+        index_report = index_build.report
         members[INDEX_FILE] = index_build.data
         arrays.update(index_build.arrays)
         if not _is_exact(index_build.spec):
@@ -348,7 +359,7 @@ def export_detector(
         "torch_version": torch.__version__,
         "parity_inputs": {"n": int(len(inputs)), "source": inputs_source},
         "parity": parity,
-        "index": None if index_build is None else index_build.report,
+        "index": index_report,
         "calibration": calibration,
         "device_profile": device_profile,
         "run": {"seed": meta.get("seed"), "data": meta.get("data")},
@@ -360,6 +371,12 @@ def export_detector(
     progress(5, 5, "export")
     logger.info("exported %s (%s, %s) to %s", detector.name, target, precision, out)
     return written
+
+
+def _wants_graph_index(index: dict[str, Any] | None) -> bool:
+    """Whether the user asked for exact search inside the graph (`--index graph`)."""
+    name = (index or {}).get("index")
+    return isinstance(name, str) and name.strip().lower() == "graph"
 
 
 def _index_options(
@@ -580,7 +597,9 @@ def _parity(
                 "backend": det.backend,
                 "precision": level,
                 "backend_info": det.backend_info,
-                "outputs": check_graph_parity(graph_out, reference, level, det.backend),
+                "outputs": check_graph_parity(
+                    _squared_distances(graph_out), _squared_distances(reference), level, det.backend
+                ),
             }
             if detector.modality == "image":
                 results = det(list(inputs), channel_order="RGB")
@@ -598,6 +617,21 @@ def _parity(
             "reason": "the engine is built on the device; ONNX Runtime checked model.onnx here",
         }
     return report
+
+
+def _squared_distances(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs with in-graph search distances squared, for the graph parity check.
+
+    The search computes d^2 = ||q||^2 + ||b||^2 - 2 q.b (as faiss's exact search does); its
+    rounding error is absolute in d^2 (~eps ||q||^2), so a distance near 0 (a training patch
+    that is in the bank) carries an error of sqrt(eps ||q||^2) after the square root. Compared
+    squared, the error is uniform; the per-image score parity below keeps its own tolerance.
+    """
+    from edgead.export.graph_index import DISTANCES_OUTPUT
+
+    if DISTANCES_OUTPUT not in outputs:
+        return outputs
+    return {**outputs, DISTANCES_OUTPUT: np.square(outputs[DISTANCES_OUTPUT], dtype=np.float64)}
 
 
 def _fp16_change(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,8 @@ BACKEND_ALIASES = {
     "trt": "tensorrt",
 }
 IMAGE_KINDS = ("nn_index", "map", "graph")
+#: Graph output of an in-graph exact search (`--index graph`): float32 (B, P, k) L2 distances.
+IN_GRAPH_DISTANCES = "patch_distances"
 ROW_KINDS = ("rows", "rows_nn_index")
 
 
@@ -194,7 +196,15 @@ class Detector:
         self._kind: str = kind
         self._index: FaissIndex | None = None
         self._bank: np.ndarray | None = None  # reconstructed bank vectors (reweight only)
-        if kind.endswith("nn_index"):
+        #: exact search inside the graph (`--index graph`): distances come out of the graph
+        self._in_graph_search = kind == "nn_index" and post.get("search") == "graph"
+        if self._in_graph_search:
+            if post.get("score", "max") not in ("max", "map_max"):
+                raise BundleError(
+                    f"in-graph search with score {post.get('score')!r} is not supported "
+                    "(max, map_max); re-export with --index flat"
+                )
+        elif kind.endswith("nn_index"):
             spec = self.manifest.index
             if spec is None:
                 raise BundleError(
@@ -312,7 +322,10 @@ class Detector:
         return int(size[0]), int(size[1])
 
     def __call__(
-        self, frame: np.ndarray | Sequence[np.ndarray], channel_order: str = "BGR"
+        self,
+        frame: np.ndarray | Sequence[np.ndarray],
+        channel_order: str = "BGR",
+        maps: bool = True,
     ) -> Result | list[Result]:
         """Score one frame (-> Result) or a list of frames (-> list of Results).
 
@@ -320,6 +333,9 @@ class Detector:
             frame: uint8 (H, W, 3) (also (H, W) gray or (H, W, 4)), any H, W; or a list of them.
                 A 4-D uint8 array (B, H, W, 3) is treated as a batch.
             channel_order: "BGR" (OpenCV's cv2.imread, the default) or "RGB".
+            maps: False skips the anomaly map (upsample, blur, resize to the frame) where the
+                score does not need it, for stations that only need the decision;
+                `Result.anomaly_map` is then None. Scores and decisions are the same.
 
         Raises:
             DataError: not uint8, wrong number of dimensions or channels, or a tabular bundle.
@@ -334,10 +350,12 @@ class Detector:
         frames = [frame] if single else list(frame)  # type: ignore[arg-type]
         if not frames:
             return []
-        results = self._score_frames(frames, channel_order)
+        results = self._score_frames(frames, channel_order, maps)
         return results[0] if single else results
 
-    def _score_frames(self, frames: list[np.ndarray], channel_order: str) -> list[Result]:
+    def _score_frames(
+        self, frames: list[np.ndarray], channel_order: str, want_maps: bool = True
+    ) -> list[Result]:
         t0 = time.perf_counter()
         size_hw = self.image_size
         resize = self.manifest.input.resize
@@ -345,11 +363,12 @@ class Detector:
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
         t2 = time.perf_counter()
-        raw, maps, search_ms = self._image_scores(outputs, len(frames))
+        raw, maps, search_ms = self._image_scores(outputs, len(frames), want_maps)
         t3 = time.perf_counter()
         normalised, decisions = self._decide(raw)
         full_maps = [
-            None if maps is None else resize_map(maps[i], f.shape[:2]) for i, f in enumerate(frames)
+            None if maps is None or not want_maps else resize_map(maps[i], f.shape[:2])
+            for i, f in enumerate(frames)
         ]
         t4 = time.perf_counter()
         timings = {
@@ -384,28 +403,39 @@ class Detector:
         return {name: np.concatenate([p[name] for p in parts]) for name in names}
 
     def _image_scores(
-        self, outputs: dict[str, np.ndarray], n: int
+        self, outputs: dict[str, np.ndarray], n: int, want_maps: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """(raw scores (B,), maps (B, S, S) at input size or None, search time ms)."""
+        """(raw scores (B,), maps (B, S, S) at input size or None, search time ms).
+
+        With `want_maps` False the map is only made when the score needs it ("map_max", "map").
+        """
         post = self.manifest.postprocess
         sigma = float(post.get("blur_sigma", 0.0))
         search_ms = 0.0
         if self._kind == "nn_index":
             grid_h, grid_w = (int(v) for v in post["grid"])
-            embedding = outputs["embedding"]
-            t0 = time.perf_counter()
-            flat, ids = self._patch_distances(embedding, n, grid_h * grid_w)
             mode = post.get("score", "max")
-            if mode == "reweight":
-                patches = embedding.reshape(n, grid_h * grid_w, -1)
-                raw = self._reweight(patches, flat.reshape(n, -1), ids.reshape(n, -1))
+            t0 = time.perf_counter()
+            if self._in_graph_search:  # (B, P, k) L2 distances searched by the graph
+                dist = outputs[IN_GRAPH_DISTANCES].reshape(n * grid_h * grid_w, -1)
+                flat = dist.mean(axis=1) if dist.shape[1] > 1 else dist[:, 0]
+            else:
+                embedding = outputs["embedding"]
+                flat, ids = self._patch_distances(embedding, n, grid_h * grid_w)
+                if mode == "reweight":
+                    patches = embedding.reshape(n, grid_h * grid_w, -1)
+                    raw = self._reweight(patches, flat.reshape(n, -1), ids.reshape(n, -1))
             search_ms = (time.perf_counter() - t0) * 1e3
             patch = flat.reshape(n, grid_h, grid_w)
-            maps = upsample_and_blur(patch, self.image_size, sigma)
+            maps = (
+                upsample_and_blur(patch, self.image_size, sigma)
+                if want_maps or mode == "map_max"
+                else None
+            )
             if mode == "max":
                 raw = patch.reshape(n, -1).max(axis=1)
             elif mode == "map_max":
-                raw = maps.reshape(n, -1).max(axis=1)
+                raw = maps.reshape(n, -1).max(axis=1)  # type: ignore[union-attr]
             elif mode != "reweight":
                 raise BundleError(
                     f"nn_index score {mode!r} is unknown to this runtime (max, map_max, reweight)"
@@ -420,7 +450,7 @@ class Detector:
             return maps.reshape(n, -1).max(axis=1).astype(np.float32), maps, 0.0
         raw = outputs["score"].reshape(n).astype(np.float32)
         maps = None
-        if "anomaly_map" in outputs:
+        if "anomaly_map" in outputs and want_maps:
             grid = outputs["anomaly_map"].reshape(n, *outputs["anomaly_map"].shape[-2:])
             maps = (
                 grid
