@@ -33,7 +33,11 @@ def export(
     ] = None,
     precision: Annotated[
         str | None,
-        typer.Option(help="fp32 | fp16 (fp16: openvino, tensorrt; default: --device's, else fp32)"),
+        typer.Option(
+            help="fp32 | fp16 (openvino, tensorrt) | bf16 (openvino) | int8 (kept only within "
+            "--max-auroc-drop) | auto (export each, keep the fastest here); default: --device's, "
+            "else fp32"
+        ),
     ] = None,
     device: Annotated[
         str | None,
@@ -92,6 +96,8 @@ def export(
         from edgead.devices import profile_export_settings
 
         profile_target, profile_precision = profile_export_settings(device)
+        if precision is not None and precision.lower() == "auto":
+            precision = None  # exporting for another device: keep the profile's choice
         # the profile's precision goes with its target; an explicit other target keeps fp32
         # unless --precision says otherwise
         if precision is None and (target is None or target.lower() == profile_target):

@@ -41,12 +41,21 @@ from edgead.export.index import (
     validation_from_images,
 )
 from edgead.export.parity import check_graph_parity, check_score_parity
+from edgead.export.precision import (
+    CONTROLLED,
+    INT8_SCOPES,
+    check_precision,
+    int8_members,
+    measure_change,
+    nncf_validator,
+    over_budget,
+    runtime_aurocs,
+)
 from edgead.models.base import BaseDetector, ExportSpec, Progress, no_progress
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("onnx", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
 #: TensorRT engine build settings recorded in manifest.build["tensorrt"] (built on the device).
 TENSORRT_BUILD = {"workspace_mib": 1024, "max_batch": 8}
 
@@ -174,6 +183,8 @@ def export_detector(
     index: dict[str, Any] | None = None,
     data: ExportData | None = None,
     progress: Progress = no_progress,
+    threads: int | None = None,
+    choose_by_timing: bool = True,
 ) -> Manifest:
     """Export a fitted detector to the bundle `out` and return the manifest written.
 
@@ -182,7 +193,9 @@ def export_detector(
         meta: the run metadata (run.json): threshold, normalisation, config, metrics.
         target: "onnx" (ONNX Runtime), "openvino" (adds IR) or "tensorrt" (ONNX + engine build
             settings; the engine is built on the device).
-        precision: "fp32" or "fp16" (openvino / tensorrt only).
+        precision: "fp32", "fp16" (openvino / tensorrt), "bf16" (openvino) or "int8" (see
+            `edgead.export.precision`: bf16 / int8 are kept only when their AUROC change on the
+            run's test images, measured through the runtime, is within --max-auroc-drop).
         parity_inputs: a few real inputs (uint8 (N, S, S, 3) images already resized with
             resize_frame, or float32 (N, D) rows) for the parity check; None uses synthetic ones.
         evaluate: measures metrics of a candidate bundle through the runtime (see
@@ -195,17 +208,20 @@ def export_detector(
             index's AUROC change is measured on the test images, a compressed index's threshold
             is re-fitted on the validation inputs. None: measured on bank vectors only and the
             threshold is scaled by the median distance ratio (both logged and recorded).
+        threads: threads the `auto` timings run with (None: the libraries' defaults).
+        choose_by_timing: with precision "auto" or index "auto" (image nn_index, no
+            device_profile), export every candidate and keep the fastest here
+            (`edgead.export.auto`); False keeps index "auto" as the accuracy ladder only.
 
     Raises:
         ExportError: unsupported target/precision, tracing or parity failure (nothing written).
     """
     _check_choice("target", target, TARGETS)
-    _check_choice("precision", precision, PRECISIONS)
-    if target == "onnx" and precision == "fp16":
-        raise ExportError(
-            "an --target onnx bundle runs fp32 on ONNX Runtime; for fp16 use "
-            "--target openvino or --target tensorrt"
+    if choose_by_timing and _wants_auto(detector, index, precision, device_profile):
+        return _export_by_timing(
+            detector, meta, target, precision, out, parity_inputs, evaluate, index, data, threads
         )
+    check_precision(target, precision)
     detector.check_is_fitted()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -282,7 +298,8 @@ def export_detector(
         detector=detector.name,
         modality=detector.modality,
         target=target,
-        precision=precision,
+        # bf16 / int8: parity runs in fp32 first; `_control_precision` switches afterwards
+        precision="fp32" if precision in CONTROLLED else precision,
         graphs=graphs,
         input=_input_spec(detector, spec, meta),
         outputs=outputs,
@@ -319,7 +336,8 @@ def export_detector(
         else:
             write_bundle(candidate, manifest, members)
         t2 = time.perf_counter()
-        parity = _parity(detector, candidate, target, precision, inputs, reference)
+        parity_level = "fp32" if precision in CONTROLLED else precision
+        parity = _parity(detector, candidate, target, parity_level, inputs, reference)
         timings["parity_s"] = time.perf_counter() - t2
         if exact_index is not None and index_build is not None:
             exact_scores = _runtime_raw_scores(candidate, inputs, detector.modality)
@@ -338,6 +356,29 @@ def export_detector(
             parity["index"] = change
             write_bundle(candidate, manifest, members)
             timings["calibration_s"] = time.perf_counter() - t_cal
+        precision_report: dict[str, Any] | None = None
+        if precision in CONTROLLED:
+            t_prec = time.perf_counter()
+            manifest, members, precision_report = _control_precision(
+                candidate, manifest, members, precision, data, spec.input_name, inputs, index
+            )
+            if manifest.threshold is not None:
+                manifest, calibration, _ = _recalibrate(
+                    candidate,
+                    manifest,
+                    meta,
+                    detector.modality,
+                    data,
+                    {
+                        "factory": f"{precision} graph",
+                        "dist_ratio_median": precision_report["score_median_ratio"],
+                    },
+                    inputs,
+                    precision_report["fp32_scores"],
+                )
+                write_bundle(candidate, manifest, members)
+            precision_report.pop("fp32_scores")
+            timings["precision_s"] = time.perf_counter() - t_prec
         progress(3, 5, "export")
         metrics: dict[str, Any] = {}
         if evaluate is not None:
@@ -361,6 +402,7 @@ def export_detector(
         "parity": parity,
         "index": index_report,
         "calibration": calibration,
+        "precision": precision_report,
         "device_profile": device_profile,
         "run": {"seed": meta.get("seed"), "data": meta.get("data")},
         "host": platform.machine(),
@@ -371,6 +413,160 @@ def export_detector(
     progress(5, 5, "export")
     logger.info("exported %s (%s, %s) to %s", detector.name, target, precision, out)
     return written
+
+
+def _control_precision(
+    candidate: Path,
+    manifest: Manifest,
+    members: dict[str, bytes],
+    precision: str,
+    data: ExportData | None,
+    input_name: str,
+    parity_inputs: np.ndarray,
+    index: dict[str, Any] | None,
+) -> tuple[Manifest, dict[str, bytes], dict[str, Any]]:
+    """(manifest, members, report) of the bf16 / int8 bundle, within the AUROC budget.
+
+    `candidate` holds the fp32 bundle that passed parity. Its image / pixel AUROC on the run's
+    test images through each backend the target runs is the reference; each low-precision
+    candidate (int8: every scope of INT8_SCOPES, in order) is written to `candidate`, measured
+    the same way, and the first whose drop stays within --max-auroc-drop is kept.
+
+    Raises:
+        ExportError: no labelled test images (or, for int8, no held-out normal images to
+            calibrate on), or every candidate breaks the budget (the message names the drop).
+    """
+    if data is None or data.test_inputs is None or data.test_labels is None:
+        raise ExportError(
+            f"--precision {precision} is kept only after measuring its AUROC change on the "
+            "run's labelled test images, and none are available; export with the run's data "
+            "(--data) or use --precision fp32"
+        )
+    max_drop = float((index or {}).get("max_auroc_drop", IndexOptions().max_auroc_drop))
+    backends = ["openvino"] if precision == "bf16" else ["onnxruntime"]
+    if precision == "int8" and "openvino" in manifest.graphs:
+        backends.append("openvino")
+    images, labels, masks = data.test_inputs, np.asarray(data.test_labels), data.test_masks
+    reference = {b: runtime_aurocs(candidate, b, images, labels, masks) for b in backends}
+    fp32_scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality)
+    calibration = data.normal_inputs() if precision == "int8" else None
+    if precision == "int8" and (calibration is None or not len(calibration)):
+        raise ExportError(
+            "--precision int8 calibrates on the run's held-out normal images, which could not "
+            "be reproduced (see the log); retrain with val_fraction > 0 or use fp32 / bf16"
+        )
+    tried: list[dict[str, Any]] = []
+    for scope in INT8_SCOPES if precision == "int8" else ("graph",):
+        report: dict[str, Any] = {"precision": precision, "max_auroc_drop": max_drop}
+        cand_members = members
+        if precision == "int8":
+            accuracy = None
+            if "openvino" in reference:
+                validate = nncf_validator(candidate, labels, masks, reference["openvino"][0])
+                accuracy = (validate, _stack_images(images), max_drop)
+            cand_members, quant = int8_members(
+                members,
+                manifest.graphs,
+                np.asarray(calibration),
+                input_name,
+                scope,
+                accuracy=accuracy,
+            )
+            report.update(quant)
+        cand_manifest = dataclasses.replace(manifest, precision=precision)
+        write_bundle(candidate, cand_manifest, cand_members)
+        changes = {}
+        for backend in backends:
+            got, scores = runtime_aurocs(candidate, backend, images, labels, masks)
+            changes[backend] = measure_change(
+                reference[backend][0], got, reference[backend][1], scores
+            )
+        report["auroc_change"] = changes
+        report["rejected"] = over_budget(changes, max_drop)
+        tried.append({"scope": scope, "rejected": report["rejected"], "auroc_change": changes})
+        logger.info("precision %s (%s): %s", precision, scope, changes)
+        if report["rejected"] is None:
+            scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality)
+            report["score_median_ratio"] = float(
+                np.median(scores / np.maximum(np.abs(fp32_scores), 1e-12))
+            )
+            report["fp32_scores"] = fp32_scores
+            report["tried"] = tried
+            return cand_manifest, cand_members, report
+        logger.warning("precision %s (%s) refused: %s", precision, scope, report["rejected"])
+    raise ExportError(
+        f"--precision {precision}: {tried[-1]['rejected']} against fp32, measured through the "
+        "runtime on the run's test images; nothing was written. Use --precision fp32 (or "
+        "bf16), or a larger --max-auroc-drop"
+    )
+
+
+def _wants_auto(
+    detector: BaseDetector, index: dict[str, Any] | None, precision: str, device: str | None
+) -> bool:
+    """Whether `--precision auto` / `--index auto` (image nn-index, this machine) is asked."""
+    name = str((index or {}).get("index") or "").strip().lower()
+    index_auto = name == "auto" and device is None and detector.modality == "image"
+    return precision == "auto" or (
+        index_auto and detector.export_spec().postprocess.get("kind") == "nn_index"
+    )
+
+
+def _export_by_timing(
+    detector: BaseDetector,
+    meta: dict[str, Any],
+    target: str,
+    precision: str,
+    out: str | Path,
+    parity_inputs: np.ndarray | None,
+    evaluate: Evaluator | None,
+    index: dict[str, Any] | None,
+    data: ExportData | None,
+    threads: int | None,
+) -> Manifest:
+    """`edgead.export.auto.export_auto` over this exporter (candidates exported one by one)."""
+    from edgead.export.auto import export_auto, precision_candidates
+
+    if data is None or data.test_inputs is None or detector.modality != "image":
+        raise ExportError(
+            "--index auto / --precision auto time the candidates on the run's test images, "
+            "which are not available; export with the run's data or choose explicitly"
+        )
+    name = str((index or {}).get("index") or "").strip().lower()
+    is_nn = detector.export_spec().postprocess.get("kind") == "nn_index"
+
+    def export_one(options: dict[str, Any] | None, prec: str, path: Path) -> Manifest:
+        return export_detector(
+            detector,
+            meta,
+            target,
+            prec,
+            path,
+            parity_inputs=parity_inputs,
+            evaluate=evaluate,
+            index=options,
+            data=data,
+            choose_by_timing=False,
+        )
+
+    frames = [
+        np.ascontiguousarray(np.asarray(data.test_inputs[i])[..., ::-1])  # RGB -> BGR frames
+        for i in range(min(12, len(data.test_inputs)))
+    ]
+    return export_auto(
+        export_one,
+        index,
+        index_auto=is_nn and name == "auto",
+        precisions=precision_candidates(target, precision),
+        frames=frames,
+        out=out,
+        threads=threads,
+    )
+
+
+def _stack_images(images: Any) -> np.ndarray:
+    """uint8 (N, S, S, 3) from a sequence of (S, S, 3) images."""
+    return np.stack([np.asarray(img, dtype=np.uint8) for img in images])
 
 
 def _wants_graph_index(index: dict[str, Any] | None) -> bool:
