@@ -88,6 +88,10 @@ def export(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the manifest summary as JSON.")
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Threads the --index/--precision auto timings run with (default: all)."),
+    ] = None,
 ) -> None:
     """Export a trained run to one self-contained bundle, checked for parity with the run."""
     from edgead.export import export_run
@@ -122,6 +126,7 @@ def export(
             index=_given(index_options),
             progress=progress,
             data=data,
+            threads=threads,
         )
     summary: dict[str, Any] = {
         "bundle": str(out),
@@ -144,6 +149,8 @@ def export(
         "index": manifest.export.get("index"),
         "calibration": manifest.export.get("calibration"),
         "device_profile": manifest.export.get("device_profile"),
+        "auto": manifest.export.get("auto"),
+        "precision_control": manifest.export.get("precision"),
     }
     if json_out:
         print_json(summary)

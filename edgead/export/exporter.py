@@ -375,6 +375,7 @@ def export_detector(
                     },
                     inputs,
                     precision_report["fp32_scores"],
+                    backend=precision_report["calibrated_on"],
                 )
                 write_bundle(candidate, manifest, members)
             precision_report.pop("fp32_scores")
@@ -448,7 +449,10 @@ def _control_precision(
         backends.append("openvino")
     images, labels, masks = data.test_inputs, np.asarray(data.test_labels), data.test_masks
     reference = {b: runtime_aurocs(candidate, b, images, labels, masks) for b in backends}
-    fp32_scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality)
+    # the threshold is re-fitted through the backend the device runs first (OpenVINO when the
+    # bundle has IR), so the scores compared here come from it too
+    main_backend = backends[-1]
+    fp32_scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
     calibration = data.normal_inputs() if precision == "int8" else None
     if precision == "int8" and (calibration is None or not len(calibration)):
         raise ExportError(
@@ -486,11 +490,12 @@ def _control_precision(
         tried.append({"scope": scope, "rejected": report["rejected"], "auroc_change": changes})
         logger.info("precision %s (%s): %s", precision, scope, changes)
         if report["rejected"] is None:
-            scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality)
+            scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
             report["score_median_ratio"] = float(
                 np.median(scores / np.maximum(np.abs(fp32_scores), 1e-12))
             )
             report["fp32_scores"] = fp32_scores
+            report["calibrated_on"] = main_backend
             report["tried"] = tried
             return cand_manifest, cand_members, report
         logger.warning("precision %s (%s) refused: %s", precision, scope, report["rejected"])
@@ -654,11 +659,13 @@ def _rerank_members(array_members: dict[str, str]) -> set[str]:
     return {member for name, member in array_members.items() if name == RERANK_ARRAY}
 
 
-def _runtime_raw_scores(bundle: Path, inputs: np.ndarray, modality: str) -> np.ndarray:
-    """float64 (N,) raw scores of `inputs` through the runtime (ONNX Runtime, CPU)."""
+def _runtime_raw_scores(
+    bundle: Path, inputs: np.ndarray, modality: str, backend: str = "onnxruntime"
+) -> np.ndarray:
+    """float64 (N,) raw scores of `inputs` through the runtime (`backend`, CPU)."""
     from edgead.runtime.detector import Detector
 
-    det = Detector.load(bundle, device="cpu", backend="onnxruntime")
+    det = Detector.load(bundle, device="cpu", backend=backend)
     try:
         if modality == "image":
             results = det(list(inputs), channel_order="RGB")
@@ -677,6 +684,7 @@ def _recalibrate(
     index_report: dict[str, Any],
     parity_inputs: np.ndarray,
     exact_scores: np.ndarray,
+    backend: str = "onnxruntime",
 ) -> tuple[Manifest, dict[str, Any], dict[str, Any]]:
     """Threshold and normalisation re-fitted through the compressed index in `candidate`.
 
@@ -692,7 +700,7 @@ def _recalibrate(
     """
     from edgead import metrics
 
-    compressed_scores = _runtime_raw_scores(candidate, parity_inputs, modality)
+    compressed_scores = _runtime_raw_scores(candidate, parity_inputs, modality, backend)
     rel = np.abs(compressed_scores - exact_scores) / np.maximum(np.abs(exact_scores), 1e-12)
     change = {
         "checked_with": "exact Flat index (parity above); compressed index scores compared",
@@ -715,15 +723,16 @@ def _recalibrate(
     normal = data.normal_inputs() if data is not None else None
     if normal is not None and len(normal) and policy.startswith("percentile:"):
         percentile = float(policy.split(":", 1)[1])
-        scores = _runtime_raw_scores(candidate, np.asarray(normal), modality)
+        scores = _runtime_raw_scores(candidate, np.asarray(normal), modality, backend)
         value = float(metrics.threshold_from_normal(scores, percentile))
         norm = dict(metrics.normalisation_from_scores(scores, value))
         record.update(
             method="refit",
             policy=policy,
             n_inputs=int(len(scores)),
-            reason="compressed search shifts distances; the run's policy was re-applied to its "
-            "held-out normal validation inputs scored through this index",
+            backend=backend,
+            reason=f"{record['index']} shifts the scores; the run's policy was re-applied to its "
+            "held-out normal validation inputs scored through this bundle",
         )
         logger.info(
             "threshold re-fitted through index %s: %.6g -> %.6g (%s, %d inputs)",
@@ -866,6 +875,7 @@ def export_run(
     index: dict[str, Any] | None = None,
     progress: Progress = no_progress,
     data: str | Path | None = None,
+    threads: int | None = None,
 ) -> Manifest:
     """Export the run in `run_dir` to the bundle `out` (see `export_detector`).
 
@@ -904,6 +914,7 @@ def export_run(
         index=index,
         data=export_data,
         progress=progress,
+        threads=threads,
     )
 
 

@@ -33,7 +33,7 @@ SCOPES = ("all", "backbone")
 #: Calibration images used at most (min/max statistics settle long before).
 MAX_CALIBRATION = 64
 #: NNCF accuracy control: at most this many rounds of reverting layers to float.
-MAX_RESTORE_ITERATIONS = 12
+MAX_RESTORE_ITERATIONS = 6
 
 
 #: Node-name prefix of the embedder inside an in-graph search module (torch's module path).
