@@ -890,7 +890,8 @@ def export_run(
     parity_inputs = None
     export_data: ExportData | None = None
     evaluate: Evaluator | None = None
-    if data_path is not None and data_path.exists():
+    # "elpv" names the elpv-dataset package's data, not a folder
+    if data_path is not None and (data_path.exists() or str(data_path) == "elpv"):
         parity_inputs, export_data = _parity_inputs_from_data(detector, data_path, meta)
         from edgead.runtime.eval import evaluate_bundle
 
