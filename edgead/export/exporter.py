@@ -460,7 +460,12 @@ def _control_precision(
             "be reproduced (see the log); retrain with val_fraction > 0 or use fp32 / bf16"
         )
     tried: list[dict[str, Any]] = []
-    for scope in INT8_SCOPES if precision == "int8" else ("graph",):
+    scopes = ("graph",)
+    if precision == "int8":
+        from edgead.export.quantize import scopes_that_differ
+
+        scopes = scopes_that_differ(members[manifest.graphs["onnx"]], INT8_SCOPES)
+    for scope in scopes:
         report: dict[str, Any] = {"precision": precision, "max_auroc_drop": max_drop}
         cand_members = members
         if precision == "int8":

@@ -56,6 +56,16 @@ def search_nodes(onnx_model: bytes) -> list[str]:
     return [n.name for n in model.graph.node if not n.name.startswith(EMBEDDER_PREFIX)]
 
 
+def scopes_that_differ(onnx_model: bytes, scopes: tuple[str, ...]) -> tuple[str, ...]:
+    """`scopes` without "backbone" when the embedder has no MatMul (then it equals "all")."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_model)
+    search = set(search_nodes(onnx_model))
+    has_matmul = any(n.op_type == "MatMul" and n.name not in search for n in model.graph.node)
+    return scopes if has_matmul else tuple(s for s in scopes if s != "backbone")
+
+
 def _is_search_node(op: Any) -> bool:
     """Whether an OpenVINO op belongs to the in-graph search (not a parameter / constant)."""
     name = op.get_friendly_name()
