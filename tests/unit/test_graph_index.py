@@ -145,3 +145,26 @@ def test_graph_index_refuses_reweight(tiny: tuple[TinyPatch, dict[str, Any]]) ->
     spec = dataclasses.replace(spec, postprocess={**spec.postprocess, "score": "reweight"})
     with pytest.raises(ExportError, match="reweight"):
         in_graph_spec(spec, spec.arrays["memory_bank"])
+
+
+def test_cli_index_graph_and_precision_errors(
+    tiny: tuple[TinyPatch, dict[str, Any]], tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgead.cli.main import app
+    from edgead.rundir import save_run
+
+    run_dir = save_run(tmp_path / "run", *tiny)
+    out = tmp_path / "g.edgead"
+    res = CliRunner().invoke(
+        app, ["export", str(run_dir), "--out", str(out), "--index", "graph", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["index"]["name"] == "graph"
+    res = CliRunner().invoke(
+        app, ["export", str(run_dir), "--out", str(out), "--precision", "bf16"]
+    )
+    assert res.exit_code == 2 and "bf16 runs on OpenVINO" in res.output
