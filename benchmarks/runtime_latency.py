@@ -49,6 +49,7 @@ def worker(
     image: str | None,
     warmup: int,
     iters: int,
+    maps: bool = True,
 ) -> dict[str, Any]:
     """Measure one (bundle, backend) in this process; must stay torch-free."""
     import resource
@@ -88,13 +89,13 @@ def worker(
     else:
         frame = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
     for _ in range(warmup):
-        det(frame)
+        det(frame, maps=maps)
     total: list[float] = []
     stages: dict[str, list[float]] = {}
     cpu_start = time.process_time()
     for _ in range(iters):
         t1 = time.perf_counter()
-        res = det(frame)
+        res = det(frame, maps=maps)
         total.append((time.perf_counter() - t1) * 1e3)
         for key, value in res.timings_ms.items():  # type: ignore[union-attr]
             stages.setdefault(key, []).append(value)
@@ -114,6 +115,7 @@ def worker(
         "size_px": list(det.image_size),
         "threads": threads,
         "batch": 1,
+        "maps": maps,
         "iters": iters,
         "frame_hw": list(frame.shape[:2]),
         "load_ms": load_ms,
@@ -156,6 +158,8 @@ def _run_worker(
         cmd += ["--precision-hint", hint]
     if args.image:
         cmd += ["--image", args.image]
+    if args.no_maps:
+        cmd += ["--no-maps"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if args.omp_wait_policy:  # faiss's OpenMP workers: PASSIVE stops them spinning after a search
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
@@ -188,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         default="PASSIVE",
         help="OMP_WAIT_POLICY for the workers ('' keeps the environment's)",
     )
+    parser.add_argument(
+        "--no-maps",
+        action="store_true",
+        help="score with Detector(frame, maps=False): decision only, no anomaly map",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -201,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.image,
                     args.warmup,
                     args.iters,
+                    maps=not args.no_maps,
                 )
             )
         )

@@ -35,7 +35,11 @@ def export(
     ] = None,
     precision: Annotated[
         str | None,
-        typer.Option(help="fp32 | fp16 (fp16: openvino, tensorrt; default: --device's, else fp32)"),
+        typer.Option(
+            help="fp32 | fp16 (openvino, tensorrt) | bf16 (openvino) | int8 (kept only within "
+            "--max-auroc-drop) | auto (export each, keep the fastest here); default: --device's, "
+            "else fp32"
+        ),
     ] = None,
     device: Annotated[
         str | None,
@@ -49,8 +53,9 @@ def export(
         str | None,
         typer.Option(
             "--index",
-            help="Nearest-neighbour index: flat | fp16 | sq8 | pq | pq4 | ivfpq | hnsw | auto | "
-            "a faiss index_factory string (default: pq4 for PatchCore, flat for kNN/LOF).",
+            help="Nearest-neighbour index: graph (exact search inside the graph) | flat | fp16 | "
+            "sq8 | pq | pq4 | ivfpq | hnsw | auto | a faiss index_factory string (default: pq4 "
+            "for PatchCore, flat for kNN/LOF).",
         ),
     ] = None,
     index_dim: Annotated[
@@ -85,6 +90,10 @@ def export(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the manifest summary as JSON.")
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Threads the --index/--precision auto timings run with (default: all)."),
+    ] = None,
 ) -> None:
     """Export a trained run to one self-contained bundle, checked for parity with the run."""
     from edgead.export import export_run
@@ -95,6 +104,8 @@ def export(
         profile_target, profile_precision = profile_export_settings(device)
         if target is None and _profile_target(run_dir, device, profile_target) != profile_target:
             profile_target, profile_precision = "onnx", "fp32"
+        if precision is not None and precision.lower() == "auto":
+            precision = None  # exporting for another device: keep the profile's choice
         # the profile's precision goes with its target; an explicit other target keeps fp32
         # unless --precision says otherwise
         if precision is None and (target is None or target.lower() == profile_target):
@@ -119,6 +130,7 @@ def export(
             index=_given(index_options),
             progress=progress,
             data=data,
+            threads=threads,
         )
     summary: dict[str, Any] = {
         "bundle": str(out),
@@ -141,6 +153,8 @@ def export(
         "index": manifest.export.get("index"),
         "calibration": manifest.export.get("calibration"),
         "device_profile": manifest.export.get("device_profile"),
+        "auto": manifest.export.get("auto"),
+        "precision_control": manifest.export.get("precision"),
     }
     if json_out:
         print_json(summary)
@@ -197,6 +211,14 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 
 def _index_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) rows of the index report for the CLI table."""
+    if report.get("name") == "graph":
+        return [
+            (
+                "index",
+                f"exact search inside the graph, {report.get('n_vectors')} x {report.get('dim')}"
+                f" in {report.get('n_chunks')} chunk(s)",
+            )
+        ]
     rows = [
         (
             "index",

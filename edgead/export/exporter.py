@@ -29,6 +29,7 @@ import numpy as np
 from edgead import __version__
 from edgead.bundle import SCHEMA_VERSION, IndexSpec, InputSpec, Manifest, OutputSpec, write_bundle
 from edgead.errors import ConfigError, ExportError
+from edgead.export.graph_index import graph_index_report, in_graph_spec
 from edgead.export.graphs import OPSET, export_onnx, export_openvino_ir, run_torch
 from edgead.export.index import (
     DEFAULT_INDEX,
@@ -40,6 +41,16 @@ from edgead.export.index import (
     validation_from_images,
 )
 from edgead.export.parity import check_graph_parity, check_score_parity
+from edgead.export.precision import (
+    CONTROLLED,
+    INT8_SCOPES,
+    check_precision,
+    int8_members,
+    measure_change,
+    nncf_validator,
+    over_budget,
+    runtime_aurocs,
+)
 from edgead.models.base import BaseDetector, ExportSpec, Progress, no_progress
 from edgead.runtime.reference import pick_reference, reference_members
 
@@ -48,7 +59,6 @@ logger = logging.getLogger(__name__)
 TARGETS = ("onnx", "openvino", "tensorrt")
 #: other spellings of a target ("engine" is ultralytics' name for a TensorRT export)
 TARGET_ALIASES = {"engine": "tensorrt", "trt": "tensorrt", "ov": "openvino"}
-PRECISIONS = ("fp32", "fp16")
 #: TensorRT engine build settings recorded in manifest.build["tensorrt"] (built on the device).
 TENSORRT_BUILD = {"workspace_mib": 1024, "max_batch": 8}
 
@@ -181,6 +191,8 @@ def export_detector(
     index: dict[str, Any] | None = None,
     data: ExportData | None = None,
     progress: Progress = no_progress,
+    threads: int | None = None,
+    choose_by_timing: bool = True,
 ) -> Manifest:
     """Export a fitted detector to the bundle `out` and return the manifest written.
 
@@ -190,7 +202,9 @@ def export_detector(
         target: "onnx" (ONNX Runtime), "openvino" (adds IR) or "tensorrt" (alias "engine": ONNX
             + engine build settings; the engine is built on the device). Tabular detectors refuse
             "tensorrt" (their graphs gain nothing from it).
-        precision: "fp32" or "fp16" (openvino / tensorrt only).
+        precision: "fp32", "fp16" (openvino / tensorrt), "bf16" (openvino) or "int8" (see
+            `edgead.export.precision`: bf16 / int8 are kept only when their AUROC change on the
+            run's test images, measured through the runtime, is within --max-auroc-drop).
         parity_inputs: a few real inputs (uint8 (N, S, S, 3) images already resized with
             resize_frame, or float32 (N, D) rows) for the parity check; None uses synthetic ones.
         evaluate: measures metrics of a candidate bundle through the runtime (see
@@ -203,13 +217,16 @@ def export_detector(
             index's AUROC change is measured on the test images, a compressed index's threshold
             is re-fitted on the validation inputs. None: measured on bank vectors only and the
             threshold is scaled by the median distance ratio (both logged and recorded).
+        threads: threads the `auto` timings run with (None: the libraries' defaults).
+        choose_by_timing: with precision "auto" or index "auto" (image nn_index, no
+            device_profile), export every candidate and keep the fastest here
+            (`edgead.export.auto`); False keeps index "auto" as the accuracy ladder only.
 
     Raises:
         ExportError: unsupported target/precision, tracing or parity failure (nothing written).
     """
     target = TARGET_ALIASES.get(target, target)
     _check_choice("target", target, TARGETS)
-    _check_choice("precision", precision, PRECISIONS)
     if target == "tensorrt" and detector.modality == "tabular":
         raise ExportError(
             f"--target tensorrt: {detector.name} scores tabular rows with a graph of a few small "
@@ -217,12 +234,12 @@ def export_detector(
             "copying each batch to the GPU costs more than the graph itself. Export with "
             "--target onnx (ONNX Runtime on the CPU)"
         )
-    tiling = meta.get("tiling")
-    if target == "onnx" and precision == "fp16":
-        raise ExportError(
-            "an --target onnx bundle runs fp32 on ONNX Runtime; for fp16 use "
-            "--target openvino or --target tensorrt"
+    if choose_by_timing and _wants_auto(detector, index, precision, device_profile):
+        return _export_by_timing(
+            detector, meta, target, precision, out, parity_inputs, evaluate, index, data, threads
         )
+    check_precision(target, precision)
+    tiling = meta.get("tiling")
     detector.check_is_fitted()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -232,6 +249,12 @@ def export_detector(
         # the validation frames cannot re-fit a compressed index's threshold tile by tile
         logger.info("tiled run: exact ('flat') index unless --index is given")
         index = {**(index or {}), "index": "flat"}
+    graph_search = _wants_graph_index(index)
+    if graph_search:  # exact search inside the graph: the bank becomes graph constants
+        bank_for_graph = spec.arrays.get("memory_bank")
+        if bank_for_graph is None:
+            raise ExportError(f"--index graph: {detector.name} has no memory bank to search")
+        spec = in_graph_spec(spec, bank_for_graph)
     progress(0, 5, "export")
     onnx_model = export_onnx(
         spec.module, spec.example_input, spec.input_name, spec.output_names, spec.dynamic_batch
@@ -248,8 +271,11 @@ def export_detector(
     progress(1, 5, "export")
     arrays = dict(spec.arrays)
     index_build: IndexBuild | None = None
+    index_report: dict[str, Any] | None = None
     exact_index: tuple[bytes, IndexSpec] | None = None  # for parity when the index is compressed
-    if kind.endswith("nn_index"):
+    if graph_search:
+        index_report = graph_index_report(bank_for_graph, int(spec.postprocess.get("k", 1)))
+    elif kind.endswith("nn_index"):
         if "memory_bank" not in arrays:
             raise ExportError(
                 f"{detector.name}: post-processing {kind!r} needs arrays['memory_bank']"
@@ -260,6 +286,7 @@ def export_detector(
         validation = _index_validation(detector, spec, kind, data)
         index_build = build_index(bank, options, validation=validation)
         timings["index_s"] = time.perf_counter() - t_index
+        index_report = index_build.report
         members[INDEX_FILE] = index_build.data
         arrays.update(index_build.arrays)
         if not _is_exact(index_build.spec):
@@ -298,7 +325,8 @@ def export_detector(
         detector=detector.name,
         modality=detector.modality,
         target=target,
-        precision=precision,
+        # bf16 / int8: parity runs in fp32 first; `_control_precision` switches afterwards
+        precision="fp32" if precision in CONTROLLED else precision,
         graphs=graphs,
         input=_input_spec(detector, spec, meta),
         outputs=outputs,
@@ -338,7 +366,8 @@ def export_detector(
         else:
             write_bundle(candidate, manifest, members)
         t2 = time.perf_counter()
-        parity = _parity(detector, candidate, target, precision, inputs, reference)
+        parity_level = "fp32" if precision in CONTROLLED else precision
+        parity = _parity(detector, candidate, target, parity_level, inputs, reference)
         timings["parity_s"] = time.perf_counter() - t2
         if exact_index is not None and index_build is not None:
             exact_scores = _runtime_raw_scores(candidate, inputs, detector.modality)
@@ -361,6 +390,30 @@ def export_detector(
             post = {**manifest.postprocess, "tiling": dict(tiling)}
             manifest = dataclasses.replace(manifest, postprocess=post)
             write_bundle(candidate, manifest, members)
+        precision_report: dict[str, Any] | None = None
+        if precision in CONTROLLED:
+            t_prec = time.perf_counter()
+            manifest, members, precision_report = _control_precision(
+                candidate, manifest, members, precision, data, spec.input_name, inputs, index
+            )
+            if manifest.threshold is not None:
+                manifest, calibration, _ = _recalibrate(
+                    candidate,
+                    manifest,
+                    meta,
+                    detector.modality,
+                    data,
+                    {
+                        "factory": f"{precision} graph",
+                        "dist_ratio_median": precision_report["score_median_ratio"],
+                    },
+                    inputs,
+                    precision_report["fp32_scores"],
+                    backend=precision_report["calibrated_on"],
+                )
+                write_bundle(candidate, manifest, members)
+            precision_report.pop("fp32_scores")
+            timings["precision_s"] = time.perf_counter() - t_prec
         progress(3, 5, "export")
         metrics: dict[str, Any] = {}
         if evaluate is not None:
@@ -382,8 +435,9 @@ def export_detector(
         "torch_version": torch.__version__,
         "parity_inputs": {"n": int(len(inputs)), "source": inputs_source},
         "parity": parity,
-        "index": None if index_build is None else index_build.report,
+        "index": index_report,
         "calibration": calibration,
+        "precision": precision_report,
         "device_profile": device_profile,
         "run": {"seed": meta.get("seed"), "data": meta.get("data")},
         "host": platform.machine(),
@@ -394,6 +448,175 @@ def export_detector(
     progress(5, 5, "export")
     logger.info("exported %s (%s, %s) to %s", detector.name, target, precision, out)
     return written
+
+
+def _control_precision(
+    candidate: Path,
+    manifest: Manifest,
+    members: dict[str, bytes],
+    precision: str,
+    data: ExportData | None,
+    input_name: str,
+    parity_inputs: np.ndarray,
+    index: dict[str, Any] | None,
+) -> tuple[Manifest, dict[str, bytes], dict[str, Any]]:
+    """(manifest, members, report) of the bf16 / int8 bundle, within the AUROC budget.
+
+    `candidate` holds the fp32 bundle that passed parity. Its image / pixel AUROC on the run's
+    test images through each backend the target runs is the reference; each low-precision
+    candidate (int8: every scope of INT8_SCOPES, in order) is written to `candidate`, measured
+    the same way, and the first whose drop stays within --max-auroc-drop is kept.
+
+    Raises:
+        ExportError: no labelled test images (or, for int8, no held-out normal images to
+            calibrate on), or every candidate breaks the budget (the message names the drop).
+    """
+    if data is None or data.test_inputs is None or data.test_labels is None:
+        raise ExportError(
+            f"--precision {precision} is kept only after measuring its AUROC change on the "
+            "run's labelled test images, and none are available; export with the run's data "
+            "(--data) or use --precision fp32"
+        )
+    max_drop = float((index or {}).get("max_auroc_drop", IndexOptions().max_auroc_drop))
+    backends = ["openvino"] if precision == "bf16" else ["onnxruntime"]
+    if precision == "int8" and "openvino" in manifest.graphs:
+        backends.append("openvino")
+    images, labels, masks = data.test_inputs, np.asarray(data.test_labels), data.test_masks
+    reference = {b: runtime_aurocs(candidate, b, images, labels, masks) for b in backends}
+    # the threshold is re-fitted through the backend the device runs first (OpenVINO when the
+    # bundle has IR), so the scores compared here come from it too
+    main_backend = backends[-1]
+    fp32_scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
+    calibration = data.normal_inputs() if precision == "int8" else None
+    if precision == "int8" and (calibration is None or not len(calibration)):
+        raise ExportError(
+            "--precision int8 calibrates on the run's held-out normal images, which could not "
+            "be reproduced (see the log); retrain with val_fraction > 0 or use fp32 / bf16"
+        )
+    tried: list[dict[str, Any]] = []
+    scopes = ("graph",)
+    if precision == "int8":
+        from edgead.export.quantize import scopes_that_differ
+
+        scopes = scopes_that_differ(members[manifest.graphs["onnx"]], INT8_SCOPES)
+    for scope in scopes:
+        report: dict[str, Any] = {"precision": precision, "max_auroc_drop": max_drop}
+        cand_members = members
+        if precision == "int8":
+            accuracy = None
+            if "openvino" in reference:
+                validate = nncf_validator(candidate, labels, masks, reference["openvino"][0])
+                accuracy = (validate, _stack_images(images), max_drop)
+            cand_members, quant = int8_members(
+                members,
+                manifest.graphs,
+                np.asarray(calibration),
+                input_name,
+                scope,
+                accuracy=accuracy,
+            )
+            report.update(quant)
+        cand_manifest = dataclasses.replace(manifest, precision=precision)
+        write_bundle(candidate, cand_manifest, cand_members)
+        changes = {}
+        for backend in backends:
+            got, scores = runtime_aurocs(candidate, backend, images, labels, masks)
+            changes[backend] = measure_change(
+                reference[backend][0], got, reference[backend][1], scores
+            )
+        report["auroc_change"] = changes
+        report["rejected"] = over_budget(changes, max_drop)
+        tried.append({"scope": scope, "rejected": report["rejected"], "auroc_change": changes})
+        logger.info("precision %s (%s): %s", precision, scope, changes)
+        if report["rejected"] is None:
+            scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
+            report["score_median_ratio"] = float(
+                np.median(scores / np.maximum(np.abs(fp32_scores), 1e-12))
+            )
+            report["fp32_scores"] = fp32_scores
+            report["calibrated_on"] = main_backend
+            report["tried"] = tried
+            return cand_manifest, cand_members, report
+        logger.warning("precision %s (%s) refused: %s", precision, scope, report["rejected"])
+    raise ExportError(
+        f"--precision {precision}: {tried[-1]['rejected']} against fp32, measured through the "
+        "runtime on the run's test images; nothing was written. Use --precision fp32 (or "
+        "bf16), or a larger --max-auroc-drop"
+    )
+
+
+def _wants_auto(
+    detector: BaseDetector, index: dict[str, Any] | None, precision: str, device: str | None
+) -> bool:
+    """Whether `--precision auto` / `--index auto` (image nn-index, this machine) is asked."""
+    name = str((index or {}).get("index") or "").strip().lower()
+    index_auto = name == "auto" and device is None and detector.modality == "image"
+    return precision == "auto" or (
+        index_auto and detector.export_spec().postprocess.get("kind") == "nn_index"
+    )
+
+
+def _export_by_timing(
+    detector: BaseDetector,
+    meta: dict[str, Any],
+    target: str,
+    precision: str,
+    out: str | Path,
+    parity_inputs: np.ndarray | None,
+    evaluate: Evaluator | None,
+    index: dict[str, Any] | None,
+    data: ExportData | None,
+    threads: int | None,
+) -> Manifest:
+    """`edgead.export.auto.export_auto` over this exporter (candidates exported one by one)."""
+    from edgead.export.auto import export_auto, precision_candidates
+
+    if data is None or data.test_inputs is None or detector.modality != "image":
+        raise ExportError(
+            "--index auto / --precision auto time the candidates on the run's test images, "
+            "which are not available; export with the run's data or choose explicitly"
+        )
+    name = str((index or {}).get("index") or "").strip().lower()
+    is_nn = detector.export_spec().postprocess.get("kind") == "nn_index"
+
+    def export_one(options: dict[str, Any] | None, prec: str, path: Path) -> Manifest:
+        return export_detector(
+            detector,
+            meta,
+            target,
+            prec,
+            path,
+            parity_inputs=parity_inputs,
+            evaluate=evaluate,
+            index=options,
+            data=data,
+            choose_by_timing=False,
+        )
+
+    frames = [
+        np.ascontiguousarray(np.asarray(data.test_inputs[i])[..., ::-1])  # RGB -> BGR frames
+        for i in range(min(12, len(data.test_inputs)))
+    ]
+    return export_auto(
+        export_one,
+        index,
+        index_auto=is_nn and name == "auto",
+        precisions=precision_candidates(target, precision),
+        frames=frames,
+        out=out,
+        threads=threads,
+    )
+
+
+def _stack_images(images: Any) -> np.ndarray:
+    """uint8 (N, S, S, 3) from a sequence of (S, S, 3) images."""
+    return np.stack([np.asarray(img, dtype=np.uint8) for img in images])
+
+
+def _wants_graph_index(index: dict[str, Any] | None) -> bool:
+    """Whether the user asked for exact search inside the graph (`--index graph`)."""
+    name = (index or {}).get("index")
+    return isinstance(name, str) and name.strip().lower() == "graph"
 
 
 def _index_options(
@@ -475,11 +698,13 @@ def _rerank_members(array_members: dict[str, str]) -> set[str]:
     return {member for name, member in array_members.items() if name == RERANK_ARRAY}
 
 
-def _runtime_raw_scores(bundle: Path, inputs: np.ndarray, modality: str) -> np.ndarray:
-    """float64 (N,) raw scores of `inputs` through the runtime (ONNX Runtime, CPU)."""
+def _runtime_raw_scores(
+    bundle: Path, inputs: np.ndarray, modality: str, backend: str = "onnxruntime"
+) -> np.ndarray:
+    """float64 (N,) raw scores of `inputs` through the runtime (`backend`, CPU)."""
     from edgead.runtime.detector import Detector
 
-    det = Detector.load(bundle, device="cpu", backend="onnxruntime")
+    det = Detector.load(bundle, device="cpu", backend=backend)
     try:
         if modality == "image":
             results = det(list(inputs), channel_order="RGB")
@@ -498,6 +723,7 @@ def _recalibrate(
     index_report: dict[str, Any],
     parity_inputs: np.ndarray,
     exact_scores: np.ndarray,
+    backend: str = "onnxruntime",
 ) -> tuple[Manifest, dict[str, Any], dict[str, Any]]:
     """Threshold and normalisation re-fitted through the compressed index in `candidate`.
 
@@ -513,7 +739,7 @@ def _recalibrate(
     """
     from edgead import metrics
 
-    compressed_scores = _runtime_raw_scores(candidate, parity_inputs, modality)
+    compressed_scores = _runtime_raw_scores(candidate, parity_inputs, modality, backend)
     rel = np.abs(compressed_scores - exact_scores) / np.maximum(np.abs(exact_scores), 1e-12)
     change = {
         "checked_with": "exact Flat index (parity above); compressed index scores compared",
@@ -536,15 +762,16 @@ def _recalibrate(
     normal = data.normal_inputs() if data is not None else None
     if normal is not None and len(normal) and policy.startswith("percentile:"):
         percentile = float(policy.split(":", 1)[1])
-        scores = _runtime_raw_scores(candidate, np.asarray(normal), modality)
+        scores = _runtime_raw_scores(candidate, np.asarray(normal), modality, backend)
         value = float(metrics.threshold_from_normal(scores, percentile))
         norm = dict(metrics.normalisation_from_scores(scores, value))
         record.update(
             method="refit",
             policy=policy,
             n_inputs=int(len(scores)),
-            reason="compressed search shifts distances; the run's policy was re-applied to its "
-            "held-out normal validation inputs scored through this index",
+            backend=backend,
+            reason=f"{record['index']} shifts the scores; the run's policy was re-applied to its "
+            "held-out normal validation inputs scored through this bundle",
         )
         logger.info(
             "threshold re-fitted through index %s: %.6g -> %.6g (%s, %d inputs)",
@@ -614,7 +841,9 @@ def _parity(
                 "backend": det.backend,
                 "precision": level,
                 "backend_info": det.backend_info,
-                "outputs": check_graph_parity(graph_out, reference, level, det.backend),
+                "outputs": check_graph_parity(
+                    _squared_distances(graph_out), _squared_distances(reference), level, det.backend
+                ),
             }
             if detector.modality == "image":
                 results = det(list(inputs), channel_order="RGB")
@@ -639,6 +868,21 @@ def _score_non_image(det: Any, inputs: np.ndarray, modality: str) -> np.ndarray:
     if modality == "timeseries":
         return det.score_windows(np.asarray(inputs)).raw_scores
     return det.score_rows(np.asarray(inputs)).raw_scores
+
+
+def _squared_distances(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs with in-graph search distances squared, for the graph parity check.
+
+    The search computes d^2 = ||q||^2 + ||b||^2 - 2 q.b (as faiss's exact search does); its
+    rounding error is absolute in d^2 (~eps ||q||^2), so a distance near 0 (a training patch
+    that is in the bank) carries an error of sqrt(eps ||q||^2) after the square root. Compared
+    squared, the error is uniform; the per-image score parity below keeps its own tolerance.
+    """
+    from edgead.export.graph_index import DISTANCES_OUTPUT
+
+    if DISTANCES_OUTPUT not in outputs:
+        return outputs
+    return {**outputs, DISTANCES_OUTPUT: np.square(outputs[DISTANCES_OUTPUT], dtype=np.float64)}
 
 
 def _fp16_change(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
@@ -677,6 +921,7 @@ def export_run(
     index: dict[str, Any] | None = None,
     progress: Progress = no_progress,
     data: str | Path | None = None,
+    threads: int | None = None,
 ) -> Manifest:
     """Export the run in `run_dir` to the bundle `out` (see `export_detector`).
 
@@ -691,7 +936,8 @@ def export_run(
     parity_inputs = None
     export_data: ExportData | None = None
     evaluate: Evaluator | None = None
-    if data_path is not None and data_path.exists():
+    # "elpv" names the elpv-dataset package's data, not a folder
+    if data_path is not None and (data_path.exists() or str(data_path) == "elpv"):
         parity_inputs, export_data = _parity_inputs_from_data(detector, data_path, meta)
         from edgead.evaluation import evaluate_bundle
 
@@ -719,6 +965,7 @@ def export_run(
         index=index,
         data=export_data,
         progress=progress,
+        threads=threads,
     )
 
 

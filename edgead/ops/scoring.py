@@ -161,12 +161,39 @@ def reweight_scores(
     return np.asarray((1.0 - soft[:, 0]) * best_score, dtype=np.float32)
 
 
+#: Graph output of an in-graph exact search (`--index graph`): float32 (B, h*w, k) L2 distances.
+IN_GRAPH_DISTANCES = "patch_distances"
+
+
+def _from_patch_distances(
+    distances: np.ndarray,
+    n: int,
+    post: PostProcess,
+    image_hw: tuple[int, int],
+    want_maps: bool,
+    raw: np.ndarray | None = None,
+) -> ImageScores:
+    """Image scores and maps from (n*h*w, k) patch distances; `raw` given for "reweight"."""
+    grid_h, grid_w = post.grid  # type: ignore[misc]
+    flat = (distances.mean(axis=1) if distances.shape[1] > 1 else distances[:, 0]).reshape(n, -1)
+    patch = flat.reshape(n, grid_h, grid_w).astype(np.float32)
+    maps = None
+    if want_maps or post.score == "map_max":
+        maps = upsample_and_blur(patch, image_hw, post.blur_sigma)
+    if post.score == "max":
+        raw = flat.max(axis=1)
+    elif post.score == "map_max":
+        raw = maps.reshape(n, -1).max(axis=1)  # type: ignore[union-attr]
+    return ImageScores(raw=np.asarray(raw, dtype=np.float32), maps=maps, patch_distances=patch)
+
+
 def score_nn_embeddings(
     embeddings: np.ndarray,
     index: _Searcher,
     post: PostProcess,
     image_hw: tuple[int, int],
     bank: np.ndarray | None = None,
+    want_maps: bool = True,
 ) -> ImageScores:
     """Kind "nn_index": scores and maps of patch embeddings searched in `index`.
 
@@ -176,6 +203,7 @@ def score_nn_embeddings(
         post: a parsed "nn_index" `PostProcess`.
         image_hw: (H, W) px of the graph input (the map's size).
         bank: float32 (M, D) vectors of `index`; needed for score "reweight" only.
+        want_maps: False skips the map unless the score needs it ("map_max").
 
     Raises:
         BundleError: "reweight" without `bank`, or embeddings that do not fit the grid.
@@ -187,26 +215,33 @@ def score_nn_embeddings(
     patches = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(n, grid_h * grid_w, -1)
     t0 = time.perf_counter()
     distances, ids = index.search(patches.reshape(n * grid_h * grid_w, -1), post.k)
-    flat = (distances.mean(axis=1) if post.k > 1 else distances[:, 0]).reshape(n, -1)
     raw = None
     if post.score == "reweight":
         if bank is None:
             raise BundleError("nn_index score 'reweight' needs the bank vectors")
+        flat = (distances.mean(axis=1) if post.k > 1 else distances[:, 0]).reshape(n, -1)
         nearest = ids[:, 0].reshape(n, -1)
         raw = reweight_scores(patches, flat, nearest, bank, index, post.num_neighbors)
     search_ms = (time.perf_counter() - t0) * 1e3
-    patch = flat.reshape(n, grid_h, grid_w).astype(np.float32)
-    maps = upsample_and_blur(patch, image_hw, post.blur_sigma)
-    if post.score == "max":
-        raw = flat.max(axis=1)
-    elif post.score == "map_max":
-        raw = maps.reshape(n, -1).max(axis=1)
-    return ImageScores(
-        raw=np.asarray(raw, dtype=np.float32),
-        maps=maps,
-        patch_distances=patch,
-        search_ms=search_ms,
-    )
+    scored = _from_patch_distances(distances, n, post, image_hw, want_maps, raw)
+    scored.search_ms = search_ms
+    return scored
+
+
+def score_nn_distances(
+    distances: np.ndarray, post: PostProcess, image_hw: tuple[int, int], want_maps: bool = True
+) -> ImageScores:
+    """Kind "nn_index" searched inside the graph (`--index graph`): scores and maps from the
+    graph's float32 (B, h*w, k) L2 distances, exactly as `score_nn_embeddings` makes them.
+
+    Raises:
+        BundleError: score "reweight" (it needs the bank at run time) or no grid.
+    """
+    if post.grid is None or post.score == "reweight":
+        raise BundleError("in-graph search supports the scores 'max' and 'map_max' with a grid")
+    n = int(distances.shape[0])
+    flat = np.asarray(distances, dtype=np.float32).reshape(n * post.grid[0] * post.grid[1], -1)
+    return _from_patch_distances(flat, n, post, image_hw, want_maps)
 
 
 def score_map_output(
@@ -224,11 +259,13 @@ def score_graph_output(
     anomaly_map: np.ndarray | None,
     post: PostProcess,
     image_hw: tuple[int, int],
+    want_maps: bool = True,
 ) -> ImageScores:
-    """Kind "graph": the graph's own (B,) score; its map (if any) upsampled and blurred."""
+    """Kind "graph": the graph's own (B,) score; its map (if any, and wanted) upsampled and
+    blurred."""
     n = int(np.asarray(score).shape[0])
     raw = np.asarray(score, dtype=np.float32).reshape(n)
-    if anomaly_map is None:
+    if anomaly_map is None or not want_maps:
         return ImageScores(raw=raw, maps=None)
     grid = np.asarray(anomaly_map, dtype=np.float32).reshape(n, *anomaly_map.shape[-2:])
     same = grid.shape[1:] == tuple(image_hw) and post.blur_sigma == 0

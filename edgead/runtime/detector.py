@@ -38,12 +38,14 @@ from edgead.ops.postprocess import normalise_scores, resize_map
 from edgead.ops.rows import check_rows
 from edgead.ops.rows_nn import score_rows_nn
 from edgead.ops.scoring import (
+    IN_GRAPH_DISTANCES,
     ROW_KINDS,
     WINDOW_KINDS,
     PostProcess,
     parse_postprocess,
     score_graph_output,
     score_map_output,
+    score_nn_distances,
     score_nn_embeddings,
 )
 from edgead.ops.tiling import Tiling, merge_tile_scores, tiles_of
@@ -224,7 +226,15 @@ class Detector:
                 raise BundleError(f"bundle tiling is invalid: {exc}") from exc
         self._index: FaissIndex | None = None
         self._bank: np.ndarray | None = None  # reconstructed bank vectors (reweight only)
-        if kind.endswith("nn_index"):
+        #: exact search inside the graph (`--index graph`): distances come out of the graph
+        self._in_graph_search = kind == "nn_index" and self._post.raw.get("search") == "graph"
+        if self._in_graph_search:
+            if self._post.score not in ("max", "map_max"):
+                raise BundleError(
+                    f"in-graph search with score {self._post.score!r} is not supported "
+                    "(max, map_max); re-export with --index flat"
+                )
+        elif kind.endswith("nn_index"):
             spec = self.manifest.index
             if spec is None:
                 raise BundleError(
@@ -390,7 +400,10 @@ class Detector:
         return int(size[0]), int(size[1])
 
     def __call__(
-        self, frame: np.ndarray | Sequence[np.ndarray], channel_order: str = "BGR"
+        self,
+        frame: np.ndarray | Sequence[np.ndarray],
+        channel_order: str = "BGR",
+        maps: bool = True,
     ) -> Result | list[Result]:
         """Score one frame (-> Result) or a list of frames (-> list of Results).
 
@@ -398,6 +411,9 @@ class Detector:
             frame: uint8 (H, W, 3) (also (H, W) gray or (H, W, 4)), any H, W; or a list of them.
                 A 4-D uint8 array (B, H, W, 3) is treated as a batch.
             channel_order: "BGR" (OpenCV's cv2.imread, the default) or "RGB".
+            maps: False skips the anomaly map (upsample, blur, resize to the frame) where the
+                score does not need it, for stations that only need the decision;
+                `Result.anomaly_map` is then None. Scores and decisions are the same.
 
         Raises:
             DataError: not uint8, wrong number of dimensions or channels, or a tabular bundle.
@@ -417,10 +433,12 @@ class Detector:
         frames: list[np.ndarray] = [frame] if single else list(frame)  # type: ignore[list-item]
         if not frames:
             return []
-        results = self._score_frames(frames, channel_order)
+        results = self._score_frames(frames, channel_order, maps)
         return results[0] if single else results
 
-    def _score_frames(self, frames: list[np.ndarray], channel_order: str) -> list[Result]:
+    def _score_frames(
+        self, frames: list[np.ndarray], channel_order: str, want_maps: bool = True
+    ) -> list[Result]:
         t0 = time.perf_counter()
         self._warn_on_gray(frames)
         resize = self.manifest.input.resize
@@ -435,13 +453,16 @@ class Detector:
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
         t2 = time.perf_counter()
-        raw, maps, search_ms = self._image_scores(outputs, len(batch))
+        raw, maps, search_ms = self._image_scores(
+            outputs, len(batch), want_maps or tiling is not None
+        )
         if tiling is not None:  # image score = max over tiles, maps stitched at (H, W)
             raw, maps = merge_tile_scores(raw, maps, len(frames), tiling)  # type: ignore[assignment]
         t3 = time.perf_counter()
         normalised, decisions = self._decide(raw)
         full_maps = [
-            None if maps is None else resize_map(maps[i], f.shape[:2]) for i, f in enumerate(frames)
+            None if maps is None or not want_maps else resize_map(maps[i], f.shape[:2])
+            for i, f in enumerate(frames)
         ]
         t4 = time.perf_counter()
         timings = {
@@ -479,12 +500,19 @@ class Detector:
         return run_batched(self._engine(), batch, tuple(o.name for o in self.manifest.outputs))
 
     def _image_scores(
-        self, outputs: dict[str, np.ndarray], n: int
+        self, outputs: dict[str, np.ndarray], n: int, want_maps: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None, float]:
         """(raw scores (B,), maps (B, S, S) at input size or None, search time ms), from the
-        one scorer of the bundle's post-processing kind (`edgead.ops.scoring`)."""
+        one scorer of the bundle's post-processing kind (`edgead.ops.scoring`).
+
+        With `want_maps` False the map is only made when the score needs it ("map_max", "map").
+        """
         post = self._post
-        if post.kind == "nn_index":
+        if post.kind == "nn_index" and self._in_graph_search:
+            scored = score_nn_distances(
+                outputs[IN_GRAPH_DISTANCES], post, self.image_size, want_maps
+            )
+        elif post.kind == "nn_index":
             if self._index is None:
                 raise BundleError("bundle has no nearest-neighbour index")
             if post.score == "reweight" and self._bank is None:
@@ -492,7 +520,7 @@ class Detector:
                 # direct map (a bare reconstruct_n fails on IVF indexes)
                 self._bank = self._index.reconstruct_all()
             scored = score_nn_embeddings(
-                outputs["embedding"], self._index, post, self.image_size, self._bank
+                outputs["embedding"], self._index, post, self.image_size, self._bank, want_maps
             )
         elif post.kind == "csi_nn_index":
             if self._index is None:
@@ -504,7 +532,7 @@ class Detector:
             scored = score_map_output(outputs["anomaly_map"], post, self.image_size)
         else:
             scored = score_graph_output(
-                outputs["score"], outputs.get("anomaly_map"), post, self.image_size
+                outputs["score"], outputs.get("anomaly_map"), post, self.image_size, want_maps
             )
         return scored.raw, scored.maps, scored.search_ms
 

@@ -61,7 +61,8 @@ class OpenVinoBackend:
                 f"openvino offers devices {available}, not {device}; install the {device} plugin "
                 "and driver or use device='cpu'"
             )
-        hint = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}.get(precision)
+        # int8 graphs carry their own quantized layers; the float rest runs f32
+        hint = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}.get(precision)
         if hint is None:
             raise BackendUnavailableError(
                 f"unknown precision {precision!r}; use fp32, fp16 or bf16"

@@ -161,10 +161,14 @@ def build_engine_bytes(
         if not builder.platform_has_fast_fp16:
             logger.warning("this GPU has no fast fp16; TensorRT builds fp16 kernels anyway")
         config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "int8":
+        # explicit quantization: an int8 bundle's model.onnx is a calibrated QDQ graph
+        # (edgead.export.quantize), so TensorRT needs no calibrator of its own
+        config.set_flag(trt.BuilderFlag.INT8)
     elif precision != "fp32":
         raise BackendUnavailableError(
-            f"TensorRT precision {precision!r} is not supported by edgead bundles (fp32, fp16); "
-            "int8 needs a calibration set, which export does not provide yet"
+            f"TensorRT precision {precision!r} is not supported by edgead bundles "
+            "(fp32, fp16, int8)"
         )
     profile = builder.create_optimization_profile()
     tensor = network.get_input(0)

@@ -1,0 +1,230 @@
+"""Precision with accuracy control (`edgead export --precision fp32|fp16|bf16|int8`). Export side.
+
+fp32 and fp16 keep the exporter's parity checks (tolerances in `edgead.export.parity`). bf16 and
+int8 change the arithmetic too much for a per-output tolerance to mean anything (bf16 keeps 8
+mantissa bits; int8 rounds every activation), so they are judged by what matters: the image and
+pixel AUROC on the run's labelled test images, scored through the runtime with the low-precision
+graph, against the same bundle in fp32 (`measure_change`). A precision whose AUROC drops by more
+than `--max-auroc-drop` is refused with the measured drop.
+
+- bf16: OpenVINO's INFERENCE_PRECISION_HINT bf16 (CPUs with avx512_bf16 or AMX); the IR is fp32.
+- int8: `edgead.export.quantize` (ONNX Runtime static QDQ, OpenVINO NNCF), calibrated on the
+  run's held-out normal images; `INT8_SCOPES` are tried in order, the first within budget kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgead.errors import ExportError
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+#: Precisions judged by the AUROC change through the runtime instead of graph tolerances.
+CONTROLLED = ("bf16", "int8")
+#: int8 scopes tried in order: everything (fastest), then the backbone only (search in float).
+INT8_SCOPES = ("all", "backbone")
+
+
+def check_precision(target: str, precision: str) -> None:
+    """ExportError when `precision` is unknown or cannot run on `target`."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and target != "openvino":
+        raise ExportError(
+            "bf16 runs on OpenVINO (CPUs with avx512_bf16 or AMX); export with --target "
+            "openvino, or use --precision int8 / fp32 for ONNX Runtime"
+        )
+    if precision == "fp16" and target == "onnx":
+        raise ExportError(
+            "an --target onnx bundle runs fp32 on ONNX Runtime; for fp16 use "
+            "--target openvino or --target tensorrt"
+        )
+
+
+def runtime_aurocs(
+    bundle: Path,
+    backend: str,
+    images: Sequence[np.ndarray],
+    labels: np.ndarray,
+    masks: Sequence[np.ndarray] | None,
+) -> tuple[dict[str, float], np.ndarray]:
+    """({"image_auroc", "pixel_auroc" (with masks)}, raw scores float64 (N,)) through the runtime.
+
+    Args:
+        bundle: a candidate bundle; backend: "onnxruntime" or "openvino" (CPU).
+        images: uint8 (S, S, 3) RGB test images; labels: int (N,); masks: bool (S, S) or None.
+    """
+    from edgead import metrics
+    from edgead.runtime.detector import Detector
+
+    labels = np.asarray(labels).astype(np.int64)
+    with Detector.load(bundle, device="cpu", backend=backend) as det:
+        if det.fallbacks:
+            raise ExportError(f"accuracy check needs {backend}: {det.fallbacks[-1]}")
+        want_maps = masks is not None
+        scores, maps = [], []
+        for start in range(0, len(images), 8):
+            batch = [np.asarray(images[i]) for i in range(start, min(start + 8, len(images)))]
+            for res in det(batch, channel_order="RGB", maps=want_maps):  # type: ignore[union-attr]
+                scores.append(res.raw_score)
+                if want_maps:
+                    maps.append(res.anomaly_map)
+    raw = np.asarray(scores, dtype=np.float64)
+    out: dict[str, float] = {}
+    if len(np.unique(labels)) == 2:
+        out["image_auroc"] = float(metrics.image_metrics(labels, raw)["auroc"])
+    if want_maps:
+        truth = np.stack([np.asarray(m, dtype=bool) for m in masks])  # type: ignore[union-attr]
+        if truth.any() and not truth.all():
+            out["pixel_auroc"] = float(metrics.pixel_metrics(truth, np.stack(maps))["pixel_auroc"])
+    return out, raw
+
+
+def measure_change(
+    reference: dict[str, float],
+    got: dict[str, float],
+    ref_scores: np.ndarray,
+    scores: np.ndarray,
+) -> dict[str, float]:
+    """{"<metric>_fp32", "<metric>", "<metric>_drop", "score_max_rel_change",
+    "score_median_ratio"}: AUROC drops (positive = worse) and how raw scores moved."""
+    out: dict[str, float] = {}
+    for key in ("image_auroc", "pixel_auroc"):
+        if key in reference and key in got:
+            out[f"{key}_fp32"] = reference[key]
+            out[key] = got[key]
+            out[f"{key}_drop"] = reference[key] - got[key]
+    denom = np.maximum(np.abs(ref_scores), 1e-12)
+    out["score_max_rel_change"] = float(np.max(np.abs(scores - ref_scores) / denom))
+    out["score_median_ratio"] = float(np.median(scores / denom))
+    return out
+
+
+def worst_drop(change: dict[str, float]) -> tuple[str, float]:
+    """(metric, drop) of the largest AUROC drop in a `measure_change` record."""
+    drops = {k[: -len("_drop")]: v for k, v in change.items() if k.endswith("_drop")}
+    if not drops:
+        return "none", 0.0
+    key = max(drops, key=lambda k: drops[k])
+    return key, float(drops[key])
+
+
+def over_budget(changes: dict[str, dict[str, float]], max_drop: float) -> str | None:
+    """A reason naming backend, metric and drop when any backend's drop exceeds `max_drop`."""
+    for backend, change in changes.items():
+        metric, drop = worst_drop(change)
+        if drop > max_drop:
+            return f"{metric} drops by {drop:.4f} on {backend} (> --max-auroc-drop {max_drop})"
+    return None
+
+
+class _CompiledBackend:
+    """A `Backend` over an OpenVINO compiled model (NNCF's candidates), for the Detector."""
+
+    name = "openvino/nncf-candidate"
+    max_batch: int | None = 1
+
+    def __init__(self, compiled: Any) -> None:
+        from edgead.runtime.backends.openvino import _public_name
+
+        self._request = compiled.create_infer_request()
+        self._names = [_public_name(out) for out in compiled.outputs]
+        self.info: dict[str, object] = {}
+
+    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        self._request.infer({0: inputs}, share_inputs=False)
+        return {
+            name: np.array(self._request.get_output_tensor(i).data, dtype=np.float32, copy=True)
+            for i, name in enumerate(self._names)
+        }
+
+    def close(self) -> None:
+        self._request = None
+
+
+def nncf_validator(
+    bundle: Path,
+    labels: np.ndarray,
+    masks: Sequence[np.ndarray] | None,
+    reference: dict[str, float],
+) -> Any:
+    """validate(compiled, items) for NNCF: 1 - the worst AUROC drop vs `reference` (fp32).
+
+    The candidate's outputs go through the runtime's own post-processing (a `Detector` over the
+    fp32 candidate bundle's manifest, with the compiled model as its backend), so the metric is
+    the one the budget is stated in: the fp32 model scores 1.0, a drop of x scores 1 - x.
+    """
+    from edgead import metrics
+    from edgead.bundle import read_bundle
+    from edgead.runtime.detector import Detector
+
+    verified = read_bundle(bundle)
+
+    def validate(compiled: Any, items: Any) -> float:
+        det = Detector(verified, _CompiledBackend(compiled))  # type: ignore[arg-type]
+        scores, maps = [], []
+        for item in items:
+            (res,) = det(list(np.asarray(item)), channel_order="RGB", maps=masks is not None)
+            scores.append(res.raw_score)  # type: ignore[union-attr]
+            maps.append(res.anomaly_map)  # type: ignore[union-attr]
+        if len(scores) != len(labels):
+            raise ExportError(f"NNCF validated {len(scores)} items, {len(labels)} labelled")
+        got: dict[str, float] = {}
+        if "image_auroc" in reference:
+            got["image_auroc"] = float(metrics.image_metrics(labels, np.asarray(scores))["auroc"])
+        if "pixel_auroc" in reference and masks is not None:
+            truth = np.stack([np.asarray(m, dtype=bool) for m in masks])
+            got["pixel_auroc"] = float(metrics.pixel_metrics(truth, np.stack(maps))["pixel_auroc"])
+        drops = [reference[k] - got[k] for k in got]
+        return 1.0 - max(drops, default=0.0)
+
+    return validate
+
+
+def int8_members(
+    members: dict[str, bytes],
+    graphs: dict[str, str],
+    calibration: np.ndarray,
+    input_name: str,
+    scope: str,
+    *,
+    accuracy: tuple[Any, np.ndarray, float] | None = None,
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """(members with int8 graphs, report): QDQ model.onnx and, with IR, an NNCF model.xml/.bin.
+
+    Args:
+        members: the fp32 bundle members; graphs: format -> member (as the manifest's).
+        calibration: uint8 (N, S, S, 3) held-out normal images at the input size.
+        accuracy: (validate, validation images uint8 (N, S, S, 3), max_drop) for NNCF's
+            accuracy control (`nncf_validator`); None quantizes without it.
+    """
+    from edgead.export.quantize import quantize_onnx_int8, quantize_openvino_int8
+
+    out = dict(members)
+    report: dict[str, Any] = {"scope": scope, "calibration_images": int(len(calibration))}
+    onnx_member = graphs["onnx"]
+    out[onnx_member] = quantize_onnx_int8(members[onnx_member], calibration, input_name, scope)
+    report["onnx"] = "onnxruntime.quantization.quantize_static (QDQ, u8 act / s8 per-channel)"
+    if "openvino" in graphs:
+        xml_member = graphs["openvino"]
+        bin_member = xml_member[: -len(".xml")] + ".bin"
+        validate, val_images, max_drop = accuracy if accuracy is not None else (None, None, 0.0)
+        xml, weights, ov_report = quantize_openvino_int8(
+            members[xml_member],
+            members[bin_member],
+            calibration,
+            scope,
+            validate=validate,
+            validation_images=val_images,
+            max_drop=max_drop,
+        )
+        out[xml_member], out[bin_member] = xml, weights
+        report["openvino"] = ov_report
+    return out, report
