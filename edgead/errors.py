@@ -5,6 +5,7 @@
     ├── DataError                missing folder, unreadable image, bad mask, NaN in a table, ...
     ├── BundleError              bad magic, hash mismatch, missing member, path traversal, schema
     ├── BackendUnavailableError  a backend/device is not installed or fails to initialise
+    ├── BackendRuntimeError      a loaded graph failed while running (names backend and input)
     ├── ExportError              parity check failed, unsupported target for a detector
     └── NotFittedError           score/export called before fit
 
@@ -35,6 +36,11 @@ class BundleError(EdgeadError):
 
 class BackendUnavailableError(EdgeadError):
     """A requested backend or device is missing or failed to initialise."""
+
+
+class BackendRuntimeError(EdgeadError):
+    """A backend that loaded its graph but failed while running it (ONNX Runtime, OpenVINO or
+    TensorRT's own exception, chained); the message names the backend and the graph input."""
 
 
 class ExportError(EdgeadError):

@@ -9,8 +9,9 @@ An index may be compressed (fp16 / int8 scalar quantisation, product quantisatio
 an optional PCA / random-rotation prefix, all inside faiss's own file) and may re-rank its top-R
 candidates exactly against an fp16 copy of the bank held as a plain numpy array.
 
-Index bytes are untrusted input: `validate_index_bytes` checks faiss's fixed header (fourcc,
-dimension, vector count, the two 2**20 marker fields) before faiss parses anything, and
+Index bytes are untrusted input: `validate_index_bytes` walks the whole file layout
+(`edgead.ops.faiss_check`: every length field against the bytes that remain) before faiss
+parses anything, and
 `load_index` checks the result against the manifest and the graph's output dimension.
 """
 
@@ -25,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from edgead.errors import BundleError
+from edgead.ops.faiss_check import check_index_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -330,12 +332,12 @@ def read_index_header(data: bytes) -> tuple[bytes, int, int]:
 def validate_index_bytes(
     data: bytes, *, expected_dim: int | None = None, expected_n: int | None = None
 ) -> None:
-    """Check faiss's header (and dim / count when given) before faiss parses the bytes.
+    """Check the index layout (and dim / count when given) before faiss parses the bytes.
 
     Raises:
         BundleError: not a faiss index of a known type, or dim / count differ from the expected.
     """
-    _, dim, ntotal = read_index_header(data)
+    _, dim, ntotal = check_index_bytes(data)
     if expected_dim is not None and dim != expected_dim:
         raise BundleError(
             f"the nearest-neighbour index takes {dim}-d vectors but {expected_dim} "

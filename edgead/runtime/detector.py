@@ -16,11 +16,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgead.bundle import Bundle, Manifest, read_bundle
-from edgead.errors import BackendUnavailableError, BundleError, DataError, unknown_name_error
+from edgead.errors import (
+    BackendRuntimeError,
+    BackendUnavailableError,
+    BundleError,
+    DataError,
+    EdgeadError,
+    unknown_name_error,
+)
 from edgead.ops.image import resize_frame
 from edgead.ops.nn_index import FaissIndex, load_index
 from edgead.ops.postprocess import normalise_scores, resize_map
@@ -235,6 +243,7 @@ class Detector:
         device: str = "auto",
         backend: str | None = None,
         threads: int | None = None,
+        trusted_keys: Sequence[Any] | None = None,
     ) -> Detector:
         """Verify the bundle at `path` and bind it to the best backend available for `device`.
 
@@ -244,9 +253,12 @@ class Detector:
             backend: None (any), "onnxruntime", "openvino" or "tensorrt" (aliases ort/ov/trt).
             threads: intra-op CPU threads for the graph and the nearest-neighbour search
                 (faiss's OpenMP pool is process-wide); None keeps the libraries' defaults.
+            trusted_keys: Ed25519 public keys (or paths to their PEM files, see
+                `edgead.signing`); when given, the bundle must be signed by one of them
+                (checked before anything in it is parsed). None: signatures are not checked.
 
         Raises:
-            BundleError: the bundle fails verification.
+            BundleError: the bundle fails verification (or its signature, with trusted_keys).
             BackendUnavailableError: not even ONNX Runtime on the CPU could load the graph.
         """
         device = device.lower()
@@ -256,7 +268,7 @@ class Detector:
             if backend.lower() not in BACKEND_ALIASES:
                 raise unknown_name_error("backend", backend, BACKEND_ALIASES)
             backend = BACKEND_ALIASES[backend.lower()]
-        bundle = read_bundle(path)
+        bundle = read_bundle(path, trusted_keys=trusted_keys)
         if threads is not None:
             _set_search_threads(int(threads))
         fallbacks: list[str] = []
@@ -392,7 +404,19 @@ class Detector:
         names = tuple(o.name for o in self.manifest.outputs)
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, len(batch), step):
-            out = engine.run(np.ascontiguousarray(batch[start : start + step]))
+            chunk = np.ascontiguousarray(batch[start : start + step])
+            try:
+                out = engine.run(chunk)
+            except EdgeadError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - each backend raises its own types
+                spec = self.manifest.input
+                raise BackendRuntimeError(
+                    f"backend {engine.name} failed running the graph on input {spec.name!r} "
+                    f"{chunk.dtype} {chunk.shape} (the bundle declares {spec.dtype} "
+                    f"{spec.shape}): {type(exc).__name__}: {str(exc)[:300]}; the graph member "
+                    "may not match its manifest: re-export the bundle or try another backend"
+                ) from exc
             check_outputs(out, names, engine.name)
             parts.append(out)
         if len(parts) == 1:
