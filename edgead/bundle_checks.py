@@ -189,9 +189,7 @@ def check_npy_header(data: bytes, name: str) -> None:
         or len(shape) > 8
         or not all(type(s) is int and 0 <= s <= MAX_MEMBER_BYTES for s in shape)
     ):
-        raise BundleError(
-            f"{bad} .npy header {str(header)[:200]} is not a plain numeric array"
-        )
+        raise BundleError(f"{bad} .npy header {str(header)[:200]} is not a plain numeric array")
     n_bytes = math.prod(shape) * dtype.itemsize
     if n_bytes != len(data) - start - hlen:
         raise BundleError(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli._common import console, handle_errors
+from edgead.cli._common import TRUSTED_KEY_HELP, console, handle_errors, trusted_keys_or_none
 
 
 @handle_errors
@@ -24,12 +24,16 @@ def build_engine(
     rebuild: Annotated[
         bool, typer.Option(help="Build even when a valid cached engine exists.")
     ] = False,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Build the TensorRT engine for this GPU and cache it next to the bundle."""
     from edgead.bundle import read_bundle
     from edgead.runtime.backends.tensorrt import DEFAULT_BUILD, load_or_build_engine
 
-    verified = read_bundle(bundle)
+    verified = read_bundle(bundle, trusted_keys=trusted_keys_or_none(trusted_key))
     manifest = verified.manifest
     settings = {
         **DEFAULT_BUILD,

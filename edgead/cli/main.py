@@ -10,7 +10,7 @@ import logging
 import typer
 
 from edgead import __version__
-from edgead.cli import bench, build_engine, demo, devices, export, predict, run, train
+from edgead.cli import bench, build_engine, demo, devices, export, predict, run, sign, train
 from edgead.cli import eval as eval_cmd
 
 app = typer.Typer(
@@ -55,6 +55,8 @@ app.command("run")(run.run)
 app.command("bench")(bench.bench)
 app.command("devices")(devices.devices)
 app.command("demo")(demo.demo)
+app.command("keygen")(sign.keygen)
+app.command("sign")(sign.sign)
 
 
 def main() -> None:

@@ -9,7 +9,13 @@ from typing import Annotated, Any
 
 import typer
 
-from edgead.cli._common import console, handle_errors, print_json
+from edgead.cli._common import (
+    TRUSTED_KEY_HELP,
+    console,
+    handle_errors,
+    print_json,
+    trusted_keys_or_none,
+)
 
 
 @handle_errors
@@ -38,11 +44,21 @@ def predict(
     label_column: Annotated[
         str | None, typer.Option(help="Label column to drop from a .csv/.parquet table.")
     ] = None,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Score images or rows with a bundle; prints one line (or JSON object) per item."""
     from edgead.runtime import Detector
 
-    with Detector.load(bundle, device=device, backend=backend, threads=threads) as det:
+    with Detector.load(
+        bundle,
+        device=device,
+        backend=backend,
+        threads=threads,
+        trusted_keys=trusted_keys_or_none(trusted_key),
+    ) as det:
         header = {"bundle": str(bundle), "backend": det.backend, "fallbacks": det.fallbacks}
         if det.manifest.modality == "tabular":
             items = _predict_rows(det, inputs, label_column)
@@ -78,7 +94,7 @@ def _image_paths(inputs: list[str]) -> list[Path]:
         elif path.is_file():
             paths.append(path)
         else:
-            raise DataError(f"{raw} is neither an image file nor a folder")
+            raise DataError(f"{raw} is neither a regular image file nor a folder")
     if not paths:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {inputs}")
     return paths

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli._common import err_console, handle_errors
+from edgead.cli._common import TRUSTED_KEY_HELP, err_console, handle_errors, trusted_keys_or_none
 
 
 @handle_errors
@@ -55,7 +55,8 @@ def run(
         ),
     ] = None,
     http: Annotated[
-        int | None, typer.Option(help="Serve /healthz and /metrics on this port.")
+        int | None,
+        typer.Option(help="Serve /healthz and /metrics on this port.", min=0, max=65535),
     ] = None,
     http_host: Annotated[str, typer.Option(help="Address for --http.")] = "127.0.0.1",
     max_frames: Annotated[int | None, typer.Option(help="Stop after N frames read.")] = None,
@@ -80,6 +81,10 @@ def run(
     save_anomalies: Annotated[
         bool, typer.Option(help="Save anomalous frames with heat maps.")
     ] = True,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Score a camera, stream, video or folder frame by frame; Ctrl-C or SIGTERM stops cleanly."""
     import sys
@@ -110,6 +115,7 @@ def run(
             http_host=http_host,
             stream=sys.stdout if out is None else None,
             stop_event=stop,
+            trusted_keys=trusted_keys_or_none(trusted_key),
         )
     fallbacks = "".join(
         f"\n  fallback at frame {f.frame_index}: {f.from_backend} -> {f.to_backend} ({f.reason})"

@@ -463,7 +463,7 @@ class Detector:
                 no NaN/inf.
 
         Raises:
-            DataError: an image bundle, wrong shape, non-numeric or non-finite values.
+            DataError: an image bundle, wrong or ragged shape, non-numeric or non-finite values.
         """
         if self._kind not in ROW_KINDS:
             raise DataError("this bundle scores images; call detector(frame)")

@@ -157,6 +157,10 @@ class RunSummary:
         return data
 
 
+#: seconds between fps updates when status lines are off (--status-every 0)
+FPS_UPDATE_S = 5.0
+
+
 class LoopStats:
     """Live counters and a bounded latency window, shared with the HTTP endpoint (thread-safe)."""
 
@@ -546,8 +550,11 @@ class InspectionLoop:
         return name
 
     def _maybe_status(self, next_status: float) -> float:
-        if self.config.status_every_s <= 0 or time.perf_counter() < next_status:
+        if time.perf_counter() < next_status:
             return next_status
+        if self.config.status_every_s <= 0:  # no status lines, but keep edgead_fps live
+            self.stats.update_fps()
+            return time.perf_counter() + FPS_UPDATE_S
         self.log_status()
         return time.perf_counter() + self.config.status_every_s
 
@@ -629,6 +636,7 @@ def run_inspection(
     http_host: str = "127.0.0.1",
     stream: IO[str] | None = None,
     stop_event: threading.Event | None = None,
+    trusted_keys: list[Any] | None = None,
 ) -> RunSummary:
     """Load `model`, open `source` and run the inspection loop until the source ends or a stop.
 
@@ -647,6 +655,8 @@ def run_inspection(
         http_port: serve /healthz and /metrics on `http_host`:port when given.
         stream: JSON lines destination when `config.out_dir` is None.
         stop_event: set it to stop (the CLI wires SIGINT/SIGTERM to it).
+        trusted_keys: Ed25519 public keys the bundle must be signed by (see `Detector.load`);
+            the fallback reload checks them too.
 
     Raises:
         DataError: the source cannot be opened after `open_retries` attempts.
@@ -655,6 +665,8 @@ def run_inspection(
     from edgead.runtime.capture import CaptureConfig, open_reader, parse_source
     from edgead.runtime.detector import Detector
 
+    if http_port is not None and not 0 <= int(http_port) <= 65535:
+        raise ConfigError(f"--http port must be in 0..65535 (0: any free port); got {http_port}")
     spec = parse_source(source)
     capture_config = CaptureConfig(
         queue_size=2 if spec.is_live else 4,
@@ -675,11 +687,13 @@ def run_inspection(
         name=str(spec),
     )
     capture.open()
-    detector = Detector.load(model, device=device, backend=backend, threads=threads)
+    detector = Detector.load(
+        model, device=device, backend=backend, threads=threads, trusted_keys=trusted_keys
+    )
     logger.info("scoring %s with %s (drop policy %s)", spec, detector.backend, capture_config.drop)
 
     def fallback() -> FrameDetector:
-        return Detector.load(model, device="cpu", threads=threads)
+        return Detector.load(model, device="cpu", threads=threads, trusted_keys=trusted_keys)
 
     loop = InspectionLoop(
         detector, capture, config, stop_event, fallback_factory=fallback, stream=stream
