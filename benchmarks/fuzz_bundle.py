@@ -74,6 +74,7 @@ class Seed:
     members: list[tuple[str, bytes]]
     manifest: dict[str, Any]
     content_hash: str = ""
+    bomb_bytes: int = BOMB_BYTES
     bombs: dict[str, bytes] = field(default_factory=dict)
 
     def member(self, name: str) -> bytes:
@@ -322,7 +323,7 @@ def _bomb_template(seed: Seed, name: str, declared_small: bool) -> bytes:
     the zeros' true sha256 and either their true size or the original member's size."""
     key = f"{name}:{declared_small}"
     if key not in seed.bombs:
-        zeros = bytes(BOMB_BYTES)
+        zeros = bytes(seed.bomb_bytes)
         manifest = copy.deepcopy(seed.manifest)
         _rehash(manifest, name, zeros)
         if declared_small:
@@ -554,6 +555,7 @@ def run_fuzz(
     recycle: int = 500,
     progress_every: int = 200,
     work_dir: Path | None = None,
+    bomb_mib: int = BOMB_BYTES // 1024**2,
 ) -> dict[str, Any]:
     """Run `cases` seeded mutations over `bundles`; returns the JSON-ready report."""
     tmp = tempfile.TemporaryDirectory(prefix="edgead-fuzz-", dir=work_dir)
@@ -564,6 +566,8 @@ def run_fuzz(
         paths, pub = sign_seeds(paths, tmp_dir)
         trusted = [pub]
     seeds = [load_seed(p) for p in paths]
+    for s in seeds:
+        s.bomb_bytes = bomb_mib * 1024**2
     worker = Worker([str(p) for p in paths], mem_limit_mib, trusted)
     names = list(MUTATORS)
     weights = [MUTATORS[n][1] for n in names]
@@ -627,6 +631,7 @@ def run_fuzz(
         "signed": signed,
         "timeout_s": timeout_s,
         "mem_limit_mib": mem_limit_mib,
+        "bomb_mib": bomb_mib,
         "duration_s": round(time.perf_counter() - start, 1),
         "bundles": {s.label: str(b) for s, b in zip(seeds, bundles, strict=True)},
         "counts": counts,
