@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 from edgead.cli.main import app
 from edgead.cli.predict import _image_paths
 from edgead.errors import ConfigError, DataError
+from edgead.ops.image import resize_frame
 from edgead.runtime import loop as loop_mod
 from edgead.runtime.detector import Detector
 from edgead.runtime.loop import run_inspection
 from edgead.runtime.metrics_http import MetricsServer
-from edgead.runtime.preprocess import resize_frame
 from tests.unit._export_helpers import tiny_bundle
 from tests.unit.test_run_loop import FakeDetector, gray, make_loop
 
@@ -109,9 +109,9 @@ def test_score_rows_zero_and_ragged_rows(tmp_path: Path) -> None:
     out = tmp_path / "rows.edgead"
     export_detector(det, run_meta(det.score(rows).scores), "onnx", "fp32", out, parity_inputs=rows)
     with Detector.load(out, device="cpu") as loaded:
-        empty = loaded.score_rows(np.zeros((0, 3), np.float32))
-        assert empty.raw_scores.shape == empty.scores.shape == empty.is_anomaly.shape == (0,)
-        with pytest.raises(DataError, match="different lengths"):
+        with pytest.raises(DataError, match="non-empty"):
+            loaded.score_rows(np.zeros((0, 3), np.float32))
+        with pytest.raises(DataError, match="equal-length rows"):
             loaded.score_rows([[1.0, 2.0, 3.0], [1.0, 2.0]])
 
 

@@ -19,9 +19,9 @@ from edgead.bundle import npy_bytes_to_array, read_bundle
 from edgead.bundle_checks import json_depth
 from edgead.cli.main import app
 from edgead.errors import BackendRuntimeError, BundleError, ConfigError
+from edgead.ops.nn_index import validate_index_bytes
 from edgead.runtime import detector as detector_mod
 from edgead.runtime.detector import Detector
-from edgead.runtime.nn_index import validate_index_bytes
 from edgead.signing import generate_keypair, sign_bundle
 from tests.unit._export_helpers import SIZE_PX, tiny_bundle
 
@@ -228,7 +228,7 @@ def test_faiss_flat_length_field_is_checked_before_faiss_allocates(bundle: Path)
 def test_every_index_type_the_exporter_writes_passes_the_layout_check(factory: str) -> None:
     import faiss
 
-    from edgead.runtime.faiss_check import check_index_bytes
+    from edgead.ops.faiss_check import check_index_bytes
 
     vectors = np.random.default_rng(0).normal(size=(600, 16)).astype(np.float32)
     index = faiss.index_factory(16, factory)
