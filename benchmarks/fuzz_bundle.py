@@ -538,7 +538,8 @@ class Worker:
 # ----------------------------------------------------------------------------- driver
 def sign_seeds(paths: list[Path], out_dir: Path) -> tuple[list[Path], str]:
     """Signed copies of the seed bundles and the path of the trusted public key."""
-    from edgead.signing import generate_keypair, sign_bundle
+    from edgead.bundle import sign_bundle
+    from edgead.signing import generate_keypair
 
     key, pub = generate_keypair(out_dir / "fuzz.key")
     signed = [sign_bundle(p, key, out_dir / f"signed_{i}_{p.name}") for i, p in enumerate(paths)]

@@ -2,12 +2,15 @@
 
 This is the only code shared by `edgead.export` (writes) and `edgead.runtime` (reads), so the two
 sides cannot drift apart. A bundle is untrusted input: `read_bundle` checks the zip magic, the
-member names (no absolute paths, no `..`), sizes, the manifest schema and the sha256 of every
-member before anything is used. Nothing is ever unpickled (`np.load(allow_pickle=False)`).
+member names (no absolute paths, no `..`), sizes before inflating (`edgead.bundle_checks`), the
+signature when keys are trusted, the typed manifest and the sha256 of every member before
+anything is used. Nothing is ever unpickled (`np.load(allow_pickle=False)`).
 
 Layout of a bundle::
 
     manifest.json        Manifest (below), with {member: {sha256, size}} for every other member
+    manifest.sig         optional Ed25519 signature of manifest.json's bytes (`sign_bundle`,
+                         checked by `read_bundle(..., trusted_keys=...)`; see edgead.signing)
     model.onnx           graph for ONNX Runtime / TensorRT (always present)
     model.xml, model.bin OpenVINO IR (target openvino)
     memory_bank.faiss    faiss index (PatchCore, kNN/LOF)
@@ -20,6 +23,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import struct
 import zipfile
 from collections.abc import Sequence
@@ -40,6 +44,8 @@ from edgead.bundle_checks import (
     read_member,
 )
 from edgead.errors import BundleError
+
+logger = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "edgead-bundle"
 SCHEMA_VERSION = 1
@@ -342,3 +348,32 @@ def _open_zip(path: Path, raw: bytes) -> tuple[zipfile.ZipFile, dict[str, zipfil
             f"{path}: manifest.json is too large ({zf.getinfo(MANIFEST_NAME).file_size} bytes)"
         )
     return zf, {info.filename: info for info in infos}
+
+
+def sign_bundle(bundle: str | Path, key: str | Path, out: str | Path | None = None) -> Path:
+    """Sign the manifest of a verified bundle with the Ed25519 private key in `key`.
+
+    Writes `out` (default: the bundle itself, replaced atomically) with the manifest and every
+    member copied byte for byte and a `manifest.sig` member (see `edgead.signing`) added; an old
+    signature is replaced. Returns the path written.
+
+    Raises:
+        BundleError: the bundle fails verification.
+        ConfigError: the key is missing or not an Ed25519 private key.
+    """
+    from edgead.signing import key_id, load_private_key, signature_bytes
+
+    private_key = load_private_key(key)
+    verified = read_bundle(bundle)
+    out_path = Path(out) if out is not None else verified.path
+    with zipfile.ZipFile(verified.path) as src:
+        info = src.getinfo(MANIFEST_NAME)
+        manifest_bytes = read_member(src, info, info.file_size)
+    with atomic_open(out_path, "wb") as fh:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+            dst.writestr(MANIFEST_NAME, manifest_bytes)
+            dst.writestr(SIGNATURE_NAME, signature_bytes(manifest_bytes, private_key))
+            for name, data in verified.members.items():
+                dst.writestr(name, data)
+    logger.info("signed %s with key %s", out_path, key_id(private_key.public_key()))
+    return out_path

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -181,30 +180,3 @@ def verify_manifest(
         f"{len(keys)} trusted key(s) {[key_id(k) for k in keys]}; the bundle was modified "
         "after signing or signed by another key: refusing it"
     )
-
-
-def sign_bundle(bundle: str | Path, key: str | Path, out: str | Path | None = None) -> Path:
-    """Sign the manifest of a verified bundle with the private key in `key`; returns the path.
-
-    Writes `out` (default: the bundle itself, replaced atomically) with every member copied
-    byte for byte and a `manifest.sig` member added (an old signature is replaced).
-
-    Raises:
-        BundleError: the bundle fails verification.
-        ConfigError: the key is missing or not an Ed25519 private key.
-    """
-    from edgead.bundle import MANIFEST_NAME, SIGNATURE_NAME, read_bundle
-
-    private_key = load_private_key(key)
-    verified = read_bundle(bundle)
-    out_path = Path(out) if out is not None else verified.path
-    with zipfile.ZipFile(verified.path) as src:
-        manifest_bytes = src.read(MANIFEST_NAME)
-        with atomic_open(out_path, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as dst:
-                dst.writestr(MANIFEST_NAME, manifest_bytes)
-                dst.writestr(SIGNATURE_NAME, signature_bytes(manifest_bytes, private_key))
-                for name, data in verified.members.items():
-                    dst.writestr(name, data)
-    logger.info("signed %s with key %s", out_path, key_id(private_key.public_key()))
-    return out_path

@@ -94,7 +94,7 @@ def _image_paths(inputs: list[str]) -> list[Path]:
         elif path.is_file():
             paths.append(path)
         else:
-            raise DataError(f"{raw} is neither a regular image file nor a folder")
+            raise DataError(f"{raw} is neither an image file nor a folder")
     if not paths:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {inputs}")
     return paths

@@ -49,7 +49,8 @@ def sign(
     ] = None,
 ) -> None:
     """Sign a bundle's manifest (which holds every member's sha256) with an Ed25519 key."""
-    from edgead.signing import key_id, load_private_key, sign_bundle
+    from edgead.bundle import sign_bundle
+    from edgead.signing import key_id, load_private_key
 
     path = sign_bundle(bundle, key, out)
     console.print(

@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from _export_helpers import tiny_bundle
+from test_run_loop import FakeDetector, gray, make_loop
 from typer.testing import CliRunner
 
 from edgead.cli.main import app
@@ -21,8 +23,6 @@ from edgead.runtime import loop as loop_mod
 from edgead.runtime.detector import Detector
 from edgead.runtime.loop import run_inspection
 from edgead.runtime.metrics_http import MetricsServer
-from tests.unit._export_helpers import tiny_bundle
-from tests.unit.test_run_loop import FakeDetector, gray, make_loop
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_predict_folder_skips_fifos_with_an_image_suffix(tmp_path: Path) -> None
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
     os.mkfifo(tmp_path / "pipe.png")  # cv2.imread on it would block forever
     assert _image_paths([str(tmp_path)]) == [tmp_path / "a.png"]
-    with pytest.raises(DataError, match="regular image file"):
+    with pytest.raises(DataError, match="neither an image file"):
         _image_paths([str(tmp_path / "pipe.png")])
 
 
@@ -99,8 +99,9 @@ def test_fps_is_kept_live_when_status_lines_are_off(
 
 
 def test_score_rows_zero_and_ragged_rows(tmp_path: Path) -> None:
+    from _export_helpers import TinyRows, TinyRowsConfig, run_meta
+
     from edgead.export import export_detector
-    from tests.unit._export_helpers import TinyRows, TinyRowsConfig, run_meta
 
     rng = np.random.default_rng(0)
     det = TinyRows(TinyRowsConfig())

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _export_helpers import run_meta, tiny_bundle
 
-from tests.conftest import REPO_ROOT
-from tests.unit._export_helpers import run_meta, tiny_bundle
-
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import fuzz_bundle  # noqa: E402 - the benchmark script is the harness under test
 

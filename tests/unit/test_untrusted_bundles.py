@@ -13,17 +13,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _export_helpers import SIZE_PX, tiny_bundle
 from typer.testing import CliRunner
 
-from edgead.bundle import npy_bytes_to_array, read_bundle
+from edgead.bundle import npy_bytes_to_array, read_bundle, sign_bundle
 from edgead.bundle_checks import json_depth
 from edgead.cli.main import app
 from edgead.errors import BackendRuntimeError, BundleError, ConfigError
 from edgead.ops.nn_index import validate_index_bytes
 from edgead.runtime import detector as detector_mod
 from edgead.runtime.detector import Detector
-from edgead.signing import generate_keypair, sign_bundle
-from tests.unit._export_helpers import SIZE_PX, tiny_bundle
+from edgead.signing import generate_keypair
 
 
 @pytest.fixture(scope="module")
