@@ -599,8 +599,11 @@ def run_fuzz(
             by_mutator[mutator][outcome] += 1
             by_seed.setdefault(s.label, {}).setdefault(outcome, 0)
             by_seed[s.label][outcome] += 1
-            if outcome in ("raw", "crash", "hang") and len(examples.get(outcome, [])) < 30:
-                examples.setdefault(outcome, []).append(f"{case_id} {mutator} {s.label}: {detail}")
+            if outcome in ("raw", "crash", "hang"):
+                line = f"{case_id} {mutator} {s.label}: {detail}"
+                logger.warning("%s: %s", outcome, line)
+                if len(examples.get(outcome, [])) < 30:
+                    examples.setdefault(outcome, []).append(line)
             if outcome == "refused" and peak_kib:
                 above = (peak_kib - worker.baselines[str(s.path)]) / 1024
                 entry = worst_refused.get(s.label)

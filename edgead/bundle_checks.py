@@ -325,6 +325,8 @@ def _check_postprocess(post: dict[str, Any]) -> None:
     kind = _str(post.get("kind"), "postprocess.kind")
     if "blur_sigma" in post:
         _num(post["blur_sigma"], "postprocess.blur_sigma", 0.0, 64.0)
+    if kind == "nn_index" and "grid" not in post:
+        raise _fail("postprocess.grid", "the (h, w) patch grid of an nn_index bundle", None)
     if "grid" in post:
         for i, v in enumerate(_list(post["grid"], "postprocess.grid", 2, 2)):
             _int(v, f"postprocess.grid[{i}]", 1, MAX_IMAGE_SIDE_PX)

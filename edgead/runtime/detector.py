@@ -359,6 +359,7 @@ class Detector:
         batch = np.stack([resize_frame(f, size_hw, resize, channel_order) for f in frames])
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
+        _check_output_sizes(outputs, self._kind, len(frames), self.manifest.postprocess)
         t2 = time.perf_counter()
         raw, maps, search_ms = self._image_scores(outputs, len(frames))
         t3 = time.perf_counter()
@@ -435,7 +436,13 @@ class Detector:
             if post.score == "reweight" and self._bank is None:
                 # the fp16 re-rank copy if shipped, else the index's own vectors; builds IVF's
                 # direct map (a bare reconstruct_n fails on IVF indexes)
-                self._bank = self._index.reconstruct_all()
+                try:
+                    self._bank = self._index.reconstruct_all()
+                except RuntimeError as exc:  # faiss: this index type cannot decode its vectors
+                    raise BundleError(
+                        "score 'reweight' needs the bank vectors, but the bundle's index cannot "
+                        f"reconstruct them ({str(exc).splitlines()[0][:200]}); re-export it"
+                    ) from exc
             scored = score_nn_embeddings(
                 outputs["embedding"], self._index, post, self.image_size, self._bank
             )
@@ -470,6 +477,7 @@ class Detector:
         rows = check_rows(rows, self.manifest.input.shape[-1], one_row_ok=True)
         outputs = self._run_graph(rows)
         n = len(rows)
+        _check_output_sizes(outputs, self._kind, n, self.manifest.postprocess)
         if self._kind == "rows":
             raw = outputs["score"].reshape(n).astype(np.float32)
         else:
@@ -485,6 +493,35 @@ class Detector:
         if decisions is None:
             decisions = np.zeros(n, dtype=bool)
         return RowScores(raw_scores=raw, scores=normalised, is_anomaly=decisions)
+
+
+def _check_output_sizes(
+    outputs: dict[str, np.ndarray], kind: str, n: int, post: dict[str, Any]
+) -> None:
+    """BundleError when a graph output cannot hold what the manifest's post-processing reads
+    for a batch of `n` (a graph that does not match its manifest, e.g. another grid)."""
+
+    def bad(name: str, expected: str) -> BundleError:
+        return BundleError(
+            f"graph output {name!r} has shape {outputs[name].shape} for {n} input(s); the "
+            f"manifest's {kind!r} post-processing needs {expected}; the graph member does not "
+            "match its manifest, re-export the bundle"
+        )
+
+    for name in ("embedding", "score", "anomaly_map"):
+        if name in outputs and (outputs[name].ndim == 0 or outputs[name].shape[0] != n):
+            raise bad(name, f"a leading batch axis of {n}")
+    if kind in ("nn_index", "rows_nn_index"):
+        per_item = int(post["grid"][0]) * int(post["grid"][1]) if kind == "nn_index" else 1
+        size = outputs["embedding"].size
+        if size == 0 or size % (n * per_item):
+            raise bad("embedding", f"{n} x {per_item} x D values")
+    if kind in ("graph", "rows") and outputs["score"].size != n:
+        raise bad("score", f"{n} values")
+    if kind in ("map", "graph") and "anomaly_map" in outputs:
+        amap = outputs["anomaly_map"]
+        if amap.ndim < 3 or amap.size != n * amap.shape[-1] * amap.shape[-2]:
+            raise bad("anomaly_map", "(N, H, W) or (N, 1, H, W)")
 
 
 #: faiss computes exact L2 with BLAS (one sgemm) only when n_queries * dim reaches this; below it

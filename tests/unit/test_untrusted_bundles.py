@@ -362,3 +362,12 @@ def test_signature_member_name_is_reserved(bundle: Path, tmp_path: Path) -> None
     manifest = Manifest.from_dict(json.loads(_members(bundle)["manifest.json"]))
     with pytest.raises(BundleError, match="manifest.sig"):
         write_bundle(tmp_path / "x.edgead", manifest, {"manifest.sig": b"x"})
+
+
+def test_grid_that_does_not_fit_the_graph_output_is_a_bundle_error(
+    bundle: Path, tmp_path: Path
+) -> None:
+    bad = _with_manifest(bundle, tmp_path / "grid.edgead", _set(("postprocess", "grid"), [3, 5]))
+    with Detector.load(bad, device="cpu") as det:  # 16 patches per image, the grid says 15
+        with pytest.raises(BundleError, match="'embedding'.*1 x 15 x D"):
+            det(np.zeros((SIZE_PX, SIZE_PX, 3), np.uint8))
