@@ -179,13 +179,21 @@ def _pq_index(r: _Reader, dim: int, ntotal: int, depth: int) -> None:
 
 def _pq_fastscan(r: _Reader, dim: int, ntotal: int, depth: int) -> None:
     _product_quantizer(r, dim)
-    r.unpack("i", "fastscan implem")
+    implem = r.unpack("i", "fastscan implem")
     bbs = r.unpack("i", "fastscan bbs")
-    r.unpack("i", "fastscan qbs")
+    qbs = r.unpack("i", "fastscan qbs")
     ntotal2 = r.unpack("q", "fastscan ntotal2")
     m2 = r.unpack("Q", "fastscan M2")
-    if bbs <= 0 or bbs % 32 or not ntotal <= ntotal2 < ntotal + bbs or not 1 <= m2 <= dim + 1:
-        raise r.fail(f"fast-scan block layout bbs={bbs}, ntotal2={ntotal2}, M2={m2}")
+    if (
+        not 0 <= implem <= 15
+        or not 0 <= qbs < 1 << 16
+        or bbs not in (32, 64, 96, 128, 160, 192, 224, 256)
+        or ntotal2 != -(-ntotal // bbs) * bbs
+        or not 1 <= m2 <= dim + 1
+    ):
+        raise r.fail(
+            f"fast-scan layout implem={implem}, bbs={bbs}, qbs={qbs}, ntotal2={ntotal2}, M2={m2}"
+        )
     r.vector(1, "fastscan codes", expected=ntotal2 * m2 // 2)
 
 

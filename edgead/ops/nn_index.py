@@ -217,17 +217,28 @@ class FaissIndex:
             )
         if self.rerank_bank is not None:
             return self._search_rerank(queries, k, self.rerank_bank)
-        sq_dist, ids = self.index.search(queries, k)
+        sq_dist, ids = self._faiss_search(queries, k)
         dist = np.sqrt(np.maximum(sq_dist, 0.0)).astype(np.float32)
         dist[ids < 0] = np.inf
         return dist, ids
+
+    def _faiss_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's own search; its run-time failure (a damaged index that passed the layout
+        check) becomes a BundleError."""
+        try:
+            return self.index.search(queries, k)
+        except RuntimeError as exc:
+            raise BundleError(
+                f"the nearest-neighbour index {self.factory!r} failed searching "
+                f"({str(exc).splitlines()[0][:200]}); the index member is damaged, re-export it"
+            ) from exc
 
     def _search_rerank(
         self, queries: np.ndarray, k: int, bank: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by exact L2 over `bank` float16 (M, D) among the top-max(R, k) candidates."""
         n_cand = min(max(self.rerank, k), self.n_vectors)
-        _, cand = self.index.search(queries, n_cand)
+        _, cand = self._faiss_search(queries, n_cand)
         dist = np.empty((len(queries), n_cand), dtype=np.float32)
         chunk = max(1, (1 << 22) // max(1, n_cand * self.dim))  # ~16 MiB of float32 per chunk
         for lo in range(0, len(queries), chunk):

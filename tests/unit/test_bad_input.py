@@ -11,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from _export_helpers import tiny_bundle
 from test_run_loop import FakeDetector, gray, make_loop
 from typer.testing import CliRunner
 
@@ -23,6 +22,7 @@ from edgead.runtime import loop as loop_mod
 from edgead.runtime.detector import Detector
 from edgead.runtime.loop import run_inspection
 from edgead.runtime.metrics_http import MetricsServer
+from tests.helpers.tiny_detectors import tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +99,8 @@ def test_fps_is_kept_live_when_status_lines_are_off(
 
 
 def test_score_rows_zero_and_ragged_rows(tmp_path: Path) -> None:
-    from _export_helpers import TinyRows, TinyRowsConfig, run_meta
-
     from edgead.export import export_detector
+    from tests.helpers.tiny_detectors import TinyRows, TinyRowsConfig, run_meta
 
     rng = np.random.default_rng(0)
     det = TinyRows(TinyRowsConfig())

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _export_helpers import run_meta, tiny_bundle
+
+from tests.helpers.tiny_detectors import run_meta, tiny_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))

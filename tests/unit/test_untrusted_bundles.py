@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _export_helpers import SIZE_PX, tiny_bundle
 from typer.testing import CliRunner
 
 from edgead.bundle import npy_bytes_to_array, read_bundle, sign_bundle
@@ -24,6 +23,7 @@ from edgead.ops.nn_index import validate_index_bytes
 from edgead.runtime import detector as detector_mod
 from edgead.runtime.detector import Detector
 from edgead.signing import generate_keypair
+from tests.helpers.tiny_detectors import SIZE_PX, tiny_bundle
 
 
 @pytest.fixture(scope="module")
