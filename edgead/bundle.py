@@ -276,9 +276,14 @@ def read_bundle(path: str | Path, trusted_keys: Sequence[Any] | None = None) -> 
     zf, infos = _open_zip(path, raw)
     manifest_raw = read_member(zf, infos[MANIFEST_NAME], infos[MANIFEST_NAME].file_size)
     if trusted_keys is not None:
-        from edgead.signing import verify_manifest
+        from edgead.signing import MAX_SIGNATURE_BYTES, verify_manifest
 
         signature = infos.get(SIGNATURE_NAME)
+        if signature is not None and signature.file_size > MAX_SIGNATURE_BYTES:
+            raise BundleError(
+                f"{path}: {SIGNATURE_NAME} is {signature.file_size} bytes (a signature has at "
+                f"most {MAX_SIGNATURE_BYTES}); refusing it"
+            )
         verify_manifest(
             manifest_raw,
             None if signature is None else read_member(zf, signature, signature.file_size),

@@ -371,3 +371,13 @@ def test_grid_that_does_not_fit_the_graph_output_is_a_bundle_error(
     with Detector.load(bad, device="cpu") as det:  # 16 patches per image, the grid says 15
         with pytest.raises(BundleError, match="'embedding'.*1 x 15 x D"):
             det(np.zeros((SIZE_PX, SIZE_PX, 3), np.uint8))
+
+
+def test_oversized_signature_member_is_refused_before_reading(
+    signed: Path, keys: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    members = _members(signed)
+    members["manifest.sig"] = b" " * 100_000
+    bad = _write(tmp_path / "bigsig.edgead", members)
+    with pytest.raises(BundleError, match="manifest.sig is 100000 bytes"):
+        read_bundle(bad, trusted_keys=[keys[1]])
