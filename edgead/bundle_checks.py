@@ -298,6 +298,12 @@ def check_manifest_dict(data: dict[str, Any], schema_version: int) -> None:
         _str(member, f"arrays.{name}")
     for key in ("metrics", "export", "build", "config"):
         _dict(data.get(key, {}), key)
+    trt = data.get("build", {}).get("tensorrt")
+    if trt is not None:
+        _str(_dict(trt, "build.tensorrt").get("precision", "fp32"), "build.tensorrt.precision")
+    run = data.get("export", {}).get("run")
+    if run is not None and _dict(run, "export.run").get("data") is not None:
+        _dict(run["data"], "export.run.data")
 
 
 def _check_input(spec: dict[str, Any]) -> None:
@@ -340,13 +346,16 @@ def _check_postprocess(post: dict[str, Any]) -> None:
         if post.get("lof") is not None:
             lof = _dict(post["lof"], "postprocess.lof")
             for key in ("k_distance", "lrd"):
-                _opt(lof.get(key), _str, f"postprocess.lof.{key}")
-            _opt(lof.get("eps"), _num, "postprocess.lof.eps", 0.0, 1.0)
+                if key in lof:
+                    _str(lof[key], f"postprocess.lof.{key}")
+            if "eps" in lof:
+                _num(lof["eps"], "postprocess.lof.eps", 0.0, 1.0)
 
 
 def _check_normalisation(norm: dict[str, Any]) -> None:
     for key in ("min", "max", "threshold"):
-        _opt(norm.get(key), _num, f"normalisation.{key}")
+        if key in norm:  # absent: uncalibrated; present: a finite number, never null
+            _num(norm[key], f"normalisation.{key}")
     _opt(norm.get("method"), _str, "normalisation.method")
 
 

@@ -164,6 +164,8 @@ def _set(path: tuple[str, ...], value: Any) -> Any:
         (("input", "image_size"), [100000, 100000], "image_size"),
         (("postprocess", "grid"), [4, "4"], "grid"),
         (("outputs",), {"name": "embedding"}, "outputs"),
+        (("normalisation", "min"), None, "normalisation.min"),
+        (("build",), {"tensorrt": 5}, "build.tensorrt"),
     ],
 )
 def test_wrong_manifest_types_are_refused_at_load(
