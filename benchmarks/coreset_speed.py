@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def mpdd_features(image_size: int, log: logging.Logger) -> np.ndarray:
     """float32 (N, D) PatchCore embeddings of every MPDD metal_plate image (train + test)."""
-    from edgead.data.images import load_image_dataset
+    from edgead.data.datasets import load_image_dataset
     from edgead.models.base import create_detector
 
     env = os.environ.get("EDGEAD_DATA")

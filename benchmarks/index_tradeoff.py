@@ -62,7 +62,7 @@ def load_embeddings(dataset: str, args: argparse.Namespace) -> dict[str, np.ndar
             return {k: z[k] for k in z.files}
     import torch
 
-    from edgead.data.images import load_image_dataset
+    from edgead.data.datasets import load_image_dataset
     from edgead.models import create_detector
 
     torch.set_num_threads(args.threads)

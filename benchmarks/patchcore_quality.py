@@ -46,7 +46,7 @@ def run_dataset(
 ) -> list[dict[str, Any]]:
     """Rows of results for one data set at one image size, one per coreset ratio."""
     from edgead import metrics
-    from edgead.data.images import load_image_dataset
+    from edgead.data.datasets import load_image_dataset
     from edgead.models.base import create_detector
     from edgead.models.coreset import greedy_coreset
     from edgead.ops.postprocess import upsample_and_blur

@@ -14,7 +14,9 @@ is that backend's alone):
     4. reports peak RSS (getrusage ru_maxrss) and RSS before loading.
 The parent adds, per bundle, the AUROC change against the bundle's own export-time AUROC
 (`manifest.metrics["image_auroc"]`) and the largest |raw score difference| against the reference
-entry (ONNX Runtime on the CPU with the bundle's precision, or the first that ran).
+entry (ONNX Runtime on the CPU with the bundle's precision, or the first that ran). Each worker
+also runs the bundle's reference inputs (`edgead.runtime.reference`) and reports the backend's
+max relative error against the exported model's fp32 outputs, with the manifest's tolerance.
 
 Latency frames: the data set's test images at full resolution (BGR, so resizing is timed), or,
 without data, seeded uniform noise at 640x480 px.
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgead import __version__
-from edgead.errors import ConfigError, DataError
+from edgead.errors import ConfigError, DataError, EdgeadError
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +175,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         out["error"] = f"asked for {spec['label']}, got {det.backend}: " + "; ".join(det.fallbacks)
         det.close()
         return out
+    out["reference"] = _reference_error(det)
     try:
         out["batches"] = {}
         for batch in spec["batches"]:
@@ -186,6 +189,21 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     out["rss_after_mib"] = round(_rss_mib(), 1)
     out["peak_rss_mib"] = round(_peak_rss_mib(), 1)
     return out
+
+
+def _reference_error(det: Any) -> dict[str, Any]:
+    """The backend's error on the bundle's reference outputs ({"max_rel_err", "tolerance",
+    "precision", "passed"}), or {"error": why} for a bundle without reference outputs."""
+    try:
+        check = det.check_reference()
+    except EdgeadError as exc:
+        return {"error": str(exc)}
+    return {
+        "max_rel_err": check.max_rel_err,
+        "tolerance": check.tolerance,
+        "precision": check.precision,
+        "passed": check.passed,
+    }
 
 
 def _time_batch(
@@ -549,6 +567,14 @@ def render_chart(report: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def reference_cell(result: dict[str, Any]) -> str:
+    """'1.2e-07' (and ' FAIL' beyond tolerance) for a result's reference error; '-' without."""
+    ref = result.get("reference") or {}
+    if "max_rel_err" not in ref:
+        return "-"
+    return f"{ref['max_rel_err']:.2g}" + ("" if ref.get("passed") else " FAIL")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as a GitHub-flavoured markdown table (one column per bundle/backend)."""
     ok = [r for r in report["results"] if r.get("status") == "ok"]
@@ -579,6 +605,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             (f"batch {batch} images/s", [fmt(r["batches"][key]["throughput_ips"], 2) for r in ok])
         )
     rows.append(("peak RSS MiB", [fmt(r.get("peak_rss_mib"), 0) for r in ok]))
+    rows.append(("reference max rel err", [reference_cell(r) for r in ok]))
     if any("image_auroc" in r for r in ok):
         rows.append(("image AUROC", [fmt(r.get("image_auroc"), 4) for r in ok]))
         rows.append(("AUROC - bundle's", [fmt(r.get("image_auroc_delta"), 4) for r in ok]))

@@ -15,6 +15,8 @@ Layout of a bundle::
     model.xml, model.bin OpenVINO IR (target openvino)
     memory_bank.faiss    faiss index (PatchCore, kNN/LOF)
     arrays/<name>.npy    extra arrays named in the manifest's `arrays`
+    reference/*.npy      reference inputs and fp32 outputs named in the manifest's `reference`
+                         (`edgead.runtime.reference`: backends are checked against them)
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ class Manifest:
     export: dict[str, Any] = field(default_factory=dict)  # opset, parity errors, timings
     build: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT engine build settings
     config: dict[str, Any] = field(default_factory=dict)  # the detector's resolved config
+    reference: dict[str, Any] = field(default_factory=dict)  # see edgead.runtime.reference
     format: str = BUNDLE_FORMAT
 
     def to_json(self) -> str:

@@ -5,6 +5,7 @@
     ├── DataError                missing folder, unreadable image, bad mask, NaN in a table, ...
     ├── BundleError              bad magic, hash mismatch, missing member, path traversal, schema
     ├── BackendUnavailableError  a backend/device is not installed or fails to initialise
+    │   └── ReferenceMismatchError  a backend's outputs differ from the bundle's reference
     ├── BackendRuntimeError      a loaded graph failed while running (names backend and input)
     ├── ExportError              parity check failed, unsupported target for a detector
     └── NotFittedError           score/export called before fit
@@ -36,6 +37,10 @@ class BundleError(EdgeadError):
 
 class BackendUnavailableError(EdgeadError):
     """A requested backend or device is missing or failed to initialise."""
+
+
+class ReferenceMismatchError(BackendUnavailableError):
+    """A backend whose outputs on the bundle's reference inputs differ beyond tolerance."""
 
 
 class BackendRuntimeError(EdgeadError):

@@ -37,7 +37,7 @@ def load_eval_data(
     meta: dict[str, Any],
     modality: str,
     with_train: bool = False,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
 ) -> tuple[Any, Any, np.ndarray, Any]:
     """(train inputs or None, test inputs, labels int64 (N,), masks or None) from `data`.
 
@@ -46,10 +46,10 @@ def load_eval_data(
     test = the ADBench split (seed from `meta["seed"]`, 0 if absent) when the file has labels.
     """
     if modality == "image":
-        from edgead.data.images import load_image_dataset
+        from edgead.data.datasets import load_image_dataset
 
         size = image_size or int((meta.get("config") or {}).get("image_size", 0))
-        if size <= 0:
+        if not size:
             raise DataError("cannot tell the image size to evaluate at; the bundle/run has none")
         dataset = load_image_dataset(data, size)
         test = dataset.test_set()
@@ -232,12 +232,22 @@ def evaluate_run(
         rows, labels, _ = _tabular_test_split(spec, meta)
         result = evaluate_rows(lambda x: detector.score(x).scores, rows, labels, threshold)
     else:
-        from edgead.data.images import load_image_dataset
+        from edgead.data.datasets import load_image_dataset
+        from edgead.training import image_load_size, run_tiling, score_images_of
 
-        dataset = load_image_dataset(spec, int(detector.config.image_size), **data_options)
+        tiling = run_tiling(meta)
+        size = image_load_size(detector, tiling)
+        dataset = load_image_dataset(spec, size, **data_options)
+        test = dataset.test_set()
+        if len(test.labels) == 0:
+            raise DataError(
+                f"{spec} has no labelled test images (good parts only); evaluate with --data "
+                "pointing at an MVTec folder with test/, or calibrate the bundle on site with "
+                "`edgead calibrate BUNDLE --good DIR`"
+            )
 
         def score_images(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-            out = detector.score(images)
+            out = score_images_of(detector, images, tiling)
             return out.scores, out.anomaly_maps
 
         panels = None
@@ -245,7 +255,7 @@ def evaluate_run(
             panels = PanelOptions(Path(save_maps), maps_selection, n_extremes)
         result = evaluate_images(
             score_images,
-            dataset.test_set(),
+            test,
             threshold,
             meta["normalisation"],
             panels=panels,
@@ -318,10 +328,19 @@ def evaluate_bundle(
                 lambda x: det.score_rows(x).raw_scores, rows, labels, m.threshold
             )
         else:
-            from edgead.data.images import load_image_dataset
+            from edgead.data.datasets import load_image_dataset
 
-            size = int(m.input.image_size[0]) if m.input.image_size else 0
+            size: Any = int(m.input.image_size[0]) if m.input.image_size else 0
+            tiling = m.postprocess.get("tiling")
+            if tiling:  # a tiled bundle takes frames at its frame size and tiles them itself
+                height, width = (int(v) for v in tiling["frame_size"])
+                size = height if height == width else (height, width)
             test = load_image_dataset(data, size).test_set()
+            if len(test.labels) == 0:
+                raise DataError(
+                    f"{data} has no labelled test data (good parts only); pass an MVTec folder "
+                    "with test/ or a labelled table"
+                )
 
             def score_images(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
                 results = det(images, channel_order="RGB")

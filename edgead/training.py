@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from typing import Any
 import numpy as np
 
 from edgead import metrics
+from edgead.data.tiles import FRAMES_PER_CALL
 from edgead.errors import ConfigError, DataError
-from edgead.models.base import BaseDetector, Progress, create_detector, no_progress
+from edgead.models.base import BaseDetector, Progress, ScoreOutput, create_detector, no_progress
+from edgead.ops.tiling import Tiling, cut_tiles, merge_tile_scores
 from edgead.rundir import save_run
 
 logger = logging.getLogger(__name__)
@@ -99,11 +102,15 @@ def _check_image_size(size_px: int, name: str) -> None:
 
 
 def _image_split(
-    detector: BaseDetector, data: str | Path, seed: int, data_options: dict[str, Any]
+    detector: BaseDetector,
+    data: str | Path,
+    seed: int,
+    data_options: dict[str, Any],
+    tiling: Tiling | None = None,
 ) -> _Split:
-    from edgead.data.images import load_image_dataset
+    from edgead.data.datasets import load_image_dataset
 
-    size = int(detector.config.image_size)
+    size = image_load_size(detector, tiling)
     dataset = load_image_dataset(data, size, **data_options)
     images = dataset.train_images()
     fraction = float(getattr(detector.config, "val_fraction", DEFAULT_VAL_FRACTION))
@@ -120,9 +127,70 @@ def _image_split(
             "options": dict(data_options),
         }
     )
-    if info.get("kind") == "mvtec_folder":
+    if info.get("kind") in ("mvtec_folder", "folders"):
         info["path"] = str(Path(data).expanduser().resolve())
-    return _Split(images[fit_idx], images[val_idx] if n_val else None, info)
+    fit_images = images[fit_idx]
+    if tiling is not None:  # fit on T x T tiles; validation scores whole frames (max over tiles)
+        from edgead.data.tiles import TiledImages
+
+        fit_images = TiledImages(fit_images, tiling)
+        info["n_fit_tiles"] = len(fit_images)
+    return _Split(fit_images, images[val_idx] if n_val else None, info)
+
+
+def image_load_size(detector: BaseDetector, tiling: Tiling | None) -> int | tuple[int, int]:
+    """Images load at the detector's input size S, or at the tiling's frame size (H, W)."""
+    if tiling is None:
+        return int(detector.config.image_size)
+    if int(detector.config.image_size) != tiling.tile:
+        raise ConfigError(
+            f"tiling with {tiling.tile} px tiles needs image_size {tiling.tile} in the "
+            f"detector config, got {detector.config.image_size}"
+        )
+    height, width = tiling.frame_hw
+    return height if height == width else (height, width)
+
+
+def score_images_of(
+    detector: BaseDetector, images: Any, tiling: Tiling | None, **kwargs: Any
+) -> ScoreOutput:
+    """`detector.score(images)`, or tile by tile (`score_tiled`) when tiled."""
+    if tiling is None:
+        return detector.score(images, **kwargs)
+    return score_tiled(detector, images, tiling)
+
+
+def score_tiled(
+    detector: BaseDetector, frames: Sequence[np.ndarray], tiling: Tiling
+) -> ScoreOutput:
+    """ScoreOutput of (H, W) frames scored tile by tile: max tile score, stitched (H, W) maps.
+
+    Args:
+        detector: a fitted image detector whose input size is the tile size.
+        frames: uint8 (H, W, 3) frames at `tiling.frame_hw`.
+    """
+    scores: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
+    for start in range(0, len(frames), FRAMES_PER_CALL):
+        chunk = [
+            np.asarray(frames[i]) for i in range(start, min(start + FRAMES_PER_CALL, len(frames)))
+        ]
+        tiles = np.concatenate([cut_tiles(f, tiling) for f in chunk])
+        out = detector.score(list(tiles))
+        merged, stitched = merge_tile_scores(out.scores, out.anomaly_maps, len(chunk), tiling)
+        scores.append(merged)
+        if stitched is not None:
+            maps.extend(stitched)
+    return ScoreOutput(
+        scores=np.concatenate(scores).astype(np.float32),
+        anomaly_maps=np.stack(maps) if maps else None,
+    )
+
+
+def run_tiling(meta: dict[str, Any]) -> Tiling | None:
+    """The Tiling recorded in run.json ("tiling"), or None."""
+    data = meta.get("tiling")
+    return None if not data else Tiling.from_dict(data)
 
 
 def _tabular_split(data: str | Path, seed: int, label_column: str | None) -> _Split:
@@ -156,13 +224,16 @@ def _tabular_split(data: str | Path, seed: int, label_column: str | None) -> _Sp
 
 
 def _labelled_validation(
-    detector: BaseDetector, val_data: str | Path, label_column: str | None
+    detector: BaseDetector,
+    val_data: str | Path,
+    label_column: str | None,
+    tiling: Tiling | None = None,
 ) -> tuple[Any, np.ndarray]:
     """(inputs, int64 labels) of labelled validation data for an F1-optimal threshold."""
     if detector.modality == "image":
-        from edgead.data.images import load_image_dataset
+        from edgead.data.datasets import load_image_dataset
 
-        test = load_image_dataset(val_data, int(detector.config.image_size)).test_set()
+        test = load_image_dataset(val_data, image_load_size(detector, tiling)).test_set()
         return test.images, np.asarray(test.labels, dtype=np.int64)
     from edgead.data.tabular import load_table
 
@@ -183,6 +254,7 @@ def train_run(
     val_data: str | Path | None = None,
     data_options: dict[str, Any] | None = None,
     progress: Progress = no_progress,
+    tiling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train detector `name` on `data`, calibrate it, and save the run directory `out`.
 
@@ -197,6 +269,9 @@ def train_run(
         data_options: extra options for the image loader (ELPV: max_train, max_test,
             train_fraction).
         progress: progress(done, total, description) for every long step.
+        tiling: {"frame_size": [H, W], "tile": T, "overlap": P} (images only): fit on T x T
+            tiles of frames resized to (H, W), score frames tile by tile
+            (`edgead.ops.tiling`); the detector's image_size must be T.
 
     Returns:
         The run metadata written to run.json, plus "run_dir".
@@ -208,16 +283,19 @@ def train_run(
     t_start = time.perf_counter()
     detector = create_detector(name, overrides or {})
     options = dict(data_options or {})
+    tiles = None if tiling is None else Tiling.from_dict(tiling).validate()
     if detector.modality == "image":
         if label_column is not None:
             raise ConfigError(
                 f"--label-column applies to tabular detectors only; {detector.name} takes images"
             )
         _check_image_size(int(detector.config.image_size), detector.name)
-        split = _image_split(detector, data, seed, options)
+        split = _image_split(detector, data, seed, options, tiles)
     else:
-        if options:
-            raise ConfigError(f"data options {sorted(options)} apply to image data only")
+        if options or tiles is not None:
+            raise ConfigError(
+                f"data options {sorted(options) or ['tiling']} apply to image data only"
+            )
         split = _tabular_split(data, seed, label_column)
     t_loaded = time.perf_counter()
     detector.fit(split.fit_data, seed=seed, progress=progress)
@@ -227,11 +305,11 @@ def train_run(
     val_scores: np.ndarray | None = None
     val_progress = _renamed(progress, "validation")
     if split.val_data is not None:
-        val_scores = detector.score(split.val_data, progress=val_progress).scores
+        val_scores = score_images_of(detector, split.val_data, tiles, progress=val_progress).scores
         validation.update(_score_summary(val_scores))
     if val_data is not None:
-        inputs, labels = _labelled_validation(detector, val_data, label_column)
-        labelled_scores = detector.score(inputs, progress=val_progress).scores
+        inputs, labels = _labelled_validation(detector, val_data, label_column, tiles)
+        labelled_scores = score_images_of(detector, inputs, tiles, progress=val_progress).scores
         value = metrics.threshold_from_labels(labels, labelled_scores)
         threshold = {"value": value, "policy": "f1", "data": str(val_data)}
         normal = labelled_scores[labels == 0]
@@ -262,6 +340,8 @@ def train_run(
         "data": split.info,
         "seed": int(seed),
     }
+    if tiles is not None:
+        meta["tiling"] = tiles.to_dict()
     timings["total_s"] = time.perf_counter() - t_start
     meta["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
     run_dir = save_run(out, detector, meta)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -67,6 +68,25 @@ def print_json(data: Any) -> None:
     """One JSON object on stdout (no rich markup)."""
     sys.stdout.write(json.dumps(data, indent=2, default=float) + "\n")
     sys.stdout.flush()
+
+
+def configure_logging(level: int) -> None:
+    """Log `edgead.*` records at `level` through one rich handler on stderr.
+
+    Only the `edgead` logger is configured: the root logger (and so faiss's loader and other
+    libraries' INFO lines) keeps Python's default (warnings and up, no handler of ours).
+    """
+    from rich.logging import RichHandler
+
+    log = logging.getLogger("edgead")
+    for handler in list(log.handlers):
+        if getattr(handler, "_edgead_cli", False):
+            log.removeHandler(handler)
+    handler = RichHandler(console=err_console, show_path=False, log_time_format="[%X]")
+    handler._edgead_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
 
 
 #: `--trusted-key PUB.pem` (repeatable) on every command that loads a bundle.

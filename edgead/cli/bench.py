@@ -99,6 +99,8 @@ def render_table(report: dict[str, Any]) -> None:
     """Print the side-by-side table (one column per bundle/backend) and the device line."""
     from rich.table import Table
 
+    from edgead.bench import reference_cell
+
     dev = report["device"]
     versions = ", ".join(
         f"{k} {v}"
@@ -153,6 +155,7 @@ def render_table(report: dict[str, Any]) -> None:
             )
         row(f"b{b} images/s", lambda r, k=key: _fmt(r["batches"][k]["throughput_ips"], 2))
     row("peak RSS MiB", lambda r: _fmt(r.get("peak_rss_mib"), 0))
+    row("reference max rel err", reference_cell)
     if any("image_auroc" in r for r in results):
         row("image AUROC", lambda r: _fmt(r.get("image_auroc"), 4))
         row("AUROC vs bundle", lambda r: _fmt(r.get("image_auroc_delta"), 4))

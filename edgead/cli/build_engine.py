@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli._common import TRUSTED_KEY_HELP, console, handle_errors, trusted_keys_or_none
+from edgead.cli._common import (
+    TRUSTED_KEY_HELP,
+    console,
+    err_console,
+    handle_errors,
+    trusted_keys_or_none,
+)
 
 
 @handle_errors
@@ -29,24 +35,32 @@ def build_engine(
         typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
     ] = None,
 ) -> None:
-    """Build the TensorRT engine for this GPU and cache it next to the bundle."""
+    """Build the TensorRT engine for this GPU, check it against the bundle's reference outputs,
+    and cache it next to the bundle (a failing engine is refused, not cached)."""
     from edgead.bundle import read_bundle
-    from edgead.runtime.backends.tensorrt import DEFAULT_BUILD, load_or_build_engine
+    from edgead.runtime.backends.tensorrt import (
+        TensorRtBackend,
+        build_checked_engine,
+        build_settings,
+    )
+    from edgead.runtime.reference import check_reference, has_reference
 
     verified = read_bundle(bundle, trusted_keys=trusted_keys_or_none(trusted_key))
-    manifest = verified.manifest
-    settings = {
-        **DEFAULT_BUILD,
-        "precision": manifest.precision,
-        **manifest.build.get("tensorrt", {}),
-    }
-    shape = tuple(1 if d is None else int(d) for d in manifest.input.shape)
-    engine, path = load_or_build_engine(
-        verified.path,
-        verified.sha256,
-        verified.member(manifest.graphs["onnx"]),
-        settings,
-        shape,
-        rebuild=rebuild,
-    )
+    settings, _ = build_settings(verified)
+    engine, path, check = build_checked_engine(verified, rebuild=rebuild)
+    if check is None and has_reference(verified.manifest):  # a cached engine: check it too
+        backend = TensorRtBackend(engine, precision=str(settings["precision"]))
+        try:
+            check = check_reference(verified, backend)
+        finally:
+            backend.close()
     console.print(f"TensorRT engine ({settings['precision']}, {len(engine) / 1e6:.1f} MB): {path}")
+    if check is None:
+        err_console.print(
+            "[yellow]not checked: the bundle carries no reference outputs; re-export it[/]"
+        )
+    else:
+        console.print(
+            f"reference check passed: max relative error {check.max_rel_err:.3g} "
+            f"(tolerance {check.tolerance:g}, {check.precision}, {check.n_items} inputs)"
+        )

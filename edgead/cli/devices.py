@@ -28,6 +28,7 @@ def devices(
         probe_backends,
     )
     from edgead.devices.detect import first_working_backend
+    from edgead.devices.install import check_install, installed_versions
 
     if list_all:
         profiles = load_all_profiles()
@@ -43,7 +44,7 @@ def devices(
         table.add_column("backends (preference order)", no_wrap=True)
         for p in profiles:
             table.add_row(
-                p.name,
+                p.name if p.supported else f"{p.name} [red](unsupported)[/]",
                 p.target,
                 p.precision,
                 str(p.threads or "all"),
@@ -58,6 +59,13 @@ def devices(
     chosen = load_profile(profile) if profile else match_profile(info)
     probes = probe_backends(info)
     best = first_working_backend(chosen, probes) if chosen else None
+    checks = (
+        check_install(
+            chosen, installed_versions(), info.ort_providers, tuple(info.openvino_devices)
+        )
+        if chosen
+        else []
+    )
     if json_out:
         print_json(
             {
@@ -65,10 +73,13 @@ def devices(
                 "profile": asdict(chosen) if chosen else None,
                 "backends": [asdict(p) for p in probes],
                 "selected_backend": best,
+                "install_check": [c.to_dict() for c in checks],
             }
         )
         return
     _render(info, chosen, probes, best, explicit=profile is not None)
+    if chosen:
+        _render_install(chosen, checks)
 
 
 def _render(info, chosen, probes, best, explicit: bool) -> None:  # type: ignore[no-untyped-def]
@@ -123,3 +134,24 @@ def _render(info, chosen, probes, best, explicit: bool) -> None:  # type: ignore
     )
     console.print("  preference: " + " > ".join(b.label for b in chosen.backends))
     console.print(f"  [bold]would use:[/] {best or '[red]none of its backends works here[/]'}")
+
+
+def _render_install(chosen, checks) -> None:  # type: ignore[no-untyped-def]
+    """The install check table: what the profile needs, what is here, what to do."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    if not chosen.supported:
+        console.print(f"[bold red]{chosen.name} is not supported:[/] {escape(chosen.notes)}")
+    table = Table(title=f"install check for {chosen.name}")
+    for col in ("component", "needs", "found", "ok", "what to do"):
+        table.add_column(col)
+    for c in checks:
+        mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "?"}[c.ok]
+        table.add_row(c.component, c.needed, c.found or "absent", mark, escape(c.hint))
+    console.print(table)
+    if chosen.install:
+        console.print(
+            "  install (README, 'Install on a device'): "
+            + " ; ".join(escape(line) for line in chosen.install)
+        )

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgead.cli._common import console, handle_errors, print_json, progress_bars
+from edgead.cli._common import console, err_console, handle_errors, print_json, progress_bars
 
 
 @handle_errors
@@ -29,7 +29,9 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write (MODEL.edgead).")],
     target: Annotated[
         str | None,
-        typer.Option(help="onnx | openvino | tensorrt (default: --device's, else onnx)"),
+        typer.Option(
+            help="onnx | openvino | tensorrt (alias engine) (default: --device's, else onnx)"
+        ),
     ] = None,
     precision: Annotated[
         str | None,
@@ -91,6 +93,8 @@ def export(
         from edgead.devices import profile_export_settings
 
         profile_target, profile_precision = profile_export_settings(device)
+        if target is None and _profile_target(run_dir, device, profile_target) != profile_target:
+            profile_target, profile_precision = "onnx", "fp32"
         # the profile's precision goes with its target; an explicit other target keeps fp32
         # unless --precision says otherwise
         if precision is None and (target is None or target.lower() == profile_target):
@@ -164,6 +168,19 @@ def export(
     for key, value in manifest.metrics.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def _profile_target(run_dir: Path, device: str, profile_target: str) -> str:
+    """The profile's target, except tensorrt for a tabular run: onnx, with a warning saying why."""
+    from edgead.rundir import read_run_meta
+
+    if profile_target == "tensorrt" and read_run_meta(run_dir).get("modality") == "tabular":
+        err_console.print(
+            f"[yellow]profile {device} prefers --target tensorrt, but a tabular graph gains "
+            "nothing from TensorRT; exporting --target onnx (ONNX Runtime runs it on the CPU)[/]"
+        )
+        return "onnx"
+    return profile_target
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:

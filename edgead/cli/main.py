@@ -10,8 +10,21 @@ import logging
 import typer
 
 from edgead import __version__
-from edgead.cli import bench, build_engine, demo, devices, export, predict, run, sign, train
+from edgead.cli import batch as batch_cmd
+from edgead.cli import (
+    bench,
+    build_engine,
+    calibrate,
+    demo,
+    devices,
+    export,
+    predict,
+    run,
+    sign,
+    train,
+)
 from edgead.cli import eval as eval_cmd
+from edgead.cli import serve as serve_cmd
 
 app = typer.Typer(
     name="edgead",
@@ -28,33 +41,27 @@ def _callback(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
-    """Install one rich log handler for the whole process."""
+    """Install one rich log handler on the `edgead` logger (other libraries keep theirs)."""
     if version:
         typer.echo(__version__)
         raise typer.Exit()
-    from rich.logging import RichHandler
+    from edgead.cli._common import configure_logging
 
-    from edgead.cli._common import err_console
-
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-        force=True,
-    )
+    configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 app.command("train")(train.train)
 app.command("eval")(eval_cmd.eval_command)
 app.command("export")(export.export)
+app.command("calibrate")(calibrate.calibrate)
 app.command("build-engine")(build_engine.build_engine)
 app.command("predict")(predict.predict)
 app.command("run")(run.run)
 app.command("bench")(bench.bench)
 app.command("devices")(devices.devices)
 app.command("demo")(demo.demo)
+app.command("batch")(batch_cmd.batch)
+app.command("serve")(serve_cmd.serve)
 app.command("keygen")(sign.keygen)
 app.command("sign")(sign.sign)
 

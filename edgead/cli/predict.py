@@ -44,42 +44,103 @@ def predict(
     label_column: Annotated[
         str | None, typer.Option(help="Label column to drop from a .csv/.parquet table.")
     ] = None,
+    verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Check the backend against the bundle's reference outputs first "
+            "(default: only TensorRT).",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Decision threshold in raw-score units (override).")
+    ] = None,
+    sensitivity: Annotated[
+        float | None,
+        typer.Option(help="0..1 instead of --threshold: 0.5 = as calibrated, higher flags more."),
+    ] = None,
     trusted_key: Annotated[
         list[Path] | None,
         typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
     ] = None,
 ) -> None:
-    """Score images or rows with a bundle; prints one line (or JSON object) per item."""
+    """Score images or rows with a bundle; prints one line (or JSON object) per item.
+
+    An item that cannot be scored is reported with its error while the others are scored; the
+    exit status is then 1.
+    """
     from edgead.runtime import Detector
 
+    modality = _input_modality(inputs)
     with Detector.load(
         bundle,
         device=device,
         backend=backend,
         threads=threads,
         trusted_keys=trusted_keys_or_none(trusted_key),
+        verify=verify,
+        threshold=threshold,
+        sensitivity=sensitivity,
+        modality=modality,
     ) as det:
         header = {"bundle": str(bundle), "backend": det.backend, "fallbacks": det.fallbacks}
+        header["threshold"] = det.manifest.threshold
+        if det.reference_check is not None:
+            header["reference_check"] = det.reference_check.to_dict()
         if det.manifest.modality == "tabular":
             items = _predict_rows(det, inputs, label_column)
         else:
             items = _predict_images(det, inputs, save_maps)
+    failed = sum("error" in item for item in items)
     if json_out:
-        print_json({**header, "results": items})
-        return
+        print_json({**header, "n_failed": failed, "results": items})
+    else:
+        _print_table(bundle, header["backend"], items)
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _print_table(bundle: Path, backend: str, items: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{bundle.name} on {header['backend']}")
-    for col in ("item", "raw_score", "score", "anomaly"):
-        table.add_column(col)
+    table = Table(title=f"{bundle.name} on {backend}")
+    table.add_column("item", no_wrap=True)
+    for col in ("raw_score", "score", "anomaly"):
+        table.add_column(col, no_wrap=True)
+    width = max(24, console.width - 40)
     for item in items:
+        name = str(item["item"])
+        name = name if len(name) <= width else "..." + name[-(width - 3) :]  # keep the file name
+        if "error" in item:
+            table.add_row(name, "-", "-", f"[red]error:[/] {item['error']}")
+            continue
         table.add_row(
-            str(item["item"]),
+            name,
             f"{item['raw_score']:.5g}",
             f"{item['score']:.3f}",
             {True: "[red]yes[/]", False: "no", None: "?"}[item["is_anomaly"]],
         )
     console.print(table)
+
+
+_TABLE_SUFFIXES = (".csv", ".npz", ".parquet", ".pq", ".tsv", ".txt", ".json", ".jsonl")
+
+
+def _input_modality(inputs: list[str]) -> str | None:
+    """ "tabular" for '-' or table files, "image" for image files / folders, None if mixed."""
+    from edgead.ops.decode import IMAGE_SUFFIXES
+
+    if inputs == ["-"]:
+        return "tabular"
+    kinds = set()
+    for raw in inputs:
+        path = Path(raw)
+        suffix = path.suffix.lower()
+        if path.is_dir() or suffix in IMAGE_SUFFIXES:
+            kinds.add("image")
+        elif suffix in _TABLE_SUFFIXES:
+            kinds.add("tabular")
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:
@@ -101,13 +162,17 @@ def _image_paths(inputs: list[str]) -> list[Path]:
 
 
 def _predict_images(det: Any, inputs: list[str], save_maps: Path | None) -> list[dict[str, Any]]:
-
+    from edgead.errors import DataError
     from edgead.ops.decode import read_frame
 
-    items = []
+    items: list[dict[str, Any]] = []
     for path in _image_paths(inputs):
-        frame = read_frame(path)  # the decoder of training and `run`: gray (H, W) or BGR
-        res = det(frame, channel_order="BGR")
+        try:
+            frame = read_frame(path)  # the decoder of training and `run`: gray (H, W) or BGR
+            res = det(frame, channel_order="BGR")
+        except DataError as exc:
+            items.append({"item": str(path), "error": str(exc)})
+            continue
         item = {
             "item": str(path),
             "raw_score": res.raw_score,

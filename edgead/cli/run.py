@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -81,6 +82,36 @@ def run(
     save_anomalies: Annotated[
         bool, typer.Option(help="Save anomalous frames with heat maps.")
     ] = True,
+    threshold: Annotated[
+        float | None, typer.Option(help="Decision threshold in raw-score units (override).")
+    ] = None,
+    sensitivity: Annotated[
+        float | None,
+        typer.Option(help="0..1 instead of --threshold: 0.5 = as calibrated, higher flags more."),
+    ] = None,
+    mqtt: Annotated[
+        list[str] | None,
+        typer.Option(help="Publish every result (QoS 1) to mqtt://host:port/topic (repeatable)."),
+    ] = None,
+    webhook: Annotated[
+        list[str] | None, typer.Option(help="POST every result as JSON to this URL (repeatable).")
+    ] = None,
+    outbox: Annotated[
+        Path | None,
+        typer.Option(help="Disk buffer for --mqtt/--webhook while down (default OUT/outbox)."),
+    ] = None,
+    max_pending: Annotated[
+        int, typer.Option(help="Results buffered per output before the oldest is dropped.")
+    ] = 100_000,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Folder source: skip files that already have a result in --out."
+        ),
+    ] = False,
+    rotate_mb: Annotated[
+        float, typer.Option(help="Rotate results.jsonl at this size, MB (0: never).")
+    ] = 100.0,
     trusted_key: Annotated[
         list[Path] | None,
         typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
@@ -94,8 +125,13 @@ def run(
 
     device, backend, threads = _resolve_device(device, backend, threads)
     config = LoopConfig(
-        roi=parse_roi(roi), out_dir=out, save_anomalies=save_anomalies, status_every_s=status_every
+        roi=parse_roi(roi),
+        out_dir=out,
+        save_anomalies=save_anomalies,
+        status_every_s=status_every,
+        rotate_bytes=int(rotate_mb * 1024**2) if rotate_mb > 0 else None,
     )
+    sinks = _sink_factories(mqtt or [], webhook or [], out, outbox, max_pending)
     stop = threading.Event()
     with stop_on_signals(stop):
         summary = run_inspection(
@@ -116,6 +152,10 @@ def run(
             stream=sys.stdout if out is None else None,
             stop_event=stop,
             trusted_keys=trusted_keys_or_none(trusted_key),
+            threshold=threshold,
+            sensitivity=sensitivity,
+            resume=resume,
+            sink_factories=sinks,
         )
     fallbacks = "".join(
         f"\n  fallback at frame {f.frame_index}: {f.from_backend} -> {f.to_backend} ({f.reason})"
@@ -132,6 +172,40 @@ def run(
     )
     if summary.stop_reason in ("error", "source_lost"):
         raise typer.Exit(code=1)
+
+
+def _sink_factories(
+    mqtt: list[str], webhook: list[str], out: Path | None, outbox: Path | None, max_pending: int
+) -> list[Callable[[str], Any]]:
+    """One factory(run_id) -> ResultSink per --mqtt / --webhook URL (URLs checked now)."""
+    from edgead.runtime.outputs import (
+        check_webhook_url,
+        mqtt_sink,
+        outbox_dir,
+        parse_mqtt_url,
+        webhook_sink,
+    )
+
+    def folder(kind: str, i: int, n: int) -> Path:
+        base = outbox_dir(out, outbox, kind)
+        return base / str(i) if n > 1 else base
+
+    factories: list[Callable[[str], Any]] = []
+    for i, url in enumerate(mqtt):
+        parse_mqtt_url(url)
+        spool = folder("mqtt", i, len(mqtt))
+        factories.append(
+            lambda run_id, url=url, spool=spool: mqtt_sink(
+                url, spool, f"edgead-{run_id}", max_pending=max_pending
+            )
+        )
+    for i, url in enumerate(webhook):
+        check_webhook_url(url)
+        spool = folder("webhook", i, len(webhook))
+        factories.append(
+            lambda run_id, url=url, spool=spool: webhook_sink(url, spool, max_pending=max_pending)
+        )
+    return factories
 
 
 def _resolve_device(

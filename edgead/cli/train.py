@@ -50,20 +50,103 @@ def build_overrides(
     return overrides
 
 
+def resolve_data(
+    data: str | None,
+    normal_dir: str | None,
+    abnormal_dir: str | None,
+    mask_dir: str | None,
+    normal_test_dir: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """(data spec, image loader options) from --data or --normal-dir and its companions.
+
+    Raises:
+        ConfigError: neither or both of --data and --normal-dir.
+    """
+    from edgead.errors import ConfigError
+
+    if (data is None) == (normal_dir is None):
+        raise ConfigError(
+            "give either --data (an MVTec folder, a folder of good images, 'elpv' or a table) "
+            "or --normal-dir (a folder of good images), not both and not neither"
+        )
+    folders = {"abnormal_dir": abnormal_dir, "mask_dir": mask_dir}
+    folders["normal_test_dir"] = normal_test_dir
+    options = {key: value for key, value in folders.items() if value is not None}
+    return str(data if data is not None else normal_dir), options
+
+
+def resolve_tiling(
+    image_size: str | None, tile: int | None, overlap: float
+) -> tuple[int | None, dict[str, Any] | None]:
+    """(detector image_size, tiling or None) from --image-size S|H,W, --tile, --tile-overlap.
+
+    S alone: a square input, no tiling. H,W or --tile: frames resized to (H, W) and scored as
+    T x T tiles (T = --tile, else min(H, W)); the detector's image_size becomes T.
+
+    Raises:
+        ConfigError: malformed size, --tile without a frame size, a tile that does not fit.
+    """
+    from edgead.errors import ConfigError
+    from edgead.ops.tiling import Tiling
+
+    if image_size is None:
+        if tile is not None:
+            raise ConfigError("--tile needs --image-size (the frame size the tiles are cut from)")
+        return None, None
+    try:
+        parts = [int(v) for v in image_size.replace("x", ",").split(",")]
+    except ValueError as exc:
+        raise ConfigError(f"--image-size expects S or H,W in px, got {image_size!r}") from exc
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise ConfigError(f"--image-size expects S or H,W in px, got {image_size!r}")
+    if len(parts) == 1 and tile is None:
+        return parts[0], None
+    height, width = (parts[0], parts[0]) if len(parts) == 1 else parts
+    tiling = Tiling((height, width), tile or min(height, width), overlap).validate()
+    return tiling.tile, tiling.to_dict()
+
+
 @handle_errors
 def train(
     name: Annotated[
         str, typer.Argument(help="Detector: patchcore, padim, fastflow, ae, iforest, ...")
     ],
-    data: Annotated[
-        str,
-        typer.Option(
-            "--data", help="MVTec-layout folder, 'elpv', or a table (.npz/.csv/.parquet)."
-        ),
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="MVTec-layout folder (train/good; test/ optional), a folder of good images, "
+            "'elpv', or a table (.npz/.csv/.parquet).",
+        ),
+    ] = None,
+    normal_dir: Annotated[
+        str | None,
+        typer.Option(help="Folder of good images to train on (instead of --data)."),
+    ] = None,
+    abnormal_dir: Annotated[
+        str | None, typer.Option(help="Folder of defective test images (any name).")
+    ] = None,
+    mask_dir: Annotated[
+        str | None, typer.Option(help="Masks of the --abnormal-dir images (<stem>.png).")
+    ] = None,
+    normal_test_dir: Annotated[
+        str | None, typer.Option(help="Folder of good test images (any name).")
+    ] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone (image detectors).")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Square input size in px.")] = None,
+    image_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Input size in px: S (square) or H,W (aspect kept: scored as square tiles)."
+        ),
+    ] = None,
+    tile: Annotated[
+        int | None,
+        typer.Option(help="Score T x T tiles of the --image-size frame (max over tiles)."),
+    ] = None,
+    tile_overlap: Annotated[
+        float, typer.Option(help="Share of a tile its neighbour overlaps, 0..0.9.")
+    ] = 0.0,
     coreset_ratio: Annotated[
         float | None, typer.Option(help="PatchCore: share of patches kept in the memory bank.")
     ] = None,
@@ -99,13 +182,15 @@ def train(
     from edgead.training import train_run
 
     name = canonical_name(name)
+    data, data_options = resolve_data(data, normal_dir, abnormal_dir, mask_dir, normal_test_dir)
+    square, tiling = resolve_tiling(image_size, tile, tile_overlap)
     overrides = build_overrides(
         name,
         config,
         set_ or [],
         {
             "--backbone": backbone,
-            "--image-size": image_size,
+            "--image-size": square,
             "--coreset-ratio": coreset_ratio,
             "--epochs": epochs,
         },
@@ -119,7 +204,9 @@ def train(
             seed=seed,
             label_column=label_column,
             val_data=val_data,
+            data_options=data_options,
             progress=progress,
+            tiling=tiling,
         )
     if json_out:
         print_json(meta)
@@ -135,6 +222,13 @@ def train(
     )
     for key, value in (meta.get("describe") or {}).items():
         table.add_row(key, str(value))
+    if meta.get("tiling"):
+        tiles = meta["tiling"]
+        table.add_row(
+            "tiling",
+            f"{tiles['tile']} px tiles of {tiles['frame_size'][0]}x{tiles['frame_size'][1]} "
+            f"(H x W) frames, overlap {tiles['overlap']:g}",
+        )
     thr = meta["threshold"]
     table.add_row("threshold", f"{thr['value']:.4g} ({thr['policy']})")
     table.add_row("timings", ", ".join(f"{k} {v:.1f}" for k, v in meta["timings_s"].items()))

@@ -15,20 +15,34 @@ from typing import Any, Protocol, overload
 import cv2
 import numpy as np
 
+from edgead.errors import ConfigError
 from edgead.ops.decode import read_image
 from edgead.ops.image import resize_frame
 
 
-def load_resized(path: str | Path, image_size: int, interpolation: str = "area") -> np.ndarray:
-    """uint8 RGB (S, S, 3): `read_image` then `resize_frame(img, (S, S), interpolation)`."""
-    return resize_frame(read_image(path), (image_size, image_size), interpolation)
+def size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) px from a square side S or an (H, W) pair; ConfigError when not positive."""
+    if isinstance(image_size, (int, np.integer)):
+        height = width = int(image_size)
+    else:
+        height, width = (int(v) for v in image_size)
+    if height < 1 or width < 1:
+        raise ConfigError(f"image_size must be a positive number of px, got {image_size}")
+    return height, width
 
 
-def resize_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
-    """bool (S, S) from bool (H, W), nearest-neighbour."""
-    resized = cv2.resize(
-        mask.astype(np.uint8), (image_size, image_size), interpolation=cv2.INTER_NEAREST
-    )
+def load_resized(
+    path: str | Path, image_size: int | Sequence[int], interpolation: str = "area"
+) -> np.ndarray:
+    """uint8 RGB (H, W, 3): `read_image` then `resize_frame(img, (H, W), interpolation)`;
+    `image_size` is S (square) or (H, W)."""
+    return resize_frame(read_image(path), size_hw(image_size), interpolation)
+
+
+def resize_mask(mask: np.ndarray, image_size: int | Sequence[int]) -> np.ndarray:
+    """bool (H, W) at `image_size` (S or (H, W)) from a bool mask, nearest-neighbour."""
+    height, width = size_hw(image_size)
+    resized = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
     return resized.astype(bool)
 
 

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from edgead.data.base import (
-    ImageDataset,
     ImageTestSet,
     LazySequence,
     load_resized,
     resize_mask,
+    size_hw,
 )
-from edgead.errors import ConfigError, DataError
+from edgead.errors import DataError
 from edgead.ops.decode import IMAGE_SUFFIXES, list_image_files, read_frame, read_mask
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,9 @@ class MVTecFolder:
         without masks).
     """
 
-    def __init__(self, root: str | Path, image_size: int, *, interpolation: str = "area") -> None:
+    def __init__(
+        self, root: str | Path, image_size: int | tuple[int, int], *, interpolation: str = "area"
+    ) -> None:
         """Index the folder (file names only; no pixel is read here).
 
         Raises:
@@ -81,30 +83,29 @@ class MVTecFolder:
             ConfigError: image_size < 1.
         """
         self.root = Path(root)
-        if int(image_size) < 1:
-            raise ConfigError(f"image_size must be a positive number of px, got {image_size}")
-        self.image_size = int(image_size)
+        self.size_hw = size_hw(image_size)
+        self.image_size = image_size if isinstance(image_size, int) else self.size_hw
         self.interpolation = interpolation
         self.name = self.root.name
         if not self.root.is_dir():
             raise DataError(f"data folder {self.root} does not exist")
         self.train_paths = list_images(self.root / "train" / GOOD)
         test_dir = self.root / "test"
-        if not test_dir.is_dir():
-            raise DataError(
-                f"folder {test_dir} does not exist; expected test/good and test/<defect> folders"
+        defects: list[str] = []
+        if test_dir.is_dir():
+            defects = sorted(
+                p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
             )
-        defects = sorted(
-            p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
-        if not defects:
-            raise DataError(f"no class folders (good, <defect>) in {test_dir}")
+            if not defects:
+                raise DataError(f"no class folders (good, <defect>) in {test_dir}")
+        else:  # day one of a station: good parts only; training needs no test split
+            logger.info("%s has no test/ folder: training only (no labelled test set)", self.root)
         gt_dir = self.root / "ground_truth"
-        self._has_masks = gt_dir.is_dir()
+        self._has_masks = gt_dir.is_dir() and bool(defects)
         self.test_paths: list[Path] = []
         self.test_defect_types: list[str] = []
         self.mask_paths: list[Path | None] = []
-        for defect in [GOOD] + [d for d in defects if d != GOOD]:
+        for defect in [GOOD] * bool(defects) + [d for d in defects if d != GOOD]:
             if defect == GOOD and not (test_dir / GOOD).is_dir():
                 logger.warning(
                     "%s has no test/good folder: the test set has no normal images", self.root
@@ -145,9 +146,8 @@ class MVTecFolder:
 
     def _load_mask(self, key: tuple[Path, Path | None]) -> np.ndarray:
         image_path, mask_path = key
-        size = self.image_size
         if mask_path is None:
-            return np.zeros((size, size), dtype=bool)
+            return np.zeros(self.size_hw, dtype=bool)
         mask = read_mask(mask_path)
         height, width = _image_hw(image_path)
         if mask.shape != (height, width):
@@ -155,7 +155,7 @@ class MVTecFolder:
                 f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} px but its image "
                 f"{image_path} is {width}x{height} px; masks must match their images"
             )
-        return resize_mask(mask, size)
+        return resize_mask(mask, self.size_hw)
 
     def train_images(self) -> LazySequence:
         """Lazy Sequence of uint8 RGB (S, S, 3) normal training images (train/good)."""
@@ -203,38 +203,3 @@ def _image_hw(path: Path) -> tuple[int, int]:
             return int(height), int(width)
     except Exception:  # Pillow lacks the format: decode fully
         return read_frame(path).shape[:2]  # type: ignore[return-value]
-
-
-def load_image_dataset(spec: str | Path, image_size: int, **kwargs: Any) -> ImageDataset:
-    """An image data set from a spec: "elpv" -> `ElpvDataset`, a folder -> `MVTecFolder`.
-
-    Args:
-        spec: "elpv" or the path of an MVTec-layout category folder.
-        image_size: S in px.
-        **kwargs: passed to the data set class; None values are dropped. ELPV: seed,
-            train_fraction, max_train, max_test. Folder: interpolation (seed is accepted and
-            ignored: the folder fixes the split).
-
-    Raises:
-        DataError: the spec is neither "elpv" nor an existing folder.
-        ConfigError: an ELPV-only option given for a folder.
-    """
-    options = {key: value for key, value in kwargs.items() if value is not None}
-    if str(spec).strip().lower() == "elpv":
-        from edgead.data.elpv import ElpvDataset
-
-        return ElpvDataset(image_size, **options)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        options.pop("seed", None)  # a folder has a fixed split; the seed only matters for ELPV
-        unknown = sorted(set(options) - {"interpolation"})
-        if unknown:
-            raise ConfigError(
-                f"option(s) {', '.join(unknown)} apply to 'elpv' only, not to the "
-                f"folder {path}; remove them"
-            )
-        return MVTecFolder(path, image_size, **options)
-    raise DataError(
-        f"image data '{spec}' is neither 'elpv' nor an existing folder; pass an "
-        "MVTec-layout category folder (with train/good and test/) or 'elpv'"
-    )

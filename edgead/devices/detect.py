@@ -309,6 +309,16 @@ def _probe_tensorrt() -> BackendProbe:
             detail="tensorrt is not installed (pip install 'edgead[tensorrt]' "
             "or use JetPack's python3-libnvinfer)",
         )
+    from edgead.runtime.backends.tensorrt import TRT_MAJOR_MIN
+
+    major = str(trt.__version__).split(".")[0]
+    if not major.isdigit() or int(major) < TRT_MAJOR_MIN:
+        return BackendProbe(
+            label="tensorrt",
+            works=False,
+            detail=f"tensorrt {trt.__version__} is installed; edgead needs TensorRT >= "
+            f"{TRT_MAJOR_MIN} (JetPack 6 on Jetson)",
+        )
     start = time.perf_counter()
     try:
         builder = trt.Builder(trt.Logger(trt.Logger.ERROR))

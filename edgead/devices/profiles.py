@@ -15,6 +15,12 @@ Layout of a profile::
     memory_budget_mib = 2048     # RAM the inspection process should stay under, MiB
     sources = ["title - URL", ...]
     notes = "..."
+    supported = true             # false: edgead cannot run there (notes say why); export refuses
+    install = ["pip install ..."]  # exact commands (README's install table shows the same)
+
+    [requires]                   # what `edgead devices` checks: component -> version spec
+    python = ">=3.10"            # keys: python, onnxruntime, openvino, tensorrt, cuda_python,
+    tensorrt = ">=10"            # cuda, jetpack; specs: ">=X", "<X", "==X", comma-separated
 
     [match]                      # how `edgead devices` recognises the machine
     arch = ["aarch64"]           # platform.machine() values; empty = any
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -47,6 +54,8 @@ from edgead.errors import ConfigError, unknown_name_error
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+#: components a profile's [requires] table may name (checked by `edgead devices`)
+REQUIREMENTS = ("python", "onnxruntime", "openvino", "tensorrt", "cuda_python", "cuda", "jetpack")
 TARGETS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 
@@ -111,6 +120,9 @@ class DeviceProfile:
     match: ProfileMatch
     sources: tuple[str, ...]
     notes: str = ""
+    supported: bool = True
+    install: tuple[str, ...] = ()
+    requires: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ConfigError on an unknown target/precision, a bad number or no sources."""
@@ -132,6 +144,41 @@ class DeviceProfile:
             raise ConfigError(
                 f"profile '{self.name}' cites no sources; say where its facts come from"
             )
+        if self.supported and not self.install:
+            raise ConfigError(
+                f"profile '{self.name}' gives no install commands; add install = [...] or mark "
+                "it supported = false (with the reason in notes)"
+            )
+        if not isinstance(self.requires, dict):
+            raise ConfigError(f"profile '{self.name}': [requires] must be a table")
+        for key, spec in self.requires.items():
+            if key not in REQUIREMENTS:
+                raise unknown_name_error(f"requirement in profile '{self.name}'", key, REQUIREMENTS)
+            parse_spec(str(spec))
+
+
+def parse_spec(spec: str) -> list[tuple[str, tuple[int, ...]]]:
+    """[(operator, version tuple)] of a spec such as ">=12,<13".
+
+    Raises:
+        ConfigError: an empty clause, an unknown operator or a version that is not numbers.
+    """
+    clauses = []
+    for clause in spec.split(","):
+        match = re.fullmatch(r"\s*(>=|<=|==|<|>)\s*(\d+(?:\.\d+)*)\s*", clause)
+        if match is None:
+            raise ConfigError(
+                f"version spec {spec!r}: clause {clause!r} is not OP VERSION "
+                "(OP one of >=, <=, ==, <, >; e.g. '>=12,<13')"
+            )
+        clauses.append((match.group(1), version_tuple(match.group(2))))
+    return clauses
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(12, 6, 1) from '12.6.1', '12.6.1.post1' or '2024.4.0-16579'; () when no leading number."""
+    numbers = re.match(r"\d+(?:\.\d+)*", version.strip())
+    return tuple(int(p) for p in numbers.group(0).split(".")) if numbers else ()
 
 
 def profile_from_dict(data: dict[str, Any], origin: str = "<dict>") -> DeviceProfile:
@@ -175,6 +222,9 @@ class _FlatProfile:
     memory_budget_mib: int
     sources: tuple[str, ...]
     notes: str = ""
+    supported: bool = True
+    install: tuple[str, ...] = ()
+    requires: dict[str, str] = field(default_factory=dict)
 
 
 def _validated(profile: DeviceProfile) -> DeviceProfile:
@@ -222,7 +272,9 @@ def profile_export_settings(name: str) -> tuple[str, str]:
     """(target, precision) that `edgead export --device NAME` should use, e.g. ('tensorrt', 'fp16').
 
     Raises:
-        ConfigError: `name` is not a shipped profile.
+        ConfigError: `name` is not a shipped profile, or a device edgead does not support.
     """
     profile = load_profile(name)
+    if not profile.supported:
+        raise ConfigError(f"device profile '{name}' is not supported: {profile.notes}")
     return profile.target, profile.precision

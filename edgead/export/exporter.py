@@ -41,10 +41,13 @@ from edgead.export.index import (
 )
 from edgead.export.parity import check_graph_parity, check_score_parity
 from edgead.models.base import BaseDetector, ExportSpec, Progress, no_progress
+from edgead.runtime.reference import pick_reference, reference_members
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("onnx", "openvino", "tensorrt")
+#: other spellings of a target ("engine" is ultralytics' name for a TensorRT export)
+TARGET_ALIASES = {"engine": "tensorrt", "trt": "tensorrt", "ov": "openvino"}
 PRECISIONS = ("fp32", "fp16")
 #: TensorRT engine build settings recorded in manifest.build["tensorrt"] (built on the device).
 TENSORRT_BUILD = {"workspace_mib": 1024, "max_batch": 8}
@@ -180,8 +183,9 @@ def export_detector(
     Args:
         detector: fitted detector (any registered family).
         meta: the run metadata (run.json): threshold, normalisation, config, metrics.
-        target: "onnx" (ONNX Runtime), "openvino" (adds IR) or "tensorrt" (ONNX + engine build
-            settings; the engine is built on the device).
+        target: "onnx" (ONNX Runtime), "openvino" (adds IR) or "tensorrt" (alias "engine": ONNX
+            + engine build settings; the engine is built on the device). Tabular detectors refuse
+            "tensorrt" (their graphs gain nothing from it).
         precision: "fp32" or "fp16" (openvino / tensorrt only).
         parity_inputs: a few real inputs (uint8 (N, S, S, 3) images already resized with
             resize_frame, or float32 (N, D) rows) for the parity check; None uses synthetic ones.
@@ -199,8 +203,17 @@ def export_detector(
     Raises:
         ExportError: unsupported target/precision, tracing or parity failure (nothing written).
     """
+    target = TARGET_ALIASES.get(target, target)
     _check_choice("target", target, TARGETS)
     _check_choice("precision", precision, PRECISIONS)
+    if target == "tensorrt" and detector.modality == "tabular":
+        raise ExportError(
+            f"--target tensorrt: {detector.name} scores tabular rows with a graph of a few small "
+            "operations (scale-and-shift, small matrix products) that TensorRT cannot speed up: "
+            "copying each batch to the GPU costs more than the graph itself. Export with "
+            "--target onnx (ONNX Runtime on the CPU)"
+        )
+    tiling = meta.get("tiling")
     if target == "onnx" and precision == "fp16":
         raise ExportError(
             "an --target onnx bundle runs fp32 on ONNX Runtime; for fp16 use "
@@ -211,6 +224,10 @@ def export_detector(
     t0 = time.perf_counter()
     spec = detector.export_spec()
     kind = str(spec.postprocess.get("kind"))
+    if tiling and kind == "nn_index" and not (index or {}).get("index"):
+        # the validation frames cannot re-fit a compressed index's threshold tile by tile
+        logger.info("tiled run: exact ('flat') index unless --index is given")
+        index = {**(index or {}), "index": "flat"}
     progress(0, 5, "export")
     onnx_model = export_onnx(
         spec.module, spec.example_input, spec.input_name, spec.output_names, spec.dynamic_batch
@@ -259,6 +276,11 @@ def export_detector(
         OutputSpec(name=name, shape=(None, *reference[name].shape[1:]))
         for name in spec.output_names
     )
+    # a few inputs and the torch fp32 outputs travel in the bundle: devices check backends with them
+    reference_spec, reference_files = reference_members(
+        *pick_reference(inputs, reference), source=f"torch fp32 ({inputs_source} inputs)"
+    )
+    members.update(reference_files)
     threshold = (meta.get("threshold") or {}).get("value")
     build: dict[str, Any] = {}
     if target == "tensorrt":
@@ -284,6 +306,7 @@ def export_detector(
         arrays=array_members,
         build=build,
         config=dict(config),
+        reference=reference_spec,
     )
     progress(2, 5, "export")
     calibration: dict[str, Any] | None = None
@@ -328,6 +351,10 @@ def export_detector(
             parity["index"] = change
             write_bundle(candidate, manifest, members)
             timings["calibration_s"] = time.perf_counter() - t_cal
+        if tiling:  # parity was per tile; the runtime now tiles frames (edgead.ops.tiling)
+            post = {**manifest.postprocess, "tiling": dict(tiling)}
+            manifest = dataclasses.replace(manifest, postprocess=post)
+            write_bundle(candidate, manifest, members)
         progress(3, 5, "export")
         metrics: dict[str, Any] = {}
         if evaluate is not None:
@@ -657,6 +684,10 @@ def export_run(
 
         def evaluate(bundle: Path, backend: str | None) -> dict[str, Any]:
             return evaluate_bundle(bundle, data_path, device="cpu", backend=backend)
+
+        if export_data is not None and export_data.test_labels is None:
+            logger.info("%s has no labelled test data: the manifest gets no metrics", data_path)
+            evaluate = None
     else:
         logger.warning(
             "run data %s is not available; parity uses synthetic inputs and the "
@@ -702,10 +733,11 @@ def _parity_inputs_from_data(
     # Lazy image sequences load only the items picked here.
     picked = [train[i] for i in range(min(n_train, len(train)))]
     picked += [test[i] for i in range(min(n_test, len(test)))]
+    has_test = len(labels) > 0  # a good-parts-only run has no labelled test data
     export_data = ExportData(
-        test_inputs=test,
-        test_labels=np.asarray(labels),
-        test_masks=masks,
+        test_inputs=test if has_test else None,
+        test_labels=np.asarray(labels) if has_test else None,
+        test_masks=masks if has_test else None,
         normal_val=lambda: _run_validation_inputs(detector, data_path, meta),
     )
     return (np.stack(picked) if picked else None), export_data
@@ -723,6 +755,9 @@ def _run_validation_inputs(
 
     info = dict(meta.get("data") or {})
     seed = int(meta.get("seed", 0))
+    if meta.get("tiling"):
+        logger.info("tiled run: validation frames are not re-made for the index calibration")
+        return None
     try:
         if detector.modality == "image":
             # the same private helper train_run uses, so the split is identical by construction

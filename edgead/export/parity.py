@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgead.errors import ExportError
+from edgead.runtime.reference import max_errors
 
 #: max relative error (max |graph - torch| / max |torch|) allowed per precision, graph outputs.
 GRAPH_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
@@ -14,13 +15,10 @@ SCORE_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
     """(max abs error, max abs error / max |expected|) between two arrays of equal shape."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    if actual.shape != expected.shape:
-        raise ExportError(f"shape mismatch: exported {actual.shape} vs torch {expected.shape}")
-    abs_err = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    return abs_err, abs_err / max(scale, 1e-12)
+    try:
+        return max_errors(actual, expected)
+    except ValueError as exc:
+        raise ExportError(f"shape mismatch: exported vs torch: {exc}") from exc
 
 
 def check_graph_parity(

@@ -175,6 +175,9 @@ class StandardizedGraph(nn.Module):
     other models it returns "score" (B,).
     """
 
+    mean: torch.Tensor  # buffer
+    scale: torch.Tensor  # buffer
+
     def __init__(self, standardizer: Standardizer, scorer: nn.Module | None = None) -> None:
         super().__init__()
         self.register_buffer("mean", torch.from_numpy(standardizer.mean.copy()))

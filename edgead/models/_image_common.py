@@ -38,6 +38,9 @@ class UInt8Normalize(nn.Module):
         std: per-channel std on 0..1 RGB (3 floats).
     """
 
+    scale: torch.Tensor  # buffer
+    shift: torch.Tensor  # buffer
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32).view(1, 3, 1, 1)

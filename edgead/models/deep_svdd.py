@@ -70,6 +70,8 @@ class SVDDNet(nn.Module):
     forward(x float32 (B, D)) -> float32 (B,): ||phi(x) - c||^2.
     """
 
+    center: torch.Tensor  # buffer
+
     def __init__(
         self,
         n_features: int,

@@ -91,6 +91,8 @@ class DeepSVDDImageConfig:
 class SVDDNet(nn.Module):
     """Bias-free conv net: uint8 (B, S, S, 3) -> per-cell embeddings (B, rep_dim, g, g)."""
 
+    centre: torch.Tensor  # buffer
+
     def __init__(self, cfg: DeepSVDDImageConfig) -> None:
         super().__init__()
         self.pool = cfg.image_size // cfg.work_size

@@ -100,6 +100,8 @@ class AffineCoupling(nn.Module):
         permutation: int64 (c,) channel order applied before splitting.
     """
 
+    permutation: torch.Tensor  # buffer
+
     def __init__(
         self, channels: int, hidden: int, kernel: int, clamp: float, permutation: torch.Tensor
     ) -> None:

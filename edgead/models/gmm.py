@@ -89,6 +89,11 @@ def full_precision_cholesky(model: Any) -> np.ndarray:
 class GMMScorer(nn.Module):
     """Standardised rows (B, D) -> negative log-likelihood (B,) float32. Export-safe."""
 
+    proj: torch.Tensor  # buffer
+    mean_proj: torch.Tensor  # buffer
+    group: torch.Tensor  # buffer
+    offset: torch.Tensor  # buffer
+
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
         super().__init__()
         prec = np.asarray(arrays["prec_chol"], dtype=np.float64)

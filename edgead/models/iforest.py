@@ -147,6 +147,13 @@ class IForestGraph(nn.Module):
     forward(rows float32 (B, D) raw) -> (scores float32 (B,),), scores = 2 ** (-mean path / c).
     """
 
+    offsets: torch.Tensor  # buffer
+    feature: torch.Tensor  # buffer
+    threshold: torch.Tensor  # buffer
+    left: torch.Tensor  # buffer
+    right: torch.Tensor  # buffer
+    leaf_value: torch.Tensor  # buffer
+
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
         super().__init__()
         n_trees, width = arrays["feature"].shape

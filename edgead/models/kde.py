@@ -120,6 +120,9 @@ def cv_bandwidth(scaled: np.ndarray, n_grid: int, seed: int) -> float:
 class KDEScorer(nn.Module):
     """Standardised rows (B, D) -> negative log density (B,) float32. Export-safe."""
 
+    centres: torch.Tensor  # buffer
+    centres_sq: torch.Tensor  # buffer
+
     def __init__(self, centres: np.ndarray, bandwidth: float) -> None:
         super().__init__()
         c = np.asarray(centres, dtype=np.float64) / bandwidth

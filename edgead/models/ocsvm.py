@@ -80,6 +80,10 @@ class OCSVMConfig:
 class RBFExpansionScorer(nn.Module):
     """Standardised rows (B, D) -> -(sum_j w_j exp(-gamma ||z - c_j||^2) + b) (B,). Export-safe."""
 
+    centres: torch.Tensor  # buffer
+    centres_sq: torch.Tensor  # buffer
+    weights: torch.Tensor  # buffer
+
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
         super().__init__()
         centres = np.asarray(arrays["centres"], dtype=np.float64)

@@ -101,6 +101,8 @@ class PaDiMConfig:
 class PaDiMEmbedding(nn.Module):
     """uint8 (B, S, S, 3) RGB -> float32 (B, d, h, w) embeddings (chosen channels, finest grid)."""
 
+    channel_index: torch.Tensor  # buffer
+
     def __init__(
         self,
         features: BackboneFeatures,
@@ -128,6 +130,9 @@ class PaDiMEmbedding(nn.Module):
 
 class PaDiMGraph(nn.Module):
     """Export module: uint8 (B, S, S, 3) -> ("anomaly_map",) float32 (B, h, w) Mahalanobis."""
+
+    mean: torch.Tensor  # buffer
+    precision: torch.Tensor  # buffer
 
     def __init__(
         self, embedding: PaDiMEmbedding, mean: torch.Tensor, precision: torch.Tensor

@@ -7,8 +7,10 @@ decoder of training and `predict` (`edgead.ops.decode.read_frame`).
 The capture thread reads frames and puts them in a small bounded queue. When scoring falls behind,
 the drop policy decides: "oldest" discards the frame waiting longest (keep the latest: live
 cameras), "newest" discards the frame just read, "none" blocks the reader (files and folders).
-Every frame read is counted exactly once as queued, dropped or corrupt, so the loop can check
-`scored + dropped + corrupt == read` at the end.
+Every frame read is counted exactly once as queued or dropped; a corrupt frame is queued with its
+`problem` (no image) so the loop writes its result line and counts it corrupt, and the loop can
+check `scored + dropped + corrupt == read` at the end. Only live sources must keep the size of
+their first frame; a folder may mix image sizes.
 
 A live source that fails or stalls is reopened with exponential back-off (bounded delay, logged);
 a file or folder ends at its last frame unless `loop=True` replays it.
@@ -20,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -95,10 +97,18 @@ class FolderReader:
     (False, None) after the last file.
     """
 
-    def __init__(self, folder: str | Path) -> None:
-        self.files = list_image_files(folder)
-        if not self.files:
+    def __init__(self, folder: str | Path, skip: Collection[str] = ()) -> None:
+        """List the images of `folder`, leaving out the file names in `skip` (a resumed run).
+
+        Raises:
+            DataError: the folder holds no images.
+        """
+        files = list_image_files(folder)
+        if not files:
             raise DataError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.files = [p for p in files if p.name not in skip]
+        self.skipped = len(files) - len(self.files)
+        self.last_name: str | None = None  # file name of the image `read` returned last
         self._next = 0
 
     def read(self) -> tuple[bool, np.ndarray | None]:
@@ -106,6 +116,7 @@ class FolderReader:
         if self._next >= len(self.files):
             return False, None
         path = self.files[self._next]
+        self.last_name = path.name
         self._next += 1
         try:
             return True, read_frame(path)
@@ -189,15 +200,21 @@ class Frame:
 
     Attributes:
         index: 0-based count of frames read from the source (corrupt ones included).
-        image: uint8 (H, W, 3) BGR, (H, W, 4) BGRA or (H, W) gray, as OpenCV returned it.
+        image: uint8 (H, W, 3) BGR, (H, W, 4) BGRA or (H, W) gray, as OpenCV returned it;
+            None for a corrupt frame (then `problem` says why).
         timestamp: wall-clock time of capture, seconds since the epoch.
         captured_at: time.perf_counter() at capture, s (for queue latency).
+        source_item: the file name for folder sources, else None (streams: `index` is the
+            position).
+        problem: why the frame cannot be scored (corrupt), or None.
     """
 
     index: int
-    image: np.ndarray
+    image: np.ndarray | None
     timestamp: float
     captured_at: float
+    source_item: str | None = None
+    problem: str | None = None
 
 
 class EndOfStream:
@@ -421,18 +438,21 @@ class CaptureThread(threading.Thread):
             now = time.perf_counter()
             self.last_frame_at = now
             self.counters.add(read=1)
-            problem = frame_problem(image, self._reference_shape)
+            # Only a live stream must keep its frame size; a folder may mix image sizes.
+            problem = frame_problem(image, self._reference_shape if self.is_live else None)
+            item = getattr(self._reader, "last_name", None)
             if problem is not None:
-                self._count_corrupt(index, problem)
+                # Queued as a corrupt frame so the loop writes its result line (and counts it).
+                self._log_corrupt(index, problem)
+                self._offer(Frame(index, None, time.time(), now, item, problem))
             else:
                 if self._reference_shape is None:
                     self._reference_shape = image.shape  # type: ignore[union-attr]
-                self._offer(Frame(index, image, time.time(), now))  # type: ignore[arg-type]
+                self._offer(Frame(index, image, time.time(), now, item))
             index += 1
         return EndOfStream("stopped")
 
-    def _count_corrupt(self, index: int, problem: str) -> None:
-        self.counters.add(corrupt=1)
+    def _log_corrupt(self, index: int, problem: str) -> None:
         self._corrupt_logged += 1
         if self._corrupt_logged <= 10 or self._corrupt_logged % 1000 == 0:
             logger.warning(

@@ -5,12 +5,15 @@
     res.raw_score, res.score, res.is_anomaly, res.anomaly_map, res.timings_ms
 
 Device selection walks an ordered list of (backend, device) candidates and stops at the first
-that initialises; each one that fails is logged with its reason (logger.warning) and kept in
-`detector.fallbacks`. The last candidate is always ONNX Runtime on the CPU.
+that initialises; each one that fails is logged with its reason and kept in
+`detector.fallbacks` (INFO on device "auto", where skipping an absent accelerator is expected;
+WARNING when a device or backend was asked for). The last candidate is always ONNX Runtime
+on the CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,11 +25,11 @@ import numpy as np
 
 from edgead.bundle import Bundle, Manifest, read_bundle
 from edgead.errors import (
-    BackendRuntimeError,
     BackendUnavailableError,
     BundleError,
+    ConfigError,
     DataError,
-    EdgeadError,
+    ReferenceMismatchError,
     unknown_name_error,
 )
 from edgead.ops.image import resize_frame
@@ -42,7 +45,14 @@ from edgead.ops.scoring import (
     score_map_output,
     score_nn_embeddings,
 )
-from edgead.runtime.backends.base import Backend, check_outputs
+from edgead.ops.tiling import Tiling, merge_tile_scores, tiles_of
+from edgead.runtime.backends.base import Backend, run_batched
+from edgead.runtime.reference import (
+    ReferenceCheck,
+    check_reference,
+    has_reference,
+    measure_reference,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,19 +135,13 @@ def _make_openvino(bundle: Bundle, device: str, threads: int | None) -> Backend:
 
 
 def _make_tensorrt(bundle: Bundle, device: str, threads: int | None) -> Backend:
-    from edgead.runtime.backends.tensorrt import (
-        DEFAULT_BUILD,
-        TensorRtBackend,
-        load_or_build_engine,
-    )
+    from edgead.runtime.backends.tensorrt import TensorRtBackend, build_checked_engine
 
-    m = bundle.manifest
-    settings = {**DEFAULT_BUILD, "precision": m.precision, **m.build.get("tensorrt", {})}
-    shape = tuple(1 if d is None else int(d) for d in m.input.shape)
-    engine, _ = load_or_build_engine(
-        bundle.path, bundle.sha256, bundle.member(m.graphs["onnx"]), settings, shape
+    settings_precision = bundle.manifest.build.get("tensorrt", {}).get(
+        "precision", bundle.manifest.precision
     )
-    return TensorRtBackend(engine, precision=str(settings["precision"]))
+    engine, _, _ = build_checked_engine(bundle)  # a new engine is checked before it is cached
+    return TensorRtBackend(engine, precision=str(settings_precision))
 
 
 #: backend name -> factory(bundle, device, threads). Tests may swap entries (monkeypatch.setitem).
@@ -198,10 +202,17 @@ class Detector:
         self.manifest: Manifest = bundle.manifest
         self._backend: Backend | None = backend
         self.fallbacks: list[str] = list(fallbacks)
+        self.reference_check: ReferenceCheck | None = None  # set by load() when it verified
         self._post: PostProcess = parse_postprocess(self.manifest.postprocess)
         kind = self._post.kind
         self._kind: str = kind
         self._gray_warned = False
+        self._tiling: Tiling | None = None
+        if self.manifest.postprocess.get("tiling") is not None:
+            try:
+                self._tiling = Tiling.from_dict(self.manifest.postprocess["tiling"]).validate()
+            except ConfigError as exc:
+                raise BundleError(f"bundle tiling is invalid: {exc}") from exc
         self._index: FaissIndex | None = None
         self._bank: np.ndarray | None = None  # reconstructed bank vectors (reweight only)
         if kind.endswith("nn_index"):
@@ -243,6 +254,11 @@ class Detector:
         device: str = "auto",
         backend: str | None = None,
         threads: int | None = None,
+        verify: bool | None = None,
+        *,
+        threshold: float | None = None,
+        sensitivity: float | None = None,
+        modality: str | None = None,
         trusted_keys: Sequence[Any] | None = None,
     ) -> Detector:
         """Verify the bundle at `path` and bind it to the best backend available for `device`.
@@ -253,14 +269,31 @@ class Detector:
             backend: None (any), "onnxruntime", "openvino" or "tensorrt" (aliases ort/ov/trt).
             threads: intra-op CPU threads for the graph and the nearest-neighbour search
                 (faiss's OpenMP pool is process-wide); None keeps the libraries' defaults.
+            verify: run each backend on the bundle's reference inputs and refuse it (logged,
+                recorded in `fallbacks`, next candidate tried) when its outputs differ beyond
+                the manifest's tolerance. None (default): on for TensorRT (native engine or
+                ONNX Runtime's TensorRT provider), off elsewhere. The result is kept in
+                `detector.reference_check`.
+
+            threshold: decision threshold in raw-score units instead of the bundle's (the
+                normalised score keeps 0.5 at the threshold in use).
+            sensitivity: 0..1 instead of a raw threshold: 0.5 keeps the bundle's threshold,
+                higher flags more (see `edgead.runtime.threshold.override_threshold`).
+            modality: "image" or "tabular": refuse a bundle of the other kind before any
+                backend is loaded.
             trusted_keys: Ed25519 public keys (or paths to their PEM files, see
                 `edgead.signing`); when given, the bundle must be signed by one of them
                 (checked before anything in it is parsed). None: signatures are not checked.
 
         Raises:
-            BundleError: the bundle fails verification (or its signature, with trusted_keys).
+            BundleError: the bundle fails verification (or its signature, with trusted_keys),
+                or verify=True on a bundle without reference outputs.
+            ConfigError: the bundle's modality is not `modality`; a bad threshold override.
+            ReferenceMismatchError: every backend that loaded failed the reference check.
             BackendUnavailableError: not even ONNX Runtime on the CPU could load the graph.
         """
+        from edgead.runtime.threshold import check_modality, override_threshold
+
         device = device.lower()
         if device not in DEVICES:
             raise unknown_name_error("device", device, DEVICES)
@@ -269,25 +302,50 @@ class Detector:
                 raise unknown_name_error("backend", backend, BACKEND_ALIASES)
             backend = BACKEND_ALIASES[backend.lower()]
         bundle = read_bundle(path, trusted_keys=trusted_keys)
+        check_modality(bundle.manifest, modality, path)
+        if threshold is not None or sensitivity is not None:
+            manifest = override_threshold(bundle.manifest, threshold, sensitivity)
+            bundle = dataclasses.replace(bundle, manifest=manifest)
         if threads is not None:
             _set_search_threads(int(threads))
         fallbacks: list[str] = []
         last_error: BackendUnavailableError | None = None
+        if verify and not has_reference(bundle.manifest):
+            raise BundleError(
+                f"verify=True, but bundle {path} carries no reference outputs (exported by an "
+                "older edgead); re-export it, or load it with verify=False"
+            )
+        # On "auto", walking past an absent accelerator is expected: INFO, not WARNING.
+        level = logging.INFO if device == "auto" and backend is None else logging.WARNING
         for name, dev in backend_candidates(bundle.manifest, device, backend):
             try:
                 engine = BACKEND_FACTORIES[name](bundle, dev, threads)
+                check = _verify_backend(bundle, engine, verify)
             except BackendUnavailableError as exc:
                 reason = f"wanted {name}/{dev}: {exc}"
-                logger.warning("backend fallback: %s", reason)
+                logger.log(level, "backend fallback: %s", reason)
                 fallbacks.append(reason)
                 last_error = exc
                 continue
             if fallbacks:
-                logger.warning("using %s after %d fallback(s)", engine.name, len(fallbacks))
-            return cls(bundle, engine, fallbacks)
-        raise BackendUnavailableError(
-            f"no backend could load {path}: {'; '.join(fallbacks)}"
-        ) from last_error
+                logger.log(level, "using %s after %d fallback(s)", engine.name, len(fallbacks))
+            detector = cls(bundle, engine, fallbacks)
+            detector.reference_check = check
+            return detector
+        error = (
+            ReferenceMismatchError
+            if isinstance(last_error, ReferenceMismatchError)
+            else BackendUnavailableError
+        )
+        raise error(f"no backend could load {path}: {'; '.join(fallbacks)}") from last_error
+
+    def check_reference(self) -> ReferenceCheck:
+        """Run the backend in use on the bundle's reference inputs; the errors, not raised.
+
+        Raises:
+            BundleError: the bundle carries no reference outputs.
+        """
+        return measure_reference(self._bundle, self._engine())
 
     @property
     def backend(self) -> str:
@@ -354,14 +412,22 @@ class Detector:
     def _score_frames(self, frames: list[np.ndarray], channel_order: str) -> list[Result]:
         t0 = time.perf_counter()
         self._warn_on_gray(frames)
-        size_hw = self.image_size
         resize = self.manifest.input.resize
-        batch = np.stack([resize_frame(f, size_hw, resize, channel_order) for f in frames])
+        tiling = self._tiling
+        if tiling is None:
+            batch = np.stack(
+                [resize_frame(f, self.image_size, resize, channel_order) for f in frames]
+            )
+        else:  # every frame at the tiling's frame size, cut into tiles: one batch of tiles
+            resized = [resize_frame(f, tiling.frame_hw, resize, channel_order) for f in frames]
+            batch = tiles_of(resized, tiling)
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
         _check_output_sizes(outputs, self._kind, len(frames), self.manifest.postprocess)
         t2 = time.perf_counter()
-        raw, maps, search_ms = self._image_scores(outputs, len(frames))
+        raw, maps, search_ms = self._image_scores(outputs, len(batch))
+        if tiling is not None:  # image score = max over tiles, maps stitched at (H, W)
+            raw, maps = merge_tile_scores(raw, maps, len(frames), tiling)  # type: ignore[assignment]
         t3 = time.perf_counter()
         normalised, decisions = self._decide(raw)
         full_maps = [
@@ -400,29 +466,13 @@ class Detector:
 
     def _run_graph(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Graph outputs for `batch`, split into chunks of the backend's max_batch."""
-        engine = self._engine()
-        step = engine.max_batch or len(batch)
-        names = tuple(o.name for o in self.manifest.outputs)
-        parts: list[dict[str, np.ndarray]] = []
-        for start in range(0, len(batch), step):
-            chunk = np.ascontiguousarray(batch[start : start + step])
-            try:
-                out = engine.run(chunk)
-            except EdgeadError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - each backend raises its own types
-                spec = self.manifest.input
-                raise BackendRuntimeError(
-                    f"backend {engine.name} failed running the graph on input {spec.name!r} "
-                    f"{chunk.dtype} {chunk.shape} (the bundle declares {spec.dtype} "
-                    f"{spec.shape}): {type(exc).__name__}: {str(exc)[:300]}; the graph member "
-                    "may not match its manifest: re-export the bundle or try another backend"
-                ) from exc
-            check_outputs(out, names, engine.name)
-            parts.append(out)
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([p[name] for p in parts]) for name in names}
+        spec = self.manifest.input
+        return run_batched(
+            self._engine(),
+            batch,
+            tuple(o.name for o in self.manifest.outputs),
+            input_name=f"{spec.name!r} (declared {spec.dtype} {spec.shape})",
+        )
 
     def _image_scores(
         self, outputs: dict[str, np.ndarray], n: int
@@ -522,6 +572,31 @@ def _check_output_sizes(
         amap = outputs["anomaly_map"]
         if amap.ndim < 3 or amap.size != n * amap.shape[-1] * amap.shape[-2]:
             raise bad("anomaly_map", "(N, H, W) or (N, 1, H, W)")
+
+
+def _verify_backend(bundle: Bundle, engine: Backend, verify: bool | None) -> ReferenceCheck | None:
+    """The reference check of a freshly built backend (closed when it fails), or None when skipped.
+
+    verify None checks TensorRT (native engine or ONNX Runtime's TensorRT provider) when the
+    bundle has reference outputs, and logs that it cannot when it has none.
+    """
+    is_trt = engine.name.lower().startswith("tensorrt/") or engine.name.endswith(
+        "TensorrtExecutionProvider"
+    )
+    if verify is False or (verify is None and not is_trt):
+        return None
+    if not has_reference(bundle.manifest):
+        logger.warning(
+            "%s is not checked: bundle %s carries no reference outputs; re-export it",
+            engine.name,
+            bundle.path,
+        )
+        return None
+    try:
+        return check_reference(bundle, engine)
+    except BackendUnavailableError:
+        engine.close()
+        raise
 
 
 #: faiss computes exact L2 with BLAS (one sgemm) only when n_queries * dim reaches this; below it

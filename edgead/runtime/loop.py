@@ -3,11 +3,14 @@
     capture thread -> bounded queue -> score (Detector) -> results.jsonl, anomalies/*.jpg, status
 
 Outputs (under `out_dir`, or JSON lines on a stream when there is none):
-    results.jsonl   one JSON object per scored frame, written as whole lines and flushed each
-                    time, fsynced on exit; a partial last line left by a hard kill is trimmed
-                    when the file is opened again
+    results.jsonl   one JSON object per frame read and not dropped (schema edgead.result/1,
+                    `edgead.runtime.results`; corrupt frames get a "corrupt" line), written as
+                    whole lines and flushed each time, fsynced on exit; a partial last line left
+                    by a hard kill is trimmed when the file is opened again; rotated to
+                    results.jsonl.1, .2, ... by size
     anomalies/      anomalous frames with their heat-map overlay (edgead.ops.overlay.score_panel,
-                    JPEG, written atomically)
+                    JPEG, written atomically), named <run_id>_frame_<index>.jpg
+    sinks           the same records to MQTT / webhooks (`edgead.runtime.outputs`)
     summary.json    counts, latencies, backend and fallbacks of the run (written atomically)
 
 Accounting: every frame read is exactly one of scored, dropped or corrupt, so
@@ -22,16 +25,16 @@ request (SIGINT/SIGTERM via `stop_on_signals`) finishes the frame in flight, the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
-import math
 import os
 import queue
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,8 +48,22 @@ from edgead.errors import BackendUnavailableError, ConfigError, DataError
 from edgead.ops.image import to_rgb
 from edgead.ops.overlay import score_panel
 from edgead.runtime.capture import CaptureThread, EndOfStream, Frame
+from edgead.runtime.results import finite_or_none, new_run_id, result_record
 
 logger = logging.getLogger(__name__)
+
+
+RESULTS_NAME = "results.jsonl"
+
+
+class ResultSink(Protocol):
+    """Where result records go besides results.jsonl (`edgead.runtime.outputs`)."""
+
+    def publish(self, record: dict[str, Any]) -> None:
+        """Take one record (must not block the loop for long)."""
+
+    def close(self) -> None:
+        """Flush what can be flushed and stop."""
 
 
 class FrameDetector(Protocol):
@@ -81,6 +98,12 @@ class LoopConfig:
         latency_window: latencies kept for the percentiles (a bounded window).
         max_fallbacks: backend replacements allowed mid-run before the loop gives up.
         stall_warn_s: log a warning when no frame arrived for this long (live sources).
+        run_id: id written into every result and anomaly image name (None: a new one,
+            `edgead.runtime.results.new_run_id`), so restarts into the same folder never
+            overwrite an image an older line points to.
+        rotate_bytes: results.jsonl is renamed to results.jsonl.1 (.1 -> .2, ...) when it
+            reaches this size; None: never rotated.
+        rotate_keep: rotated files kept (older ones are deleted).
     """
 
     roi: tuple[int, int, int, int] | None = None
@@ -91,6 +114,9 @@ class LoopConfig:
     latency_window: int = 2048
     max_fallbacks: int = 1
     stall_warn_s: float = 10.0
+    run_id: str | None = None
+    rotate_bytes: int | None = 100 * 1024**2
+    rotate_keep: int = 10
 
 
 def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
@@ -129,6 +155,7 @@ class RunSummary:
     source: str
     backend: str
     started_at: str
+    run_id: str = ""
     ended_at: str = ""
     stop_reason: str = ""
     duration_s: float = 0.0
@@ -177,6 +204,10 @@ class LoopStats:
         self.fallbacks = 0
         self._fps_mark = (self.started_at, 0)
         self.fps = 0.0
+        #: called with each scored frame's latency, ms (e.g. the /metrics histogram)
+        self.latency_observers: list[Callable[[float], None]] = []
+        #: output name -> object with .stats.sent, .pending and .spool.dropped (sinks)
+        self.outputs: dict[str, Any] = {}
 
     def record(self, latency_ms: float, score: float, is_anomaly: bool) -> None:
         """Count one scored frame."""
@@ -186,6 +217,8 @@ class LoopStats:
             self.anomalies += int(is_anomaly)
             self.last_score = score
             self.last_scored_at = time.perf_counter()
+        for observe in self.latency_observers:
+            observe(latency_ms)
 
     def add_corrupt(self) -> None:
         """Count one frame the detector rejected."""
@@ -223,6 +256,14 @@ class LoopStats:
                 "backend": self.backend,
                 "fallbacks": self.fallbacks,
                 "fps": self.fps,
+                "outputs": {
+                    name: {
+                        "sent": sink.stats.sent,
+                        "pending": sink.pending,
+                        "dropped": sink.spool.dropped,
+                    }
+                    for name, sink in self.outputs.items()
+                },
             }
 
 
@@ -232,9 +273,17 @@ class JsonlWriter:
     A partial last line (left by a power cut or kill -9) is trimmed when the file is opened.
     """
 
-    def __init__(self, path: Path | None, stream: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        stream: IO[str] | None = None,
+        rotate_bytes: int | None = None,
+        rotate_keep: int = 10,
+    ) -> None:
         self.path = path
         self._owns = path is not None
+        self.rotate_bytes = rotate_bytes
+        self.rotate_keep = max(1, int(rotate_keep))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             _trim_partial_line(path)
@@ -245,9 +294,29 @@ class JsonlWriter:
             raise ConfigError("JsonlWriter needs a path or a stream")
 
     def write(self, record: dict[str, Any]) -> None:
-        """Write `record` as one line and flush it."""
-        self._fh.write(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
+        """Write `record` as one line and flush it; rotate the file first when it is full."""
+        line = json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n"
+        if self._owns and self.rotate_bytes is not None and self._fh.tell() > 0:
+            if self._fh.tell() + len(line) > self.rotate_bytes:
+                self._rotate()
+        self._fh.write(line)
         self._fh.flush()
+
+    def _rotate(self) -> None:
+        """results.jsonl -> results.jsonl.1, .1 -> .2, ... (at most `rotate_keep` kept)."""
+        assert self.path is not None  # noqa: S101 - only called for files
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        oldest = self.path.with_name(f"{self.path.name}.{self.rotate_keep}")
+        oldest.unlink(missing_ok=True)
+        for i in range(self.rotate_keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.rename(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        self.path.rename(self.path.with_name(f"{self.path.name}.1"))
+        logger.info("rotated %s (%d bytes reached)", self.path, self.rotate_bytes)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def close(self) -> None:
         """Flush, fsync (files) and close."""
@@ -287,10 +356,18 @@ def _trim_partial_line(path: Path) -> None:
         logger.warning("%s held only a partial line; emptied it", path)
 
 
-def _finite(value: float) -> float | None:
-    """`value` as float, or None when NaN/inf (JSON has no NaN)."""
-    value = float(value)
-    return value if math.isfinite(value) else None
+def result_fields(result: Any) -> dict[str, Any]:
+    """The verdict part of a result record (shared by `run` lines and `edgead serve` replies).
+
+    {"raw_score", "score" (None when NaN/inf), "is_anomaly" (None when uncalibrated),
+    "latency_ms": {stage: ms} from `result.timings_ms`, rounded to 3 decimals}.
+    """
+    return {
+        "raw_score": finite_or_none(result.raw_score),
+        "score": finite_or_none(result.score),
+        "is_anomaly": None if result.is_anomaly is None else bool(result.is_anomaly),
+        "latency_ms": {k: round(float(v), 3) for k, v in result.timings_ms.items()},
+    }
 
 
 @contextlib.contextmanager
@@ -336,6 +413,8 @@ class InspectionLoop:
             (typically `lambda: Detector.load(path, device="cpu")`); None: a failure ends the run.
         stream: where JSON lines go when `config.out_dir` is None (e.g. sys.stdout).
         stats: LoopStats shared with an HTTP endpoint; a new one when None.
+        sinks: where every result record also goes (MQTT, webhook: `edgead.runtime.outputs`),
+            after it was written to results.jsonl.
     """
 
     def __init__(
@@ -348,8 +427,12 @@ class InspectionLoop:
         fallback_factory: Callable[[], FrameDetector] | None = None,
         stream: IO[str] | None = None,
         stats: LoopStats | None = None,
+        sinks: Sequence[ResultSink] = (),
     ) -> None:
         self.detector = detector
+        self.sinks = list(sinks)
+        self.run_id = config.run_id or new_run_id()
+        self._seq = 0
         self.capture = capture
         self.config = config
         self.stop_event = stop_event
@@ -358,6 +441,7 @@ class InspectionLoop:
         self.stats = stats or LoopStats(config.latency_window)
         self.stats.backend = detector.backend
         self.summary = RunSummary(
+            run_id=self.run_id,
             source=capture.source_name,
             backend=detector.backend,
             started_at=_utc_now(),
@@ -370,7 +454,12 @@ class InspectionLoop:
     def run(self) -> RunSummary:
         """Run to the end of the source or a stop request; returns (and writes) the summary."""
         out_dir = self.config.out_dir
-        writer = JsonlWriter(out_dir / "results.jsonl" if out_dir else None, self.stream)
+        writer = JsonlWriter(
+            out_dir / RESULTS_NAME if out_dir else None,
+            self.stream,
+            self.config.rotate_bytes,
+            self.config.rotate_keep,
+        )
         start = time.perf_counter()
         stop_reason = "error"
         if not self.capture.is_alive():
@@ -388,6 +477,8 @@ class InspectionLoop:
                 )
             self.capture.drain()
             writer.close()
+            for sink in self.sinks:
+                sink.close()
             self._finish(stop_reason, time.perf_counter() - start)
         return self.summary
 
@@ -424,7 +515,7 @@ class InspectionLoop:
     def _crop(self, frame: Frame) -> np.ndarray | None:
         """The ROI of the frame; None (corrupt) when it does not fit; ConfigError on the first."""
         roi = self.config.roi
-        if roi is None:
+        if roi is None or frame.image is None:
             return frame.image
         x, y, w, h = roi
         height, width = frame.image.shape[:2]
@@ -479,40 +570,68 @@ class InspectionLoop:
             )
             return self.detector(image, channel_order="BGR")
 
+    def _record(self, frame: Frame, **fields: Any) -> dict[str, Any]:
+        """A result record of `frame` (schema edgead.result/1) with the next sequence number."""
+        threshold = getattr(getattr(self.detector, "manifest", None), "threshold", None)
+        record = result_record(
+            run_id=self.run_id,
+            seq=self._seq,
+            frame=frame.index,
+            source=frame.source_item,
+            timestamp=frame.timestamp,
+            threshold=threshold,
+            **fields,
+        )
+        self._seq += 1
+        return record
+
+    def _emit(self, record: dict[str, Any], writer: JsonlWriter) -> None:
+        """Write the record to results.jsonl, then hand it to every sink."""
+        writer.write(record)
+        for sink in self.sinks:
+            sink.publish(record)
+
+    def _reject(self, frame: Frame, reason: str, writer: JsonlWriter) -> None:
+        """Count a frame that could not be scored and write its "corrupt" result line."""
+        self.stats.add_corrupt()
+        record = self._record(frame, error=reason)
+        record["latency_ms"]["total"] = round((time.perf_counter() - frame.captured_at) * 1e3, 3)
+        self._emit(record, writer)
+
     def _process(self, frame: Frame, writer: JsonlWriter) -> None:
         dequeued = time.perf_counter()
+        if frame.image is None:
+            self._reject(frame, frame.problem or "no image", writer)
+            return
         image = self._crop(frame)
         if image is None:
-            self.stats.add_corrupt()
+            self._reject(frame, "frame too small for the ROI", writer)
             return
         try:
             result = self._score(image, frame.index)
         except DataError as exc:
-            self.stats.add_corrupt()
             logger.warning("frame %d rejected by the detector: %s", frame.index, exc)
+            self._reject(frame, f"rejected by the detector: {exc}", writer)
             return
         scored = time.perf_counter()
         is_anomaly = bool(result.is_anomaly)
-        record: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(frame.timestamp, timezone.utc).isoformat(
-                timespec="milliseconds"
-            ),
-            "frame": frame.index,
-            "raw_score": _finite(result.raw_score),
-            "score": _finite(result.score),
-            "is_anomaly": None if result.is_anomaly is None else is_anomaly,
-            "latency_ms": {
-                "queue": round((dequeued - frame.captured_at) * 1e3, 3),
-                **{k: round(float(v), 3) for k, v in result.timings_ms.items()},
-                "score": round((scored - dequeued) * 1e3, 3),
-            },
+        record = self._record(
+            frame,
+            raw_score=result.raw_score,
+            score=result.score,
+            is_anomaly=None if result.is_anomaly is None else is_anomaly,
+        )
+        record["latency_ms"] = {
+            "queue": round((dequeued - frame.captured_at) * 1e3, 3),
+            **{k: round(float(v), 3) for k, v in result.timings_ms.items()},
+            "score": round((scored - dequeued) * 1e3, 3),
         }
         if is_anomaly:
             saved = self._save_anomaly(frame, image, result)
             if saved is not None:
                 record["image"] = saved
         record["latency_ms"]["total"] = round((time.perf_counter() - frame.captured_at) * 1e3, 3)
-        writer.write(record)
+        self._emit(record, writer)
         self.stats.record(record["latency_ms"]["total"], float(result.score), is_anomaly)
 
     def _save_anomaly(self, frame: Frame, image: np.ndarray, result: Any) -> str | None:
@@ -544,7 +663,7 @@ class InspectionLoop:
         if not ok:
             logger.warning("could not encode the overlay of frame %d; not saved", frame.index)
             return None
-        name = f"anomalies/frame_{frame.index:09d}.jpg"
+        name = f"anomalies/{self.run_id}_frame_{frame.index:09d}.jpg"
         write_bytes_atomic(out_dir / name, encoded.tobytes())
         self.summary.saved_images += 1
         return name
@@ -636,6 +755,10 @@ def run_inspection(
     http_host: str = "127.0.0.1",
     stream: IO[str] | None = None,
     stop_event: threading.Event | None = None,
+    threshold: float | None = None,
+    sensitivity: float | None = None,
+    resume: bool = False,
+    sink_factories: Sequence[Callable[[str], ResultSink]] = (),
     trusted_keys: list[Any] | None = None,
 ) -> RunSummary:
     """Load `model`, open `source` and run the inspection loop until the source ends or a stop.
@@ -655,6 +778,11 @@ def run_inspection(
         http_port: serve /healthz and /metrics on `http_host`:port when given.
         stream: JSON lines destination when `config.out_dir` is None.
         stop_event: set it to stop (the CLI wires SIGINT/SIGTERM to it).
+        threshold, sensitivity: decision threshold override (see `Detector.load`).
+        resume: folder sources skip the files that already have a result line in
+            `config.out_dir` (results.jsonl and its rotated files), so a restarted run gives
+            every file exactly one line.
+        sink_factories: each called with the run id, returning a ResultSink (MQTT, webhook).
         trusted_keys: Ed25519 public keys the bundle must be signed by (see `Detector.load`);
             the fallback reload checks them too.
 
@@ -662,12 +790,16 @@ def run_inspection(
         DataError: the source cannot be opened after `open_retries` attempts.
         BundleError / BackendUnavailableError: from loading the bundle.
     """
-    from edgead.runtime.capture import CaptureConfig, open_reader, parse_source
+    from edgead.runtime.capture import CaptureConfig, FolderReader, open_reader, parse_source
     from edgead.runtime.detector import Detector
 
     if http_port is not None and not 0 <= int(http_port) <= 65535:
         raise ConfigError(f"--http port must be in 0..65535 (0: any free port); got {http_port}")
     spec = parse_source(source)
+    if resume and spec.kind != "folder":
+        raise ConfigError(f"--resume needs a folder source; {spec} is not one")
+    if resume and config.out_dir is None:
+        raise ConfigError("--resume needs --out (it reads the results already written there)")
     capture_config = CaptureConfig(
         queue_size=2 if spec.is_live else 4,
         drop=drop or ("oldest" if spec.is_live else "none"),
@@ -679,25 +811,50 @@ def run_inspection(
         backoff_max_s=backoff_max_s,
     )
     stop_event = stop_event or threading.Event()
+    done = recorded_sources(config.out_dir) if resume else set()
+
+    def opener() -> Any:
+        if spec.kind == "folder":
+            return FolderReader(str(spec.target), skip=done)
+        return open_reader(spec, capture_config.timeout_ms)
+
     capture = CaptureThread(
-        lambda: open_reader(spec, capture_config.timeout_ms),
-        capture_config,
-        is_live=spec.is_live,
-        stop_event=stop_event,
-        name=str(spec),
+        opener, capture_config, is_live=spec.is_live, stop_event=stop_event, name=str(spec)
     )
-    capture.open()
-    detector = Detector.load(
-        model, device=device, backend=backend, threads=threads, trusted_keys=trusted_keys
-    )
+    overrides: dict[str, Any] = {
+        "threshold": threshold,
+        "sensitivity": sensitivity,
+        "modality": "image",
+        "trusted_keys": trusted_keys,
+    }
+    detector = Detector.load(model, device=device, backend=backend, threads=threads, **overrides)
+    try:
+        capture.open()
+    except Exception:
+        detector.close()
+        raise
+    if done:
+        logger.info("resuming: %d file(s) of %s already have a result line", len(done), spec)
     logger.info("scoring %s with %s (drop policy %s)", spec, detector.backend, capture_config.drop)
 
     def fallback() -> FrameDetector:
-        return Detector.load(model, device="cpu", threads=threads, trusted_keys=trusted_keys)
+        return Detector.load(model, device="cpu", threads=threads, **overrides)
 
+    run_id = config.run_id or new_run_id()
+    config = dataclasses.replace(config, run_id=run_id)
+    sinks = [factory(run_id) for factory in sink_factories]
     loop = InspectionLoop(
-        detector, capture, config, stop_event, fallback_factory=fallback, stream=stream
+        detector,
+        capture,
+        config,
+        stop_event,
+        fallback_factory=fallback,
+        stream=stream,
+        sinks=sinks,
     )
+    for i, sink in enumerate(sinks):
+        if hasattr(sink, "spool"):
+            loop.stats.outputs[f"{getattr(sink, 'name', 'output')}{i}"] = sink
     server = None
     if http_port is not None:
         from edgead.runtime.metrics_http import MetricsServer
@@ -710,9 +867,16 @@ def run_inspection(
                 {"model": str(model), "backend": loop.stats.backend, "source": str(spec)},
             )
 
-        server = MetricsServer(
-            http_port, collect, host=http_host, stall_after_s=max(30.0, config.stall_warn_s)
-        ).start()
+        try:
+            server = MetricsServer(
+                http_port, collect, host=http_host, stall_after_s=max(30.0, config.stall_warn_s)
+            ).start()
+        except Exception:
+            for sink in sinks:  # nothing was scored: leave the spools for the next run
+                sink.close()
+            loop.detector.close()
+            raise
+        loop.stats.latency_observers.append(server.observe_latency)
     try:
         return loop.run()
     finally:
@@ -720,3 +884,20 @@ def run_inspection(
             server.close()
         with contextlib.suppress(Exception):
             loop.detector.close()
+
+
+def recorded_sources(out_dir: Path | None) -> set[str]:
+    """File names with a result line in `out_dir`'s results.jsonl and its rotated files."""
+    if out_dir is None:
+        return set()
+    names: set[str] = set()
+    for path in sorted(Path(out_dir).glob(RESULTS_NAME + "*")):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    source = json.loads(line).get("source")
+                except (ValueError, AttributeError):
+                    continue  # a partial last line: that file is scored again
+                if source:
+                    names.add(str(source))
+    return names

@@ -1,12 +1,15 @@
-"""Optional `/healthz` and Prometheus `/metrics` for `edgead run --http PORT` (stdlib only).
+"""Optional `/healthz` and Prometheus `/metrics` for `edgead run --http PORT`.
 
 Binds to 127.0.0.1 unless told otherwise: a station exposes it on purpose or not at all.
 
     /healthz  200 {"status": "ok", ...} while frames are being scored;
               503 {"status": "stalled"} when no frame was scored for `stall_after_s`
               (or none yet after that long since start)
-    /metrics  Prometheus text format 0.0.4: frame counters, anomalies, reconnects, fallbacks,
-              latency quantiles (ms) over the loop's window, fps, last score, an info series.
+    /metrics  Prometheus text format through prometheus_client (its own registry, no global
+              state): frame counters, anomalies, reconnects, fallbacks, output deliveries,
+              a histogram of capture-to-result latency (seconds, with _bucket/_sum/_count),
+              the latency percentiles of the recent window (ms), fps, last score, an info
+              series and the process metrics (CPU seconds, resident memory, open files).
 """
 
 from __future__ import annotations
@@ -16,72 +19,115 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from edgead.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
+#: capture-to-result latency buckets, seconds (1 ms .. 10 s)
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+Collect = Callable[[], tuple[dict[str, int], dict[str, Any], dict[str, float], dict[str, str]]]
 
 
 def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def render_metrics(
-    counts: dict[str, int], snap: dict[str, Any], quantiles: dict[str, float], info: dict[str, str]
-) -> str:
-    """Prometheus exposition text from capture counts, loop stats and latency quantiles (ms)."""
-    lines: list[str] = []
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise ConfigError(
+            "--http needs prometheus_client: pip install 'edgead[station]' (or prometheus-client)"
+        ) from exc
+    return prometheus_client
 
-    def metric(name: str, kind: str, help_text: str, value: float | None, labels: str = "") -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        if value is not None:
-            lines.append(f"{name}{labels} {value}")
 
-    metric("edgead_frames_read_total", "counter", "Frames read from the source.", counts["read"])
-    metric("edgead_frames_scored_total", "counter", "Frames scored.", snap["scored"])
-    metric(
-        "edgead_frames_dropped_total",
-        "counter",
-        "Frames dropped by the queue policy.",
-        counts["dropped"],
+class _LoopCollector:
+    """A prometheus_client collector reading the loop's counters at scrape time."""
+
+    def __init__(self, collect: Collect) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            InfoMetricFamily,
+        )
+
+        counts, snap, quantiles, info = self._collect()
+        counters = (
+            ("edgead_frames_read", "Frames read from the source.", counts["read"]),
+            ("edgead_frames_scored", "Frames scored.", snap["scored"]),
+            ("edgead_frames_dropped", "Frames dropped by the queue policy.", counts["dropped"]),
+            (
+                "edgead_frames_corrupt",
+                "Frames that could not be scored.",
+                counts["corrupt"] + snap["corrupt"],
+            ),
+            ("edgead_anomalies", "Frames judged anomalous.", snap["anomalies"]),
+            ("edgead_source_reconnects", "Successful source reconnects.", counts["reconnects"]),
+            ("edgead_backend_fallbacks", "Backends replaced mid-run.", snap["fallbacks"]),
+        )
+        for name, help_text, value in counters:
+            yield CounterMetricFamily(name, help_text, value=value)
+        outputs = snap.get("outputs") or {}
+        if outputs:
+            sent = CounterMetricFamily(
+                "edgead_output_sent", "Results delivered per output.", labels=["output"]
+            )
+            pending = GaugeMetricFamily(
+                "edgead_output_pending", "Results buffered on disk per output.", labels=["output"]
+            )
+            dropped = CounterMetricFamily(
+                "edgead_output_dropped", "Results dropped (buffer full).", labels=["output"]
+            )
+            for name, stats in sorted(outputs.items()):
+                sent.add_metric([name], stats["sent"])
+                pending.add_metric([name], stats["pending"])
+                dropped.add_metric([name], stats["dropped"])
+            yield from (sent, pending, dropped)
+        yield GaugeMetricFamily("edgead_fps", "Frames scored per second.", value=snap["fps"])
+        last = _finite_or_none(snap["last_score"])
+        if last is not None:
+            yield GaugeMetricFamily(
+                "edgead_last_score", "Normalised score of the last frame (0.5 = threshold).", last
+            )
+        window = GaugeMetricFamily(
+            "edgead_latency_recent_ms",
+            "Capture-to-result latency percentiles over the recent window, ms.",
+            labels=["quantile"],
+        )
+        for key, q in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):
+            if key in quantiles:
+                window.add_metric([q], quantiles[key])
+        yield window
+        yield InfoMetricFamily("edgead", "Model and backend in use.", value=dict(info))
+
+
+def build_registry(collect: Collect) -> tuple[Any, Any]:
+    """(registry, latency histogram): loop counters, process metrics and the histogram."""
+    prom = _prometheus()
+    registry = prom.CollectorRegistry(auto_describe=False)
+    registry.register(_LoopCollector(collect))
+    prom.ProcessCollector(registry=registry)
+    histogram = prom.Histogram(
+        "edgead_latency_seconds",
+        "Capture-to-result latency of scored frames, seconds.",
+        buckets=LATENCY_BUCKETS_S,
+        registry=registry,
     )
-    metric(
-        "edgead_frames_corrupt_total",
-        "counter",
-        "Frames skipped as corrupt.",
-        counts["corrupt"] + snap["corrupt"],
-    )
-    metric("edgead_anomalies_total", "counter", "Frames judged anomalous.", snap["anomalies"])
-    metric(
-        "edgead_source_reconnects_total",
-        "counter",
-        "Successful source reconnects.",
-        counts["reconnects"],
-    )
-    metric(
-        "edgead_backend_fallbacks_total", "counter", "Backends replaced mid-run.", snap["fallbacks"]
-    )
-    metric("edgead_fps", "gauge", "Frames scored per second (last status interval).", snap["fps"])
-    metric(
-        "edgead_last_score",
-        "gauge",
-        "Normalised score of the last frame (0.5 = threshold).",
-        _finite_or_none(snap["last_score"]),
-    )
-    lines.append("# HELP edgead_latency_ms Capture-to-result latency over the recent window, ms.")
-    lines.append("# TYPE edgead_latency_ms summary")
-    for key, q in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):
-        if key in quantiles:
-            lines.append(f'edgead_latency_ms{{quantile="{q}"}} {quantiles[key]:.3f}')
-    labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(info.items()))
-    metric("edgead_info", "gauge", "Model and backend in use.", 1, "{" + labels + "}")
-    return "\n".join(lines) + "\n"
+    return registry, histogram
+
+
+def render_metrics(registry: Any) -> bytes:
+    """Prometheus text exposition of `registry`."""
+    return _prometheus().generate_latest(registry)
 
 
 class _BoundedHTTPServer(ThreadingHTTPServer):
@@ -129,9 +175,7 @@ class MetricsServer:
     def __init__(
         self,
         port: int,
-        collect: Callable[
-            [], tuple[dict[str, int], dict[str, Any], dict[str, float], dict[str, str]]
-        ],
+        collect: Collect,
         host: str = "127.0.0.1",
         stall_after_s: float = 30.0,
         timeout_s: float = 10.0,
@@ -142,6 +186,7 @@ class MetricsServer:
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"--http port must be in 0..65535 (0: any free port); got {port}")
         self.collect = collect
+        self.registry, self._latency = build_registry(collect)
         self.stall_after_s = stall_after_s
         self.started = time.perf_counter()
         server = self
@@ -152,8 +197,8 @@ class MetricsServer:
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    body = render_metrics(*server.collect()).encode()
-                    self._send(200, body, "text/plain; version=0.0.4; charset=utf-8")
+                    body = render_metrics(server.registry)
+                    self._send(200, body, _prometheus().CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     code, payload = server.health()
                     self._send(code, json.dumps(payload).encode(), "application/json")
@@ -182,6 +227,10 @@ class MetricsServer:
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, name="edgead-http", daemon=True
         )
+
+    def observe_latency(self, latency_ms: float) -> None:
+        """Add one scored frame's capture-to-result latency (ms) to the histogram."""
+        self._latency.observe(latency_ms / 1e3)
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, payload) for /healthz."""

@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 def _skip_reason() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "the tensorrt Python package is not installed (pip install edgead[tensorrt])"
-    if (
-        importlib.util.find_spec("cuda") is None
-        or importlib.util.find_spec("cuda.bindings") is None
-    ):
-        return "cuda-python (cuda.bindings) is not installed"
-    from cuda.bindings import runtime as cudart
+    from edgead.errors import BackendUnavailableError
+    from edgead.runtime.backends.tensorrt import _import_trt
 
+    try:
+        _, cudart = _import_trt()  # cuda.bindings.runtime or cuda.cudart; TensorRT >= 10
+    except BackendUnavailableError as exc:
+        return str(exc)
     err, count = cudart.cudaGetDeviceCount()
     if int(err) != 0 or count < 1:
         return f"no CUDA device visible (cudaGetDeviceCount -> {err}, {count})"
@@ -55,6 +55,9 @@ def test_engine_builds_caches_and_matches_cpu(tmp_path: Path, precision: str, rt
         expected = np.array([r.raw_score for r in cpu(images, channel_order="RGB")])
     with Detector.load(bundle, device="cuda", backend="tensorrt") as gpu:
         assert gpu.backend.startswith("tensorrt/"), gpu.fallbacks
+        # verified by default: the engine reproduces the bundle's reference outputs
+        assert gpu.reference_check is not None and gpu.reference_check.passed
+        assert gpu.reference_check.precision == precision
         got = np.array([r.raw_score for r in gpu(images, channel_order="RGB")])
         single = gpu(images[0], channel_order="RGB")
     np.testing.assert_allclose(got, expected, rtol=rtol)

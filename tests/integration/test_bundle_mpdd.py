@@ -25,7 +25,7 @@ SIZE_PX = 224
 def mpdd_run(mpdd_run_224: Path, mpdd_root: Path) -> dict[str, Any]:
     """The shared MPDD run (conftest): run dir, torch test scores, run image AUROC, test data."""
     from edgead import metrics
-    from edgead.data.images import load_image_dataset
+    from edgead.data.datasets import load_image_dataset
     from edgead.rundir import load_run
 
     detector, _ = load_run(mpdd_run_224)

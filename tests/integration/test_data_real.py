@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgead.data.images import MVTecFolder, load_image_dataset
+from edgead.data.datasets import load_image_dataset
+from edgead.data.images import MVTecFolder
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ MAX_IMAGE_AUROC_DROP = 0.005
 @pytest.fixture(scope="module")
 def mpdd_bank(mpdd_run_224: Path, mpdd_root: Path) -> dict[str, Any]:
     """The shared MPDD PatchCore run (conftest): bank (M, D) and test-patch validation set."""
-    from edgead.data.images import load_image_dataset
+    from edgead.data.datasets import load_image_dataset
     from edgead.export.index import IndexValidation
     from edgead.rundir import load_run
 

@@ -80,6 +80,11 @@ def test_bench_in_process_with_data(tiny_bundle: Path, mvtec_folder: Path) -> No
     assert entry["image_auroc"] > 0.9  # bright squares are easy for the tiny memory bank
     assert entry["max_abs_score_diff"] == 0.0  # it is its own reference
     assert entry["peak_rss_mib"] > 0
+    # the backend's error on the bundle's reference outputs (torch fp32 at export)
+    ref = entry["reference"]
+    assert ref["passed"] and ref["precision"] == "fp32" and ref["tolerance"] == 1e-3
+    assert 0 <= ref["max_rel_err"] < 1e-5
+    assert "reference max rel err" in render_markdown(report)
 
 
 def test_bench_isolated_worker_reports_rss(tiny_bundle: Path) -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edgead.data.base import LazySequence
-from edgead.data.images import MVTecFolder, load_image_dataset
+from edgead.data.datasets import load_image_dataset
+from edgead.data.images import MVTecFolder
 from edgead.errors import ConfigError, DataError
 from edgead.ops.decode import read_image, read_mask
 from tests.helpers.data import (

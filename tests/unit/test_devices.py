@@ -31,6 +31,7 @@ EXPECTED = {
     "raspberry-pi-5",
     "generic-x86-cpu",
     "generic-arm-cpu",
+    "x86-nvidia-gpu",
 }
 
 MINIMAL = {
@@ -44,6 +45,7 @@ MINIMAL = {
     "sources": ["doc - https://example.org"],
     "match": {"arch": ["x86_64"]},
     "backends": [{"backend": "onnxruntime", "provider": "CPUExecutionProvider"}],
+    "install": ["pip install edgead"],
 }
 
 
@@ -68,7 +70,7 @@ def machine(**kw) -> MachineInfo:
     return MachineInfo(**base)
 
 
-def test_all_nine_profiles_load_and_cite_sources() -> None:
+def test_all_profiles_load_and_cite_sources() -> None:
     assert set(list_profiles()) == EXPECTED
     for profile in load_all_profiles():
         assert profile.sources and all("http" in s for s in profile.sources), profile.name
@@ -148,6 +150,7 @@ def test_invalid_profiles_are_rejected(mutate, message) -> None:
         ),
         (machine(cpu_vendor="GenuineIntel"), "generic-x86-cpu"),  # no OpenVINO installed
         (machine(), "generic-x86-cpu"),
+        (machine(cuda_gpus=("NVIDIA H200, 143771 MiB",)), "x86-nvidia-gpu"),
     ],
 )
 def test_match_profile(info: MachineInfo, expected: str) -> None:

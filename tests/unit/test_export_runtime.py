@@ -91,7 +91,12 @@ def test_manifest_records_contract_threshold_and_parity(onnx_bundle: Path, meta:
     assert m.threshold == pytest.approx(meta["threshold"]["value"])
     assert m.normalisation == meta["normalisation"]
     assert m.index is not None and m.index.factory == "Flat" and m.index.n_vectors == 8 * 16
-    assert set(m.files) == {"model.onnx", "memory_bank.faiss"}
+    assert set(m.files) == {
+        "model.onnx",
+        "memory_bank.faiss",
+        "reference/inputs.npy",
+        "reference/embedding.npy",
+    }
     parity = m.export["parity"]["onnxruntime"]
     assert parity["outputs"]["embedding"]["max_rel_err"] < 1e-4
     assert parity["score"]["max_rel_err"] < 1e-3

@@ -33,6 +33,7 @@ from edgead.runtime.loop import (
     stop_on_signals,
 )
 from edgead.runtime.metrics_http import MetricsServer
+from edgead.runtime.results import RESULT_KEYS, RESULT_SCHEMA
 
 NORM = {"method": "minmax_threshold", "min": 0.0, "max": 255.0, "threshold": 128.0}
 
@@ -145,10 +146,13 @@ def test_file_source_every_frame_scored_and_written(tmp_path: Path) -> None:
     assert lines[1]["raw_score"] == pytest.approx(200.0)
     assert {"queue", "preprocess", "graph", "score", "total"} <= set(lines[0]["latency_ms"])
     saved = sorted((tmp_path / "anomalies").glob("*.jpg"))
-    assert [p.name for p in saved] == ["frame_000000001.jpg", "frame_000000003.jpg"]
+    run_id = summary.run_id
+    assert [p.name for p in saved] == [f"{run_id}_frame_00000000{i}.jpg" for i in (1, 3)]
     panel = cv2.imread(str(saved[0]))
     assert panel.shape[0] > 16 and panel.shape[1] > 32  # title strip over frame | overlay
-    assert lines[1]["image"] == "anomalies/frame_000000001.jpg"
+    assert lines[1]["image"] == f"anomalies/{run_id}_frame_000000001.jpg"
+    assert all(set(RESULT_KEYS) <= set(r) and r["schema"] == RESULT_SCHEMA for r in lines)
+    assert [r["seq"] for r in lines] == [0, 1, 2, 3, 4] and {r["run_id"] for r in lines} == {run_id}
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["accounted"] is True and on_disk["scored"] == 5
 
@@ -164,10 +168,23 @@ def test_corrupt_frames_are_skipped_and_counted(tmp_path: Path) -> None:
         np.zeros((16, 16, 2), np.uint8),
     ]
     summary = make_loop(frames, tmp_path).run()
-    # None, empty, wrong size (vs the first frame), float32, 2 channels -> 5 corrupt
-    assert (summary.read, summary.scored, summary.corrupt) == (7, 2, 5)
+    # None, empty, float32, 2 channels -> 4 corrupt; a file source may change size (8 px frame)
+    assert (summary.read, summary.scored, summary.corrupt) == (7, 3, 4)
     assert summary.accounted
-    assert [r["frame"] for r in read_lines(tmp_path / "results.jsonl")] == [0, 5]
+    lines = read_lines(tmp_path / "results.jsonl")
+    assert [r["frame"] for r in lines] == list(range(7))  # one line per frame, corrupt included
+    assert [r["status"] for r in lines] == ["ok", *["corrupt"] * 2, "ok", "corrupt", "ok"] + [
+        "corrupt"
+    ]
+    assert all(r["is_anomaly"] is None and r["error"] for r in lines if r["status"] != "ok")
+
+
+def test_live_source_keeps_its_frame_size(tmp_path: Path) -> None:
+    frames = [gray(10), gray(20, size=8), gray(30)]
+    summary = make_loop(frames, tmp_path, live=True, capture_kw={"max_frames": 3}).run()
+    assert (summary.read, summary.scored, summary.corrupt) == (3, 2, 1)
+    error = read_lines(tmp_path / "results.jsonl")[1]["error"]
+    assert "differs from the stream" in error
 
 
 def test_detector_rejecting_a_frame_counts_it_corrupt(tmp_path: Path) -> None:
@@ -421,11 +438,18 @@ def test_metrics_http_endpoints() -> None:
     server = MetricsServer(0, collect, stall_after_s=0.0).start()
     try:
         base = f"http://127.0.0.1:{server.port}"
+        server.observe_latency(12.0)
+        server.observe_latency(700.0)
         body = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
-        assert "edgead_frames_read_total 8" in body
-        assert "edgead_frames_corrupt_total 1" in body
-        assert 'edgead_latency_ms{quantile="0.95"} 20.000' in body
-        assert 'edgead_info{backend="b\\"x"} 1' in body
+        assert "edgead_frames_read_total 8.0" in body
+        assert "edgead_frames_corrupt_total 1.0" in body
+        assert 'edgead_latency_recent_ms{quantile="0.95"} 20.0' in body
+        assert 'edgead_info{backend="b\\"x"} 1.0' in body
+        # a real histogram (prometheus_client): buckets, _sum and _count
+        assert "edgead_latency_seconds_count 2.0" in body
+        assert "edgead_latency_seconds_sum 0.712" in body
+        assert 'edgead_latency_seconds_bucket{le="0.025"} 1.0' in body
+        assert "process_resident_memory_bytes" in body
         with pytest.raises(urllib.error.HTTPError) as err:  # nothing scored yet: stalled
             urllib.request.urlopen(base + "/healthz", timeout=5)
         assert err.value.code == 503

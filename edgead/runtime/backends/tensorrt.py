@@ -5,7 +5,9 @@ precision, workspace, optimisation profile). The engine is built on the device t
 (or by `edgead build-engine MODEL.edgead`) and cached next to the bundle in
 `MODEL.edgead.engines/`, keyed by GPU name, TensorRT version, precision and the bundle's sha256,
 so an engine is never used with another GPU, TensorRT or bundle. Device memory is handled with
-`cuda.bindings` (NVIDIA's cuda-python); torch is not used.
+NVIDIA's cuda-python (`cuda.bindings.runtime` from 12.6.1 on, `cuda.cudart` before); torch is
+not used. An engine is checked against the bundle's reference outputs before it is cached
+(`build_checked_engine`), so a wrong engine never serves.
 
 This module imports `tensorrt` and `cuda.bindings` only inside functions; without them (or
 without a GPU) every entry point raises BackendUnavailableError and the Detector falls back.
@@ -17,31 +19,76 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgead._io import write_bytes_atomic, write_json_atomic
 from edgead.errors import BackendUnavailableError
 
+if TYPE_CHECKING:
+    from edgead.bundle import Bundle
+    from edgead.runtime.reference import ReferenceCheck
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUILD = {"precision": "fp32", "workspace_mib": 1024, "max_batch": 8}
 
 
+#: TensorRT major versions this backend is written for (the TensorRT 10 Python API:
+#: named I/O tensors, execute_async_v3, explicit batch only).
+TRT_MAJOR_MIN = 10
+
+
+def import_cudart() -> Any:
+    """cuda-python's runtime module in the layout of the installed version.
+
+    cuda-python >= 12.6.1 (and 13) has `cuda.bindings.runtime`; 12.0 - 12.6.0 only
+    `cuda.cudart` (the same API; 12.6.1 - 12.x keep it as a deprecated forwarder, 13 removed it).
+    """
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart  # cuda-python 12.0 - 12.6.0
+    return cudart
+
+
 def _import_trt() -> tuple[Any, Any]:
-    """(tensorrt, cuda.bindings.runtime), or BackendUnavailableError with an install hint."""
+    """(tensorrt, cuda-python runtime), or BackendUnavailableError with an install hint."""
     try:
         import tensorrt as trt
-        from cuda.bindings import runtime as cudart
+
+        cudart = import_cudart()
     except ImportError as exc:
         raise BackendUnavailableError(
             f"native TensorRT needs the tensorrt and cuda-python packages ({exc}); install "
-            "`edgead[tensorrt]` on a machine with an NVIDIA GPU, or use device='cpu'"
+            "`edgead[tensorrt]` on a machine with an NVIDIA GPU (Jetson: TensorRT comes with "
+            "JetPack 6), or use device='cpu'"
         ) from exc
+    major = str(getattr(trt, "__version__", "0")).split(".")[0]
+    if not major.isdigit() or int(major) < TRT_MAJOR_MIN:
+        raise BackendUnavailableError(
+            f"TensorRT {trt.__version__} is installed; edgead's TensorRT backend needs "
+            f"TensorRT >= {TRT_MAJOR_MIN} (JetPack 6 on Jetson, `pip install tensorrt` on x86). "
+            "ONNX Runtime's TensorRT provider or CUDA provider may still work"
+        )
     return trt, cudart
+
+
+def _native_handle(obj: Any) -> int:
+    """The integer handle of a cuda-python object (a stream) for TensorRT's `stream_handle`.
+
+    cuda-python 12.9.1+ recommends `cuda.bindings.utils.get_cuda_native_handle`; older versions
+    only offer `int(obj)`.
+    """
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    return int(get_cuda_native_handle(obj))
 
 
 def _check(result: Any, what: str) -> Any:
@@ -106,6 +153,10 @@ def build_engine_bytes(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace_mib"]) << 20)
     precision = settings.get("precision", "fp32")
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 (on by default on Ampere and newer) rounds to a 10-bit mantissa: fp32 would not be
+        # fp32 and would miss the bundle's fp32 reference tolerance.
+        config.clear_flag(trt.BuilderFlag.TF32)
     if precision == "fp16":
         if not builder.platform_has_fast_fp16:
             logger.warning("this GPU has no fast fp16; TensorRT builds fp16 kernels anyway")
@@ -136,11 +187,14 @@ def load_or_build_engine(
     settings: dict[str, Any],
     input_shape: tuple[int, ...],
     rebuild: bool = False,
+    check: Callable[[bytes], object] | None = None,
 ) -> tuple[bytes, Path]:
     """(engine bytes, cache path): the cached engine for this GPU, TensorRT, precision and bundle.
 
     The cache file's sha256 is kept in a `.json` beside it and checked before use; a damaged
-    cache entry is rebuilt (and that is logged).
+    cache entry is rebuilt (and that is logged). A newly built engine is passed to `check`
+    first (the bundle's reference check, see `reference_check_for`); when it raises, nothing
+    is cached and the error propagates.
     """
     trt, cudart = _import_trt()
     key = EngineKey(
@@ -165,6 +219,8 @@ def load_or_build_engine(
         key.precision,
     )
     data = build_engine_bytes(onnx_model, settings, input_shape)
+    if check is not None:
+        check(data)  # raises on a wrong engine: it is never cached
     write_bytes_atomic(path, data)
     write_json_atomic(
         meta_path,
@@ -247,7 +303,7 @@ class TensorRtBackend:
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
             host_out[name] = np.empty(shape, dtype=dtype)
             self._context.set_tensor_address(name, self._device_buffer(name, host_out[name].nbytes))
-        if not self._context.execute_async_v3(self._stream):
+        if not self._context.execute_async_v3(_native_handle(self._stream)):
             raise BackendUnavailableError("TensorRT execute_async_v3 failed")
         for name, host in host_out.items():
             _check(
@@ -269,3 +325,52 @@ class TensorRtBackend:
         self._cudart.cudaStreamDestroy(self._stream)
         self._context = None
         self._engine = None
+
+
+def build_settings(bundle: Bundle) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """(engine build settings, graph input shape with batch 1) for a bundle."""
+    m = bundle.manifest
+    settings = {**DEFAULT_BUILD, "precision": m.precision, **m.build.get("tensorrt", {})}
+    shape = tuple(1 if d is None else int(d) for d in m.input.shape)
+    return settings, shape
+
+
+def build_checked_engine(
+    bundle: Bundle, rebuild: bool = False
+) -> tuple[bytes, Path, ReferenceCheck | None]:
+    """(engine bytes, cache path, reference check of a newly built engine or None).
+
+    A newly built engine runs the bundle's reference inputs before it is cached
+    (`edgead.runtime.reference.check_reference`); one whose outputs differ beyond the manifest's
+    tolerance raises ReferenceMismatchError and is not cached. Bundles without reference
+    outputs (older exports) are built unchecked, with a warning.
+    """
+    from edgead.runtime.reference import check_reference, has_reference
+
+    settings, shape = build_settings(bundle)
+    checks: list[ReferenceCheck] = []
+
+    def check(engine: bytes) -> None:
+        if not has_reference(bundle.manifest):
+            logger.warning(
+                "bundle %s carries no reference outputs: the new engine is cached unchecked; "
+                "re-export the bundle with this edgead to check engines",
+                bundle.path,
+            )
+            return
+        backend = TensorRtBackend(engine, precision=str(settings["precision"]))
+        try:
+            checks.append(check_reference(bundle, backend))
+        finally:
+            backend.close()
+
+    engine, path = load_or_build_engine(
+        bundle.path,
+        bundle.sha256,
+        bundle.member(bundle.manifest.graphs["onnx"]),
+        settings,
+        shape,
+        rebuild=rebuild,
+        check=check,
+    )
+    return engine, path, (checks[0] if checks else None)
