@@ -383,3 +383,30 @@ def test_oversized_signature_member_is_refused_before_reading(
     bad = _write(tmp_path / "bigsig.edgead", members)
     with pytest.raises(BundleError, match="manifest.sig is 100000 bytes"):
         read_bundle(bad, trusted_keys=[keys[1]])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["predict", "{b}", "{img}"],
+        ["run", "{b}", "--source", "{dir}", "--out", "{tmp}/run"],
+        ["eval", "{b}", "--data", "{dir}"],
+        ["bench", "{b}", "--no-isolate", "--frames", "1"],
+        ["build-engine", "{b}"],
+        ["calibrate", "{b}", "--good", "{dir}", "--out", "{tmp}/c.edgead"],
+        ["batch", "{b}", "--data", "{dir}", "--out", "{tmp}/r.parquet"],
+        ["serve", "{b}", "--port", "0"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_every_command_that_loads_a_bundle_takes_trusted_keys(
+    bundle: Path, keys: tuple[Path, Path, Path], tmp_path: Path, args: list[str]
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    img = _png(folder, np.full((SIZE_PX, SIZE_PX, 3), 90, np.uint8))
+    fill = {"b": str(bundle), "img": str(img), "dir": str(folder), "tmp": str(tmp_path)}
+    argv = [a.format(**fill) for a in args] + ["--trusted-key", str(keys[1])]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert "not signed" in result.output
