@@ -423,7 +423,7 @@ class Detector:
             batch = tiles_of(resized, tiling)
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
-        _check_output_sizes(outputs, self._kind, len(frames), self.manifest.postprocess)
+        _check_output_sizes(outputs, self._kind, len(batch), self.manifest.postprocess)
         t2 = time.perf_counter()
         raw, maps, search_ms = self._image_scores(outputs, len(batch))
         if tiling is not None:  # image score = max over tiles, maps stitched at (H, W)
