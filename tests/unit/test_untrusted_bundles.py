@@ -410,3 +410,14 @@ def test_every_command_that_loads_a_bundle_takes_trusted_keys(
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 2, result.output
     assert "not signed" in result.output
+
+
+def test_openvino_xml_that_is_not_utf8_falls_back_by_name(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    source = tiny_bundle("openvino")
+    xml = bytearray(_members(source)["model.xml"])
+    xml[130] = 0xAD  # not UTF-8: OpenVINO's reader raised UnicodeDecodeError
+    bad = _with_manifest(source, tmp_path / "ov.edgead", lambda m: None, {"model.xml": bytes(xml)})
+    with Detector.load(bad, device="cpu") as det:
+        assert det.backend.startswith("onnxruntime/")
+        assert any("utf-8" in reason for reason in det.fallbacks)
