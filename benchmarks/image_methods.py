@@ -48,6 +48,8 @@ METHODS = (
     "conv_ae",
     "conv_vae",
     "deep_svdd_image",
+    "mae",
+    "csi",
 )
 #: benchmark rows that are a registered detector with settings: row name -> (detector, config).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -154,7 +156,7 @@ def run_one(
         "describe": det.describe(),
         "torch_threads": torch.get_num_threads(),
     }
-    if data["masks"] is not None:
+    if data["masks"] is not None and out.anomaly_maps is not None:
         result["pixel_auroc"] = pixel_metrics(data["masks"], out.anomaly_maps)["pixel_auroc"]
     threshold = image["f1_threshold"]
     meta = {

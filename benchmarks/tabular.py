@@ -122,9 +122,12 @@ def run_quality(
     seeds: list[int],
     record: Callable[[], None],
     results: dict[str, Any],
+    scorer: Callable[[str, int, int], Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
 ) -> None:
     """Fill results["runs"] with one entry per (seed, data set, model); seeds are the outer loop,
-    so an interrupted run has whole seeds over all data sets."""
+    so an interrupted run has whole seeds over all data sets. `scorer` (default `make_scorer`)
+    maps (model, n_features, seed) to a fit-then-score function."""
+    scorer = scorer or make_scorer
     from edgead.data.tabular import adbench_split, load_table
 
     runs: list[dict[str, Any]] = results.setdefault("runs", [])
@@ -138,7 +141,7 @@ def run_quality(
             for model in models:
                 start = time.perf_counter()
                 try:
-                    scores = make_scorer(model, table.n_features, seed)(train, test)
+                    scores = scorer(model, table.n_features, seed)(train, test)
                     metrics = (
                         score_metrics(labels, scores)
                         if np.isfinite(scores).all()

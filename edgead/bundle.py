@@ -112,7 +112,7 @@ class Manifest:
     schema_version: int
     edgead_version: str
     detector: str  # registry name, e.g. "patchcore"
-    modality: str  # "image" | "tabular"
+    modality: str  # "image" | "tabular" | "timeseries"
     target: str  # "onnx" | "openvino" | "tensorrt"
     precision: str  # "fp32" | "fp16"
     graphs: dict[str, str]  # format -> member, e.g. {"onnx": "model.onnx", "openvino": "model.xml"}

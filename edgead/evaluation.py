@@ -55,8 +55,36 @@ def load_eval_data(
         test = dataset.test_set()
         train = dataset.train_images() if with_train else None
         return train, test.images, np.asarray(test.labels), test.masks
+    if modality == "timeseries":
+        return _series_eval_data(data, meta, with_train)
     table_x, labels, train_x = _tabular_test_split(data, meta, with_train)
     return train_x, table_x, labels, None
+
+
+def _series_eval_data(
+    data: str | Path, meta: dict[str, Any], with_train: bool
+) -> tuple[Any, Any, np.ndarray, Any]:
+    """(train windows or None, test windows (M, L, D), labels of their last rows, None).
+
+    Test windows end at the rows after the run's fit_rows (all rows when the run fitted every
+    row of another file); train windows end inside the fitted rows.
+    """
+    from edgead.data.timeseries import fit_row_count, load_run_series, test_windows
+
+    info = meta.get("data") or {}
+    options = dict(info.get("options") or {})
+    series = load_run_series(data, options, info.get("label_column"))
+    if series.labels is None:
+        raise DataError(f"{data} has no labels; evaluation needs a 0/1 label column")
+    window = int((meta.get("config") or {}).get("window", 0))
+    same = str(data) in (info.get("spec"), info.get("path"))
+    start = fit_row_count(series, options) if same else 0
+    start = 0 if start >= series.n_rows else start
+    windows, labels = test_windows(series, window, start)
+    train = None
+    if with_train:
+        train = test_windows(series, window, 0)[0][: max(start - window + 1, 1)]
+    return train, windows, np.asarray(labels), None
 
 
 def _tabular_test_split(
@@ -228,8 +256,11 @@ def evaluate_run(
     threshold = float(meta["threshold"]["value"])
     if detector.modality != "image":
         if save_maps is not None:
-            raise ConfigError("--save-maps needs an image detector; this run is tabular")
-        rows, labels, _ = _tabular_test_split(spec, meta)
+            raise ConfigError(
+                f"--save-maps needs an image detector; this run is {detector.modality}"
+            )
+        run_meta = {**meta, "data": {**run_data, "options": data_options or {}}}
+        _, rows, labels, _ = load_eval_data(spec, run_meta, detector.modality)
         result = evaluate_rows(lambda x: detector.score(x).scores, rows, labels, threshold)
     else:
         from edgead.data.datasets import load_image_dataset
@@ -320,13 +351,12 @@ def evaluate_bundle(
             if data is None:
                 raise DataError(f"{bundle_path} does not record its data; pass labelled data")
         meta = {"config": m.config, "seed": run.get("seed") or 0, "data": run_data}
-        if m.modality == "tabular":
+        if m.modality in ("tabular", "timeseries"):
             if save_maps is not None:
-                raise DataError("--save-maps needs an image bundle; this bundle is tabular")
-            rows, labels, _ = _tabular_test_split(data, meta)
-            result = evaluate_rows(
-                lambda x: det.score_rows(x).raw_scores, rows, labels, m.threshold
-            )
+                raise DataError(f"--save-maps needs an image bundle; this one is {m.modality}")
+            _, rows, labels, _ = load_eval_data(data, meta, m.modality)
+            scorer = det.score_windows if m.modality == "timeseries" else det.score_rows
+            result = evaluate_rows(lambda x: scorer(x).raw_scores, rows, labels, m.threshold)
         else:
             from edgead.data.datasets import load_image_dataset
 

@@ -13,7 +13,8 @@ Hold-out and threshold policy (recorded in run.json under "threshold" and "valid
   (1.0 either way at 256 px) and keeps a threshold measured on unseen normal images.
 - Tabular: with labels, the ADBench protocol's training part (a seeded 60 % of the normal rows,
   `edgead.data.tabular.adbench_split`) is used, so evaluation on the same file tests on the other
-  rows; without labels every row counts as normal. A seeded `TABULAR_VAL_FRACTION` of those rows
+  rows; without labels, or with labels that are all 0 (a file of normal rows), every row is
+  trained on (logged). A seeded `TABULAR_VAL_FRACTION` of those rows
   is held out.
 - threshold = the 99th percentile of the validation scores (policy "percentile:99"), or, when
   `val_data` (labelled) is given, the F1-optimal threshold on it (policy "f1").
@@ -197,9 +198,17 @@ def _tabular_split(data: str | Path, seed: int, label_column: str | None) -> _Sp
     from edgead.data.tabular import adbench_split, load_table
 
     table = load_table(data, label_column)
-    if table.y is not None:
+    if table.y is not None and bool((table.y == 1).any()):
         rows, _ = adbench_split(table.y, seed=seed)
         protocol = "adbench: seeded 60 % of the normal rows"
+    elif table.y is not None:
+        rows = np.arange(table.n_rows, dtype=np.int64)
+        protocol = "all rows (every label is 0: no anomalies to hold out for testing)"
+        logger.info(
+            "%s: every one of the %d labels is 0 (no anomalies); training on all rows",
+            data,
+            table.n_rows,
+        )
     else:
         rows = np.arange(table.n_rows, dtype=np.int64)
         protocol = "all rows (no labels: every row is taken as normal)"
@@ -221,6 +230,49 @@ def _tabular_split(data: str | Path, seed: int, label_column: str | None) -> _Sp
     fit_rows = table.X[rows[fit_pos]]
     val_rows = table.X[rows[val_pos]] if n_val else None
     return _Split(fit_rows, val_rows, info)
+
+
+def _series_split(
+    detector: BaseDetector, data: str | Path, label_column: str | None, options: dict[str, Any]
+) -> _Split:
+    """Fit on the first fit_rows rows (all when 0) minus a held-out tail for the threshold.
+
+    The tail (the last `TABULAR_VAL_FRACTION` of the fitted rows, at least `MIN_VAL_ROWS`
+    windows) is never fitted; its windows (with window - 1 rows of context before it) give the
+    validation scores. Rows labelled anomalous inside the fitted part are refused.
+    """
+    from edgead.data.timeseries import fit_row_count, load_run_series, series_options
+
+    opts = series_options(options)
+    series = load_run_series(data, opts, label_column)
+    n_fit = fit_row_count(series, opts)
+    if series.labels is not None and series.labels[:n_fit].any():
+        raise DataError(
+            f"{data}: {int(series.labels[:n_fit].sum())} of the first {n_fit} rows are labelled "
+            "anomalous; fit on normal rows only (set fit_rows to end before the first anomaly)"
+        )
+    window = int(detector.config.window)
+    n_val = max(MIN_VAL_ROWS, int(round(TABULAR_VAL_FRACTION * n_fit)))
+    if n_fit - n_val < window + 2:
+        raise DataError(
+            f"{data}: {n_fit} fitted rows leave too few for one window of {window} rows plus "
+            f"{n_val} held-out rows; give more rows or a shorter window"
+        )
+    info = {
+        "path": str(Path(data).expanduser().resolve()),
+        "spec": str(data),
+        "kind": "series",
+        "label_column": label_column,
+        "n_rows": series.n_rows,
+        "n_features": len(series.feature_names),
+        "feature_names": list(series.feature_names),
+        "train_rows": f"rows 0..{n_fit - n_val - 1}; held out {n_fit - n_val}..{n_fit - 1}",
+        "n_train": int(n_fit - n_val),
+        "n_val": int(n_val),
+        "options": {**options, "fit_rows": n_fit},
+    }
+    val_rows = series.values[n_fit - n_val - window + 1 : n_fit]
+    return _Split(series.values[: n_fit - n_val], val_rows, info)
 
 
 def _labelled_validation(
@@ -291,6 +343,10 @@ def train_run(
             )
         _check_image_size(int(detector.config.image_size), detector.name)
         split = _image_split(detector, data, seed, options, tiles)
+    elif detector.modality == "timeseries":
+        if tiles is not None:
+            raise ConfigError("tiling applies to image data only")
+        split = _series_split(detector, data, label_column, options)
     else:
         if options or tiles is not None:
             raise ConfigError(

@@ -30,7 +30,7 @@ def predict(
         list[str],
         typer.Argument(
             help="Images or folders (image bundles); a .csv/.npz/.parquet table or '-' for JSON "
-            "lines on stdin (tabular bundles)."
+            "lines on stdin (tabular and sensor-window bundles)."
         ),
     ],
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | gpu | npu")] = "auto",
@@ -87,7 +87,11 @@ def predict(
         header["threshold"] = det.manifest.threshold
         if det.reference_check is not None:
             header["reference_check"] = det.reference_check.to_dict()
-        if det.manifest.modality == "tabular":
+        if det.manifest.modality == "timeseries":
+            from edgead.cli._series import predict_series
+
+            items = predict_series(det, inputs, label_column)
+        elif det.manifest.modality == "tabular":
             items = _predict_rows(det, inputs, label_column)
         else:
             items = _predict_images(det, inputs, save_maps)

@@ -117,9 +117,29 @@ def run(
         typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
     ] = None,
 ) -> None:
-    """Score a camera, stream, video or folder frame by frame; Ctrl-C or SIGTERM stops cleanly."""
+    """Score a camera, stream, video or folder frame by frame; Ctrl-C or SIGTERM stops cleanly.
+
+    Sensor-window bundles take rows instead: --source FILE.csv (replayed at --fps rows/s) or
+    '-' (JSON lines on stdin); one JSON line per scored row.
+    """
     import sys
     import threading
+
+    from edgead.cli._series import is_window_bundle, run_rows_command
+
+    if is_window_bundle(model):
+        device, backend, threads = _resolve_device(device, backend, threads)
+        run_rows_command(
+            model,
+            source,
+            device=device,
+            backend=backend,
+            threads=threads,
+            out=out,
+            max_rows=max_frames,
+            rate_hz=fps,
+        )
+        return
 
     from edgead.runtime.loop import LoopConfig, parse_roi, run_inspection, stop_on_signals
 

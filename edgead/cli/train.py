@@ -176,8 +176,17 @@ def train(
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print run.json as JSON.")] = False,
+    data_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data-option",
+            help="Time-series loader option KEY=VALUE (repeatable): fit_rows=400, "
+            "time_column=datetime, feature_columns=a,b, drop_columns=changepoint, delimiter=;",
+        ),
+    ] = None,
 ) -> None:
     """Train a detector on normal data, set its threshold on held-out normal data, save the run."""
+    from edgead.config import parse_overrides
     from edgead.models.base import canonical_name
     from edgead.training import train_run
 
@@ -204,7 +213,7 @@ def train(
             seed=seed,
             label_column=label_column,
             val_data=val_data,
-            data_options=data_options,
+            data_options={**data_options, **parse_overrides(data_option or [])} or None,
             progress=progress,
             tiling=tiling,
         )

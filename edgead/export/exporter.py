@@ -56,7 +56,7 @@ TENSORRT_BUILD = {"workspace_mib": 1024, "max_batch": 8}
 Evaluator = Callable[[Path, "str | None"], dict[str, Any]]
 #: Default --index per post-processing kind: PatchCore ships a compressed bank; kNN/LOF keep
 #: exact search (their scores must match the fitted model exactly) unless --index is given.
-DEFAULT_INDEX_BY_KIND = {"nn_index": DEFAULT_INDEX, "rows_nn_index": "flat"}
+DEFAULT_INDEX_BY_KIND = {"nn_index": DEFAULT_INDEX, "rows_nn_index": "flat", "csi_nn_index": "flat"}
 
 
 @dataclass
@@ -128,16 +128,20 @@ def _input_spec(detector: BaseDetector, spec: ExportSpec, meta: dict[str, Any]) 
             std=std,
             trained_channels=(meta.get("data") or {}).get("channels"),
         )
-    if example.ndim != 2:
-        raise ExportError(f"{detector.name}: tabular export needs a float32 (B, D) example input")
+    is_series = detector.modality == "timeseries"
+    if example.ndim != (3 if is_series else 2):
+        raise ExportError(
+            f"{detector.name}: {detector.modality} export needs a float32 "
+            f"{'(B, L, D)' if is_series else '(B, D)'} example input; got shape {example.shape}"
+        )
     names = getattr(detector, "feature_names_", None) or (meta.get("data") or {}).get(
         "feature_names"
     )
     return InputSpec(
         name=spec.input_name,
         dtype="float32",
-        shape=(batch, int(example.shape[1])),
-        layout="NC",
+        shape=(batch, *(int(v) for v in example.shape[1:])),
+        layout="NTC" if is_series else "NC",
         channel_order="",
         resize="",
         feature_names=tuple(names) if names else None,
@@ -160,7 +164,7 @@ def _reference_inputs(
     if detector.modality == "image":
         noise = rng.integers(0, 256, size=(3, *example.shape[1:]), dtype=np.uint8)
     else:
-        noise = (example[:1] + rng.normal(size=(3, example.shape[1]))).astype(np.float32)
+        noise = (example[:1] + rng.normal(size=(3, *example.shape[1:]))).astype(np.float32)
     return np.concatenate([example[:1], noise]).astype(example.dtype), "synthetic"
 
 
@@ -307,6 +311,8 @@ def export_detector(
         build=build,
         config=dict(config),
         reference=reference_spec,
+        # the run's data record, so evaluating the candidate finds its label column and options
+        export={"run": {"seed": meta.get("seed"), "data": meta.get("data")}},
     )
     progress(2, 5, "export")
     calibration: dict[str, Any] | None = None
@@ -478,7 +484,7 @@ def _runtime_raw_scores(bundle: Path, inputs: np.ndarray, modality: str) -> np.n
         if modality == "image":
             results = det(list(inputs), channel_order="RGB")
             return np.array([r.raw_score for r in results], dtype=np.float64)  # type: ignore
-        return np.asarray(det.score_rows(np.asarray(inputs)).raw_scores, dtype=np.float64)
+        return np.asarray(_score_non_image(det, inputs, modality), dtype=np.float64)
     finally:
         det.close()
 
@@ -614,7 +620,7 @@ def _parity(
                 results = det(list(inputs), channel_order="RGB")
                 scores = np.array([r.raw_score for r in results])  # type: ignore[union-attr]
             else:
-                scores = det.score_rows(inputs).raw_scores
+                scores = _score_non_image(det, inputs, detector.modality)
             entry["score"] = check_score_parity(scores, torch_scores, level, det.backend)
             report[name] = entry
             logger.info("parity %s: %s", det.backend, entry)
@@ -626,6 +632,13 @@ def _parity(
             "reason": "the engine is built on the device; ONNX Runtime checked model.onnx here",
         }
     return report
+
+
+def _score_non_image(det: Any, inputs: np.ndarray, modality: str) -> np.ndarray:
+    """Raw scores (N,) of rows (tabular) or windows (B, L, D) (timeseries) via the runtime."""
+    if modality == "timeseries":
+        return det.score_windows(np.asarray(inputs)).raw_scores
+    return det.score_rows(np.asarray(inputs)).raw_scores
 
 
 def _fp16_change(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:

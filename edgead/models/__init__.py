@@ -7,6 +7,8 @@ Importing this package imports every family module, and each registers itself
 from edgead.models import (  # noqa: F401, E402 - imported for their registration
     autoencoder,
     conv_ae,
+    conv_ae_1d,
+    csi,
     deep_svdd,
     deep_svdd_image,
     fastflow,
@@ -15,10 +17,12 @@ from edgead.models import (  # noqa: F401, E402 - imported for their registratio
     kde,
     knn,
     lof,
+    mae,
     ocsvm,
     padim,
     patchcore,
     vae,
+    window_ae,
 )
 from edgead.models.base import (
     BaseDetector,

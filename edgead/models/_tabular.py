@@ -140,6 +140,7 @@ def make_mlp(
     final_activation: bool = False,
     negative_slope: float = 0.0,
     dropout: float = 0.0,
+    batch_norm: bool = False,
 ) -> nn.Sequential:
     """Linear layers sizes[0] -> ... -> sizes[-1] with (leaky) ReLU between them.
 
@@ -150,11 +151,16 @@ def make_mlp(
         negative_slope: 0 for ReLU, > 0 for LeakyReLU.
         dropout: drop probability after each activation while training (identity in eval mode,
             so it leaves no op in the exported graph).
+        batch_norm: BatchNorm1d between each activated Linear and its activation (PyOD's
+            LinearBlock order: Linear -> BN -> act -> dropout); in eval mode it is a fixed
+            per-feature affine map (running statistics).
     """
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1], bias=bias))
         if i < len(sizes) - 2 or final_activation:
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(sizes[i + 1]))
             layers.append(nn.LeakyReLU(negative_slope) if negative_slope > 0 else nn.ReLU())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -188,6 +194,7 @@ def train_network(
     seed: int,
     progress: Progress = no_progress,
     label: str = "train",
+    drop_last: bool = False,
 ) -> dict[str, Any]:
     """Train `net` with Adam on `loss_fn` and keep the weights with the best validation loss.
 
@@ -200,6 +207,9 @@ def train_network(
         patience: stop after this many epochs without a validation improvement (0 = never).
         seed: seeds the batch order (a private torch.Generator).
         progress: called as progress(epoch, epochs, label) after each epoch.
+        drop_last: skip an epoch's last batch when it is smaller than batch_size (as PyOD's
+            loader; needed with batch norm, which cannot train on a single row). Never skips
+            the only batch.
 
     Returns:
         {"epochs_run", "best_epoch", "best_val_loss", "train_loss"} (losses are per-row means).
@@ -215,15 +225,18 @@ def train_network(
     for epoch in range(1, epochs + 1):
         net.train()
         order = torch.randperm(n, generator=gen)
-        total = 0.0
+        total, seen = 0.0, 0
         for start in range(0, n, batch_size):
+            if drop_last and start > 0 and start + batch_size > n:
+                break
             batch = x_train[order[start : start + batch_size]]
             loss = loss_fn(net, batch).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * batch.shape[0]
-        train_loss = total / n
+            seen += batch.shape[0]
+        train_loss = total / seen
         if not math.isfinite(train_loss):
             raise DataError(
                 f"{label}: training loss became {train_loss} at epoch {epoch}; "
@@ -336,6 +349,7 @@ class TabularNetDetector(BaseDetector):
                 seed=seed,
                 progress=progress,
                 label=self.name,
+                drop_last=bool(getattr(cfg, "batch_norm", False)),
             )
         self.history.update(n_train=int(train_idx.size), n_val=int(val_idx.size))
         self.standardizer, self.net = standardizer, net

@@ -11,7 +11,9 @@ Kinds (parsed and validated by `parse_postprocess`):
                    blurred map) or "reweight" (PatchCore paper eq. 7); map = upsample + blur.
     map            graph -> "anomaly_map" (B, h, w); map = upsample + blur; score = map max.
     graph          graph -> "score" (B,) and optionally "anomaly_map" (B, h, w).
+    csi_nn_index   graph -> rotated embeddings + norms; CSI's score (`edgead.ops.csi.csi_scores`).
     rows           graph -> "score" (B,) for tabular rows.
+    window         graph -> "score" (B,) for windows of sensor rows (B, L, D).
     rows_nn_index  graph -> standardised rows; kNN / LOF scores from the index
                    (`edgead.ops.rows_nn`).
 """
@@ -29,8 +31,9 @@ from edgead.ops.postprocess import upsample_and_blur
 from edgead.ops.rows_nn import check_postprocess
 
 NN_SCORES = ("max", "map_max", "reweight")
-IMAGE_KINDS = ("nn_index", "map", "graph")
+IMAGE_KINDS = ("nn_index", "map", "graph", "csi_nn_index")
 ROW_KINDS = ("rows", "rows_nn_index")
+WINDOW_KINDS = ("window",)
 
 
 class _Searcher(Protocol):
@@ -73,10 +76,10 @@ def parse_postprocess(raw: Any) -> PostProcess:
     if not isinstance(raw, dict):
         raise BundleError(f"post-processing must be a JSON object; got {type(raw).__name__}")
     kind = raw.get("kind")
-    if kind not in IMAGE_KINDS + ROW_KINDS:
+    if kind not in IMAGE_KINDS + ROW_KINDS + WINDOW_KINDS:
         raise BundleError(
             f"bundle post-processing kind {kind!r} is unknown to this runtime "
-            f"(knows {IMAGE_KINDS + ROW_KINDS}); upgrade edgead"
+            f"(knows {IMAGE_KINDS + ROW_KINDS + WINDOW_KINDS}); upgrade edgead"
         )
     sigma = _number(raw, "blur_sigma", 0.0)
     if kind == "rows_nn_index":

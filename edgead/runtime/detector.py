@@ -32,6 +32,7 @@ from edgead.errors import (
     ReferenceMismatchError,
     unknown_name_error,
 )
+from edgead.ops.csi import csi_scores
 from edgead.ops.image import resize_frame
 from edgead.ops.nn_index import FaissIndex, load_index
 from edgead.ops.postprocess import normalise_scores, resize_map
@@ -39,6 +40,7 @@ from edgead.ops.rows import check_rows
 from edgead.ops.rows_nn import score_rows_nn
 from edgead.ops.scoring import (
     ROW_KINDS,
+    WINDOW_KINDS,
     PostProcess,
     parse_postprocess,
     score_graph_output,
@@ -46,12 +48,19 @@ from edgead.ops.scoring import (
     score_nn_embeddings,
 )
 from edgead.ops.tiling import Tiling, merge_tile_scores, tiles_of
+from edgead.ops.windows import RingBuffer, window_end_rows
 from edgead.runtime.backends.base import Backend, run_batched
 from edgead.runtime.reference import (
     ReferenceCheck,
     check_reference,
     has_reference,
     measure_reference,
+)
+from edgead.runtime.series import (
+    RowResult,
+    SeriesScores,
+    check_windows,
+    window_shape,
 )
 
 logger = logging.getLogger(__name__)
@@ -205,6 +214,7 @@ class Detector:
         self.reference_check: ReferenceCheck | None = None  # set by load() when it verified
         self._post: PostProcess = parse_postprocess(self.manifest.postprocess)
         kind = self._post.kind
+        self._buffers: dict[str, RingBuffer] = {}  # window bundles: one ring buffer per stream
         self._kind: str = kind
         self._gray_warned = False
         self._tiling: Tiling | None = None
@@ -396,8 +406,13 @@ class Detector:
         Raises:
             DataError: not uint8, wrong number of dimensions or channels, or a tabular bundle.
         """
-        if self._kind in ROW_KINDS:
-            raise DataError("this bundle scores tabular rows; call detector.score_rows(rows)")
+        if self._kind in ROW_KINDS + WINDOW_KINDS:
+            raise DataError(
+                "this bundle scores rows; call detector.score_rows(rows)"
+                if self._kind in ROW_KINDS
+                else "this bundle scores sensor windows; call detector.push(row) or "
+                "detector.score_series(rows)"
+            )
         if not isinstance(frame, (np.ndarray, list, tuple)):
             raise DataError(
                 f"expected a uint8 image array or a list of them, got {type(frame).__name__}"
@@ -496,6 +511,12 @@ class Detector:
             scored = score_nn_embeddings(
                 outputs["embedding"], self._index, post, self.image_size, self._bank
             )
+        elif post.kind == "csi_nn_index":
+            if self._index is None:
+                raise BundleError("bundle has no nearest-neighbour index")
+            t0 = time.perf_counter()
+            raw = csi_scores(self._index, outputs["embedding"], outputs["norm"], post.raw)
+            return raw, None, (time.perf_counter() - t0) * 1e3
         elif post.kind == "map":
             scored = score_map_output(outputs["anomaly_map"], post, self.image_size)
         else:
@@ -522,6 +543,11 @@ class Detector:
         Raises:
             DataError: an image bundle, wrong or ragged shape, non-numeric or non-finite values.
         """
+        if self._kind in WINDOW_KINDS:
+            raise DataError(
+                "this bundle scores windows of rows; call detector.score_series(rows) or "
+                "detector.push(row)"
+            )
         if self._kind not in ROW_KINDS:
             raise DataError("this bundle scores images; call detector(frame)")
         rows = check_rows(rows, self.manifest.input.shape[-1], one_row_ok=True)
@@ -543,6 +569,76 @@ class Detector:
         if decisions is None:
             decisions = np.zeros(n, dtype=bool)
         return RowScores(raw_scores=raw, scores=normalised, is_anomaly=decisions)
+
+    # ------------------------------------------------------------------ windows
+    @property
+    def window(self) -> tuple[int, int, int]:
+        """(rows per window L, stride, features D) of a window bundle."""
+        if self._kind not in WINDOW_KINDS:
+            raise DataError("this bundle does not score windows of rows")
+        return window_shape(self.manifest.postprocess, self.manifest.input.shape)
+
+    def score_windows(self, windows: np.ndarray) -> RowScores:
+        """Scores of raw windows float32 (B, L, D) (one (L, D) window is a batch of 1).
+
+        Raises:
+            DataError: not a window bundle, wrong shape, non-numeric or non-finite values.
+        """
+        length, _, n_features = self.window
+        batch = check_windows(windows, length, n_features)
+        raw = self._run_graph(batch)["score"].reshape(len(batch)).astype(np.float32)
+        normalised, decisions = self._decide(raw)
+        if decisions is None:
+            decisions = np.zeros(len(raw), dtype=bool)
+        return RowScores(raw_scores=raw, scores=normalised, is_anomaly=decisions)
+
+    def score_series(self, rows: np.ndarray, batch: int = 256) -> SeriesScores:
+        """Scores of the sliding windows of a recording (N, D) in time order.
+
+        The window ending at row t covers rows t-L+1..t; scores exist for rows
+        `window_end_rows(N, L, stride)` (the first L-1 rows get none).
+        """
+        from edgead.ops.windows import sliding_windows
+
+        length, stride, n_features = self.window
+        array = check_rows(rows, n_features)
+        ends = window_end_rows(len(array), length, stride)
+        if not len(ends):
+            raise DataError(f"{len(array)} rows are fewer than one window of {length} rows")
+        windows = sliding_windows(array, length, stride)
+        parts = [self.score_windows(windows[i : i + batch]) for i in range(0, len(windows), batch)]
+        return SeriesScores(
+            rows=ends,
+            raw_scores=np.concatenate([p.raw_scores for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            is_anomaly=np.concatenate([p.is_anomaly for p in parts]),
+        )
+
+    def push(self, row: np.ndarray, stream: str = "default") -> RowResult | None:
+        """Add one row (D,) to `stream`'s ring buffer; a RowResult when a window is due.
+
+        Each stream (e.g. one machine) keeps its own last L rows; the first result comes with
+        row L-1, then one every `stride` rows, equal to `score_series` on the same rows.
+        """
+        length, stride, n_features = self.window
+        buffer = self._buffers.get(stream)
+        if buffer is None:
+            buffer = self._buffers[stream] = RingBuffer(length, n_features, stride)
+        window = buffer.push(row)
+        if window is None:
+            return None
+        res = self.score_windows(window[None])
+        return RowResult(
+            stream=stream,
+            row_index=buffer.n_seen - 1,
+            raw_score=float(res.raw_scores[0]),
+            score=float(res.scores[0]),
+            is_anomaly=bool(res.is_anomaly[0]) if self._calibrated else None,
+        )
+
+    def reset_stream(self, stream: str = "default") -> None:
+        """Forget `stream`'s rows (after a gap in the data); the next window starts afresh."""
+        self._buffers.pop(stream, None)
 
 
 def _check_output_sizes(

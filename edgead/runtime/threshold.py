@@ -34,8 +34,10 @@ def check_modality(manifest: Manifest, expected: str | None, path: str | Path) -
         return
     if expected not in MODALITIES:
         raise ConfigError(f"modality must be one of {MODALITIES}, got {expected!r}")
+    if expected == "tabular" and manifest.modality == "timeseries":
+        return  # sensor rows come as tables (CSV, JSON lines) too
     wants = "images" if expected == "image" else "table rows"
-    has = "table rows" if manifest.modality == "tabular" else "images"
+    has = "images" if manifest.modality == "image" else "table rows"
     raise ConfigError(
         f"{path} is a {manifest.modality} bundle ({manifest.detector}): it scores {has}, but "
         f"{wants} were given; use a {expected} bundle, or give it {has}"

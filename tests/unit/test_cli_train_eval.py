@@ -227,3 +227,32 @@ def test_tabular_train_and_eval(tmp_path: Path) -> None:
         "64",
     )
     assert result.exit_code == 2 and "--image-size" in _err(result)
+
+
+def test_tabular_train_on_labelled_normal_rows(tmp_path: Path) -> None:
+    """A file of normal rows that carries its labels (all 0) trains on every row (issue 20)."""
+    rng = np.random.default_rng(1)
+    rows = rng.normal(0, 1, size=(120, 4))
+    table = tmp_path / "normal.npz"
+    np.savez(table, X=rows, y=np.zeros(120))
+    csv = tmp_path / "normal.csv"
+    header = "a,b,c,d,label"
+    np.savetxt(csv, np.c_[rows, np.zeros(120)], delimiter=",", header=header, comments="")
+    runs = {
+        "npz": ("ae", ["--data", str(table)]),
+        "csv": ("iforest", ["--data", str(csv), "--label-column", "label"]),
+    }
+    for kind, (model, data_args) in runs.items():
+        run = tmp_path / f"run-{kind}"
+        result = _invoke("train", model, *data_args, "--out", str(run), "--json")
+        assert result.exit_code == 0, result.output
+        meta = json.loads((run / "run.json").read_text())
+        assert meta["data"]["n_train"] + meta["data"]["n_val"] == 120, kind
+        assert "every label is 0" in meta["data"]["train_rows"]
+        assert "no anomalies); training on all rows" in _err(result), kind
+    # one anomaly is enough to switch back to the ADBench split (60 % of the normal rows)
+    np.savez(table, X=rows, y=np.r_[np.zeros(119), np.ones(1)])
+    result = _invoke("train", "iforest", "--data", str(table), "--out", str(tmp_path / "r3"))
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "r3" / "run.json").read_text())
+    assert meta["data"]["n_train"] + meta["data"]["n_val"] == round(0.6 * 119)

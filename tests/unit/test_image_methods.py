@@ -1,4 +1,4 @@
-"""Unit tests: PaDiM, FastFlow, conv AE / VAE and image Deep SVDD on tiny synthetic images.
+"""Unit tests: PaDiM, FastFlow, conv AE / VAE, image Deep SVDD and MAE on tiny synthetic images.
 
 A tiny random backbone (strides and channels deliberately unlike EfficientNet's) stands in for
 the real one, so the detectors are checked to size themselves from `feature_info`.
@@ -52,6 +52,19 @@ CONFIGS: dict[str, dict] = {
         "base_channels": 4,
         "rep_dim": 8,
         "epochs": 3,
+        "batch_size": 8,
+    },
+    "mae": {
+        "image_size": SIZE,
+        "work_size": 16,
+        "patch_size": 4,
+        "embed_dim": 16,
+        "depth": 1,
+        "num_heads": 2,
+        "decoder_dim": 8,
+        "decoder_depth": 1,
+        "score_draws": 4,
+        "epochs": 10,
         "batch_size": 8,
     },
 }
@@ -319,3 +332,13 @@ def test_cli_train_export_eval(cli_name: str, tmp_path) -> None:
     from_run = json.loads(invoke("eval", str(run), "--data", str(data), "--json").stdout)
     for key in ("image_auroc", "image_f1", "threshold", "n_test"):
         assert from_bundle[key] == pytest.approx(from_run[key], rel=1e-3), key
+
+
+def test_mae_fixed_masks_cover_every_patch_and_score_is_deterministic(fitted: dict) -> None:
+    det = fitted["mae"]
+    net = det._fitted_net()  # noqa: SLF001 - checks the graph's constant masks
+    hidden = net.hidden.numpy()
+    assert hidden.shape == (4, 16) and (hidden.sum(axis=1) == 12).all()  # 75 % hidden per draw
+    np.testing.assert_array_equal(hidden.sum(axis=0), np.full(16, 3))  # each patch hidden 3x
+    images = _images(4, seed=5, defect=True)
+    np.testing.assert_array_equal(det.score(images).scores, det.score(images).scores)

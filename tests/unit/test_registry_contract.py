@@ -44,6 +44,26 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "conv_ae": {"image_size": SIZE, "latent_dim": 8, **_SMALL_NET},
     "conv_vae": {"image_size": SIZE, "latent_dim": 8, **_SMALL_NET},
     "deep_svdd_image": {"image_size": SIZE, "rep_dim": 8, **_SMALL_NET},
+    "mae": {
+        "image_size": SIZE,
+        "work_size": 16,
+        "patch_size": 4,
+        "embed_dim": 16,
+        "depth": 1,
+        "num_heads": 2,
+        "decoder_dim": 8,
+        "decoder_depth": 1,
+        "score_draws": 4,
+        "epochs": 2,
+    },
+    "csi": {
+        "image_size": SIZE,
+        "backbone": TINY,
+        "pretrained": False,
+        "epochs": 1,
+        "batch_size": 4,
+        "proj_dim": 8,
+    },
     "ae": {"epochs": 3},
     "vae": {"epochs": 3},
     "deep_svdd": {"epochs": 3},
@@ -53,6 +73,9 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "kde": {},
     "gmm": {"n_components": 2},
     "ocsvm": {},
+    "window_ae": {"window": 8, "epochs": 2, "batch_size": 16},
+    "window_vae": {"window": 8, "epochs": 2, "batch_size": 16},
+    "conv_ae_1d": {"window": 8, "epochs": 2, "batch_size": 16},
 }
 
 
@@ -62,7 +85,14 @@ def _registered() -> list[str]:
 
 
 def _data(modality: str) -> tuple[Any, Any, Any]:
-    """(train, validation, test) inputs: uint8 (N, 32, 32, 3) images or float32 (N, 5) rows."""
+    """(train, validation, test) inputs: uint8 (N, 32, 32, 3) images, float32 (N, 5) rows or,
+    for time series, float32 (N, 3) sensor rows (two sines and a ramp, plus noise)."""
+    if modality == "timeseries":
+        rng = np.random.default_rng(0)
+        t = np.arange(120, dtype=np.float64)
+        rows = np.stack([np.sin(t / 4), np.cos(t / 6), 20 + t / 50], axis=1)
+        rows = (rows + 0.05 * rng.normal(size=rows.shape)).astype(np.float32)
+        return rows[:80], rows[60:100], rows[80:]
     if modality == "image":
         test = np.concatenate([gradient_images(3, 3, SIZE), gradient_images(3, 4, SIZE, True)])
         return gradient_images(12, 1, SIZE), gradient_images(4, 2, SIZE), test
@@ -97,6 +127,8 @@ def _runtime_raw_scores(bundle: Path, backend: str, modality: str, test: Any) ->
         if modality == "image":
             results = runtime(list(test), channel_order="RGB")
             return np.array([r.raw_score for r in results], np.float32)
+        if modality == "timeseries":
+            return runtime.score_series(test).raw_scores
         return runtime.score_rows(test).raw_scores
 
 
@@ -118,7 +150,10 @@ def test_fit_score_export_runtime(name: str, tmp_path: Path) -> None:
     det = create_detector(name, TINY_CONFIGS[name])
     det.fit(train, seed=0)
     want = det.score(test).scores
-    assert want.shape == (len(test),) and np.isfinite(want).all()
+    n_items = (
+        len(test) - TINY_CONFIGS[name]["window"] + 1 if modality == "timeseries" else len(test)
+    )
+    assert want.shape == (n_items,) and np.isfinite(want).all()
     out = tmp_path / f"{name}.edgead"
     # exact search wherever there is an index: the scores must equal the fitted model's
     index = {"index": "flat"} if name == "patchcore" else None
@@ -128,7 +163,7 @@ def test_fit_score_export_runtime(name: str, tmp_path: Path) -> None:
         "openvino",
         "fp32",
         out,
-        parity_inputs=np.asarray(test[:4]),
+        parity_inputs=None if modality == "timeseries" else np.asarray(test[:4]),
         index=index,
     )
     tol = RTOL * float(np.abs(want).max())

@@ -27,6 +27,14 @@ FAST: dict[str, dict[str, Any]] = {
     "deep_svdd": {"epochs": 4},
     "iforest": {"n_estimators": 30},
 }
+# the PyOD-style blocks (Linear -> BatchNorm -> ReLU -> dropout) of the LODO grid (issue 20)
+BLOCKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ae_bn": ("ae", {"epochs": 4, "batch_norm": True, "latent_activation": True}),
+    "vae_bn": (
+        "vae",
+        {"epochs": 4, "batch_norm": True, "dropout": 0.2, "kl_weight": 0.0, "score_kl_weight": 0},
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +61,9 @@ def fitted(data: dict[str, np.ndarray]) -> dict[str, Any]:
         det = create_detector(name, FAST[name])
         det.fit(data["train"], seed=0)
         out[name] = det
+    for key, (name, overrides) in BLOCKS.items():
+        out[key] = create_detector(name, overrides)
+        out[key].fit(data["train"], seed=0)
     return out
 
 
@@ -134,7 +145,24 @@ def test_seeded_training_is_deterministic(name: str, data: dict[str, np.ndarray]
     assert not np.array_equal(runs[0], runs[2])
 
 
-@pytest.mark.parametrize("name", TABULAR)
+def test_batch_norm_blocks_train_and_separate(
+    fitted: dict[str, Any], data: dict[str, np.ndarray]
+) -> None:
+    """BN blocks train (an epoch's 1-row tail batch is skipped) and score anomalies higher."""
+    for key in BLOCKS:
+        auroc = roc_auc_score(data["labels"], fitted[key].score(data["test"]).scores)
+        assert auroc > 0.9, key
+    net = fitted["ae_bn"].net
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
+    det = create_detector(
+        "ae", {"epochs": 2, "batch_norm": True, "batch_size": 32, "val_fraction": 0.0}
+    )
+    det.fit(data["train"][:65], seed=0)  # 32 + 32 + 1 rows: the last batch is dropped
+    assert np.isfinite(det.score(data["test"]).scores).all()
+    assert det.history["train_loss"] > 0
+
+
+@pytest.mark.parametrize("name", [*TABULAR, *BLOCKS])
 def test_onnx_parity_ort_and_openvino(
     name: str, fitted: dict[str, Any], data: dict[str, np.ndarray]
 ) -> None:
@@ -221,18 +249,21 @@ def test_deep_svdd_has_no_bias_and_fixed_centre(
     assert torch.allclose(det.net.center, expected, atol=1e-4)
 
 
-def test_vae_score_is_deterministic_recon_plus_half_kl(
+def test_vae_score_is_deterministic_recon_plus_weighted_kl(
     fitted: dict[str, Any], data: dict[str, np.ndarray]
 ) -> None:
-    det = fitted["vae"]
-    first = det.score(data["test"]).scores
-    np.testing.assert_array_equal(first, det.score(data["test"]).scores)
-    with torch.no_grad():
-        x = torch.from_numpy(det.standardizer.transform(data["test"]))
-        mu, logvar = det.net.encode(x)
-        sse = ((x - det.net.decoder(mu)) ** 2).sum(1)
-        kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
-    np.testing.assert_allclose(first, (sse + 0.5 * kl).numpy(), rtol=1e-5)
+    """Default (PyOD's, no KL term): score = SSE at z = mu; with KL: SSE + score_kl_weight * KL."""
+    kl_vae = create_detector("vae", {"epochs": 2, "kl_weight": 1.0, "score_kl_weight": 0.5})
+    kl_vae.fit(data["train"], seed=0)
+    for det, weight in ((fitted["vae"], 0.0), (kl_vae, 0.5)):
+        first = det.score(data["test"]).scores
+        np.testing.assert_array_equal(first, det.score(data["test"]).scores)
+        with torch.no_grad():
+            x = torch.from_numpy(det.standardizer.transform(data["test"]))
+            mu, logvar = det.net.encode(x)
+            sse = ((x - det.net.decoder(mu)) ** 2).sum(1)
+            kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+        np.testing.assert_allclose(first, (sse + weight * kl).numpy(), rtol=1e-5)
 
 
 def test_ae_score_is_reconstruction_mse(

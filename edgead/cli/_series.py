@@ -1,0 +1,133 @@
+"""Sensor (window) bundles in `edgead predict` and `edgead run`: rows in, one verdict per row."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgead.cli._common import err_console
+
+if TYPE_CHECKING:
+    from edgead.runtime.rows_source import SensorRow
+
+
+def is_window_bundle(path: Path) -> bool:
+    """True when the bundle at `path` scores windows of sensor rows (post-processing "window")."""
+    from edgead.bundle import read_bundle
+    from edgead.ops.scoring import WINDOW_KINDS
+
+    return read_bundle(path).manifest.postprocess.get("kind") in WINDOW_KINDS
+
+
+def predict_series(det: Any, inputs: list[str], label_column: str | None) -> list[dict[str, Any]]:
+    """Per-row results of one recording (.csv/.parquet) or JSON lines on stdin ('-').
+
+    A row gets a result once a full window ends at it (the first window - 1 rows get none).
+    """
+    from edgead.data.timeseries import load_series
+    from edgead.errors import DataError
+    from edgead.runtime.rows_source import jsonl_rows, run_rows
+
+    names = det.manifest.input.feature_names
+    items: list[dict[str, Any]] = []
+    if inputs == ["-"]:
+        summary = run_rows(det, jsonl_rows(sys.stdin, names), items.append)
+        if summary.corrupt:
+            raise DataError(f"{summary.corrupt} stdin line(s) could not be used (see the log)")
+        for item in items:
+            item["item"] = f"stdin:{item['row'] + 1}"
+        return items
+    if len(inputs) != 1:
+        raise DataError("window bundles take one recording (.csv/.parquet) or '-' for stdin")
+    series = load_series(
+        inputs[0], label_column=label_column, feature_columns=list(names) if names else None
+    )
+    scores = det.score_series(series.values)
+    for i, row in enumerate(scores.rows):
+        items.append(
+            {
+                "item": f"{inputs[0]}:{int(row)}",
+                "row": int(row),
+                "time": None if series.times is None else str(series.times[row]),
+                "raw_score": float(scores.raw_scores[i]),
+                "score": float(scores.scores[i]),
+                "is_anomaly": bool(scores.is_anomaly[i]),
+            }
+        )
+    return items
+
+
+def run_rows_command(
+    model: Path,
+    source: str,
+    *,
+    device: str,
+    backend: str | None,
+    threads: int | None,
+    out: Path | None,
+    max_rows: int | None,
+    rate_hz: float | None,
+) -> None:
+    """`edgead run BUNDLE --source FILE.csv|-`: replay a recording (at --fps rows/s) or read JSON
+    lines on stdin, push rows into the bundle's ring buffer, write one JSON line per scored row
+    (stdout, or OUT/results.jsonl plus OUT/summary.json)."""
+    from edgead._io import write_json_atomic
+    from edgead.runtime import Detector
+    from edgead.runtime.loop import JsonlWriter, stop_on_signals
+    from edgead.runtime.rows_source import jsonl_rows, run_rows
+
+    stop = threading.Event()
+    with Detector.load(model, device=device, backend=backend, threads=threads) as det:
+        names = det.manifest.input.feature_names
+        rows = jsonl_rows(sys.stdin, names) if source == "-" else csv_replay(source, names, rate_hz)
+        writer = JsonlWriter(
+            None if out is None else out / "results.jsonl", sys.stdout if out is None else None
+        )
+        try:
+            with stop_on_signals(stop):
+                summary = run_rows(det, rows, writer.write, max_rows=max_rows, stop_event=stop)
+        finally:
+            writer.close()
+        record = {**summary.to_dict(), "backend": det.backend, "source": source}
+    if out is not None:
+        write_json_atomic(out / "summary.json", record)
+    err_console.print(
+        f"[bold]{summary.stop_reason}[/]: read {summary.read}, scored {summary.scored}, "
+        f"warming up {summary.waiting}, corrupt {summary.corrupt}, anomalies "
+        f"{summary.anomalies}; backend {record['backend']}",
+        highlight=False,
+    )
+
+
+def csv_replay(
+    path: str | Path,
+    feature_names: Sequence[str] | None,
+    rate_hz: float | None = None,
+    time_column: str | None = "auto",
+) -> Iterator[SensorRow]:
+    """Rows of a sensor .csv/.parquet file in order, at `rate_hz` rows per second.
+
+    The file is read and checked up front by `edgead.data.timeseries.load_series` (delimiter
+    detected; the bundle's feature columns picked by name when it records them).
+
+    Raises:
+        DataError: unreadable file, missing feature columns, bad values.
+    """
+    from edgead.data.timeseries import load_series
+    from edgead.runtime.rows_source import SensorRow, paced
+
+    series = load_series(
+        path,
+        time_column=time_column,
+        feature_columns=list(feature_names) if feature_names else None,
+    )
+    times = series.times
+
+    def rows() -> Iterator[SensorRow]:
+        for i, values in enumerate(series.values):
+            yield SensorRow(i, None if times is None else str(times[i]), values)
+
+    return paced(rows(), rate_hz)

@@ -1,0 +1,295 @@
+"""Masked autoencoder for images (registry name "mae"; He et al., CVPR 2022), sized for 2 cores.
+
+The graph takes uint8 (B, S, S, 3) RGB, scales to 0..1 and average-pools to `work_size` px,
+cuts p x p patches (a g x g grid, P = g * g tokens), embeds them with a learned position
+embedding, and runs a small ViT encoder on the visible patches only; a lighter decoder gets the
+encoded tokens plus a learned mask token at every hidden position and predicts the pixels of
+every patch. Training (normal images only) masks a random `mask_ratio` of the patches per image
+and step, and minimises the mean squared error of the masked patches.
+
+Scoring is deterministic: the graph holds `score_draws` FIXED masks (constant index buffers
+drawn once from a seeded permutation, split into 1 / (1 - mask_ratio) disjoint visible groups,
+so every patch is hidden in the same number of draws). Per patch, the squared error (0..1
+intensity^2, mean over its pixels and RGB) is averaged over the draws that hid it:
+- anomaly map: those per-patch errors, (B, g, g) ("graph" kind; upsampled to S and blurred),
+- score: their mean over the patches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgead.errors import ConfigError
+from edgead.models._image_common import (
+    ScratchNetDetector,
+    check_images,
+    iter_batches,
+    load_module_state,
+    maps_to_output,
+    seeded_generator,
+    train_epochs,
+)
+from edgead.models.base import Progress, ScoreOutput, no_progress, register_detector
+
+#: seed of the fixed scoring masks (part of the graph, so not a training seed).
+_MASK_SEED = 1234
+
+
+@dataclass(frozen=True, kw_only=True)
+class MAEConfig:
+    """MAE settings.
+
+    image_size: square input side in px; work_size: side the graph pools to (divides
+        image_size); patch_size: patch side in px at work_size (divides work_size).
+    embed_dim / depth / num_heads: the ViT encoder; decoder_dim / decoder_depth: the decoder.
+    mask_ratio: share of patches hidden in training and in every scoring draw; k = 1 / (1 -
+        mask_ratio) must be a whole number dividing the patch count (0.5, 0.75, ...).
+    score_draws: fixed masks in the graph, a multiple of k.
+    epochs, lr, weight_decay, batch_size: Adam training budget; blur_sigma: map blur (px at S).
+    """
+
+    image_size: int = 256
+    work_size: int = 64
+    patch_size: int = 8
+    embed_dim: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    decoder_dim: int = 64
+    decoder_depth: int = 2
+    mask_ratio: float = 0.75
+    score_draws: int = 8
+    epochs: int = 150
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    blur_sigma: float = 4.0
+
+    @property
+    def groups(self) -> int:
+        """Disjoint visible groups per permutation: 1 / (1 - mask_ratio)."""
+        return int(round(1.0 / (1.0 - self.mask_ratio))) if self.mask_ratio < 1 else 0
+
+    def validate(self) -> None:
+        """Raise ConfigError on values that cannot work."""
+        k = self.groups
+        ok = (
+            self.work_size >= 1
+            and self.image_size % self.work_size == 0
+            and self.patch_size >= 1
+            and self.work_size % self.patch_size == 0
+            and 0.0 < self.mask_ratio < 1.0
+            and abs(1.0 / (1.0 - self.mask_ratio) - k) < 1e-6
+            and self.score_draws >= k
+            and self.score_draws % k == 0
+            and (self.work_size // self.patch_size) ** 2 % k == 0
+            and self.embed_dim % self.num_heads == 0
+            and self.decoder_dim % self.num_heads == 0
+            and min(self.depth, self.decoder_depth, self.epochs, self.batch_size) >= 1
+            and self.lr > 0
+            and self.weight_decay >= 0
+            and self.blur_sigma >= 0
+        )
+        if not ok:
+            raise ConfigError(
+                "mae: need work_size | image_size, patch_size | work_size, k = 1 / (1 - "
+                "mask_ratio) a whole number dividing the patch count, score_draws a multiple "
+                "of k, num_heads | embed_dim and decoder_dim, depths/epochs/batch_size >= 1, "
+                f"lr > 0; got {self}"
+            )
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (attention written out, so it exports to plain ONNX ops)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, dim) -> (B, T, dim)."""
+        b, t, d = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, d_head)
+        attn = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.norm2(x))
+
+
+def _fixed_masks(cfg: MAEConfig, n_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order int64 (K, P): visible patch ids first, then hidden ones; hidden float32 (K, P))."""
+    gen = torch.Generator().manual_seed(_MASK_SEED)
+    per_group = n_patches // cfg.groups
+    orders = []
+    for _ in range(cfg.score_draws // cfg.groups):
+        perm = torch.randperm(n_patches, generator=gen)
+        for i in range(cfg.groups):
+            keep = perm[i * per_group : (i + 1) * per_group]
+            rest = torch.cat([perm[: i * per_group], perm[(i + 1) * per_group :]])
+            orders.append(torch.cat([keep.sort().values, rest.sort().values]))
+    order = torch.stack(orders)
+    hidden = torch.ones(len(orders), n_patches)
+    hidden.scatter_(1, order[:, :per_group], 0.0)
+    return order, hidden
+
+
+class MaskedAutoencoder(nn.Module):
+    """uint8 (B, S, S, 3) -> ("score" (B,), "anomaly_map" (B, g, g)); see the module docstring."""
+
+    def __init__(self, cfg: MAEConfig) -> None:
+        super().__init__()
+        self.pool = cfg.image_size // cfg.work_size
+        self.patch = cfg.patch_size
+        self.grid = cfg.work_size // cfg.patch_size
+        n_patches = self.grid * self.grid
+        self.n_keep = n_patches // cfg.groups
+        pixels = 3 * cfg.patch_size * cfg.patch_size
+        self.embed = nn.Linear(pixels, cfg.embed_dim)
+        self.pos = nn.Parameter(torch.randn(1, n_patches, cfg.embed_dim) * 0.02)
+        self.encoder = nn.Sequential(
+            *[Block(cfg.embed_dim, cfg.num_heads) for _ in range(cfg.depth)]
+        )
+        self.enc_norm = nn.LayerNorm(cfg.embed_dim)
+        self.to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
+        self.dec_pos = nn.Parameter(torch.randn(1, n_patches, cfg.decoder_dim) * 0.02)
+        self.decoder = nn.Sequential(
+            *[Block(cfg.decoder_dim, cfg.num_heads) for _ in range(cfg.decoder_depth)]
+        )
+        self.dec_norm = nn.LayerNorm(cfg.decoder_dim)
+        self.to_pixels = nn.Linear(cfg.decoder_dim, pixels)
+        order, hidden = _fixed_masks(cfg, n_patches)
+        self.register_buffer("keep", order[:, : self.n_keep].contiguous(), persistent=False)
+        self.register_buffer("restore", order.argsort(dim=1), persistent=False)
+        self.register_buffer("hidden", hidden, persistent=False)
+        self.register_buffer("hidden_count", hidden.sum(dim=0), persistent=False)
+
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 (B, P, 3 p p) patches in 0..1 from uint8 (B, S, S, 3)."""
+        x = images.to(torch.float32).permute(0, 3, 1, 2) * (1.0 / 255.0)
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool)
+        b, p, g = x.shape[0], self.patch, self.grid
+        x = x.reshape(b, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, g * g, 3 * p * p)
+
+    def _decode(
+        self, visible: torch.Tensor, restore: torch.Tensor | None, index: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Pixels (B, P, 3 p p) from encoded visible tokens (B, n_keep, D): mask tokens appended,
+        put back in patch order (constant `restore` (P,), or per-image `index` (B, P))."""
+        b = visible.shape[0]
+        n_hidden = self.pos.shape[1] - visible.shape[1]
+        full = torch.cat([self.to_decoder(visible), self.mask_token.expand(b, n_hidden, -1)], 1)
+        if restore is not None:
+            full = full.index_select(1, restore)
+        elif index is not None:
+            full = torch.gather(full, 1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+        return self.to_pixels(self.dec_norm(self.decoder(full + self.dec_pos)))
+
+    def predict_fixed(self, patches: torch.Tensor, draw: int) -> torch.Tensor:
+        """Predicted pixels (B, P, 3 p p) seeing only the visible patches of fixed draw `draw`
+        (constant indices: plain Gather ops in the exported graph)."""
+        tokens = self.embed(patches) + self.pos
+        encoded = self.enc_norm(self.encoder(tokens.index_select(1, self.keep[draw])))
+        return self._decode(encoded, self.restore[draw], None)
+
+    def train_loss(self, patches: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Mean squared error of the hidden patches under a fresh random mask per image."""
+        b, n_patches = patches.shape[0], patches.shape[1]
+        order = torch.rand(b, n_patches, generator=generator).argsort(dim=1)
+        keep = order[:, : self.n_keep]
+        tokens = self.embed(patches) + self.pos
+        visible = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        pred = self._decode(self.enc_norm(self.encoder(visible)), None, order.argsort(dim=1))
+        hidden = torch.ones(b, n_patches).scatter_(1, keep, 0.0)
+        err = ((pred - patches) ** 2).mean(dim=-1)
+        return (err * hidden).sum() / hidden.sum()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score (B,), anomaly_map (B, g, g)) from uint8 (B, S, S, 3), fixed masks."""
+        patches = self.patches(images)
+        errors = torch.stack(
+            [
+                ((self.predict_fixed(patches, k) - patches) ** 2).mean(dim=-1)
+                for k in range(self.keep.shape[0])
+            ],
+            dim=1,
+        )  # (B, K, P)
+        per_patch = (errors * self.hidden).sum(dim=1) / self.hidden_count
+        return per_patch.mean(dim=1), per_patch.reshape(-1, self.grid, self.grid)
+
+
+@register_detector("mae")
+class MAE(ScratchNetDetector):
+    """Masked autoencoder; score = mean error of masked patches over fixed mask draws."""
+
+    config_cls = MAEConfig
+
+    def fit(
+        self,
+        data: Sequence[np.ndarray] | np.ndarray,
+        *,
+        seed: int = 0,
+        progress: Progress = no_progress,
+    ) -> None:
+        """Train on normal uint8 (S, S, 3) RGB images (masked-patch reconstruction)."""
+        cfg = self.config
+        check_images(data, cfg.image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = MaskedAutoencoder(cfg)
+        with torch.inference_mode():
+            patches = torch.cat([net.patches(b) for b in iter_batches(data, cfg.batch_size)])
+        patches = patches.clone()  # a normal tensor (inference tensors can't enter autograd)
+        generator = seeded_generator(seed + 1)
+        self.train_losses_ = train_epochs(
+            net,
+            patches,
+            lambda batch: net.train_loss(batch, generator),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            generator=generator,
+            progress=progress,
+            description=f"{self.name}: epochs",
+        )
+        net.eval()
+        self._net = net
+
+    def score(
+        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
+    ) -> ScoreOutput:
+        """Scores (N,) from the graph; maps (N, S, S) = blurred per-patch errors."""
+        net = self._fitted_net()
+        check_images(data, self.config.image_size)
+        scores, maps = [], []
+        with torch.inference_mode():
+            for batch in iter_batches(data, self.config.batch_size, progress, "mae: score"):
+                batch_scores, batch_maps = net(batch)
+                scores.append(batch_scores.numpy())
+                maps.append(batch_maps.numpy())
+        return maps_to_output(
+            np.concatenate(maps),
+            self.config.image_size,
+            self.config.blur_sigma,
+            scores=np.concatenate(scores),
+        )
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Rebuild the network from the config (fixed masks included) and load its weights."""
+        net = MaskedAutoencoder(self.config)
+        load_module_state("net.", net, arrays)
+        net.eval()
+        self._net = net
