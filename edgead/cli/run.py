@@ -127,7 +127,7 @@ def run(
 
     from edgead.cli._series import is_window_bundle, run_rows_command
 
-    if is_window_bundle(model):
+    if is_window_bundle(model, trusted_keys_or_none(trusted_key)):
         device, backend, threads = _resolve_device(device, backend, threads)
         run_rows_command(
             model,
@@ -138,6 +138,7 @@ def run(
             out=out,
             max_rows=max_frames,
             rate_hz=fps,
+            trusted_keys=trusted_keys_or_none(trusted_key),
         )
         return
 
