@@ -261,7 +261,7 @@ def check_manifest_dict(data: dict[str, Any], schema_version: int) -> None:
         )
     for key in ("edgead_version", "detector"):
         _str(data.get(key), key)
-    _str(data.get("modality"), "modality", ("image", "tabular"))
+    _str(data.get("modality"), "modality", ("image", "tabular", "timeseries"))
     _str(data.get("target"), "target", ("onnx", "openvino", "tensorrt"))
     _str(data.get("precision"), "precision", ("fp32", "fp16"))
     _opt(data.get("backbone"), _str, "backbone")
@@ -310,7 +310,7 @@ def _check_input(spec: dict[str, Any]) -> None:
     _str(spec.get("name"), "input.name")
     _str(spec.get("dtype"), "input.dtype", ("uint8", "float32"))
     _shape(spec.get("shape"), "input.shape")
-    _str(spec.get("layout", "NHWC"), "input.layout", ("NHWC", "NC"))
+    _str(spec.get("layout", "NHWC"), "input.layout", ("NHWC", "NC", "NTC"))
     _str(spec.get("channel_order", "RGB"), "input.channel_order", ("RGB", "BGR", ""))
     resizes = ("area", "linear", "cubic", "nearest", "")
     _str(spec.get("resize", "area"), "input.resize", resizes)
