@@ -145,7 +145,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Benchmark one bundle on one backend in this process; the dict the parent collects.
 
     spec: {"model", "label", "device", "backend", "threads", "batches", "frames", "warmup",
-    "data"}.
+    "data", "trusted_keys" (optional list of public key paths)}.
     """
     from edgead.runtime.detector import Detector
 
@@ -154,7 +154,11 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     out["rss_before_load_mib"] = round(_rss_mib(), 1)
     start = time.perf_counter()
     det = Detector.load(
-        spec["model"], device=spec["device"], backend=spec["backend"], threads=spec.get("threads")
+        spec["model"],
+        device=spec["device"],
+        backend=spec["backend"],
+        threads=spec.get("threads"),
+        trusted_keys=spec.get("trusted_keys"),
     )
     out["load_ms"] = round((time.perf_counter() - start) * 1e3, 1)
     out["backend_used"] = det.backend
@@ -342,6 +346,7 @@ def bench_bundles(
     isolate: bool = True,
     timeout_s: float = 1800.0,
     progress: Any = None,
+    trusted_keys: list[str] | None = None,
 ) -> dict[str, Any]:
     """Benchmark each bundle on each available backend; the JSON-ready report.
 
@@ -354,6 +359,7 @@ def bench_bundles(
         data: MVTec-layout folder: real frames for timing, and AUROC / score differences.
         isolate: one worker process per backend (clean peak RSS); False runs in this process.
         progress: optional callback(done, total, description).
+        trusted_keys: Ed25519 public key paths every bundle must be signed by (None: no check).
 
     Raises:
         BundleError: a bundle fails verification. ConfigError: bad batches/backends.
@@ -372,7 +378,7 @@ def bench_bundles(
     plan: list[tuple[Any, BackendChoice]] = []
     seen: dict[tuple[str, str], str] = {}
     for model in models:
-        bundle = read_bundle(model)
+        bundle = read_bundle(model, trusted_keys=trusted_keys)
         for choice in available_choices(bundle.manifest, backends):
             key = (choice.label, _graph_key(bundle.manifest, choice))
             if key in seen:  # e.g. the fp32 model.onnx inside an OpenVINO fp16 bundle
@@ -397,6 +403,7 @@ def bench_bundles(
             "frames": frames,
             "warmup": warmup,
             "data": data,
+            "trusted_keys": trusted_keys,
         }
         logger.info("benchmarking %s on %s", bundle.path.name, choice.label)
         if isolate:

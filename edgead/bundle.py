@@ -2,12 +2,15 @@
 
 This is the only code shared by `edgead.export` (writes) and `edgead.runtime` (reads), so the two
 sides cannot drift apart. A bundle is untrusted input: `read_bundle` checks the zip magic, the
-member names (no absolute paths, no `..`), sizes, the manifest schema and the sha256 of every
-member before anything is used. Nothing is ever unpickled (`np.load(allow_pickle=False)`).
+member names (no absolute paths, no `..`), sizes before inflating (`edgead.bundle_checks`), the
+signature when keys are trusted, the typed manifest and the sha256 of every member before
+anything is used. Nothing is ever unpickled (`np.load(allow_pickle=False)`).
 
 Layout of a bundle::
 
     manifest.json        Manifest (below), with {member: {sha256, size}} for every other member
+    manifest.sig         optional Ed25519 signature of manifest.json's bytes (`sign_bundle`,
+                         checked by `read_bundle(..., trusted_keys=...)`; see edgead.signing)
     model.onnx           graph for ONNX Runtime / TensorRT (always present)
     model.xml, model.bin OpenVINO IR (target openvino)
     memory_bank.faiss    faiss index (PatchCore, kNN/LOF)
@@ -22,7 +25,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
+import struct
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,14 +36,25 @@ from typing import Any
 import numpy as np
 
 from edgead._io import atomic_open
+from edgead.bundle_checks import (
+    MAX_MANIFEST_BYTES,
+    MAX_MEMBER_BYTES,
+    check_manifest_dict,
+    check_member_hash,
+    check_npy_header,
+    parse_json,
+    read_member,
+)
 from edgead.errors import BundleError
+
+logger = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "edgead-bundle"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"  # optional: Ed25519 signature of the manifest bytes
 MAX_MEMBERS = 64
-MAX_MEMBER_BYTES = 4 * 1024**3  # 4 GiB: refuse zip bombs long before RAM runs out
-MAX_MANIFEST_BYTES = 4 * 1024**2
+MAX_BUNDLE_BYTES = 3 * 1024**3  # the whole file, read once
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -129,12 +146,7 @@ class Manifest:
                 if isinstance(data, dict)
                 else "manifest.json is not a JSON object"
             )
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise BundleError(
-                f"bundle schema_version {version!r} is not supported by this edgead "
-                f"(supports {SCHEMA_VERSION}); re-export the model with a matching edgead version"
-            )
+        check_manifest_dict(data, SCHEMA_VERSION)
         try:
             fields = {f.name for f in dataclasses.fields(cls)}
             unknown = set(data) - fields
@@ -173,7 +185,9 @@ def array_to_npy_bytes(array: np.ndarray) -> bytes:
 
 
 def npy_bytes_to_array(data: bytes, name: str) -> np.ndarray:
-    """Read .npy bytes with pickles refused; BundleError names the member on failure."""
+    """Read .npy bytes with pickles refused and the header checked against the byte count
+    before numpy allocates; BundleError names the member on failure."""
+    check_npy_header(data, name)
     try:
         return np.asarray(np.load(io.BytesIO(data), allow_pickle=False))
     except (ValueError, OSError, EOFError) as exc:
@@ -200,8 +214,8 @@ def write_bundle(path: str | Path, manifest: Manifest, members: dict[str, bytes]
     """
     for name in members:
         _check_member_name(name)
-        if name == MANIFEST_NAME:
-            raise BundleError("members may not be called manifest.json")
+        if name in (MANIFEST_NAME, SIGNATURE_NAME):
+            raise BundleError(f"members may not be called {name}")
     files = {
         name: {"sha256": sha256_bytes(data), "size": len(data)} for name, data in members.items()
     }
@@ -238,8 +252,14 @@ class Bundle:
         return npy_bytes_to_array(self.member(member), member)
 
 
-def read_bundle(path: str | Path) -> Bundle:
-    """Open and verify a bundle: magic, member names and sizes, schema, sha256 of every member.
+def read_bundle(path: str | Path, trusted_keys: Sequence[Any] | None = None) -> Bundle:
+    """Open and verify a bundle: magic, member names and sizes, signature, schema, sha256s.
+
+    Nothing is inflated before its compressed and declared sizes were checked against the zip
+    directory and the manifest (`edgead.bundle_checks`). With `trusted_keys` (Ed25519 public
+    keys or paths to their PEM files, see `edgead.signing`) the bundle must carry a signature of
+    its manifest bytes by one of them, checked before the manifest is parsed; the manifest holds
+    every member's sha256, so the signature covers the whole bundle.
 
     Raises:
         BundleError: anything about the file is wrong; the message says what and what to do.
@@ -247,16 +267,76 @@ def read_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"bundle not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_BUNDLE_BYTES:
+        raise BundleError(f"{path} is {size} bytes (at most {MAX_BUNDLE_BYTES}); refusing it")
     raw = path.read_bytes()
     if raw[:4] != _ZIP_MAGIC:
         raise BundleError(
             f"{path} is not an edgead bundle (wrong magic {raw[:4]!r}); "
             "make one with `edgead export RUN --out MODEL.edgead`"
         )
+    zf, infos = _open_zip(path, raw)
+    manifest_raw = read_member(zf, infos[MANIFEST_NAME], infos[MANIFEST_NAME].file_size)
+    if trusted_keys is not None:
+        from edgead.signing import MAX_SIGNATURE_BYTES, verify_manifest
+
+        signature = infos.get(SIGNATURE_NAME)
+        if signature is not None and signature.file_size > MAX_SIGNATURE_BYTES:
+            raise BundleError(
+                f"{path}: {SIGNATURE_NAME} is {signature.file_size} bytes (a signature has at "
+                f"most {MAX_SIGNATURE_BYTES}); refusing it"
+            )
+        verify_manifest(
+            manifest_raw,
+            None if signature is None else read_member(zf, signature, signature.file_size),
+            trusted_keys,
+            path,
+        )
+    manifest = Manifest.from_dict(parse_json(manifest_raw, f"{path}: manifest.json"))
+    listed = set(manifest.files)
+    present = set(infos) - {MANIFEST_NAME, SIGNATURE_NAME}
+    if listed - present:
+        raise BundleError(
+            f"{path} is missing member(s) {sorted(listed - present)} named in its manifest"
+        )
+    if present - listed:
+        raise BundleError(
+            f"{path} has member(s) {sorted(present - listed)} not listed in its manifest"
+        )
+    members: dict[str, bytes] = {}
+    for name in sorted(listed):
+        expected = manifest.files[name]
+        data = read_member(zf, infos[name], expected["size"])
+        check_member_hash(name, data, expected)
+        members[name] = data
+    for fmt, member in manifest.graphs.items():
+        if member not in members:
+            raise BundleError(f"{path}: graph '{fmt}' names member {member!r}, which is absent")
+    if "openvino" in manifest.graphs and not manifest.graphs["openvino"].endswith(".xml"):
+        raise BundleError(f"{path}: the OpenVINO graph must be an .xml member")
+    for name, member in manifest.arrays.items():
+        if member not in members or not member.endswith(".npy"):
+            raise BundleError(f"{path}: array {name!r} names member {member!r}: absent or not .npy")
+    if manifest.index is not None and manifest.index.file not in members:
+        raise BundleError(f"{path}: index file {manifest.index.file!r} is absent")
+    return Bundle(path=path, manifest=manifest, members=members, sha256=sha256_bytes(raw))
+
+
+def _open_zip(path: Path, raw: bytes) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
+    """The zip archive and its members by name, after count, name and size checks."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(raw))
         infos = zf.infolist()
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except (
+        zipfile.BadZipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        struct.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         raise BundleError(f"{path} is truncated or not a valid zip archive: {exc}") from exc
     if len(infos) > MAX_MEMBERS:
         raise BundleError(f"{path} has {len(infos)} members (at most {MAX_MEMBERS}); refusing it")
@@ -271,44 +351,37 @@ def read_bundle(path: str | Path) -> Bundle:
             )
     if MANIFEST_NAME not in names:
         raise BundleError(f"{path} has no {MANIFEST_NAME}; it is not an edgead bundle")
-    try:
-        manifest_info = zf.getinfo(MANIFEST_NAME)
-        if manifest_info.file_size > MAX_MANIFEST_BYTES:
-            raise BundleError(
-                f"{path}: manifest.json is too large ({manifest_info.file_size} bytes)"
-            )
-        manifest_data = json.loads(zf.read(MANIFEST_NAME))
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise BundleError(f"{path}: manifest.json cannot be read: {exc}") from exc
-    manifest = Manifest.from_dict(manifest_data)
-    listed = set(manifest.files)
-    present = set(names) - {MANIFEST_NAME}
-    if listed - present:
+    if zf.getinfo(MANIFEST_NAME).file_size > MAX_MANIFEST_BYTES:
         raise BundleError(
-            f"{path} is missing member(s) {sorted(listed - present)} named in its manifest"
+            f"{path}: manifest.json is too large ({zf.getinfo(MANIFEST_NAME).file_size} bytes)"
         )
-    if present - listed:
-        raise BundleError(
-            f"{path} has member(s) {sorted(present - listed)} not listed in its manifest"
-        )
-    members: dict[str, bytes] = {}
-    for name in sorted(listed):
-        try:
-            data = zf.read(name)
-        except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
-            raise BundleError(
-                f"{path}: member {name!r} cannot be read ({exc}); the file is damaged"
-            ) from exc
-        expected = manifest.files[name]
-        if len(data) != expected.get("size") or sha256_bytes(data) != expected.get("sha256"):
-            raise BundleError(
-                f"{path}: member {name!r} fails its sha256/size check; the bundle was modified "
-                "or damaged; re-export or copy it again"
-            )
-        members[name] = data
-    for fmt, member in manifest.graphs.items():
-        if member not in members:
-            raise BundleError(f"{path}: graph '{fmt}' names member {member!r}, which is absent")
-    if manifest.index is not None and manifest.index.file not in members:
-        raise BundleError(f"{path}: index file {manifest.index.file!r} is absent")
-    return Bundle(path=path, manifest=manifest, members=members, sha256=sha256_bytes(raw))
+    return zf, {info.filename: info for info in infos}
+
+
+def sign_bundle(bundle: str | Path, key: str | Path, out: str | Path | None = None) -> Path:
+    """Sign the manifest of a verified bundle with the Ed25519 private key in `key`.
+
+    Writes `out` (default: the bundle itself, replaced atomically) with the manifest and every
+    member copied byte for byte and a `manifest.sig` member (see `edgead.signing`) added; an old
+    signature is replaced. Returns the path written.
+
+    Raises:
+        BundleError: the bundle fails verification.
+        ConfigError: the key is missing or not an Ed25519 private key.
+    """
+    from edgead.signing import key_id, load_private_key, signature_bytes
+
+    private_key = load_private_key(key)
+    verified = read_bundle(bundle)
+    out_path = Path(out) if out is not None else verified.path
+    with zipfile.ZipFile(verified.path) as src:
+        info = src.getinfo(MANIFEST_NAME)
+        manifest_bytes = read_member(src, info, info.file_size)
+    with atomic_open(out_path, "wb") as fh:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+            dst.writestr(MANIFEST_NAME, manifest_bytes)
+            dst.writestr(SIGNATURE_NAME, signature_bytes(manifest_bytes, private_key))
+            for name, data in verified.members.items():
+                dst.writestr(name, data)
+    logger.info("signed %s with key %s", out_path, key_id(private_key.public_key()))
+    return out_path

@@ -131,6 +131,7 @@ def calibrate_bundle(
     device: str = "cpu",
     threads: int | None = None,
     progress: Callable[[int, int, str], None] = lambda done, total, what: None,
+    trusted_keys: list[str] | None = None,
 ) -> dict[str, Any]:
     """Re-fit the threshold and normalisation of `bundle` on site and write `out`.
 
@@ -141,7 +142,8 @@ def calibrate_bundle(
         defects: folder of defective images (needed by policy "f1"; otherwise reported only).
         policy: "f1" or "percentile:P"; default percentile:99 unless target_fpr is given.
         target_fpr: at most this share of the good images flagged.
-        device, threads: as for `Detector.load`.
+        device, threads, trusted_keys: as for `Detector.load` (the bundle written is unsigned:
+            sign it again).
 
     Returns:
         The record written to the manifest's export["site_calibration"].
@@ -156,14 +158,16 @@ def calibrate_bundle(
     from edgead.runtime import Detector
 
     kind, value = parse_policy(policy, target_fpr)
-    source = read_bundle(bundle)
+    source = read_bundle(bundle, trusted_keys=trusted_keys)
     manifest = source.manifest
     if manifest.modality != "image":
         raise ConfigError(f"{bundle} is a {manifest.modality} bundle; calibrate takes images")
     if kind == "f1" and defects is None:
         raise ConfigError("--policy f1 needs defective images: pass --defects DIR")
     _image_files(Path(good))  # fail on a bad folder before loading the backend
-    with Detector.load(bundle, device=device, threads=threads, modality="image") as det:
+    with Detector.load(
+        bundle, device=device, threads=threads, modality="image", trusted_keys=trusted_keys
+    ) as det:
         good_scores = score_folder(det, Path(good), progress, "good")
         bad_scores = None if defects is None else score_folder(det, Path(defects), progress, "bad")
         backend = det.backend

@@ -6,6 +6,7 @@
     ├── BundleError              bad magic, hash mismatch, missing member, path traversal, schema
     ├── BackendUnavailableError  a backend/device is not installed or fails to initialise
     │   └── ReferenceMismatchError  a backend's outputs differ from the bundle's reference
+    ├── BackendRuntimeError      a loaded graph failed while running (names backend and input)
     ├── ExportError              parity check failed, unsupported target for a detector
     └── NotFittedError           score/export called before fit
 
@@ -40,6 +41,11 @@ class BackendUnavailableError(EdgeadError):
 
 class ReferenceMismatchError(BackendUnavailableError):
     """A backend whose outputs on the bundle's reference inputs differ beyond tolerance."""
+
+
+class BackendRuntimeError(EdgeadError):
+    """A backend that loaded its graph but failed while running it (ONNX Runtime, OpenVINO or
+    TensorRT's own exception, chained); the message names the backend and the graph input."""
 
 
 class ExportError(EdgeadError):

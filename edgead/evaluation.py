@@ -320,6 +320,7 @@ def evaluate_bundle(
     save_maps: str | Path | None = None,
     progress: Progress = no_progress,
     threads: int | None = None,
+    trusted_keys: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the bundle at `bundle_path` on labelled test data, scored by the runtime.
 
@@ -328,7 +329,7 @@ def evaluate_bundle(
         data: images: MVTec-layout folder (or "elpv"); tabular: a .npz/.csv/.parquet with
             labels (test rows = the ADBench split with the run's seed, as `evaluate_run`).
             None: the data the run was trained on, as recorded at export.
-        device, backend, threads: as for `Detector.load`.
+        device, backend, threads, trusted_keys: as for `Detector.load`.
         save_maps: folder for heat-map panels of every test image (images only).
 
     Returns:
@@ -339,7 +340,9 @@ def evaluate_bundle(
     """
     from edgead.runtime.detector import Detector
 
-    with Detector.load(bundle_path, device=device, backend=backend, threads=threads) as det:
+    with Detector.load(
+        bundle_path, device=device, backend=backend, threads=threads, trusted_keys=trusted_keys
+    ) as det:
         m = det.manifest
         run = m.export.get("run") or {}
         run_data = run.get("data") or {}

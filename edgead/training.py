@@ -91,6 +91,17 @@ def _seeded_split(n_items: int, n_val: int, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(order[n_val:]).astype(np.int64), np.sort(order[:n_val]).astype(np.int64)
 
 
+def _check_image_size(size_px: int, name: str) -> None:
+    """ConfigError unless 1 <= size_px <= the largest side a bundle may declare."""
+    from edgead.bundle_checks import MAX_IMAGE_SIDE_PX
+
+    if not 1 <= size_px <= MAX_IMAGE_SIDE_PX:
+        raise ConfigError(
+            f"{name}: --image-size {size_px} px is outside 1..{MAX_IMAGE_SIDE_PX} (a bundle "
+            f"and the runtime take at most {MAX_IMAGE_SIDE_PX} px); typical sizes are 224-512"
+        )
+
+
 def _image_split(
     detector: BaseDetector,
     data: str | Path,
@@ -330,6 +341,7 @@ def train_run(
             raise ConfigError(
                 f"--label-column applies to tabular detectors only; {detector.name} takes images"
             )
+        _check_image_size(int(detector.config.image_size), detector.name)
         split = _image_split(detector, data, seed, options, tiles)
     elif detector.modality == "timeseries":
         if tiles is not None:

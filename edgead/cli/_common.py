@@ -87,3 +87,15 @@ def configure_logging(level: int) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(level)
+
+
+#: `--trusted-key PUB.pem` (repeatable) on every command that loads a bundle.
+TRUSTED_KEY_HELP = (
+    "Ed25519 public key (PEM, from `edgead keygen`) the bundle must be signed by; repeatable. "
+    "Unsigned or wrongly signed bundles are refused before anything in them is parsed."
+)
+
+
+def trusted_keys_or_none(keys: list[Any] | None) -> list[str] | None:
+    """The --trusted-key paths as strings, or None when none were given (no check)."""
+    return [str(k) for k in keys] if keys else None

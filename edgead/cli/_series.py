@@ -14,12 +14,14 @@ if TYPE_CHECKING:
     from edgead.runtime.rows_source import SensorRow
 
 
-def is_window_bundle(path: Path) -> bool:
-    """True when the bundle at `path` scores windows of sensor rows (post-processing "window")."""
+def is_window_bundle(path: Path, trusted_keys: list[str] | None = None) -> bool:
+    """True when the bundle at `path` scores windows of sensor rows (post-processing "window");
+    with `trusted_keys` its signature is checked first."""
     from edgead.bundle import read_bundle
     from edgead.ops.scoring import WINDOW_KINDS
 
-    return read_bundle(path).manifest.postprocess.get("kind") in WINDOW_KINDS
+    manifest = read_bundle(path, trusted_keys=trusted_keys).manifest
+    return manifest.postprocess.get("kind") in WINDOW_KINDS
 
 
 def predict_series(det: Any, inputs: list[str], label_column: str | None) -> list[dict[str, Any]]:
@@ -70,6 +72,7 @@ def run_rows_command(
     out: Path | None,
     max_rows: int | None,
     rate_hz: float | None,
+    trusted_keys: list[str] | None = None,
 ) -> None:
     """`edgead run BUNDLE --source FILE.csv|-`: replay a recording (at --fps rows/s) or read JSON
     lines on stdin, push rows into the bundle's ring buffer, write one JSON line per scored row
@@ -80,7 +83,9 @@ def run_rows_command(
     from edgead.runtime.rows_source import jsonl_rows, run_rows
 
     stop = threading.Event()
-    with Detector.load(model, device=device, backend=backend, threads=threads) as det:
+    with Detector.load(
+        model, device=device, backend=backend, threads=threads, trusted_keys=trusted_keys
+    ) as det:
         names = det.manifest.input.feature_names
         rows = jsonl_rows(sys.stdin, names) if source == "-" else csv_replay(source, names, rate_hz)
         writer = JsonlWriter(

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli._common import err_console, handle_errors, print_json, progress_bars
+from edgead.cli._common import (
+    TRUSTED_KEY_HELP,
+    err_console,
+    handle_errors,
+    print_json,
+    progress_bars,
+    trusted_keys_or_none,
+)
 
 
 @handle_errors
@@ -54,6 +61,10 @@ def batch(
         int, typer.Option(help="Rows per part file (the work a crash can lose).")
     ] = 1024,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Score every image of an archive into one Parquet file, resumably; on Ray with --ray."""
     from edgead.cluster.batch import BatchOptions, run_batch
@@ -66,6 +77,7 @@ def batch(
         threads=threads,
         maps_dir=save_maps,
         flush_rows=flush_rows,
+        trusted_keys=tuple(trusted_keys_or_none(trusted_key) or ()) or None,
     )
     options.validate()
     if workers < 1:

@@ -7,7 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from edgead.cli._common import console, err_console, handle_errors, progress_bars
+from edgead.cli._common import (
+    TRUSTED_KEY_HELP,
+    console,
+    err_console,
+    handle_errors,
+    progress_bars,
+    trusted_keys_or_none,
+)
 
 
 @handle_errors
@@ -40,6 +47,10 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write a markdown table here.")] = None,
     isolate: Annotated[bool, typer.Option(help="One process per backend (clean peak RSS).")] = True,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Benchmark bundles on every backend here; table on stdout, JSON and PNG on request."""
     from edgead._io import write_json_atomic
@@ -62,6 +73,7 @@ def bench(
             data=str(data) if data else None,
             isolate=isolate,
             progress=progress,
+            trusted_keys=trusted_keys_or_none(trusted_key),
         )
     render_table(report)
     if json_file is not None:

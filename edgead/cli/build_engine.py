@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli._common import console, err_console, handle_errors
+from edgead.cli._common import (
+    TRUSTED_KEY_HELP,
+    console,
+    err_console,
+    handle_errors,
+    trusted_keys_or_none,
+)
 
 
 @handle_errors
@@ -24,6 +30,10 @@ def build_engine(
     rebuild: Annotated[
         bool, typer.Option(help="Build even when a valid cached engine exists.")
     ] = False,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Build the TensorRT engine for this GPU, check it against the bundle's reference outputs,
     and cache it next to the bundle (a failing engine is refused, not cached)."""
@@ -35,7 +45,7 @@ def build_engine(
     )
     from edgead.runtime.reference import check_reference, has_reference
 
-    verified = read_bundle(bundle)
+    verified = read_bundle(bundle, trusted_keys=trusted_keys_or_none(trusted_key))
     settings, _ = build_settings(verified)
     engine, path, check = build_checked_engine(verified, rebuild=rebuild)
     if check is None and has_reference(verified.manifest):  # a cached engine: check it too

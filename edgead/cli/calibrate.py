@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli._common import console, handle_errors, print_json, progress_bars
+from edgead.cli._common import (
+    TRUSTED_KEY_HELP,
+    console,
+    handle_errors,
+    print_json,
+    progress_bars,
+    trusted_keys_or_none,
+)
 
 
 @handle_errors
@@ -37,6 +44,10 @@ def calibrate(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | gpu | npu")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="CPU threads for graph and search.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Re-fit threshold and normalisation on site; graphs and index are copied unchanged."""
     from edgead.calibrate import calibrate_bundle
@@ -52,6 +63,7 @@ def calibrate(
             device=device,
             threads=threads,
             progress=progress,
+            trusted_keys=trusted_keys_or_none(trusted_key),
         )
     if json_out:
         print_json({"bundle": str(out), **record})

@@ -7,16 +7,31 @@ from typing import Annotated, Any
 
 import typer
 
-from edgead.cli._common import console, handle_errors, print_json, progress_bars
+from edgead.cli._common import (
+    TRUSTED_KEY_HELP,
+    console,
+    handle_errors,
+    print_json,
+    progress_bars,
+    trusted_keys_or_none,
+)
 
 
 def evaluate_path(
-    target: Path, data: str | None, save_maps: Path | None, device: str, progress: Any
+    target: Path,
+    data: str | None,
+    save_maps: Path | None,
+    device: str,
+    progress: Any,
+    trusted_keys: list[str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of a run directory (`edgead.evaluation.evaluate_run`) or a `.edgead` bundle file
-    (`edgead.evaluation.evaluate_bundle`); both return the same keys."""
-    from edgead.errors import DataError
+    (`edgead.evaluation.evaluate_bundle`, signed by one of `trusted_keys` when given); both
+    return the same keys."""
+    from edgead.errors import ConfigError, DataError
 
+    if target.is_dir() and trusted_keys:
+        raise ConfigError(f"--trusted-key checks bundles; {target} is a run directory")
     if target.is_dir():
         from edgead.evaluation import evaluate_run
 
@@ -25,7 +40,14 @@ def evaluate_path(
         raise DataError(f"{target} is a bundle; pass --data with labelled test data")
     from edgead.evaluation import evaluate_bundle
 
-    return evaluate_bundle(target, data, device=device, save_maps=save_maps, progress=progress)
+    return evaluate_bundle(
+        target,
+        data,
+        device=device,
+        save_maps=save_maps,
+        progress=progress,
+        trusted_keys=trusted_keys,
+    )
 
 
 @handle_errors
@@ -52,10 +74,16 @@ def eval_command(
     ] = None,
     device: Annotated[str, typer.Option(help="Bundles only: auto, cpu, cuda, gpu, npu.")] = "cpu",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Evaluate a trained run or an exported bundle on labelled test data."""
     with progress_bars(not json_out) as progress:
-        result = evaluate_path(target, data, save_maps, device, progress)
+        result = evaluate_path(
+            target, data, save_maps, device, progress, trusted_keys_or_none(trusted_key)
+        )
     if json_out:
         print_json(result)
         return

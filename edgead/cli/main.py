@@ -11,7 +11,18 @@ import typer
 
 from edgead import __version__
 from edgead.cli import batch as batch_cmd
-from edgead.cli import bench, build_engine, calibrate, demo, devices, export, predict, run, train
+from edgead.cli import (
+    bench,
+    build_engine,
+    calibrate,
+    demo,
+    devices,
+    export,
+    predict,
+    run,
+    sign,
+    train,
+)
 from edgead.cli import eval as eval_cmd
 from edgead.cli import serve as serve_cmd
 
@@ -51,6 +62,8 @@ app.command("devices")(devices.devices)
 app.command("demo")(demo.demo)
 app.command("batch")(batch_cmd.batch)
 app.command("serve")(serve_cmd.serve)
+app.command("keygen")(sign.keygen)
+app.command("sign")(sign.sign)
 
 
 def main() -> None:

@@ -9,7 +9,13 @@ from typing import Annotated, Any
 
 import typer
 
-from edgead.cli._common import console, handle_errors, print_json
+from edgead.cli._common import (
+    TRUSTED_KEY_HELP,
+    console,
+    handle_errors,
+    print_json,
+    trusted_keys_or_none,
+)
 
 
 @handle_errors
@@ -53,6 +59,10 @@ def predict(
         float | None,
         typer.Option(help="0..1 instead of --threshold: 0.5 = as calibrated, higher flags more."),
     ] = None,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Score images or rows with a bundle; prints one line (or JSON object) per item.
 
@@ -67,6 +77,7 @@ def predict(
         device=device,
         backend=backend,
         threads=threads,
+        trusted_keys=trusted_keys_or_none(trusted_key),
         verify=verify,
         threshold=threshold,
         sensitivity=sensitivity,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgead.cli._common import err_console, handle_errors
+from edgead.cli._common import TRUSTED_KEY_HELP, err_console, handle_errors, trusted_keys_or_none
 
 
 @handle_errors
@@ -56,7 +56,8 @@ def run(
         ),
     ] = None,
     http: Annotated[
-        int | None, typer.Option(help="Serve /healthz and /metrics on this port.")
+        int | None,
+        typer.Option(help="Serve /healthz and /metrics on this port.", min=0, max=65535),
     ] = None,
     http_host: Annotated[str, typer.Option(help="Address for --http.")] = "127.0.0.1",
     max_frames: Annotated[int | None, typer.Option(help="Stop after N frames read.")] = None,
@@ -111,6 +112,10 @@ def run(
     rotate_mb: Annotated[
         float, typer.Option(help="Rotate results.jsonl at this size, MB (0: never).")
     ] = 100.0,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Score a camera, stream, video or folder frame by frame; Ctrl-C or SIGTERM stops cleanly.
 
@@ -122,7 +127,7 @@ def run(
 
     from edgead.cli._series import is_window_bundle, run_rows_command
 
-    if is_window_bundle(model):
+    if is_window_bundle(model, trusted_keys_or_none(trusted_key)):
         device, backend, threads = _resolve_device(device, backend, threads)
         run_rows_command(
             model,
@@ -133,6 +138,7 @@ def run(
             out=out,
             max_rows=max_frames,
             rate_hz=fps,
+            trusted_keys=trusted_keys_or_none(trusted_key),
         )
         return
 
@@ -166,6 +172,7 @@ def run(
             http_host=http_host,
             stream=sys.stdout if out is None else None,
             stop_event=stop,
+            trusted_keys=trusted_keys_or_none(trusted_key),
             threshold=threshold,
             sensitivity=sensitivity,
             resume=resume,

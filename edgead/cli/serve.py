@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli._common import handle_errors
+from edgead.cli._common import TRUSTED_KEY_HELP, handle_errors, trusted_keys_or_none
 
 
 @handle_errors
@@ -32,6 +32,10 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads per Detector (default 1 per Ray replica).")
     ] = None,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Serve a bundle over HTTP until Ctrl-C or SIGTERM (POST /score: image bytes or JSON rows)."""
     import threading
@@ -44,6 +48,11 @@ def serve(
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be 0..65535, got {port}")
     stop = threading.Event()
+    if ray is not None and trusted_key:
+        raise ConfigError(
+            "--trusted-key is not supported with --ray yet (each replica loads the bundle on "
+            "its node); serve without --ray, or verify with `edgead predict --trusted-key`"
+        )
     if ray is not None:
         from edgead.cluster import require_module
 
@@ -65,7 +74,13 @@ def serve(
     with stop_on_signals(stop):
         from edgead.cluster.service import HttpServer, ScoringService
 
-        service = ScoringService(bundle, device=device, backend=backend, threads=threads)
+        service = ScoringService(
+            bundle,
+            device=device,
+            backend=backend,
+            threads=threads,
+            trusted_keys=trusted_keys_or_none(trusted_key),
+        )
         server = HttpServer(service, port, host).start()
         try:
             stop.wait()

@@ -77,6 +77,8 @@ class BatchOptions:
             Ray on several nodes it must be shared storage.
         flush_rows: rows buffered before a part file is written (the work a crash can lose).
         flush_s: also write a part after this many seconds with rows waiting.
+        trusted_keys: Ed25519 public key paths the bundle must be signed by (every scorer
+            checks them; see `Detector.load`); None: signatures are not checked.
     """
 
     batch_size: int = 16
@@ -86,6 +88,7 @@ class BatchOptions:
     maps_dir: Path | None = None
     flush_rows: int = 1024
     flush_s: float = 30.0
+    trusted_keys: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         """ConfigError for a value out of range (checked before any heavy work)."""
@@ -192,7 +195,11 @@ class BatchScorer:
 
         self.options = options
         self.detector = Detector.load(
-            bundle, device=options.device, backend=options.backend, threads=options.threads
+            bundle,
+            device=options.device,
+            backend=options.backend,
+            threads=options.threads,
+            trusted_keys=options.trusted_keys,
         )
         try:
             check_image_bundle(self.detector.manifest.modality, bundle)
@@ -411,7 +418,8 @@ def plan_batch(
 
     options.validate()
     store = ResultStore(out)
-    check_image_bundle(read_bundle(bundle).manifest.modality, bundle)
+    verified = read_bundle(bundle, trusted_keys=options.trusted_keys)
+    check_image_bundle(verified.manifest.modality, bundle)
     paths = list_inputs(data)
     done = store.done_paths()
     todo = [p for p in paths if p not in done]

@@ -112,7 +112,7 @@ class ScoringService:
 
     Args:
         bundle: `.edgead` bundle.
-        device, backend, threads: passed to `Detector.load`.
+        device, backend, threads, trusted_keys: passed to `Detector.load`.
         stats: ServiceStats; a new LocalStats when None.
         max_body_bytes: larger request bodies are refused (413) before they are decoded.
     """
@@ -126,11 +126,14 @@ class ScoringService:
         threads: int | None = None,
         stats: ServiceStats | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        trusted_keys: list[str] | None = None,
     ) -> None:
         from edgead.runtime import Detector
 
         self.bundle = str(bundle)
-        self.detector = Detector.load(bundle, device=device, backend=backend, threads=threads)
+        self.detector = Detector.load(
+            bundle, device=device, backend=backend, threads=threads, trusted_keys=trusted_keys
+        )
         self.stats: ServiceStats = stats or LocalStats()
         self.max_body_bytes = max_body_bytes
         self._lock = threading.Lock()

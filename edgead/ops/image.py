@@ -38,7 +38,7 @@ def check_frame(image: Any, channel_order: str = "RGB") -> np.ndarray:
         )
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise DataError(f"a frame must not be empty; got shape {image.shape}")
-    if channel_order.upper() not in ("RGB", "BGR"):
+    if not isinstance(channel_order, str) or channel_order.upper() not in ("RGB", "BGR"):
         raise DataError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
     return image
 

@@ -9,8 +9,9 @@ An index may be compressed (fp16 / int8 scalar quantisation, product quantisatio
 an optional PCA / random-rotation prefix, all inside faiss's own file) and may re-rank its top-R
 candidates exactly against an fp16 copy of the bank held as a plain numpy array.
 
-Index bytes are untrusted input: `validate_index_bytes` checks faiss's fixed header (fourcc,
-dimension, vector count, the two 2**20 marker fields) before faiss parses anything, and
+Index bytes are untrusted input: `validate_index_bytes` walks the whole file layout
+(`edgead.ops.faiss_check`: every length field against the bytes that remain) before faiss
+parses anything, and
 `load_index` checks the result against the manifest and the graph's output dimension.
 """
 
@@ -25,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from edgead.errors import BundleError
+from edgead.ops.faiss_check import check_index_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -215,17 +217,28 @@ class FaissIndex:
             )
         if self.rerank_bank is not None:
             return self._search_rerank(queries, k, self.rerank_bank)
-        sq_dist, ids = self.index.search(queries, k)
+        sq_dist, ids = self._faiss_search(queries, k)
         dist = np.sqrt(np.maximum(sq_dist, 0.0)).astype(np.float32)
         dist[ids < 0] = np.inf
         return dist, ids
+
+    def _faiss_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's own search; its run-time failure (a damaged index that passed the layout
+        check) becomes a BundleError."""
+        try:
+            return self.index.search(queries, k)
+        except RuntimeError as exc:
+            raise BundleError(
+                f"the nearest-neighbour index {self.factory!r} failed searching "
+                f"({str(exc).splitlines()[0][:200]}); the index member is damaged, re-export it"
+            ) from exc
 
     def _search_rerank(
         self, queries: np.ndarray, k: int, bank: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by exact L2 over `bank` float16 (M, D) among the top-max(R, k) candidates."""
         n_cand = min(max(self.rerank, k), self.n_vectors)
-        _, cand = self.index.search(queries, n_cand)
+        _, cand = self._faiss_search(queries, n_cand)
         dist = np.empty((len(queries), n_cand), dtype=np.float32)
         chunk = max(1, (1 << 22) // max(1, n_cand * self.dim))  # ~16 MiB of float32 per chunk
         for lo in range(0, len(queries), chunk):
@@ -330,12 +343,12 @@ def read_index_header(data: bytes) -> tuple[bytes, int, int]:
 def validate_index_bytes(
     data: bytes, *, expected_dim: int | None = None, expected_n: int | None = None
 ) -> None:
-    """Check faiss's header (and dim / count when given) before faiss parses the bytes.
+    """Check the index layout (and dim / count when given) before faiss parses the bytes.
 
     Raises:
         BundleError: not a faiss index of a known type, or dim / count differ from the expected.
     """
-    _, dim, ntotal = read_index_header(data)
+    _, dim, ntotal = check_index_bytes(data)
     if expected_dim is not None and dim != expected_dim:
         raise BundleError(
             f"the nearest-neighbour index takes {dim}-d vectors but {expected_dim} "

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -278,6 +279,7 @@ class Detector:
         threshold: float | None = None,
         sensitivity: float | None = None,
         modality: str | None = None,
+        trusted_keys: Sequence[Any] | None = None,
     ) -> Detector:
         """Verify the bundle at `path` and bind it to the best backend available for `device`.
 
@@ -299,11 +301,13 @@ class Detector:
                 higher flags more (see `edgead.runtime.threshold.override_threshold`).
             modality: "image" or "tabular": refuse a bundle of the other kind before any
                 backend is loaded.
-
+            trusted_keys: Ed25519 public keys (or paths to their PEM files, see
+                `edgead.signing`); when given, the bundle must be signed by one of them
+                (checked before anything in it is parsed). None: signatures are not checked.
 
         Raises:
-            BundleError: the bundle fails verification, or verify=True on a bundle without
-                reference outputs.
+            BundleError: the bundle fails verification (or its signature, with trusted_keys),
+                or verify=True on a bundle without reference outputs.
             ConfigError: the bundle's modality is not `modality`; a bad threshold override.
             ReferenceMismatchError: every backend that loaded failed the reference check.
             BackendUnavailableError: not even ONNX Runtime on the CPU could load the graph.
@@ -317,7 +321,7 @@ class Detector:
             if backend.lower() not in BACKEND_ALIASES:
                 raise unknown_name_error("backend", backend, BACKEND_ALIASES)
             backend = BACKEND_ALIASES[backend.lower()]
-        bundle = read_bundle(path)
+        bundle = read_bundle(path, trusted_keys=trusted_keys)
         check_modality(bundle.manifest, modality, path)
         if threshold is not None or sensitivity is not None:
             manifest = override_threshold(bundle.manifest, threshold, sensitivity)
@@ -452,6 +456,7 @@ class Detector:
             batch = tiles_of(resized, tiling)
         t1 = time.perf_counter()
         outputs = self._run_graph(batch)
+        _check_output_sizes(outputs, self._kind, len(batch), self.manifest.postprocess)
         t2 = time.perf_counter()
         raw, maps, search_ms = self._image_scores(
             outputs, len(batch), want_maps or tiling is not None
@@ -497,7 +502,13 @@ class Detector:
 
     def _run_graph(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Graph outputs for `batch`, split into chunks of the backend's max_batch."""
-        return run_batched(self._engine(), batch, tuple(o.name for o in self.manifest.outputs))
+        spec = self.manifest.input
+        return run_batched(
+            self._engine(),
+            batch,
+            tuple(o.name for o in self.manifest.outputs),
+            input_name=f"{spec.name!r} (declared {spec.dtype} {spec.shape})",
+        )
 
     def _image_scores(
         self, outputs: dict[str, np.ndarray], n: int, want_maps: bool = True
@@ -518,7 +529,13 @@ class Detector:
             if post.score == "reweight" and self._bank is None:
                 # the fp16 re-rank copy if shipped, else the index's own vectors; builds IVF's
                 # direct map (a bare reconstruct_n fails on IVF indexes)
-                self._bank = self._index.reconstruct_all()
+                try:
+                    self._bank = self._index.reconstruct_all()
+                except RuntimeError as exc:  # faiss: this index type cannot decode its vectors
+                    raise BundleError(
+                        "score 'reweight' needs the bank vectors, but the bundle's index cannot "
+                        f"reconstruct them ({str(exc).splitlines()[0][:200]}); re-export it"
+                    ) from exc
             scored = score_nn_embeddings(
                 outputs["embedding"], self._index, post, self.image_size, self._bank, want_maps
             )
@@ -552,7 +569,7 @@ class Detector:
                 no NaN/inf.
 
         Raises:
-            DataError: an image bundle, wrong shape, non-numeric or non-finite values.
+            DataError: an image bundle, wrong or ragged shape, non-numeric or non-finite values.
         """
         if self._kind in WINDOW_KINDS:
             raise DataError(
@@ -564,6 +581,7 @@ class Detector:
         rows = check_rows(rows, self.manifest.input.shape[-1], one_row_ok=True)
         outputs = self._run_graph(rows)
         n = len(rows)
+        _check_output_sizes(outputs, self._kind, n, self.manifest.postprocess)
         if self._kind == "rows":
             raw = outputs["score"].reshape(n).astype(np.float32)
         else:
@@ -649,6 +667,35 @@ class Detector:
     def reset_stream(self, stream: str = "default") -> None:
         """Forget `stream`'s rows (after a gap in the data); the next window starts afresh."""
         self._buffers.pop(stream, None)
+
+
+def _check_output_sizes(
+    outputs: dict[str, np.ndarray], kind: str, n: int, post: dict[str, Any]
+) -> None:
+    """BundleError when a graph output cannot hold what the manifest's post-processing reads
+    for a batch of `n` (a graph that does not match its manifest, e.g. another grid)."""
+
+    def bad(name: str, expected: str) -> BundleError:
+        return BundleError(
+            f"graph output {name!r} has shape {outputs[name].shape} for {n} input(s); the "
+            f"manifest's {kind!r} post-processing needs {expected}; the graph member does not "
+            "match its manifest, re-export the bundle"
+        )
+
+    for name in ("embedding", "score", "anomaly_map"):
+        if name in outputs and (outputs[name].ndim == 0 or outputs[name].shape[0] != n):
+            raise bad(name, f"a leading batch axis of {n}")
+    if kind in ("nn_index", "rows_nn_index"):
+        per_item = int(post["grid"][0]) * int(post["grid"][1]) if kind == "nn_index" else 1
+        size = outputs["embedding"].size
+        if size == 0 or size % (n * per_item):
+            raise bad("embedding", f"{n} x {per_item} x D values")
+    if kind in ("graph", "rows") and outputs["score"].size != n:
+        raise bad("score", f"{n} values")
+    if kind in ("map", "graph") and "anomaly_map" in outputs:
+        amap = outputs["anomaly_map"]
+        if amap.ndim < 3 or amap.size != n * amap.shape[-1] * amap.shape[-2]:
+            raise bad("anomaly_map", "(N, H, W) or (N, 1, H, W)")
 
 
 def _verify_backend(bundle: Bundle, engine: Backend, verify: bool | None) -> ReferenceCheck | None:

@@ -184,6 +184,10 @@ class RunSummary:
         return data
 
 
+#: seconds between fps updates when status lines are off (--status-every 0)
+FPS_UPDATE_S = 5.0
+
+
 class LoopStats:
     """Live counters and a bounded latency window, shared with the HTTP endpoint (thread-safe)."""
 
@@ -665,8 +669,11 @@ class InspectionLoop:
         return name
 
     def _maybe_status(self, next_status: float) -> float:
-        if self.config.status_every_s <= 0 or time.perf_counter() < next_status:
+        if time.perf_counter() < next_status:
             return next_status
+        if self.config.status_every_s <= 0:  # no status lines, but keep edgead_fps live
+            self.stats.update_fps()
+            return time.perf_counter() + FPS_UPDATE_S
         self.log_status()
         return time.perf_counter() + self.config.status_every_s
 
@@ -752,6 +759,7 @@ def run_inspection(
     sensitivity: float | None = None,
     resume: bool = False,
     sink_factories: Sequence[Callable[[str], ResultSink]] = (),
+    trusted_keys: list[Any] | None = None,
 ) -> RunSummary:
     """Load `model`, open `source` and run the inspection loop until the source ends or a stop.
 
@@ -775,6 +783,8 @@ def run_inspection(
             `config.out_dir` (results.jsonl and its rotated files), so a restarted run gives
             every file exactly one line.
         sink_factories: each called with the run id, returning a ResultSink (MQTT, webhook).
+        trusted_keys: Ed25519 public keys the bundle must be signed by (see `Detector.load`);
+            the fallback reload checks them too.
 
     Raises:
         DataError: the source cannot be opened after `open_retries` attempts.
@@ -783,6 +793,8 @@ def run_inspection(
     from edgead.runtime.capture import CaptureConfig, FolderReader, open_reader, parse_source
     from edgead.runtime.detector import Detector
 
+    if http_port is not None and not 0 <= int(http_port) <= 65535:
+        raise ConfigError(f"--http port must be in 0..65535 (0: any free port); got {http_port}")
     spec = parse_source(source)
     if resume and spec.kind != "folder":
         raise ConfigError(f"--resume needs a folder source; {spec} is not one")
@@ -813,6 +825,7 @@ def run_inspection(
         "threshold": threshold,
         "sensitivity": sensitivity,
         "modality": "image",
+        "trusted_keys": trusted_keys,
     }
     detector = Detector.load(model, device=device, backend=backend, threads=threads, **overrides)
     try:

@@ -130,14 +130,46 @@ def render_metrics(registry: Any) -> bytes:
     return _prometheus().generate_latest(registry)
 
 
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most `max_connections` connections served at once; the
+    rest are closed at once (one thread per connection otherwise grows without bound)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any, max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            logger.debug("http: connection from %s refused (too many open)", client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MetricsServer:
     """A small threaded HTTP server; `start()` serves in a daemon thread, `close()` stops it.
 
     Args:
-        port: TCP port (0 picks a free one; see `.port`).
+        port: TCP port 0..65535 (0 picks a free one; see `.port`).
         collect: returns (capture counts, loop snapshot, latency quantiles, info labels).
         host: bind address, 127.0.0.1 by default.
         stall_after_s: /healthz reports 503 when no frame was scored for this long.
+        timeout_s: a connection idle for this long (no complete request) is closed.
+        max_connections: connections served at once; more are closed immediately.
     """
 
     def __init__(
@@ -146,7 +178,13 @@ class MetricsServer:
         collect: Collect,
         host: str = "127.0.0.1",
         stall_after_s: float = 30.0,
+        timeout_s: float = 10.0,
+        max_connections: int = 16,
     ) -> None:
+        from edgead.errors import ConfigError
+
+        if not 0 <= int(port) <= 65535:
+            raise ConfigError(f"--http port must be in 0..65535 (0: any free port); got {port}")
         self.collect = collect
         self.registry, self._latency = build_registry(collect)
         self.stall_after_s = stall_after_s
@@ -154,6 +192,8 @@ class MetricsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = timeout_s  # socket timeout: idle or slow clients are dropped
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -178,12 +218,11 @@ class MetricsServer:
                 logger.debug("http: " + fmt, *args)
 
         try:
-            self.httpd = ThreadingHTTPServer((host, port), Handler)
-        except OSError as exc:
+            self.httpd = _BoundedHTTPServer((host, port), Handler, max_connections)
+        except (OSError, OverflowError) as exc:
             raise ConfigError(
                 f"--http {port}: cannot listen on {host}:{port} ({exc}); pick a free port"
             ) from exc
-        self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, name="edgead-http", daemon=True

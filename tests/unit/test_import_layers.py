@@ -1,7 +1,8 @@
 """The import graph of `edgead/` (read with `ast`, lazy imports inside functions included).
 
 Floors (docs/ARCHITECTURE.md, STYLE.md section 2.1):
-- ground floor: `edgead.ops.*`, `edgead.bundle`, `edgead.errors`, `edgead._io`, `edgead.config`;
+- ground floor: `edgead.ops.*`, `edgead.bundle` (+ `bundle_checks`, `signing`), `edgead.errors`,
+  `edgead._io`, `edgead.config`;
   imports nothing else of edgead and no torch / scikit-learn / scipy / pandas.
 - data (`edgead.data.*`), models (`edgead.models.*`) and the device side (`edgead.runtime.*`,
   `edgead.devices.*`) each stand on the ground floor and never import each other upwards or
@@ -17,7 +18,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "edgead"
-GROUND_MODULES = {"edgead.bundle", "edgead.errors", "edgead._io", "edgead.config"}
+GROUND_MODULES = {
+    "edgead.bundle",
+    "edgead.bundle_checks",
+    "edgead.signing",
+    "edgead.errors",
+    "edgead._io",
+    "edgead.config",
+}
 #: floor -> the floors it may import (besides itself and the ground floor).
 ALLOWED = {
     "ground": set(),

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from edgead.errors import BackendUnavailableError
+from edgead.errors import BackendRuntimeError, BackendUnavailableError, EdgeadError
 
 
 @runtime_checkable
@@ -92,17 +92,29 @@ def check_outputs(outputs: dict[str, np.ndarray], expected: tuple[str, ...], bac
 
 
 def run_batched(
-    backend: Backend, inputs: np.ndarray, names: tuple[str, ...]
+    backend: Backend, inputs: np.ndarray, names: tuple[str, ...], input_name: str = "input"
 ) -> dict[str, np.ndarray]:
     """Named outputs for `inputs`, run in chunks of the backend's max_batch and concatenated.
 
     Raises:
         BackendUnavailableError: the backend did not return every name in `names`.
+        BackendRuntimeError: the backend's own exception while running (ONNX Runtime's,
+            OpenVINO's, TensorRT's), chained, naming the backend and `input_name`.
     """
     step = backend.max_batch or len(inputs)
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, len(inputs), max(step, 1)):
-        out = backend.run(np.ascontiguousarray(inputs[start : start + step]))
+        chunk = np.ascontiguousarray(inputs[start : start + step])
+        try:
+            out = backend.run(chunk)
+        except EdgeadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - each backend raises its own types
+            raise BackendRuntimeError(
+                f"backend {backend.name} failed running the graph on input {input_name} given "
+                f"{chunk.dtype} {chunk.shape}: {type(exc).__name__}: {str(exc)[:300]}; the graph "
+                "member may not match its manifest: re-export the bundle or try another backend"
+            ) from exc
         check_outputs(out, names, backend.name)
         parts.append(out)
     if len(parts) == 1:

@@ -77,7 +77,7 @@ class OpenVinoBackend:
                 model=xml, weights=ov.Tensor(np.frombuffer(weights, np.uint8))
             )
             self._compiled = self._core.compile_model(model, device, config)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:  # ValueError: e.g. XML that is not UTF-8
             raise BackendUnavailableError(
                 f"openvino could not compile the graph on {device}: {exc}"
             ) from exc
