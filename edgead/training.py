@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from edgead import metrics
+from edgead.config import from_dict
 from edgead.errors import ConfigError, DataError
-from edgead.models.base import BaseDetector, Progress, create_detector, no_progress
+from edgead.models.base import BaseDetector, Progress, get_detector_class, no_progress
 from edgead.rundir import load_run, save_run
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,40 @@ def _seeded_split(n_items: int, n_val: int, seed: int) -> tuple[np.ndarray, np.n
     """(fit_idx, val_idx) sorted int64 from a seeded permutation of range(n_items)."""
     order = np.random.default_rng(seed).permutation(n_items)
     return np.sort(order[n_val:]).astype(np.int64), np.sort(order[:n_val]).astype(np.int64)
+
+
+def check_threshold_source(
+    detector_cls: type[BaseDetector], config: Any, val_data: str | Path | None
+) -> None:
+    """Refuse, before any backbone or data work, a run that could not set its threshold.
+
+    A threshold needs normal scores the bank never saw: held-out normal images
+    (`val_fraction` > 0), the detector's own cross-fitted scores (`threshold_folds` >= 2), or
+    labelled `--val-data` (which must exist).
+
+    Raises:
+        ConfigError: no source of threshold scores; the message says what to pass.
+        DataError: `val_data` names a file or folder that does not exist.
+    """
+    if val_data is not None:
+        if str(val_data).strip().lower() != "elpv" and not Path(val_data).expanduser().exists():
+            raise DataError(
+                f"--val-data {val_data} does not exist; pass a labelled MVTec-layout folder "
+                "(images) or a labelled table"
+            )
+        return
+    if detector_cls.modality != "image":
+        return  # tabular runs always hold out TABULAR_VAL_FRACTION of the rows
+    fraction = float(getattr(config, "val_fraction", DEFAULT_VAL_FRACTION))
+    folds = int(getattr(config, "threshold_folds", 0))
+    if fraction <= 0.0 and folds < 2:
+        raise ConfigError(
+            f"{detector_cls.name}: no normal scores for the threshold: val_fraction is 0"
+            + (" and threshold_folds < 2" if hasattr(config, "threshold_folds") else "")
+            + " and no labelled --val-data was given; pass --val-data DIR (labelled data), "
+            "or --set val_fraction=0.1"
+            + (" or --set threshold_folds=10" if hasattr(config, "threshold_folds") else "")
+        )
 
 
 def _image_split(
@@ -197,7 +232,10 @@ def train_run(
         DataError: unusable data (too few images/rows to hold out validation data, ...).
     """
     t_start = time.perf_counter()
-    detector = create_detector(name, overrides or {})
+    detector_cls = get_detector_class(name)
+    config = from_dict(detector_cls.config_cls, overrides or {})
+    check_threshold_source(detector_cls, config, val_data)
+    detector = detector_cls(config)
     options = dict(data_options or {})
     if detector.modality == "image":
         if label_column is not None:
@@ -219,6 +257,10 @@ def train_run(
     if split.val_data is not None:
         val_scores = detector.score(split.val_data, progress=val_progress).scores
         validation.update(_score_summary(val_scores))
+    elif getattr(detector, "heldout_scores_", None) is not None:
+        val_scores = np.asarray(detector.heldout_scores_, dtype=np.float32)
+        validation.update(_score_summary(val_scores))
+        validation["source"] = getattr(detector, "heldout_source_", "cross-fitted")
     if val_data is not None:
         inputs, labels = _labelled_validation(detector, val_data, label_column)
         labelled_scores = detector.score(inputs, progress=val_progress).scores
