@@ -325,6 +325,22 @@ def check_backbones(size: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- report
 
 
+def included_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows of earlier reports (`--include-results`), marked with their file; settings must match.
+
+    Raises:
+        SystemExit: an earlier report used another image size, coreset ratio or seed.
+    """
+    rows: list[dict[str, Any]] = []
+    for file in args.include_results:
+        report = json.loads(file.read_text())
+        for key in ("image_size", "coreset_ratio", "anomalib_norm"):
+            if report.get(key) != getattr(args, key):
+                raise SystemExit(f"{file}: {key} {report.get(key)} != {getattr(args, key)}")
+        rows += [{**row, "from": file.name} for row in report["results"]]
+    return rows
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     """Markdown table, one row per (data set, method, tool)."""
     head = (
@@ -362,6 +378,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results-file", type=Path, default=None)
+    parser.add_argument(
+        "--include-results",
+        type=Path,
+        action="append",
+        default=[],
+        help="earlier vs_anomalib JSON whose rows join this table (same settings required)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -387,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     if not check["timm_classifies_photos"] or check["feature_max_abs_diff"] > 1e-4:
         raise SystemExit(f"the mapped weights do not match edgead's backbone: {check}")
     load_before = list(os.getloadavg())
-    rows = []
+    rows = included_rows(args)
     names = [d for d in args.datasets.split(",") if d] + list(args.data)
     for name in names:
         for method in [m for m in args.methods.split(",") if m]:

@@ -39,6 +39,7 @@ from edgead.models._image_common import (
     feature_grid,
     iter_batches,
 )
+from edgead.models._ort_features import OrtFeatures
 from edgead.models.base import (
     BaseDetector,
     ExportSpec,
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 _INDEX_FACTORY = "Flat"
 #: at most this many training images get a cross-fitted score (a 99th percentile needs ~100s).
 MAX_HELDOUT_IMAGES = 256
+FEATURE_ENGINES = ("onnxruntime", "torch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +78,8 @@ class PatchCoreConfig:
     threshold_folds: k of the k-fold cross-fitting that gives every training image (at most
         `MAX_HELDOUT_IMAGES` of them) a score from a bank without its own patches, for the
         threshold when val_fraction is 0 (< 2: off; then thresholds need labelled data).
+    feature_engine: "onnxruntime" (the embedder exported in memory and run by ONNX Runtime,
+        used only after it matched torch on the first batch; else torch, logged) or "torch".
     """
 
     backbone: str = "efficientnet_lite0"
@@ -89,6 +93,7 @@ class PatchCoreConfig:
     batch_size: int = 8
     val_fraction: float = 0.0
     threshold_folds: int = 10
+    feature_engine: str = "onnxruntime"
 
     def validate(self) -> None:
         """Raise ConfigError on values that cannot work."""
@@ -109,6 +114,11 @@ class PatchCoreConfig:
             raise ConfigError("patchcore: batch_size must be >= 1 and blur_sigma >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"patchcore: val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.feature_engine not in FEATURE_ENGINES:
+            raise ConfigError(
+                f"patchcore: feature_engine must be one of {', '.join(FEATURE_ENGINES)}, "
+                f"got {self.feature_engine!r}"
+            )
         if self.threshold_folds < 0:
             raise ConfigError(
                 f"patchcore: threshold_folds must be >= 0 (0 or 1: off), got {self.threshold_folds}"
@@ -210,6 +220,8 @@ class PatchCore(BaseDetector):
         self.n_train_patches_ = 0
         self.heldout_scores_: np.ndarray | None = None
         self.features_per_s_ = 0.0
+        self.feature_engine_ = ""
+        self._ort: OrtFeatures | None = None
         self.heldout_source_ = ""
         self._index: FaissIndex | None = None
 
@@ -243,8 +255,19 @@ class PatchCore(BaseDetector):
         parts: list[np.ndarray] = []
         with torch.inference_mode():
             for batch in iter_batches(images, self.config.batch_size, progress, description):
-                parts.append(self.embedder(batch)[0].numpy())
+                parts.append(self._features(batch))
         return np.concatenate(parts)
+
+    def _features(self, batch: torch.Tensor) -> np.ndarray:
+        """float32 (B, h*w, D) embeddings of a uint8 (B, S, S, 3) batch, through the configured
+        engine (ONNX Runtime after its parity check on the first batch, else torch)."""
+        if self.config.feature_engine == "onnxruntime" and not self.feature_engine_:
+            self._ort = OrtFeatures.build(self.embedder, batch.numpy())
+            self.feature_engine_ = "onnxruntime" if self._ort is not None else "torch (fallback)"
+        if self._ort is not None:
+            return self._ort(batch.numpy())
+        self.feature_engine_ = self.feature_engine_ or "torch"
+        return self.embedder(batch)[0].numpy()
 
     def fit(
         self,
@@ -371,7 +394,7 @@ class PatchCore(BaseDetector):
         maps: list[np.ndarray] = []
         with torch.inference_mode():
             for batch in iter_batches(data, cfg.batch_size, progress, "patchcore: score"):
-                emb = self.embedder(batch)[0].numpy()
+                emb = self._features(batch)
                 patch, ids = self.patch_distances(emb)
                 flat = patch.reshape(patch.shape[0], -1)
                 if cfg.reweight:
@@ -439,5 +462,6 @@ class PatchCore(BaseDetector):
             "n_train_patches": int(self.n_train_patches_),
             "memory_bank_mb": round(bank.nbytes / 1e6, 2),
             "features_per_s": round(self.features_per_s_, 2),
+            "feature_engine": self.feature_engine_,
             "threshold_scores": self.heldout_source_ or "held-out images",
         }
