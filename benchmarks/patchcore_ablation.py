@@ -121,7 +121,10 @@ def embed_paths(paths: list[Path], prep: str, size: int, batch: int = 16) -> np.
     with torch.inference_mode():
         for start in range(0, len(paths), batch):
             images = np.stack([load(p) for p in paths[start : start + batch]])
-            parts.append(det.embedder(torch.from_numpy(images))[0].numpy())
+            if images.dtype == np.uint8 and prep != "imagenet":
+                parts.append(det.embed(images))  # edgead's engine (ONNX Runtime, checked)
+            else:  # float input or a swapped normalisation: the torch module itself
+                parts.append(det.embedder(torch.from_numpy(images))[0].numpy())
     return np.concatenate(parts)
 
 
@@ -217,10 +220,12 @@ def score_all(
 # ------------------------------------------------------------------------------------- runs
 
 
-def variants(baseline: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+def variants(baseline: dict[str, str], factors: list[str]) -> list[tuple[str, dict[str, str]]]:
     """(factor label, settings) for the baseline and each factor changed alone."""
     rows = [("baseline", dict(baseline))]
     for key, options in (("prep", PREPS), ("bank", BANKS), ("projection", PROJECTIONS)):
+        if key not in factors:
+            continue
         for option in options:
             if option != baseline[key]:
                 rows.append((f"{key}={option}", {**baseline, key: option}))
@@ -241,7 +246,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     grid = -(-args.image_size // 8)
     sigmas = [float(s) for s in args.sigmas.split(",")]
     rows = []
-    for label, setting in variants(baseline):
+    for label, setting in variants(baseline, args.factors.split(",")):
         if setting["prep"] not in args.preps.split(","):
             continue
         train_emb, train_s = cached_embeddings(
@@ -315,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preps", default=",".join(PREPS))
     parser.add_argument("--baseline", default="area_u8,holdout,gauss128")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--factors", default="prep,bank,projection", help="factors to vary")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--coreset-ratio", type=float, default=0.01)
     parser.add_argument("--sigmas", default="4,2")

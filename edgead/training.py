@@ -9,8 +9,12 @@ Hold-out and threshold policy (recorded in run.json under "threshold" and "valid
 
 - Images: a seeded `val_fraction` of the normal training images (the detector config's
   `val_fraction` when it has one, else 0.1), at least `MIN_VAL_IMAGES`, is held out and never
-  fitted. On MPDD metal_plate (54 training images) holding out 5 did not change image AUROC
-  (1.0 either way at 256 px) and keeps a threshold measured on unseen normal images.
+  fitted. PatchCore defaults to val_fraction 0: every image goes into the memory bank and the
+  threshold comes from its cross-fitted scores (`threshold_folds`; each image scored against the
+  bank without its fold's entries; see benchmarks/vs_anomalib.md for why).
+- A run without any source of threshold scores (no hold-out, no cross-fitting, no labelled
+  `val_data`) is refused by `check_threshold_source` before the backbone is built or any data
+  is read.
 - Tabular: with labels, the ADBench protocol's training part (a seeded 60 % of the normal rows,
   `edgead.data.tabular.adbench_split`) is used, so evaluation on the same file tests on the other
   rows; without labels every row counts as normal. A seeded `TABULAR_VAL_FRACTION` of those rows
