@@ -63,7 +63,9 @@ log = logging.getLogger("vs_anomalib")
 def dataset_spec(name: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """(edgead data spec, loader options) of a named data set or a folder."""
     if name == "elpv":
-        return "elpv", {"train_fraction": args.elpv_train_fraction, "seed": 0}
+        options = {"train_fraction": args.elpv_train_fraction, "seed": 0}
+        options.update(max_train=args.elpv_max_train, max_test=args.elpv_max_test)
+        return "elpv", options
     if name == "mpdd":
         env = os.environ.get("EDGEAD_DATA")
         root = Path(env) if env else REPO.parent / "shared" / "datasets"
@@ -71,6 +73,14 @@ def dataset_spec(name: str, args: argparse.Namespace) -> tuple[str, dict[str, An
     if name == "gray":
         return str(args.gray_dir), {}
     return name, {}
+
+
+def elpv_caps(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "train_fraction": args.elpv_train_fraction,
+        "max_train": args.elpv_max_train,
+        "max_test": args.elpv_max_test,
+    }
 
 
 def load_split(name: str, args: argparse.Namespace) -> Any:
@@ -162,6 +172,7 @@ def run_anomalib(method: str, dataset: Any, args: argparse.Namespace) -> dict[st
             model(images)
     t1 = time.perf_counter()
     torch.manual_seed(args.seed)
+    np.random.seed(args.seed)  # anomalib's projection draws its columns from numpy's global RNG
     extra: dict[str, Any] = {}
     if method == "patchcore" and args.anomalib_coreset == "native":
         model.subsample_embedding(args.coreset_ratio)
@@ -392,9 +403,10 @@ def included_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for file in args.include_results:
         report = json.loads(file.read_text())
-        for key in ("image_size", "coreset_ratio", "anomalib_norm"):
-            if report.get(key) != getattr(args, key):
-                raise SystemExit(f"{file}: {key} {report.get(key)} != {getattr(args, key)}")
+        for key in ("image_size", "coreset_ratio", "anomalib_norm", "seed", "elpv_caps"):
+            want = elpv_caps(args) if key == "elpv_caps" else getattr(args, key)
+            if report.get(key) != want:
+                raise SystemExit(f"{file}: {key} {report.get(key)} != {want}")
         rows += [{**row, "from": file.name} for row in report["results"]]
     return rows
 
@@ -430,6 +442,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--coreset-ratio", type=float, default=0.01)
     parser.add_argument("--elpv-train-fraction", type=float, default=0.66)
+    parser.add_argument("--elpv-max-train", type=int, default=None, help="seeded cap")
+    parser.add_argument("--elpv-max-test", type=int, default=None, help="seeded cap")
     parser.add_argument("--gray-dir", type=Path, default=Path("/tmp/gray_jpeg_set"))
     parser.add_argument("--anomalib-norm", choices=("imagenet", "backbone"), default="imagenet")
     parser.add_argument(
@@ -498,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": args.image_size,
         "coreset_ratio": args.coreset_ratio,
         "anomalib_norm": args.anomalib_norm,
+        "seed": args.seed,
+        "elpv_caps": elpv_caps(args),
         "host": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": args.threads,
