@@ -7,7 +7,8 @@ issue 12: area resize to uint8, 10 % of the normals held out of the bank, Gaussi
 128-d in the coreset, image score = max patch distance):
 
 - preprocessing of train and test images: `area_u8` (OpenCV area, uint8), `auto_u8` (per axis:
-  area when shrinking, bilinear when enlarging, uint8), `torch_f32` (anomalib's path: Pillow
+  area when shrinking, bilinear when enlarging, uint8), `pil_u8` (OpenCV decode, Pillow's
+  antialiased bilinear resize, uint8), `torch_f32` (anomalib's path: Pillow
   decode, torchvision antialiased bilinear on float, no rounding), `torch_u8` (the same, rounded
   to uint8), `imagenet` (area uint8, but ImageNet mean/std instead of the backbone's 0.5/0.5);
 - bank: `holdout` (10 % of the training images left out, as `edgead train` did) or `all`;
@@ -43,7 +44,7 @@ OUT_DIR = REPO / "benchmarks" / "results"
 CACHE_DIR = OUT_DIR / "ablation_cache"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PREPS = ("area_u8", "auto_u8", "torch_f32", "torch_u8", "imagenet")
+PREPS = ("area_u8", "auto_u8", "pil_u8", "torch_f32", "torch_u8", "imagenet")
 BANKS = ("holdout", "all")
 PROJECTIONS = ("gauss128", "none", "sparse_jl")
 SCORES = ("max", "reweight9", "top3")
@@ -79,6 +80,13 @@ def resize_auto(image: np.ndarray, size: int) -> np.ndarray:
     return image
 
 
+def resize_pil(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (S, S, 3): Pillow's antialiased bilinear resize of an OpenCV-decoded image."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
 def torch_resize(path: Path, size: int, rounded: bool) -> np.ndarray:
     """float32 (S, S, 3) on 0..255 as anomalib reads it: Pillow RGB, antialiased bilinear."""
     import torch
@@ -101,6 +109,8 @@ def loader(prep: str, size: int) -> Callable[[Path], np.ndarray]:
         return lambda path: load_resized(path, size, "area")
     if prep == "auto_u8":
         return lambda path: resize_auto(read_image(path), size)
+    if prep == "pil_u8":
+        return lambda path: resize_pil(read_image(path), size)
     if prep in ("torch_f32", "torch_u8"):
         return lambda path: torch_resize(path, size, rounded=prep == "torch_u8")
     raise SystemExit(f"unknown preprocessing {prep!r}; use one of {PREPS}")

@@ -461,7 +461,8 @@ def _evaluate_images(
 ) -> dict[str, Any]:
     from edgead.data.images import load_image_dataset
 
-    dataset = load_image_dataset(spec, int(detector.config.image_size), **data_options)
+    options = {"interpolation": (meta.get("data") or {}).get("interpolation"), **data_options}
+    dataset = load_image_dataset(spec, int(detector.config.image_size), **options)
     test = dataset.test_set()
     labels = np.asarray(test.labels, dtype=np.int64)
     n_test = len(labels)

@@ -6,7 +6,8 @@
     ROOT/ground_truth/<defect>/<stem>_mask.png   optional binary masks (or <stem>.png)
 
 Every image is returned as uint8 RGB (S, S, 3), resized with
-`edgead.runtime.preprocess.resize_frame(img, (S, S), "area")`, the code the runtime uses.
+`edgead.runtime.preprocess.resize_frame(img, (S, S), DEFAULT_RESIZE)` (Pillow's antialiased
+bilinear), the code the runtime uses; new bundles record the same resize.
 Gray, RGB, RGBA and 16-bit files are converted; truncated files raise `DataError`.
 """
 
@@ -23,7 +24,7 @@ import cv2
 import numpy as np
 
 from edgead.errors import ConfigError, DataError
-from edgead.runtime.preprocess import resize_frame
+from edgead.runtime.preprocess import DEFAULT_RESIZE, resize_frame
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,9 @@ def read_mask(path: str | Path) -> np.ndarray:
     return decoded > peak / 2.0
 
 
-def load_resized(path: str | Path, image_size: int, interpolation: str = "area") -> np.ndarray:
+def load_resized(
+    path: str | Path, image_size: int, interpolation: str = DEFAULT_RESIZE
+) -> np.ndarray:
     """uint8 RGB (S, S, 3): `read_image` then `resize_frame(img, (S, S), interpolation)`."""
     return resize_frame(read_image(path), (image_size, image_size), interpolation)
 
@@ -311,7 +314,9 @@ class MVTecFolder:
         without masks).
     """
 
-    def __init__(self, root: str | Path, image_size: int, *, interpolation: str = "area") -> None:
+    def __init__(
+        self, root: str | Path, image_size: int, *, interpolation: str = DEFAULT_RESIZE
+    ) -> None:
         """Index the folder (file names only; no pixel is read here).
 
         Raises:
@@ -420,6 +425,7 @@ class MVTecFolder:
             "path": str(self.root),
             "kind": "mvtec_folder",
             "image_size": self.image_size,
+            "interpolation": self.interpolation,
             "n_train": len(self.train_paths),
             "n_test": len(self.test_paths),
             "n_test_defective": int(self.test_labels.sum()),
