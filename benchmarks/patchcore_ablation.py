@@ -166,14 +166,17 @@ def project(features: np.ndarray, projection: str, seed: int) -> tuple[np.ndarra
     if projection == "none":
         return features, 0
     if projection == "sparse_jl":
-        import warnings
-
-        from sklearn.random_projection import SparseRandomProjection
-
-        with warnings.catch_warnings():  # n_components > n_features: sklearn warns, works
-            warnings.simplefilter("ignore")
-            proj = SparseRandomProjection(eps=0.9, random_state=seed).fit_transform(features)
-        return np.ascontiguousarray(proj, dtype=np.float32), 0
+        # anomalib's SparseRandomProjection(eps=0.9): Johnson-Lindenstrauss dimension for N
+        # vectors (above D here, which scikit-learn's class refuses), density 1 / sqrt(D).
+        n_vectors, n_dims = features.shape
+        n_components = int(4 * np.log(n_vectors) / (0.9**2 / 2 - 0.9**3 / 3))
+        density = 1 / np.sqrt(n_dims)
+        rng = np.random.default_rng(seed)
+        signs = rng.choice(
+            [-1.0, 0.0, 1.0], size=(n_dims, n_components), p=[density / 2, 1 - density, density / 2]
+        )
+        matrix = (signs * np.sqrt(1 / density) / np.sqrt(n_components)).astype(np.float32)
+        return np.ascontiguousarray(features @ matrix), 0
     raise SystemExit(f"unknown projection {projection!r}; use one of {PROJECTIONS}")
 
 
