@@ -51,7 +51,9 @@ def load_eval_data(
         size = image_size or int((meta.get("config") or {}).get("image_size", 0))
         if not size:
             raise DataError("cannot tell the image size to evaluate at; the bundle/run has none")
-        dataset = load_image_dataset(data, size)
+        # the resize the run was trained with (recorded since issue 12); None: the loader default
+        interpolation = (meta.get("data") or {}).get("interpolation")
+        dataset = load_image_dataset(data, size, interpolation=interpolation)
         test = dataset.test_set()
         train = dataset.train_images() if with_train else None
         return train, test.images, np.asarray(test.labels), test.masks
@@ -268,7 +270,8 @@ def evaluate_run(
 
         tiling = run_tiling(meta)
         size = image_load_size(detector, tiling)
-        dataset = load_image_dataset(spec, size, **data_options)
+        options = {"interpolation": run_data.get("interpolation"), **data_options}
+        dataset = load_image_dataset(spec, size, **options)
         test = dataset.test_set()
         if len(test.labels) == 0:
             raise DataError(

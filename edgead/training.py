@@ -9,8 +9,12 @@ Hold-out and threshold policy (recorded in run.json under "threshold" and "valid
 
 - Images: a seeded `val_fraction` of the normal training images (the detector config's
   `val_fraction` when it has one, else 0.1), at least `MIN_VAL_IMAGES`, is held out and never
-  fitted. On MPDD metal_plate (54 training images) holding out 5 did not change image AUROC
-  (1.0 either way at 256 px) and keeps a threshold measured on unseen normal images.
+  fitted. PatchCore defaults to val_fraction 0: every image goes into the memory bank and the
+  threshold comes from its cross-fitted scores (`threshold_folds`; each image scored against the
+  bank without its fold's entries; see benchmarks/vs_anomalib.md for why).
+- A run without any source of threshold scores (no hold-out, no cross-fitting, no labelled
+  `val_data`) is refused by `check_threshold_source` before the backbone is built or any data
+  is read.
 - Tabular: with labels, the ADBench protocol's training part (a seeded 60 % of the normal rows,
   `edgead.data.tabular.adbench_split`) is used, so evaluation on the same file tests on the other
   rows; without labels, or with labels that are all 0 (a file of normal rows), every row is
@@ -33,9 +37,16 @@ from typing import Any
 import numpy as np
 
 from edgead import metrics
+from edgead.config import from_dict
 from edgead.data.tiles import FRAMES_PER_CALL
 from edgead.errors import ConfigError, DataError
-from edgead.models.base import BaseDetector, Progress, ScoreOutput, create_detector, no_progress
+from edgead.models.base import (
+    BaseDetector,
+    Progress,
+    ScoreOutput,
+    get_detector_class,
+    no_progress,
+)
 from edgead.ops.tiling import Tiling, cut_tiles, merge_tile_scores
 from edgead.rundir import save_run
 
@@ -89,6 +100,40 @@ def _seeded_split(n_items: int, n_val: int, seed: int) -> tuple[np.ndarray, np.n
     """(fit_idx, val_idx) sorted int64 from a seeded permutation of range(n_items)."""
     order = np.random.default_rng(seed).permutation(n_items)
     return np.sort(order[n_val:]).astype(np.int64), np.sort(order[:n_val]).astype(np.int64)
+
+
+def check_threshold_source(
+    detector_cls: type[BaseDetector], config: Any, val_data: str | Path | None
+) -> None:
+    """Refuse, before any backbone or data work, a run that could not set its threshold.
+
+    A threshold needs normal scores the bank never saw: held-out normal images
+    (`val_fraction` > 0), the detector's own cross-fitted scores (`threshold_folds` >= 2), or
+    labelled `--val-data` (which must exist).
+
+    Raises:
+        ConfigError: no source of threshold scores; the message says what to pass.
+        DataError: `val_data` names a file or folder that does not exist.
+    """
+    if val_data is not None:
+        if str(val_data).strip().lower() != "elpv" and not Path(val_data).expanduser().exists():
+            raise DataError(
+                f"--val-data {val_data} does not exist; pass a labelled MVTec-layout folder "
+                "(images) or a labelled table"
+            )
+        return
+    if detector_cls.modality != "image":
+        return  # tabular runs always hold out TABULAR_VAL_FRACTION of the rows
+    fraction = float(getattr(config, "val_fraction", DEFAULT_VAL_FRACTION))
+    folds = int(getattr(config, "threshold_folds", 0))
+    if fraction <= 0.0 and folds < 2:
+        raise ConfigError(
+            f"{detector_cls.name}: no normal scores for the threshold: val_fraction is 0"
+            + (" and threshold_folds < 2" if hasattr(config, "threshold_folds") else "")
+            + " and no labelled --val-data was given; pass --val-data DIR (labelled data), "
+            "or --set val_fraction=0.1"
+            + (" or --set threshold_folds=10" if hasattr(config, "threshold_folds") else "")
+        )
 
 
 def _check_image_size(size_px: int, name: str) -> None:
@@ -333,7 +378,10 @@ def train_run(
         DataError: unusable data (too few images/rows to hold out validation data, ...).
     """
     t_start = time.perf_counter()
-    detector = create_detector(name, overrides or {})
+    detector_cls = get_detector_class(name)
+    config = from_dict(detector_cls.config_cls, overrides or {})
+    check_threshold_source(detector_cls, config, val_data)
+    detector = detector_cls(config)
     options = dict(data_options or {})
     tiles = None if tiling is None else Tiling.from_dict(tiling).validate()
     if detector.modality == "image":
@@ -363,6 +411,10 @@ def train_run(
     if split.val_data is not None:
         val_scores = score_images_of(detector, split.val_data, tiles, progress=val_progress).scores
         validation.update(_score_summary(val_scores))
+    elif getattr(detector, "heldout_scores_", None) is not None:
+        val_scores = np.asarray(detector.heldout_scores_, dtype=np.float32)
+        validation.update(_score_summary(val_scores))
+        validation["source"] = getattr(detector, "heldout_source_", "cross-fitted")
     if val_data is not None:
         inputs, labels = _labelled_validation(detector, val_data, label_column, tiles)
         labelled_scores = score_images_of(detector, inputs, tiles, progress=val_progress).scores

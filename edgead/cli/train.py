@@ -240,5 +240,8 @@ def train(
         )
     thr = meta["threshold"]
     table.add_row("threshold", f"{thr['value']:.4g} ({thr['policy']})")
+    source = (meta.get("validation") or {}).get("source")
+    if source:
+        table.add_row("threshold scores", str(source))
     table.add_row("timings", ", ".join(f"{k} {v:.1f}" for k, v in meta["timings_s"].items()))
     console.print(table)

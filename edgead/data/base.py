@@ -17,7 +17,7 @@ import numpy as np
 
 from edgead.errors import ConfigError
 from edgead.ops.decode import read_image
-from edgead.ops.image import resize_frame
+from edgead.ops.image import DEFAULT_RESIZE, resize_frame
 
 
 def size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -32,7 +32,7 @@ def size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def load_resized(
-    path: str | Path, image_size: int | Sequence[int], interpolation: str = "area"
+    path: str | Path, image_size: int | Sequence[int], interpolation: str = DEFAULT_RESIZE
 ) -> np.ndarray:
     """uint8 RGB (H, W, 3): `read_image` then `resize_frame(img, (H, W), interpolation)`;
     `image_size` is S (square) or (H, W)."""

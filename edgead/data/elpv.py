@@ -17,6 +17,7 @@ import numpy as np
 
 from edgead.data.base import ImageTestSet, LazySequence, load_resized
 from edgead.errors import ConfigError, DataError
+from edgead.ops.image import DEFAULT_RESIZE
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class ElpvDataset:
     """ELPV with the normal-only split; same interface as `MVTecFolder` (no masks).
 
     Args:
-        image_size: S in px (the cells are 300 px; they are resized with "area").
+        image_size: S in px (the cells are 300 px; resized with `interpolation`).
         train_fraction: share of the defect-free cells used for training, 0 < f < 1.
         seed: RNG seed of the split and of the caps.
         max_train: optional cap on training images (seeded subsample, for quick demos).
@@ -97,7 +98,7 @@ class ElpvDataset:
         max_train: int | None = None,
         max_test: int | None = None,
         data_dir: str | Path | None = None,
-        interpolation: str = "area",
+        interpolation: str = DEFAULT_RESIZE,
     ) -> None:
         if int(image_size) < 1:
             raise ConfigError(f"image_size must be a positive number of px, got {image_size}")
@@ -173,6 +174,7 @@ class ElpvDataset:
             "kind": "elpv",
             "image_size": self.image_size,
             "seed": self.seed,
+            "interpolation": self.interpolation,
             "n_train": len(self.train_paths),
             "n_test": len(self.test_paths),
             "n_test_defective": int(self.test_labels.sum()),

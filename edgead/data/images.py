@@ -6,7 +6,8 @@
     ROOT/ground_truth/<defect>/<stem>_mask.png   optional binary masks (or <stem>.png)
 
 Every image is returned as uint8 RGB (S, S, 3), resized with
-`edgead.ops.image.resize_frame(img, (S, S), "area")`, the code the runtime uses.
+`edgead.ops.image.resize_frame(img, (S, S), DEFAULT_RESIZE)` (Pillow's antialiased bilinear),
+the code the runtime uses; new bundles record the same resize.
 Files are decoded by `edgead.ops.decode.read_image` (the decoder `predict`, `run` and `bench` use:
 gray, RGB, RGBA and 16-bit files; truncated files raise `DataError`).
 """
@@ -28,6 +29,7 @@ from edgead.data.base import (
 )
 from edgead.errors import DataError
 from edgead.ops.decode import IMAGE_SUFFIXES, list_image_files, read_frame, read_mask
+from edgead.ops.image import DEFAULT_RESIZE
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,11 @@ class MVTecFolder:
     """
 
     def __init__(
-        self, root: str | Path, image_size: int | tuple[int, int], *, interpolation: str = "area"
+        self,
+        root: str | Path,
+        image_size: int | tuple[int, int],
+        *,
+        interpolation: str = DEFAULT_RESIZE,
     ) -> None:
         """Index the folder (file names only; no pixel is read here).
 
@@ -181,6 +187,7 @@ class MVTecFolder:
             "path": str(self.root),
             "kind": "mvtec_folder",
             "image_size": self.image_size,
+            "interpolation": self.interpolation,
             "n_train": len(self.train_paths),
             "n_test": len(self.test_paths),
             "n_test_defective": int(self.test_labels.sum()),

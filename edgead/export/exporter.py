@@ -133,7 +133,8 @@ def _input_spec(detector: BaseDetector, spec: ExportSpec, meta: dict[str, Any]) 
             layout="NHWC",
             channel_order="RGB",
             image_size=size,
-            resize="area",
+            # the resize the run was trained with; runs from before it was recorded used "area"
+            resize=str((meta.get("data") or {}).get("interpolation", "area")),
             mean=mean,
             std=std,
             trained_channels=(meta.get("data") or {}).get("channels"),

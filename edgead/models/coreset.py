@@ -77,6 +77,7 @@ def greedy_coreset(
     *,
     projection_dim: int = 128,
     seed: int = 0,
+    start_index: int | None = None,
     dtype: str = "float32",
     block_size: int = 32,
     progress: Progress = no_progress,
@@ -89,6 +90,8 @@ def greedy_coreset(
         ratio: fraction of the N vectors to keep, in (0, 1].
         projection_dim: P of the random projection used for distances (<= 0: none).
         seed: seeds the projection and the first centre.
+        start_index: the first centre (None: a seeded random vector); it is the first index
+            returned, as in anomalib's KCenterGreedy.
         dtype: dtype of the projected vectors in the block products: "float32" (default;
             fastest on CPUs without native half-precision units), "float16" or "bfloat16"
             (half the memory; fast on CPUs with AVX512-FP16/AMX). Running distances stay float32.
@@ -132,6 +135,10 @@ def greedy_coreset(
 
     gen = torch.Generator().manual_seed(seed)
     first = int(torch.randint(n_vectors, (1,), generator=gen))
+    if start_index is not None:
+        if not 0 <= int(start_index) < n_vectors:
+            raise ConfigError(f"coreset start_index must be in [0, {n_vectors}), got {start_index}")
+        first = int(start_index)
     selected = np.empty(n_select, dtype=np.int64)
     # The per-step (N,) work runs in numpy: single-threaded, so no thread-pool barrier per step
     # (on a busy 2-core machine a torch parallel region per step costs ~10 ms of waiting).

@@ -40,6 +40,7 @@ from edgead.models._image_common import (
     feature_grid,
     iter_batches,
 )
+from edgead.models._ort_features import OrtFeatures
 from edgead.models.base import (
     BaseDetector,
     ExportSpec,
@@ -55,6 +56,9 @@ from edgead.ops.scoring import parse_postprocess, score_nn_embeddings
 logger = logging.getLogger(__name__)
 
 _INDEX_FACTORY = "Flat"
+#: at most this many training images get a cross-fitted score (a 99th percentile needs ~100s).
+MAX_HELDOUT_IMAGES = 256
+FEATURE_ENGINES = ("onnxruntime", "torch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,8 +74,13 @@ class PatchCoreConfig:
     blur_sigma: Gaussian sigma (px) applied to the upsampled anomaly map.
     projection_dim: random-projection dimension used by the coreset distances (<= 0: none).
     batch_size: images per backbone forward.
-    val_fraction: share of the normal training images held out by `edgead.training` to set the
-        threshold and score normalisation (0: none; then thresholds need labelled data).
+    val_fraction: share of the normal training images held out of the bank by `edgead.training`
+        to set the threshold and score normalisation (0: none, every image goes into the bank).
+    threshold_folds: k of the k-fold cross-fitting that gives every training image (at most
+        `MAX_HELDOUT_IMAGES` of them) a score from a bank without its own patches, for the
+        threshold when val_fraction is 0 (< 2: off; then thresholds need labelled data).
+    feature_engine: "onnxruntime" (the embedder exported in memory and run by ONNX Runtime,
+        used only after it matched torch on the first batch; else torch, logged) or "torch".
     """
 
     backbone: str = "efficientnet_lite0"
@@ -83,7 +92,9 @@ class PatchCoreConfig:
     blur_sigma: float = 4.0
     projection_dim: int = 128
     batch_size: int = 8
-    val_fraction: float = 0.1
+    val_fraction: float = 0.0
+    threshold_folds: int = 10
+    feature_engine: str = "onnxruntime"
 
     def validate(self) -> None:
         """Raise ConfigError on values that cannot work."""
@@ -104,6 +115,15 @@ class PatchCoreConfig:
             raise ConfigError("patchcore: batch_size must be >= 1 and blur_sigma >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"patchcore: val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.feature_engine not in FEATURE_ENGINES:
+            raise ConfigError(
+                f"patchcore: feature_engine must be one of {', '.join(FEATURE_ENGINES)}, "
+                f"got {self.feature_engine!r}"
+            )
+        if self.threshold_folds < 0:
+            raise ConfigError(
+                f"patchcore: threshold_folds must be >= 0 (0 or 1: off), got {self.threshold_folds}"
+            )
 
 
 class PatchCoreEmbedder(nn.Module):
@@ -148,7 +168,9 @@ class PatchCore(BaseDetector):
     """PatchCore image detector (see module docstring).
 
     Fitted attributes: `memory_bank_` float32 (M, D); `fit_timings_` seconds of feature
-    extraction and coreset selection; `n_train_patches_`.
+    extraction, coreset selection and cross-fitting; `n_train_patches_`; `heldout_scores_`
+    float32 (n,) cross-fitted normal image scores (None when threshold_folds < 2 or
+    val_fraction > 0) and `heldout_source_` describing them.
     """
 
     modality = "image"
@@ -161,6 +183,11 @@ class PatchCore(BaseDetector):
         self.memory_bank_: np.ndarray | None = None
         self.fit_timings_: dict[str, float] = {}
         self.n_train_patches_ = 0
+        self.heldout_scores_: np.ndarray | None = None
+        self.features_per_s_ = 0.0
+        self.feature_engine_ = ""
+        self._ort: OrtFeatures | None = None
+        self.heldout_source_ = ""
         self._index: FaissIndex | None = None
 
     @property
@@ -193,8 +220,19 @@ class PatchCore(BaseDetector):
         parts: list[np.ndarray] = []
         with torch.inference_mode():
             for batch in iter_batches(images, self.config.batch_size, progress, description):
-                parts.append(self.embedder(batch)[0].numpy())
+                parts.append(self._features(batch))
         return np.concatenate(parts)
+
+    def _features(self, batch: torch.Tensor) -> np.ndarray:
+        """float32 (B, h*w, D) embeddings of a uint8 (B, S, S, 3) batch, through the configured
+        engine (ONNX Runtime after its parity check on the first batch, else torch)."""
+        if self.config.feature_engine == "onnxruntime" and not self.feature_engine_:
+            self._ort = OrtFeatures.build(self.embedder, batch.numpy())
+            self.feature_engine_ = "onnxruntime" if self._ort is not None else "torch (fallback)"
+        if self._ort is not None:
+            return self._ort(batch.numpy())
+        self.feature_engine_ = self.feature_engine_ or "torch"
+        return self.embedder(batch)[0].numpy()
 
     def fit(
         self,
@@ -203,11 +241,12 @@ class PatchCore(BaseDetector):
         seed: int = 0,
         progress: Progress = no_progress,
     ) -> None:
-        """Build the memory bank from normal uint8 (S, S, 3) RGB images."""
+        """Build the memory bank from normal uint8 (S, S, 3) RGB images (and, with
+        threshold_folds >= 2 and val_fraction 0, their cross-fitted scores)."""
         t0 = time.perf_counter()
         embeddings = self.embed(data, progress)
-        features = embeddings.reshape(-1, embeddings.shape[-1])
-        del embeddings
+        n_images, n_patches, dim = embeddings.shape
+        features = embeddings.reshape(-1, dim)
         t1 = time.perf_counter()
         stats = CoresetStats()
         keep = greedy_coreset(
@@ -222,16 +261,83 @@ class PatchCore(BaseDetector):
         self._index = None
         self.n_train_patches_ = int(features.shape[0])
         t2 = time.perf_counter()
-        self.fit_timings_ = {"feature_extraction_s": t1 - t0, "coreset_s": t2 - t1}
+        self.heldout_scores_, self.heldout_source_ = None, ""
+        folds = self.config.threshold_folds
+        if folds >= 2 and self.config.val_fraction == 0.0 and n_images >= 2:
+            self.heldout_scores_ = self._crossfit_scores(embeddings, keep // n_patches, seed)
+            self.heldout_source_ = (
+                f"cross-fitted: {min(folds, n_images)} folds, {len(self.heldout_scores_)} "
+                "images, each scored against the bank without its fold's entries"
+            )
+        t3 = time.perf_counter()
+        self.fit_timings_ = {
+            "feature_extraction_s": t1 - t0,
+            "coreset_s": t2 - t1,
+            "crossfit_s": t3 - t2,
+        }
+        self.features_per_s_ = n_images / max(t1 - t0, 1e-9)
         logger.info(
-            "patchcore: %d of %d patches in the memory bank (D=%d); features %.1f s, "
-            "coreset %.1f s",
+            "patchcore: %d of %d patches in the memory bank (D=%d); features %.1f s "
+            "(%.1f images/s), coreset %.1f s, cross-fitting %.1f s",
             len(keep),
             features.shape[0],
-            features.shape[1],
+            dim,
             t1 - t0,
+            n_images / max(t1 - t0, 1e-9),
             t2 - t1,
+            t3 - t2,
         )
+
+    def _crossfit_scores(
+        self, embeddings: np.ndarray, bank_image_ids: np.ndarray, seed: int
+    ) -> np.ndarray:
+        """float32 (n,) image scores of up to `MAX_HELDOUT_IMAGES` training images, each against
+        the memory bank minus the entries taken from its own fold's images.
+
+        The images are split into `threshold_folds` seeded folds; an image's own patches (and
+        its fold's) are never in the bank that scores it, so the scores behave like those of
+        unseen normal images, while the final bank keeps every training image. Removing a
+        fold's entries leaves its region of feature space a little less covered than a coreset
+        built without the fold would, so the scores lean high (a conservative threshold).
+
+        Args:
+            embeddings: float32 (N, P, D) training patch embeddings.
+            bank_image_ids: int64 (M,) training image of each memory-bank entry.
+            seed: seeds the folds and the choice of scored images.
+        """
+        bank = self._bank()
+        n_images = embeddings.shape[0]
+        n_folds = min(self.config.threshold_folds, n_images)
+        rng = np.random.default_rng(seed + 1)
+        fold_of = np.empty(n_images, dtype=np.int64)
+        fold_of[rng.permutation(n_images)] = np.arange(n_images) % n_folds
+        scored = np.sort(rng.permutation(n_images)[:MAX_HELDOUT_IMAGES])
+        scores = np.full(len(scored), np.nan, dtype=np.float32)
+        for fold in range(n_folds):
+            rows = np.flatnonzero(fold_of[scored] == fold)
+            others = fold_of[bank_image_ids] != fold
+            if rows.size == 0 or not others.any():
+                continue
+            fold_bank = np.ascontiguousarray(bank[others])
+            index = FaissIndex.build(fold_bank, _INDEX_FACTORY)
+            emb = embeddings[scored[rows]]
+            scores[rows] = self._image_scores(emb, fold_bank, index)
+        missing = int(np.isnan(scores).sum())
+        if missing:
+            logger.warning(
+                "patchcore: %d of %d cross-fitted images had no bank entries outside their "
+                "fold (a tiny bank); their scores are left out of the threshold",
+                missing,
+                len(scores),
+            )
+        return scores[~np.isnan(scores)]
+
+    def _image_scores(self, emb: np.ndarray, bank: np.ndarray, index: FaissIndex) -> np.ndarray:
+        """float32 (B,) image scores of (B, P, D) embeddings against `bank`, by the one
+        "nn_index" scorer (`edgead.ops.scoring`), without maps."""
+        size_hw = (self.config.image_size, self.config.image_size)
+        post = parse_postprocess(self._postprocess())
+        return score_nn_embeddings(emb, index, post, size_hw, bank, want_maps=False).raw
 
     def patch_distances(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(float32 (B, h, w) L2 distances, int64 (B, h*w) bank ids) of (B, h*w, D) embeddings."""
@@ -253,7 +359,7 @@ class PatchCore(BaseDetector):
         maps: list[np.ndarray] = []
         with torch.inference_mode():
             for batch in iter_batches(data, cfg.batch_size, progress, "patchcore: score"):
-                emb = self.embedder(batch)[0].numpy()
+                emb = self._features(batch)
                 scored = score_nn_embeddings(emb, self._nn_index(), post, size_hw, bank)
                 scores.append(scored.raw)
                 maps.append(scored.maps)  # type: ignore[arg-type]
@@ -316,4 +422,7 @@ class PatchCore(BaseDetector):
             "memory_bank_size": int(bank.shape[0]),
             "n_train_patches": int(self.n_train_patches_),
             "memory_bank_mb": round(bank.nbytes / 1e6, 2),
+            "features_per_s": round(self.features_per_s_, 2),
+            "feature_engine": self.feature_engine_,
+            "threshold_scores": self.heldout_source_ or "held-out images",
         }

@@ -20,6 +20,15 @@ _INTERPOLATION = {
     "cubic": cv2.INTER_CUBIC,
     "nearest": cv2.INTER_NEAREST,
 }
+#: Pillow's antialiased bilinear resize (a triangle filter widened by the scale when shrinking,
+#: plain bilinear when enlarging): what torchvision's `Resize(antialias=True)` and so anomalib
+#: use. Not an OpenCV flag: `resize_frame` runs it through Pillow.
+BILINEAR_AA = "bilinear_aa"
+#: The resize edgead trains with (data loaders) and writes into new bundles. On small grayscale
+#: JPEGs of varying size it scored higher than OpenCV's area resize
+#: (benchmarks/vs_anomalib.md, ablation).
+DEFAULT_RESIZE = BILINEAR_AA
+INTERPOLATIONS = (*_INTERPOLATION, BILINEAR_AA)
 
 
 def check_frame(image: Any, channel_order: str = "RGB") -> np.ndarray:
@@ -73,21 +82,40 @@ def resize_frame(
 ) -> np.ndarray:
     """uint8 (H, W, 3) RGB resized to `size_hw` = (H, W) px (stretch, no crop).
 
-    The frame is resized in its own channel layout and converted to RGB afterwards: resizing
-    works per channel, so the result is identical, and the conversion then touches the small
-    image instead of a full camera frame.
+    `interpolation` is an OpenCV name ("area", "linear", "cubic", "nearest") or "bilinear_aa"
+    (Pillow's antialiased bilinear, rounded to uint8). The frame is resized in its own channel
+    layout and converted to RGB afterwards (4-channel frames: after): resizing works per
+    channel, so the result is identical, and the conversion then touches the small image
+    instead of a full camera frame.
     """
     check_frame(image, channel_order)
     height, width = int(size_hw[0]), int(size_hw[1])
     if image.shape[:2] == (height, width):
         return _convert_to_rgb(image, channel_order)
+    if interpolation == BILINEAR_AA:
+        return _resize_pil(image, (height, width), channel_order)
     try:
         flag = _INTERPOLATION[interpolation]
     except KeyError as exc:
         raise DataError(
-            f"unknown interpolation {interpolation!r}; use one of {sorted(_INTERPOLATION)}"
+            f"unknown interpolation {interpolation!r}; use one of {sorted(INTERPOLATIONS)}"
         ) from exc
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     resized = cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=flag)
     return _convert_to_rgb(resized, channel_order)
+
+
+def _resize_pil(image: np.ndarray, size_hw: tuple[int, int], channel_order: str) -> np.ndarray:
+    """uint8 (H, W, 3) RGB: Pillow's antialiased bilinear resize of a checked frame."""
+    from PIL import Image
+
+    if image.ndim == 3 and image.shape[2] == 4:  # drop alpha first: Pillow premultiplies RGBA
+        image = _convert_to_rgb(image, channel_order)
+        channel_order = "RGB"
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize(
+        (size_hw[1], size_hw[0]), Image.Resampling.BILINEAR
+    )
+    return _convert_to_rgb(np.asarray(resized), channel_order)

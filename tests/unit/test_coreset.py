@@ -124,3 +124,11 @@ def test_errors_name_the_problem() -> None:
     bad[3, 1] = np.nan
     with pytest.raises(DataError, match="NaN"):
         greedy_coreset(bad, 0.1)
+
+
+def test_start_index_fixes_the_first_centre() -> None:
+    x = _clustered(300, 8, seed=4)
+    got = greedy_coreset(x, 0.1, projection_dim=0, seed=0, start_index=17)
+    np.testing.assert_array_equal(got, _naive_greedy(x, 30, first=17))
+    with pytest.raises(ConfigError, match="start_index"):
+        greedy_coreset(x, 0.1, start_index=300)
