@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgead.errors import BundleError
+from edgead.ops.image import INTERPOLATIONS
 
 MAX_MEMBER_BYTES = 2 * 1024**3  # 2 GiB: larger than any edge model, smaller than an edge box
 MAX_TOTAL_BYTES = 3 * 1024**3  # all members together
@@ -312,7 +313,7 @@ def _check_input(spec: dict[str, Any]) -> None:
     _shape(spec.get("shape"), "input.shape")
     _str(spec.get("layout", "NHWC"), "input.layout", ("NHWC", "NC", "NTC"))
     _str(spec.get("channel_order", "RGB"), "input.channel_order", ("RGB", "BGR", ""))
-    resizes = ("area", "linear", "cubic", "nearest", "")
+    resizes = (*INTERPOLATIONS, "")  # every resize the runtime knows, "" for tabular
     _str(spec.get("resize", "area"), "input.resize", resizes)
     size = spec.get("image_size")
     if size is not None:
