@@ -264,7 +264,7 @@ def check_manifest_dict(data: dict[str, Any], schema_version: int) -> None:
         _str(data.get(key), key)
     _str(data.get("modality"), "modality", ("image", "tabular", "timeseries"))
     _str(data.get("target"), "target", ("onnx", "openvino", "tensorrt"))
-    _str(data.get("precision"), "precision", ("fp32", "fp16"))
+    _str(data.get("precision"), "precision", ("fp32", "fp16", "bf16", "int8"))
     _opt(data.get("backbone"), _str, "backbone")
     graphs = _dict(data.get("graphs"), "graphs")
     if "onnx" not in graphs or len(graphs) > 4:

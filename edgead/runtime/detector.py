@@ -682,14 +682,16 @@ def _check_output_sizes(
             "match its manifest, re-export the bundle"
         )
 
-    for name in ("embedding", "score", "anomaly_map"):
+    for name in ("embedding", IN_GRAPH_DISTANCES, "score", "anomaly_map"):
         if name in outputs and (outputs[name].ndim == 0 or outputs[name].shape[0] != n):
             raise bad(name, f"a leading batch axis of {n}")
     if kind in ("nn_index", "rows_nn_index"):
         per_item = int(post["grid"][0]) * int(post["grid"][1]) if kind == "nn_index" else 1
-        size = outputs["embedding"].size
+        # in-graph search (`--index graph`) outputs the patch distances instead of embeddings
+        name = IN_GRAPH_DISTANCES if IN_GRAPH_DISTANCES in outputs else "embedding"
+        size = outputs[name].size
         if size == 0 or size % (n * per_item):
-            raise bad("embedding", f"{n} x {per_item} x D values")
+            raise bad(name, f"{n} x {per_item} x D values")
     if kind in ("graph", "rows") and outputs["score"].size != n:
         raise bad("score", f"{n} values")
     if kind in ("map", "graph") and "anomaly_map" in outputs:

@@ -59,7 +59,7 @@ def no_heavy_work(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("edgead.models._image_common.build_backbone", refuse)
     monkeypatch.setattr("edgead.models.patchcore.build_backbone", refuse)
-    monkeypatch.setattr("edgead.data.images.load_image_dataset", refuse)
+    monkeypatch.setattr("edgead.data.datasets.load_image_dataset", refuse)
 
 
 def test_no_threshold_source_is_refused_before_any_work(tmp_path, no_heavy_work) -> None:
