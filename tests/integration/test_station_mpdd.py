@@ -65,9 +65,12 @@ def station(mpdd_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
 
 def test_good_only_training_holds_out_normal_images(station: dict[str, Any]) -> None:
-    data = station["meta"]["data"]
+    """The threshold comes from normal scores the bank never saw: held-out good images, or
+    (PatchCore's default since issue 12) scores cross-fitted over folds of the good images."""
+    data, validation = station["meta"]["data"], station["meta"]["validation"]
     assert data["kind"] == "folders" and data["n_train"] + data["n_val"] == N_FIT_GOOD
-    assert data["n_val"] >= 2
+    cross_fitted = "fold" in str(validation.get("source", "")) and validation["n"] >= 2
+    assert data["n_val"] >= 2 or cross_fitted, validation
 
 
 def test_calibrated_fpr_on_test_good_is_near_the_target(
