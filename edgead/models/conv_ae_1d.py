@@ -7,7 +7,7 @@ L must be a multiple of 4 (two stride-2 stages). Score, over the last `score_row
 window (all L when 0), in squared training standard deviations: "mean" = the mean squared
 reconstruction error over rows and features; "max_feature" = the largest per-feature mean
 squared error (one sensor going wrong is not diluted by the seven that are fine). A window's
-score belongs to its last row (edgead/runtime/windows.py).
+score belongs to its last row (edgead/ops/windows.py).
 """
 
 from __future__ import annotations

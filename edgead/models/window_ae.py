@@ -3,7 +3,7 @@
 The tabular `AENet` / `VAENet` (edgead/models/autoencoder.py, vae.py) applied to a window of L
 standardised rows flattened to L * D values. Scores: window_ae = mean squared reconstruction
 error over the window's L * D values; window_vae = SSE(x, decode(mu)) + 0.5 * KL, as the
-tabular VAE. A window's score belongs to its last row (edgead/runtime/windows.py).
+tabular VAE. A window's score belongs to its last row (edgead/ops/windows.py).
 """
 
 from __future__ import annotations
