@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -94,6 +94,15 @@ TRUSTED_KEY_HELP = (
     "Ed25519 public key (PEM, from `edgead keygen`) the bundle must be signed by; repeatable. "
     "Unsigned or wrongly signed bundles are refused before anything in them is parsed."
 )
+
+#: --threshold / --sensitivity, shared by `predict` and `run`.
+ThresholdOption = Annotated[
+    float | None, typer.Option(help="Decision threshold in raw-score units (override).")
+]
+SensitivityOption = Annotated[
+    float | None,
+    typer.Option(help="0..1 instead of --threshold: 0.5 = as calibrated, higher flags more."),
+]
 
 
 def trusted_keys_or_none(keys: list[Any] | None) -> list[str] | None:

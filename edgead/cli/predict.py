@@ -11,6 +11,8 @@ import typer
 
 from edgead.cli._common import (
     TRUSTED_KEY_HELP,
+    SensitivityOption,
+    ThresholdOption,
     console,
     handle_errors,
     print_json,
@@ -52,13 +54,8 @@ def predict(
             "(default: only TensorRT).",
         ),
     ] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Decision threshold in raw-score units (override).")
-    ] = None,
-    sensitivity: Annotated[
-        float | None,
-        typer.Option(help="0..1 instead of --threshold: 0.5 = as calibrated, higher flags more."),
-    ] = None,
+    threshold: ThresholdOption = None,
+    sensitivity: SensitivityOption = None,
     trusted_key: Annotated[
         list[Path] | None,
         typer.Option("--trusted-key", help=TRUSTED_KEY_HELP, exists=True, dir_okay=False),

@@ -8,7 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from edgead.cli._common import TRUSTED_KEY_HELP, err_console, handle_errors, trusted_keys_or_none
+from edgead.cli._common import (
+    TRUSTED_KEY_HELP,
+    SensitivityOption,
+    ThresholdOption,
+    err_console,
+    handle_errors,
+    trusted_keys_or_none,
+)
 
 
 @handle_errors
@@ -82,13 +89,8 @@ def run(
     save_anomalies: Annotated[
         bool, typer.Option(help="Save anomalous frames with heat maps.")
     ] = True,
-    threshold: Annotated[
-        float | None, typer.Option(help="Decision threshold in raw-score units (override).")
-    ] = None,
-    sensitivity: Annotated[
-        float | None,
-        typer.Option(help="0..1 instead of --threshold: 0.5 = as calibrated, higher flags more."),
-    ] = None,
+    threshold: ThresholdOption = None,
+    sensitivity: SensitivityOption = None,
     mqtt: Annotated[
         list[str] | None,
         typer.Option(help="Publish every result (QoS 1) to mqtt://host:port/topic (repeatable)."),
