@@ -19,7 +19,13 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from edgead.errors import ConfigError, NotFittedError, unknown_name_error
-from edgead.ops.progress import Progress, no_progress  # noqa: F401 - the models' API
+
+#: progress(done, total, description) callback used by long loops; the CLI draws bars from it.
+Progress = Callable[[int, int, str], None]
+
+
+def no_progress(done: int, total: int, description: str) -> None:
+    """A progress callback that does nothing."""
 
 
 @dataclass
