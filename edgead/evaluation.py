@@ -22,7 +22,7 @@ import numpy as np
 
 from edgead import metrics
 from edgead.errors import ConfigError, DataError
-from edgead.models.base import Progress, no_progress
+from edgead.ops.progress import Progress, no_progress
 
 #: images -> (raw scores float32 (B,), anomaly maps float32 (B, S, S) or None).
 ScoreImages = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray | None]]

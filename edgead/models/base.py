@@ -19,13 +19,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from edgead.errors import ConfigError, NotFittedError, unknown_name_error
-
-#: progress(done, total, description) callback used by long loops; the CLI draws bars from it.
-Progress = Callable[[int, int, str], None]
-
-
-def no_progress(done: int, total: int, description: str) -> None:
-    """A progress callback that does nothing."""
+from edgead.ops.progress import Progress, no_progress  # noqa: F401 - the models' API
 
 
 @dataclass
