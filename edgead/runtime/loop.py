@@ -507,7 +507,8 @@ class InspectionLoop:
                     raise item.error
                 if item.reason == "source_lost":
                     logger.error("%s was lost and did not come back", self.capture.source_name)
-                return item.reason
+                # the capture thread ends with "stopped" when a stop request reached it first
+                return "signal" if self.stop_event.is_set() else item.reason
             last_frame_seen, stall_warned = time.perf_counter(), False
             self._process(item, writer)
             next_status = self._maybe_status(next_status)
