@@ -103,7 +103,8 @@ def torch_resize(path: Path, size: int, rounded: bool) -> np.ndarray:
 
 def loader(prep: str, size: int) -> Callable[[Path], np.ndarray]:
     """path -> (S, S, 3) image (uint8, or float32 on 0..255 for torch_f32)."""
-    from edgead.data.images import load_resized, read_image
+    from edgead.data.base import load_resized
+    from edgead.ops.decode import read_image
 
     if prep in ("area_u8", "imagenet"):
         return lambda path: load_resized(path, size, "area")
@@ -202,7 +203,7 @@ def score_all(
 ) -> dict[str, Any]:
     """Image scores per score kind and, with masks, pixel metrics per blur sigma."""
     from edgead import metrics
-    from edgead.models.patchcore import reweight_scores
+    from edgead.ops.scoring import reweight_scores
     from edgead.ops.nn_index import FaissIndex
     from edgead.ops.postprocess import upsample_and_blur
 

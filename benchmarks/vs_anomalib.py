@@ -14,7 +14,11 @@ order, nothing is downloaded), the same stages (stride 8 and 16: timm's `blocks.
 and the same coreset ratio. Each tool reads the images its own way: edgead with its loaders
 (OpenCV, the resize its runtime uses), anomalib with `anomalib.data.utils.read_image` (Pillow)
 and its default pre-processing minus the centre crop (torchvision antialiased resize to the
-size, ImageNet normalisation, `--anomalib-norm backbone` for the backbone's own mean/std).
+size, normalised with the backbone's own mean = std = 0.5 as edgead does, so both tools feed
+the backbone the same values (`--anomalib-norm imagenet`: anomalib's ImageNet default)).
+
+The coreset's seed alone moves PatchCore's AUROC by several thousandths, so each tool fits once
+per `--seeds` value (anomalib: its projection and start seeded) and the table gives mean +- std.
 
 Before any run the script checks the mapped weights: timm's model must classify scikit-learn's
 sample photos as edgead's backbone does, and both backbones' feature maps on one input must agree
@@ -159,56 +163,135 @@ def anomalib_batches(paths: list[Path], transform: Any, batch: int) -> Any:
         yield torch.stack(tensors)
 
 
-def run_anomalib(method: str, dataset: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Fit and test anomalib's model; scores, maps and timings."""
+def anomalib_embeddings(model: Any, paths: list[Path], transform: Any, batch: int) -> Any:
+    """anomalib's own PatchCore embeddings of the files, (N * h * w, D) float32, with (h, w):
+    its feature extractor, pooler, `generate_embedding` and `reshape_embedding`, as its forward."""
     import torch
 
-    model = anomalib_model(method, args.seed)
+    parts, grid = [], (0, 0)
+    with torch.no_grad():
+        for images in anomalib_batches(paths, transform, batch):
+            features = model.feature_extractor(images)
+            features = {k: model.feature_pooler(v) for k, v in features.items()}
+            embedding = model.generate_embedding(features)
+            grid = tuple(embedding.shape[-2:])
+            parts.append(model.reshape_embedding(embedding))
+    return torch.cat(parts), grid
+
+
+def anomalib_test_outputs(
+    model: Any, embedding: Any, grid: tuple[int, int], n_images: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N,), maps (N, S, S)) from anomalib's own scoring steps of its inference forward
+    (`nearest_neighbors`, `compute_anomaly_score`, `anomaly_map_generator`) on embeddings."""
+    import torch
+
+    per_image = grid[0] * grid[1]
+    scores, maps = [], []
+    with torch.no_grad():
+        for start in range(0, n_images, 16):
+            emb = embedding[start * per_image : (start + 16) * per_image]
+            batch = emb.shape[0] // per_image
+            patch_scores, locations = model.nearest_neighbors(embedding=emb, n_neighbors=1)
+            patch_scores = patch_scores.reshape((batch, -1))
+            locations = locations.reshape((batch, -1))
+            pred = model.compute_anomaly_score(patch_scores, locations, emb)
+            amap = model.anomaly_map_generator(
+                patch_scores.reshape((batch, 1, *grid)), (size, size)
+            )
+            scores.append(pred.reshape(-1).numpy())
+            maps.append(amap.reshape(batch, size, size).numpy())
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def run_anomalib(method: str, dataset: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Fit and test anomalib's model once per seed; scores, maps and timings per seed.
+
+    PatchCore's training and test embeddings are extracted once (anomalib's own modules); each
+    seed then builds its coreset (anomalib's RNG calls seeded) and scores the test embeddings
+    with anomalib's own scoring steps. PaDiM (no randomness after its seeded channel choice) runs
+    its own fit and forward per seed.
+    """
+    import torch
+
     transform = anomalib_transform(args.image_size, args.anomalib_norm)
+    test = dataset.test_set()
+    n_train = len(dataset.train_paths)
+    if method != "patchcore":
+        return [_anomalib_padim(dataset, args, seed, transform) for seed in args.seeds]
+    model = anomalib_model(method, args.seeds[0])
+    t0 = time.perf_counter()
+    train_emb, grid = anomalib_embeddings(model, list(dataset.train_paths), transform, args.batch)
+    feature_s = time.perf_counter() - t0
+    test_emb, _ = anomalib_embeddings(model, list(test.paths), transform, args.batch)
+    runs = []
+    for seed in args.seeds:
+        torch.manual_seed(seed)
+        np.random.seed(seed)  # anomalib's projection draws its columns from numpy's global RNG
+        t1 = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if args.anomalib_coreset == "native":
+            model.embedding_store = [train_emb]
+            model.subsample_embedding(args.coreset_ratio)
+        else:
+            model.embedding_store = [train_emb]
+            extra = anomalib_bank_fast(model, args)
+            extra.pop("bank_indices")
+        coreset_s = time.perf_counter() - t1
+        if extra:  # anomalib's own coreset time: its projection + its loop, extrapolated
+            coreset_s = extra["projection_s"] + extra["anomalib_loop_s_extrapolated"]
+            extra["coreset_extrapolated"] = True
+        model.eval()
+        scores, maps = anomalib_test_outputs(model, test_emb, grid, len(test), args.image_size)
+        runs.append(
+            {
+                "seed": seed,
+                "scores": scores,
+                "maps": maps,
+                "feature_s": feature_s,
+                "coreset_s": coreset_s,
+                "crossfit_s": 0.0,
+                "fit_s": feature_s + coreset_s,
+                "features_per_s": n_train / feature_s,
+                "bank": int(model.memory_bank.shape[0]),
+                **extra,
+            }
+        )
+    return runs
+
+
+def _anomalib_padim(
+    dataset: Any, args: argparse.Namespace, seed: int, transform: Any
+) -> dict[str, Any]:
+    """One seeded anomalib PaDiM fit and test through its own forward."""
+    import torch
+
+    model = anomalib_model("padim", seed)
     model.train()
     t0 = time.perf_counter()
-    for images in anomalib_batches(list(dataset.train_paths), transform, args.batch):
-        with torch.no_grad():
+    with torch.no_grad():
+        for images in anomalib_batches(list(dataset.train_paths), transform, args.batch):
             model(images)
     t1 = time.perf_counter()
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)  # anomalib's projection draws its columns from numpy's global RNG
-    extra: dict[str, Any] = {}
-    if method == "patchcore" and args.anomalib_coreset == "native":
-        model.subsample_embedding(args.coreset_ratio)
-    elif method == "patchcore":
-        extra = anomalib_bank_fast(model, args)
-    else:
-        model.fit()
-    t2 = time.perf_counter()
+    model.fit()
+    fit_s = time.perf_counter() - t0
     model.eval()
-    test = dataset.test_set()
     scores, maps = [], []
-    t3 = time.perf_counter()
     with torch.no_grad():
-        for images in anomalib_batches(list(test.paths), transform, args.batch):
+        for images in anomalib_batches(list(dataset.test_set().paths), transform, args.batch):
             out = model(images)
             scores.append(out.pred_score.reshape(-1).numpy())
             maps.append(out.anomaly_map.reshape(len(images), *images.shape[-2:]).numpy())
-    n_train = len(dataset.train_paths)
-    result = {
+    return {
+        "seed": seed,
         "scores": np.concatenate(scores),
         "maps": np.concatenate(maps),
         "feature_s": t1 - t0,
-        "coreset_s": (t2 - t1) if method == "patchcore" else 0.0,
+        "coreset_s": 0.0,
         "crossfit_s": 0.0,
-        "fit_s": t2 - t0,
-        "features_per_s": n_train / (t1 - t0),
-        "test_s_per_image": (time.perf_counter() - t3) / len(test),
-        "bank": int(model.memory_bank.shape[0]) if method == "patchcore" else None,
-        **extra,
+        "fit_s": fit_s,
+        "features_per_s": len(dataset.train_paths) / (t1 - t0),
     }
-    if extra:  # anomalib's own coreset time: its projection + its loop, extrapolated
-        result["coreset_s"] = extra["projection_s"] + extra["anomalib_loop_s_extrapolated"]
-        result["fit_s"] = result["feature_s"] + result["coreset_s"]
-        result["coreset_extrapolated"] = True
-        result.pop("bank_indices")
-    return result
 
 
 def anomalib_bank_fast(model: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -262,44 +345,55 @@ def anomalib_bank_fast(model: Any, args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- edgead side
 
 
-def run_edgead(method: str, dataset: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Fit and test edgead's detector with its defaults at the shared size / ratio."""
+def run_edgead(method: str, dataset: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Fit (once per seed) and test edgead's detector with its defaults at the shared size and
+    ratio; scores, maps and timings per seed."""
     from edgead.models.base import create_detector
 
     overrides: dict[str, Any] = {"image_size": args.image_size}
     if method == "patchcore":
         overrides["coreset_ratio"] = args.coreset_ratio
-    det = create_detector(method, overrides)
-    t0 = time.perf_counter()
-    det.fit(dataset.train_images(), seed=args.seed)
-    fit_s = time.perf_counter() - t0
-    timings = dict(getattr(det, "fit_timings_", {}))
     test = dataset.test_set()
-    scores, maps = [], []
-    t1 = time.perf_counter()
-    for start in range(0, len(test), 32):
-        out = det.score(test.images[start : start + 32])
-        scores.append(out.scores)
-        maps.append(out.anomaly_maps)
-    feature_s = timings.get("feature_extraction_s", fit_s)
-    return {
-        "scores": np.concatenate(scores),
-        "maps": np.concatenate(maps),
-        "feature_s": feature_s,
-        "coreset_s": timings.get("coreset_s", 0.0),
-        "crossfit_s": timings.get("crossfit_s", 0.0),
-        "fit_s": fit_s,
-        "features_per_s": len(dataset.train_paths) / max(feature_s, 1e-9),
-        "test_s_per_image": (time.perf_counter() - t1) / len(test),
-        "bank": (det.describe() or {}).get("memory_bank_size"),
-    }
+    runs = []
+    for seed in args.seeds:
+        det = create_detector(method, overrides)
+        t0 = time.perf_counter()
+        det.fit(dataset.train_images(), seed=seed)
+        fit_s = time.perf_counter() - t0
+        timings = dict(getattr(det, "fit_timings_", {}))
+        scores, maps = [], []
+        for start in range(0, len(test), 32):
+            out = det.score(test.images[start : start + 32])
+            scores.append(out.scores)
+            maps.append(out.anomaly_maps)
+        feature_s = timings.get("feature_extraction_s", fit_s)
+        runs.append(
+            {
+                "seed": seed,
+                "scores": np.concatenate(scores),
+                "maps": np.concatenate(maps),
+                "feature_s": feature_s,
+                "coreset_s": timings.get("coreset_s", 0.0),
+                "crossfit_s": timings.get("crossfit_s", 0.0),
+                "fit_s": fit_s,
+                "features_per_s": len(dataset.train_paths) / max(feature_s, 1e-9),
+                "bank": (det.describe() or {}).get("memory_bank_size"),
+            }
+        )
+    return runs
 
 
 # ------------------------------------------------------------------------------- workers
 
 
+#: per-seed values averaged into a row (mean, and "_std" beside the quality metrics).
+QUALITY_KEYS = ("image_auroc", "image_auprc", "image_f1", "pixel_auroc", "aupro")
+TIMING_KEYS = ("feature_s", "coreset_s", "crossfit_s", "fit_s", "features_per_s")
+
+
 def worker(job: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """One (data set, method, tool) run in this process; metrics, timings, peak RSS."""
+    """One (data set, method, tool) run over `--seeds` in this process: per-seed metrics, their
+    mean and standard deviation, timings (mean over seeds), peak RSS."""
     import torch
 
     from edgead import metrics
@@ -307,24 +401,31 @@ def worker(job: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     dataset = load_split(job["dataset"], args)
     run = run_edgead if job["tool"] == "edgead" else run_anomalib
-    out = run(job["method"], dataset, args)
     test = dataset.test_set()
     labels = np.asarray(test.labels)
-    image = metrics.image_metrics(labels, out.pop("scores"))
-    maps = out.pop("maps")
-    row = {
-        **job,
-        "n_train": len(dataset.train_paths),
-        "n_test": len(labels),
-        "image_auroc": image["auroc"],
-        "image_auprc": image["auprc"],
-        "image_f1": image["f1"],
-        **out,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-    }
     masks = test.masks_array()
-    if masks is not None:
-        row.update(metrics.pixel_metrics(masks, maps))
+    per_seed = []
+    for out in run(job["method"], dataset, args):
+        image = metrics.image_metrics(labels, out.pop("scores"))
+        maps = out.pop("maps")
+        result = {
+            **out,
+            "image_auroc": image["auroc"],
+            "image_auprc": image["auprc"],
+            "image_f1": image["f1"],
+        }
+        if masks is not None:
+            result.update(metrics.pixel_metrics(masks, maps))
+        per_seed.append(result)
+    row: dict[str, Any] = {**job, "n_train": len(dataset.train_paths), "n_test": len(labels)}
+    for key in QUALITY_KEYS + TIMING_KEYS:
+        values = [r[key] for r in per_seed if key in r]
+        if values:
+            row[key] = float(np.mean(values))
+            if key in QUALITY_KEYS:
+                row[f"{key}_std"] = float(np.std(values))
+    row["seeds"] = per_seed
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return row
 
 
@@ -403,7 +504,7 @@ def included_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for file in args.include_results:
         report = json.loads(file.read_text())
-        for key in ("image_size", "coreset_ratio", "anomalib_norm", "seed", "elpv_caps"):
+        for key in ("image_size", "coreset_ratio", "anomalib_norm", "seeds", "elpv_caps"):
             want = elpv_caps(args) if key == "elpv_caps" else getattr(args, key)
             if report.get(key) != want:
                 raise SystemExit(f"{file}: {key} {report.get(key)} != {want}")
@@ -414,18 +515,22 @@ def included_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 def render(rows: list[dict[str, Any]]) -> str:
     """Markdown table, one row per (data set, method, tool)."""
     head = (
-        "| data | method | tool | image AUROC | AUPRC | F1 | pixel AUROC | AUPRO | "
+        "| data | method | tool | seeds | image AUROC | AUPRC | F1 | pixel AUROC | AUPRO | "
         "features s | img/s | coreset s | cross-fit s | fit s | peak RSS MB |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['dataset']} | {r['method']} | {r['tool']} | {r['error']} |")
             continue
         pix = f"{r['pixel_auroc']:.3f}" if "pixel_auroc" in r else "-"
         pro = f"{r['aupro']:.3f}" if "aupro" in r else "-"
+        seeds = len(r.get("seeds", [])) or 1
+        auroc = f"{r['image_auroc']:.4f}"
+        if seeds > 1:
+            auroc += f" +- {r['image_auroc_std']:.4f}"
         lines.append(
-            f"| {Path(r['dataset']).name} | {r['method']} | {r['tool']} | {r['image_auroc']:.4f} "
+            f"| {Path(r['dataset']).name} | {r['method']} | {r['tool']} | {seeds} | {auroc} "
             f"| {r['image_auprc']:.4f} | {r['image_f1']:.4f} | {pix} | {pro} "
             f"| {r['feature_s']:.1f} | {r['features_per_s']:.1f} | {r['coreset_s']:.1f} "
             f"| {r['crossfit_s']:.1f} | {r['fit_s']:.1f} | {r['peak_rss_mb']:.0f} |"
@@ -445,7 +550,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--elpv-max-train", type=int, default=None, help="seeded cap")
     parser.add_argument("--elpv-max-test", type=int, default=None, help="seeded cap")
     parser.add_argument("--gray-dir", type=Path, default=Path("/tmp/gray_jpeg_set"))
-    parser.add_argument("--anomalib-norm", choices=("imagenet", "backbone"), default="imagenet")
+    parser.add_argument("--anomalib-norm", choices=("imagenet", "backbone"), default="backbone")
     parser.add_argument(
         "--anomalib-coreset",
         choices=("native", "fast"),
@@ -453,7 +558,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="native: anomalib's own loop; fast: its projection and start, edgead's exact loop",
     )
     parser.add_argument("--anomalib-probe-steps", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=lambda text: [int(x) for x in text.split(",") if x],
+        default=[0, 1, 2],
+        help="coreset seeds (comma list): each tool fits once per seed; rows give mean +- std",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results-file", type=Path, default=None)
@@ -512,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": args.image_size,
         "coreset_ratio": args.coreset_ratio,
         "anomalib_norm": args.anomalib_norm,
-        "seed": args.seed,
+        "seeds": args.seeds,
         "elpv_caps": elpv_caps(args),
         "host": platform.machine(),
         "cpu_count": os.cpu_count(),

@@ -30,6 +30,7 @@ import numpy as np
 
 from edgead.errors import BundleError
 from edgead.ops.image import INTERPOLATIONS
+from edgead.ops.scoring import NN_SCORES
 
 MAX_MEMBER_BYTES = 2 * 1024**3  # 2 GiB: larger than any edge model, smaller than an edge box
 MAX_TOTAL_BYTES = 3 * 1024**3  # all members together
@@ -337,11 +338,11 @@ def _check_postprocess(post: dict[str, Any]) -> None:
     if "grid" in post:
         for i, v in enumerate(_list(post["grid"], "postprocess.grid", 2, 2)):
             _int(v, f"postprocess.grid[{i}]", 1, MAX_IMAGE_SIDE_PX)
-    for key in ("k", "num_neighbors"):
+    for key in ("k", "num_neighbors", "top_k"):
         if key in post:
             _int(post[key], f"postprocess.{key}", 1, 4096)
     if "score" in post:
-        _str(post["score"], "postprocess.score", ("max", "map_max", "reweight"))
+        _str(post["score"], "postprocess.score", NN_SCORES)
     if kind == "rows_nn_index":
         _str(post.get("method"), "postprocess.method", ("largest", "mean", "lof"))
         if post.get("lof") is not None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from edgead.errors import ExportError
 from edgead.models.base import ExportSpec
-from edgead.ops.scoring import IN_GRAPH_DISTANCES
+from edgead.ops.scoring import GRAPH_SCORES, IN_GRAPH_DISTANCES
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,6 @@ logger = logging.getLogger(__name__)
 DISTANCES_OUTPUT = IN_GRAPH_DISTANCES
 #: Largest bank chunk one MatMul sees (rows). 784 queries x 8192 x 4 B = 25 MiB per image.
 CHUNK_ROWS = 8192
-#: Score modes the in-graph search supports (reweight needs the bank itself at run time).
-GRAPH_SCORES = ("max", "map_max")
 
 
 class InGraphSearch(nn.Module):

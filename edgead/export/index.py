@@ -104,8 +104,8 @@ class IndexValidation:
     labels: int (N_img,), 1 = anomalous; None or a single class skips image AUROC.
     masks: bool (N_img, S, S) ground truth at the input size, or None (skips pixel AUROC).
     grid: (h, w) patch grid; image_size: (S, S) px; blur_sigma: map smoothing in px;
-    score / num_neighbors: the image score of the shipped post-processing ("max", "map_max",
-    "reweight"), so the index is measured on the score the bundle will give.
+    score / num_neighbors / top_k: the image score of the shipped post-processing ("max",
+    "map_max", "reweight", "top_mean"), so the index is measured on the score the bundle will give.
     """
 
     embeddings: np.ndarray
@@ -116,6 +116,7 @@ class IndexValidation:
     blur_sigma: float = 4.0
     score: str = "max"
     num_neighbors: int = 1
+    top_k: int = 1
 
     def __post_init__(self) -> None:
         self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
@@ -296,6 +297,7 @@ def score_images(
             "blur_sigma": float(validation.blur_sigma),
             "score": validation.score,
             "num_neighbors": int(validation.num_neighbors),
+            "top_k": int(validation.top_k),
         }
     )
     bank = None
@@ -588,4 +590,5 @@ def validation_from_images(
         blur_sigma=float(postprocess.get("blur_sigma", 4.0)),
         score=str(postprocess.get("score", "max")),
         num_neighbors=int(postprocess.get("num_neighbors", 1)),
+        top_k=int(postprocess.get("top_k", 1)),
     )

@@ -71,6 +71,51 @@ def random_projection(
     return out
 
 
+def _distance_rows(columns: torch.Tensor, sq_norms: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
+    """float32 (B, N) squared distances from the vectors `rows` (B,) to all N vectors.
+
+    Args:
+        columns: (P, N) projected vectors, one per column (float32 or half precision).
+        sq_norms: float32 (N,) their squared norms.
+        rows: int64 (B,) indices of the block's centres.
+    """
+    centres = columns[:, rows].T.contiguous()  # (B, P)
+    dots = torch.mm(centres, columns).float()  # (B, N)
+    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, summed in float32.
+    dots.mul_(-2.0).add_(sq_norms[None, :]).add_(sq_norms[rows][:, None])
+    return dots.numpy()
+
+
+def _projected_columns(
+    features: np.ndarray, projection_dim: int, seed: int, dtype: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """((P, N) projected, centred vectors scaled to largest norm 1, in `dtype`; float32 (N,)
+    their squared norms). Raises DataError on NaN or infinite input."""
+    feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    if not bool(torch.isfinite(feats).all()):
+        raise DataError("coreset input holds NaN or infinite values; check the feature extractor")
+    proj = random_projection(feats, projection_dim, seed)
+    proj -= proj.mean(dim=0, keepdim=True)
+    scale = float(proj.norm(dim=1).max())
+    if scale > 0:  # largest norm 1: half-precision products cannot overflow
+        proj /= scale
+    sq_norms = (proj * proj).sum(dim=1)
+    # (P, N): a block's (B, P) x (P, N) product gives its distance rows in the layout the
+    # per-step minimum reads, with no transposed copy of the (B, N) result.
+    return proj.T.contiguous().to(_DTYPES[dtype]), sq_norms
+
+
+def _first_centre(n_vectors: int, seed: int, start_index: int | None) -> int:
+    """The first centre: `start_index`, or a vector drawn with `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    first = int(torch.randint(n_vectors, (1,), generator=gen))
+    if start_index is None:
+        return first
+    if not 0 <= int(start_index) < n_vectors:
+        raise ConfigError(f"coreset start_index must be in [0, {n_vectors}), got {start_index}")
+    return int(start_index)
+
+
 def greedy_coreset(
     features: np.ndarray,
     ratio: float,
@@ -118,27 +163,8 @@ def greedy_coreset(
     t0 = time.perf_counter()
     if n_select >= n_vectors:
         return np.arange(n_vectors, dtype=np.int64)
-    feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    if not bool(torch.isfinite(feats).all()):
-        raise DataError("coreset input holds NaN or infinite values; check the feature extractor")
-    proj = random_projection(feats, projection_dim, seed)
-    proj -= proj.mean(dim=0, keepdim=True)
-    scale = float(proj.norm(dim=1).max())
-    if scale > 0:  # largest norm 1: half-precision products cannot overflow
-        proj /= scale
-    sq_norms = (proj * proj).sum(dim=1)  # float32 (N,)
-    # Augmented vectors [x, 1] and centres [c, -|c|^2 / 2] turn one addmm into squared
-    # distances: |x|^2 - 2 (x.c - |c|^2 / 2) = |x - c|^2.
-    vectors = torch.cat([proj, torch.ones(n_vectors, 1)], dim=1).to(_DTYPES[dtype])
-    del proj
-    sq_col = sq_norms[:, None].to(_DTYPES[dtype])
-
-    gen = torch.Generator().manual_seed(seed)
-    first = int(torch.randint(n_vectors, (1,), generator=gen))
-    if start_index is not None:
-        if not 0 <= int(start_index) < n_vectors:
-            raise ConfigError(f"coreset start_index must be in [0, {n_vectors}), got {start_index}")
-        first = int(start_index)
+    columns, sq_norms = _projected_columns(features, projection_dim, seed, dtype)
+    first = _first_centre(n_vectors, seed, start_index)
     selected = np.empty(n_select, dtype=np.int64)
     # The per-step (N,) work runs in numpy: single-threaded, so no thread-pool barrier per step
     # (on a busy 2-core machine a torch parallel region per step costs ~10 ms of waiting).
@@ -157,11 +183,7 @@ def greedy_coreset(
             else:
                 cand = np.array([idx])
             # (B, N) squared distances from the block's vectors to every vector: one pass.
-            rows = torch.from_numpy(cand)
-            centres = vectors[rows].clone()
-            centres[:, -1] = (-0.5 * sq_norms[rows]).to(centres.dtype)
-            dist_sq = torch.addmm(sq_col, vectors, centres.T, alpha=-2.0)
-            block = dist_sq.T.float().contiguous().numpy()
+            block = _distance_rows(columns, sq_norms, torch.from_numpy(cand))
             block_rows = {int(c): r for r, c in enumerate(cand.tolist())}
             n_blocks += 1
         selected[step] = idx

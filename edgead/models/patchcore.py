@@ -71,6 +71,7 @@ class PatchCoreConfig:
     coreset_ratio: share of the training patches kept in the memory bank, in (0, 1].
     num_neighbors: bank entries around the nearest one used by the re-weighting (>= 2 there).
     reweight: image score = the paper's re-weighted max patch distance instead of the max.
+    top_k: image score = mean of the top_k patch distances (1: the max patch distance).
     blur_sigma: Gaussian sigma (px) applied to the upsampled anomaly map.
     projection_dim: random-projection dimension used by the coreset distances (<= 0: none).
     batch_size: images per backbone forward.
@@ -89,6 +90,7 @@ class PatchCoreConfig:
     coreset_ratio: float = 0.1
     num_neighbors: int = 1
     reweight: bool = False
+    top_k: int = 1
     blur_sigma: float = 4.0
     projection_dim: int = 128
     batch_size: int = 8
@@ -110,6 +112,10 @@ class PatchCoreConfig:
             raise ConfigError(
                 "patchcore: reweight needs num_neighbors >= 2 (the paper uses 9); "
                 "with 1 neighbour every weight is 0"
+            )
+        if self.top_k < 1 or (self.reweight and self.top_k > 1):
+            raise ConfigError(
+                f"patchcore: top_k must be >= 1 (1: the max), and 1 with reweight; got {self.top_k}"
             )
         if self.batch_size < 1 or self.blur_sigma < 0:
             raise ConfigError("patchcore: batch_size must be >= 1 and blur_sigma >= 0")
@@ -369,14 +375,23 @@ class PatchCore(BaseDetector):
 
     def _postprocess(self) -> dict[str, Any]:
         """The "nn_index" post-processing entry this model exports (and scores with)."""
-        return {
+        post: dict[str, Any] = {
             "kind": "nn_index",
             "grid": list(self.grid_hw),
             "k": 1,
             "blur_sigma": float(self.config.blur_sigma),
-            "score": "reweight" if self.config.reweight else "max",
+            "score": self._image_score_kind(),
             "num_neighbors": int(self.config.num_neighbors),
         }
+        if self.config.top_k > 1:
+            post["top_k"] = int(self.config.top_k)
+        return post
+
+    def _image_score_kind(self) -> str:
+        """The "nn_index" image score this config asks for."""
+        if self.config.reweight:
+            return "reweight"
+        return "top_mean" if self.config.top_k > 1 else "max"
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {"memory_bank": self._bank().copy()}

@@ -7,8 +7,9 @@ functions here, so they agree by construction.
 
 Kinds (parsed and validated by `parse_postprocess`):
     nn_index       graph -> "embedding" (B, h*w, D); patch score = mean L2 distance to the k
-                   nearest bank vectors; image score "max" (of patch scores), "map_max" (of the
-                   blurred map) or "reweight" (PatchCore paper eq. 7); map = upsample + blur.
+                   nearest bank vectors; image score "max" (of patch scores), "top_mean" (mean
+                   of the top_k patch scores), "map_max" (of the blurred map) or "reweight"
+                   (PatchCore paper eq. 7); map = upsample + blur.
     map            graph -> "anomaly_map" (B, h, w); map = upsample + blur; score = map max.
     graph          graph -> "score" (B,) and optionally "anomaly_map" (B, h, w).
     csi_nn_index   graph -> rotated embeddings + norms; CSI's score (`edgead.ops.csi.csi_scores`).
@@ -30,7 +31,9 @@ from edgead.errors import BundleError
 from edgead.ops.postprocess import upsample_and_blur
 from edgead.ops.rows_nn import check_postprocess
 
-NN_SCORES = ("max", "map_max", "reweight")
+NN_SCORES = ("max", "map_max", "reweight", "top_mean")
+#: Scores an in-graph search (`--index graph`) can give: "reweight" needs the bank at run time.
+GRAPH_SCORES = ("max", "map_max", "top_mean")
 IMAGE_KINDS = ("nn_index", "map", "graph", "csi_nn_index")
 ROW_KINDS = ("rows", "rows_nn_index")
 WINDOW_KINDS = ("window",)
@@ -48,8 +51,9 @@ class PostProcess:
     blur_sigma: float = 0.0  # map smoothing, px at the input size
     grid: tuple[int, int] | None = None  # nn_index: the patch grid (h, w)
     k: int = 1  # nn_index / rows_nn_index: neighbours averaged per query
-    score: str = "max"  # nn_index: "max" | "map_max" | "reweight"
+    score: str = "max"  # nn_index: "max" | "map_max" | "reweight" | "top_mean"
     num_neighbors: int = 1  # nn_index "reweight": support-set size b
+    top_k: int = 1  # nn_index "top_mean": image score = mean of the top_k patch scores
     raw: dict[str, Any] = field(default_factory=dict)  # the manifest's entry as written
 
     @property
@@ -101,8 +105,11 @@ def parse_postprocess(raw: Any) -> PostProcess:
         )
     k = _number(raw, "k", 1, integer=True)
     neighbors = _number(raw, "num_neighbors", 1, integer=True)
+    top_k = _number(raw, "top_k", 1, integer=True)
     if k < 1 or (score == "reweight" and neighbors < 2):
         raise BundleError(f"nn_index needs k >= 1 (and num_neighbors >= 2 to reweight); got {raw}")
+    if not 1 <= top_k <= int(grid[0]) * int(grid[1]):
+        raise BundleError(f"nn_index top_k must be in [1, h*w of the grid]; got {top_k}")
     return PostProcess(
         kind=kind,
         blur_sigma=sigma,
@@ -110,6 +117,7 @@ def parse_postprocess(raw: Any) -> PostProcess:
         k=k,
         score=str(score),
         num_neighbors=neighbors,
+        top_k=top_k,
         raw=dict(raw),
     )
 
@@ -161,6 +169,15 @@ def reweight_scores(
     return np.asarray((1.0 - soft[:, 0]) * best_score, dtype=np.float32)
 
 
+def top_mean(patch_scores: np.ndarray, top_k: int) -> np.ndarray:
+    """float32 (B,): mean of the `top_k` largest of each row of (B, P) patch scores (top_k 1:
+    the max). Less swayed by one noisy patch than the max; a defect covering a few patches
+    still dominates."""
+    n_patches = patch_scores.shape[1]
+    top = np.partition(patch_scores, n_patches - top_k, axis=1)[:, n_patches - top_k :]
+    return np.asarray(top.mean(axis=1, dtype=np.float64), dtype=np.float32)
+
+
 #: Graph output of an in-graph exact search (`--index graph`): float32 (B, h*w, k) L2 distances.
 IN_GRAPH_DISTANCES = "patch_distances"
 
@@ -182,6 +199,8 @@ def _from_patch_distances(
         maps = upsample_and_blur(patch, image_hw, post.blur_sigma)
     if post.score == "max":
         raw = flat.max(axis=1)
+    elif post.score == "top_mean":
+        raw = top_mean(flat, post.top_k)
     elif post.score == "map_max":
         raw = maps.reshape(n, -1).max(axis=1)  # type: ignore[union-attr]
     return ImageScores(raw=np.asarray(raw, dtype=np.float32), maps=maps, patch_distances=patch)
@@ -238,7 +257,9 @@ def score_nn_distances(
         BundleError: score "reweight" (it needs the bank at run time) or no grid.
     """
     if post.grid is None or post.score == "reweight":
-        raise BundleError("in-graph search supports the scores 'max' and 'map_max' with a grid")
+        raise BundleError(
+            "in-graph search supports the scores 'max', 'top_mean' and 'map_max' with a grid"
+        )
     n = int(distances.shape[0])
     flat = np.asarray(distances, dtype=np.float32).reshape(n * post.grid[0] * post.grid[1], -1)
     return _from_patch_distances(flat, n, post, image_hw, want_maps)

@@ -39,6 +39,7 @@ from edgead.ops.postprocess import normalise_scores, resize_map
 from edgead.ops.rows import check_rows
 from edgead.ops.rows_nn import score_rows_nn
 from edgead.ops.scoring import (
+    GRAPH_SCORES,
     IN_GRAPH_DISTANCES,
     ROW_KINDS,
     WINDOW_KINDS,
@@ -230,10 +231,10 @@ class Detector:
         #: exact search inside the graph (`--index graph`): distances come out of the graph
         self._in_graph_search = kind == "nn_index" and self._post.raw.get("search") == "graph"
         if self._in_graph_search:
-            if self._post.score not in ("max", "map_max"):
+            if self._post.score not in GRAPH_SCORES:
                 raise BundleError(
                     f"in-graph search with score {self._post.score!r} is not supported "
-                    "(max, map_max); re-export with --index flat"
+                    f"({', '.join(GRAPH_SCORES)}); re-export with --index flat"
                 )
         elif kind.endswith("nn_index"):
             spec = self.manifest.index

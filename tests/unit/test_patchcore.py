@@ -123,6 +123,28 @@ def test_scores_are_l2_nearest_neighbour_distances(fitted: PatchCore) -> None:
     np.testing.assert_allclose(fitted.score(images).scores, nearest.max(axis=1), rtol=1e-4)
 
 
+def test_top_k_score_is_the_mean_of_the_largest_patch_distances(fitted: PatchCore) -> None:
+    """top_k 3: image score = mean of the three largest nearest-neighbour distances, which lies
+    between the third largest and the max; top_k must not exceed the grid."""
+    images = _images(2, seed=5, defect=True)
+    patch, _ = fitted.patch_distances(fitted.embed(images))
+    flat = np.sort(patch.reshape(2, -1), axis=1)
+    det = create_detector("patchcore", {**CONFIG, "top_k": 3})
+    det.load_state_arrays(fitted.state_arrays())
+    got = det.score(images).scores
+    np.testing.assert_allclose(got, flat[:, -3:].mean(axis=1), rtol=1e-5)
+    assert np.all(got < flat[:, -1]) and np.all(got > flat[:, -3])
+    with pytest.raises(ConfigError, match="top_k"):
+        create_detector("patchcore", {**CONFIG, "top_k": 0})
+    with pytest.raises(ConfigError, match="top_k"):
+        create_detector("patchcore", {**CONFIG, "top_k": 3, "reweight": True, "num_neighbors": 3})
+    from edgead.errors import BundleError
+    from edgead.ops.scoring import parse_postprocess
+
+    with pytest.raises(BundleError, match="top_k"):
+        parse_postprocess({"kind": "nn_index", "grid": [2, 2], "score": "top_mean", "top_k": 5})
+
+
 def test_full_bank_scores_training_images_zero() -> None:
     det = create_detector("patchcore", {**CONFIG, "coreset_ratio": 1.0})
     train = _images(3, seed=6)
@@ -226,24 +248,25 @@ def test_not_fitted_bad_input_and_config() -> None:
         create_detector("patchcore", {"epochs": 3})
 
 
-@pytest.mark.parametrize("reweight", [False, True])
+@pytest.mark.parametrize(("reweight", "top_k"), [(False, 1), (True, 1), (False, 3)])
 def test_run_export_measurement_and_runtime_give_the_same_scores(
-    reweight: bool, tmp_path: Path
+    reweight: bool, top_k: int, tmp_path: Path
 ) -> None:
     """One scorer per post-processing kind: the fitted model, the exporter's index measurement
     (`edgead.export.index.score_images`, exact Flat search) and the runtime `Detector` give the
-    same raw scores and maps, with the max and with the paper's re-weighted score."""
+    same raw scores and maps, with the max, the paper's re-weighted score and the top-k mean."""
     from edgead.export import export_detector
     from edgead.export.index import score_images, validation_from_images
     from edgead.runtime import Detector
 
-    cfg = {**CONFIG, "reweight": reweight, "num_neighbors": 3}
+    cfg = {**CONFIG, "reweight": reweight, "num_neighbors": 3, "top_k": top_k}
     det = create_detector("patchcore", cfg)
     det.fit(_images(8, seed=1), seed=0)
     images = np.concatenate([_images(2, seed=7), _images(2, seed=8, defect=True)])
     run = det.score(images)
     spec = det.export_spec()
-    assert spec.postprocess["score"] == ("reweight" if reweight else "max")
+    want = "reweight" if reweight else ("top_mean" if top_k > 1 else "max")
+    assert spec.postprocess["score"] == want
     validation = validation_from_images(det.embed, images, None, None, spec.postprocess)
     measured, measured_maps = score_images(validation, det._nn_index(), k=1)
     np.testing.assert_allclose(measured, run.scores, rtol=1e-6)
@@ -253,7 +276,7 @@ def test_run_export_measurement_and_runtime_give_the_same_scores(
         "threshold": {"value": thr, "policy": "test"},
         "normalisation": {"method": "minmax_threshold", "min": 0.0, "max": thr, "threshold": thr},
     }
-    out = tmp_path / f"pc_{reweight}.edgead"
+    out = tmp_path / f"pc_{reweight}_{top_k}.edgead"
     export_detector(det, meta, "onnx", "fp32", out, parity_inputs=images, index={"index": "flat"})
     with Detector.load(out, device="cpu", backend="onnxruntime") as runtime:
         results = runtime(list(images), channel_order="RGB")
