@@ -203,9 +203,9 @@ def score_all(
 ) -> dict[str, Any]:
     """Image scores per score kind and, with masks, pixel metrics per blur sigma."""
     from edgead import metrics
-    from edgead.ops.scoring import reweight_scores
     from edgead.ops.nn_index import FaissIndex
     from edgead.ops.postprocess import upsample_and_blur
+    from edgead.ops.scoring import reweight_scores
 
     index = FaissIndex.build(bank, "Flat")
     n_test = len(test_emb)
