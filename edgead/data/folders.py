@@ -22,6 +22,7 @@ import numpy as np
 
 from edgead.data.images import GOOD, MVTecFolder, list_images, size_hw
 from edgead.errors import ConfigError, DataError
+from edgead.ops.image import DEFAULT_RESIZE
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class NormalFolders(MVTecFolder):
         normal_dir: str | Path,
         image_size: int | tuple[int, int],
         *,
-        interpolation: str = "area",
+        interpolation: str = DEFAULT_RESIZE,
         abnormal_dir: str | Path | None = None,
         mask_dir: str | Path | None = None,
         normal_test_dir: str | Path | None = None,
