@@ -1,15 +1,21 @@
 """One generic exporter: any registered detector's ExportSpec -> a verified `.edgead` bundle.
 
-Flow (`export_detector`): trace the spec's module to ONNX (checked) -> OpenVINO IR when asked ->
-nearest-neighbour index when the post-processing needs one (`edgead.export.index.build_index`:
-compressed DEFAULT_INDEX for image "nn_index", exact "flat" for "rows_nn_index", measured on the
-run's labelled test images against exact search, within --max-auroc-drop) -> write a candidate
-bundle with the EXACT index -> parity: graph outputs of every backend the target uses vs torch,
-then per-item scores through the real runtime (`edgead.runtime.Detector`) vs `detector.score` ->
-when the index is compressed: swap it in, re-fit the threshold / normalisation by scoring the
-run's held-out normal validation inputs through it (same policy as the run), and record how much
-the scores moved -> metrics through the runtime on the run's test data when available -> the
-final bundle (written atomically, only if all checks passed).
+`export_detector` validates the options into a frozen `ExportConfig`, then `run_export` drives
+the pipeline, one short function per step:
+
+1. graphs (`_step_graphs`): trace the spec's module to ONNX (checked); OpenVINO IR when asked.
+2. index (`_step_index`): the nearest-neighbour index when the post-processing needs one
+   (`edgead.export.index.build_index`: compressed DEFAULT_INDEX for image "nn_index", exact
+   "flat" for "rows_nn_index", measured on the run's labelled test images against exact
+   search, within --max-auroc-drop).
+3. manifest (`_step_manifest`): torch reference outputs of the parity inputs, the manifest.
+4. parity (`_step_parity`): a candidate bundle with the EXACT index; graph outputs of every
+   backend the target uses vs torch, then per-item scores through the real runtime
+   (`edgead.runtime.Detector`) vs `detector.score`.
+5. calibration (`_step_calibration`): when the index is compressed (or bf16 / int8 was asked),
+   swap it in and re-fit the threshold / normalisation through it (`edgead.calibrate`).
+6. measurement (`_step_measurement`): metrics through the runtime on the run's test data.
+7. write (`_step_write`): the final bundle, written atomically, only if every step passed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +185,96 @@ def _reference_inputs(
     return np.concatenate([example[:1], noise]).astype(example.dtype), "synthetic"
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """What an export makes, validated before any graph is traced.
+
+    target: "onnx", "openvino" or "tensorrt" (aliases in TARGET_ALIASES are accepted and
+        stored under their canonical name).
+    precision: "fp32", "fp16", "bf16", "int8" or "auto" (see `edgead.export.precision`).
+    device_profile: name of the device profile the export is meant for (recorded).
+    index: `edgead.export.index.IndexOptions` fields as a dict (nn-index detectors only);
+        None uses DEFAULT_INDEX_BY_KIND.
+    threads: threads the `auto` timings run with (None: the libraries' defaults; else >= 1).
+    choose_by_timing: with precision "auto" or index "auto", export every candidate and keep
+        the fastest here (`edgead.export.auto`).
+
+    Raises:
+        ExportError: unknown target or precision, a precision the target cannot run, or a
+            thread count below 1.
+    """
+
+    target: str = "onnx"
+    precision: str = "fp32"
+    device_profile: str | None = None
+    index: dict[str, Any] | None = None
+    threads: int | None = None
+    choose_by_timing: bool = True
+
+    def __post_init__(self) -> None:
+        target = TARGET_ALIASES.get(self.target, self.target)
+        _check_choice("target", target, TARGETS)
+        object.__setattr__(self, "target", target)
+        if self.precision != "auto":
+            check_precision(target, self.precision)
+        if self.index is not None:
+            object.__setattr__(self, "index", dict(self.index))
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ExportError(
+                f"threads must be a whole number >= 1 (or None), got {self.threads!r}"
+            )
+
+    def check_detector(self, detector: BaseDetector) -> None:
+        """ExportError when this export cannot be made of `detector` (tabular on TensorRT)."""
+        if self.target == "tensorrt" and detector.modality == "tabular":
+            raise ExportError(
+                f"--target tensorrt: {detector.name} scores tabular rows with a graph of a few "
+                "small operations (scale-and-shift, small matrix products) that TensorRT cannot "
+                "speed up: copying each batch to the GPU costs more than the graph itself. "
+                "Export with --target onnx (ONNX Runtime on the CPU)"
+            )
+
+
+@dataclass
+class _Build:
+    """What the export steps build up for one bundle (see `run_export`)."""
+
+    detector: BaseDetector
+    meta: dict[str, Any]
+    config: ExportConfig
+    data: ExportData | None
+    spec: ExportSpec
+    kind: str
+    index: dict[str, Any] | None  # the index options in effect (tiled runs force "flat")
+    graph_search: bool
+    graph_bank: np.ndarray | None = None  # the bank searched inside the graph (--index graph)
+    timings: dict[str, float] = field(default_factory=dict)
+    members: dict[str, bytes] = field(default_factory=dict)
+    graphs: dict[str, str] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    array_members: dict[str, str] = field(default_factory=dict)
+    index_build: IndexBuild | None = None
+    index_report: dict[str, Any] | None = None
+    exact_index: tuple[bytes, IndexSpec] | None = None  # for parity when the index is compressed
+    inputs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    inputs_source: str = ""
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
+    manifest: Manifest | None = None
+    parity: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    precision_report: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def current(self) -> Manifest:
+        """The manifest built so far (after `_step_manifest`)."""
+        if self.manifest is None:  # pragma: no cover - the driver's order guarantees it
+            raise ExportError("internal: the manifest step has not run")
+        return self.manifest
+
+
 def export_detector(
     detector: BaseDetector,
     meta: dict[str, Any],
@@ -226,229 +322,312 @@ def export_detector(
     Raises:
         ExportError: unsupported target/precision, tracing or parity failure (nothing written).
     """
-    target = TARGET_ALIASES.get(target, target)
-    _check_choice("target", target, TARGETS)
-    if target == "tensorrt" and detector.modality == "tabular":
-        raise ExportError(
-            f"--target tensorrt: {detector.name} scores tabular rows with a graph of a few small "
-            "operations (scale-and-shift, small matrix products) that TensorRT cannot speed up: "
-            "copying each batch to the GPU costs more than the graph itself. Export with "
-            "--target onnx (ONNX Runtime on the CPU)"
-        )
-    if choose_by_timing and _wants_auto(detector, index, precision, device_profile):
-        return _export_by_timing(
-            detector, meta, target, precision, out, parity_inputs, evaluate, index, data, threads
-        )
-    check_precision(target, precision)
-    tiling = meta.get("tiling")
+    config = ExportConfig(
+        target=target,
+        precision=precision,
+        device_profile=device_profile,
+        index=index,
+        threads=threads,
+        choose_by_timing=choose_by_timing,
+    )
+    config.check_detector(detector)
+    if config.choose_by_timing and _wants_auto(detector, config):
+        return _export_by_timing(detector, meta, config, out, parity_inputs, evaluate, data)
+    return run_export(
+        detector,
+        meta,
+        config,
+        out,
+        parity_inputs=parity_inputs,
+        evaluate=evaluate,
+        data=data,
+        progress=progress,
+    )
+
+
+def run_export(
+    detector: BaseDetector,
+    meta: dict[str, Any],
+    config: ExportConfig,
+    out: str | Path,
+    *,
+    parity_inputs: np.ndarray | None = None,
+    evaluate: Evaluator | None = None,
+    data: ExportData | None = None,
+    progress: Progress = no_progress,
+) -> Manifest:
+    """The export pipeline for one bundle (no "auto" choice: see `export_detector`).
+
+    graphs -> index -> manifest -> parity -> calibration -> measurement -> write; each step is
+    one function below. Nothing is written to `out` unless every step passed.
+    """
+    if config.precision == "auto":
+        raise ExportError("precision 'auto' chooses among bundles: call export_detector")
+    config.check_detector(detector)
+    build = _prepare(detector, meta, config, data)
+    progress(0, 5, "export")
+    _step_graphs(build)
+    progress(1, 5, "export")
+    _step_index(build)
+    _step_manifest(build, parity_inputs)
+    progress(2, 5, "export")
+    with tempfile.TemporaryDirectory(prefix="edgead-export-") as tmp:
+        candidate = Path(tmp) / "candidate.edgead"
+        _step_parity(build, candidate)
+        _step_calibration(build, candidate)
+        progress(3, 5, "export")
+        _step_measurement(build, candidate, evaluate)
+    progress(4, 5, "export")
+    written = _step_write(build, out)
+    progress(5, 5, "export")
+    logger.info("exported %s (%s, %s) to %s", detector.name, config.target, config.precision, out)
+    return written
+
+
+def _prepare(
+    detector: BaseDetector, meta: dict[str, Any], config: ExportConfig, data: ExportData | None
+) -> _Build:
+    """The detector's ExportSpec and the index options in effect (tiled runs search exactly)."""
     detector.check_is_fitted()
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     spec = detector.export_spec()
     kind = str(spec.postprocess.get("kind"))
-    if tiling and kind == "nn_index" and not (index or {}).get("index"):
+    index = config.index
+    if meta.get("tiling") and kind == "nn_index" and not (index or {}).get("index"):
         # the validation frames cannot re-fit a compressed index's threshold tile by tile
         logger.info("tiled run: exact ('flat') index unless --index is given")
         index = {**(index or {}), "index": "flat"}
     graph_search = _wants_graph_index(index)
+    bank = None
     if graph_search:  # exact search inside the graph: the bank becomes graph constants
-        bank_for_graph = spec.arrays.get("memory_bank")
-        if bank_for_graph is None:
+        bank = spec.arrays.get("memory_bank")
+        if bank is None:
             raise ExportError(f"--index graph: {detector.name} has no memory bank to search")
-        spec = in_graph_spec(spec, bank_for_graph)
-    progress(0, 5, "export")
+        spec = in_graph_spec(spec, bank)
+    return _Build(detector, meta, config, data, spec, kind, index, graph_search, bank)
+
+
+def _step_graphs(build: _Build) -> None:
+    """Trace the module to ONNX (checked) and, for OpenVINO, convert it to IR."""
+    spec, precision = build.spec, build.config.precision
+    t0 = time.perf_counter()
     onnx_model = export_onnx(
         spec.module, spec.example_input, spec.input_name, spec.output_names, spec.dynamic_batch
     )
-    timings["onnx_s"] = time.perf_counter() - t0
-    members: dict[str, bytes] = {"model.onnx": onnx_model}
-    graphs = {"onnx": "model.onnx"}
-    if target == "openvino":
+    build.timings["onnx_s"] = time.perf_counter() - t0
+    build.members["model.onnx"] = onnx_model
+    build.graphs["onnx"] = "model.onnx"
+    if build.config.target == "openvino":
         t1 = time.perf_counter()
         xml, weights = export_openvino_ir(onnx_model, fp16=precision == "fp16")
-        members.update({"model.xml": xml, "model.bin": weights})
-        graphs["openvino"] = "model.xml"
-        timings["openvino_s"] = time.perf_counter() - t1
-    progress(1, 5, "export")
-    arrays = dict(spec.arrays)
-    index_build: IndexBuild | None = None
-    index_report: dict[str, Any] | None = None
-    exact_index: tuple[bytes, IndexSpec] | None = None  # for parity when the index is compressed
-    if graph_search:
-        index_report = graph_index_report(bank_for_graph, int(spec.postprocess.get("k", 1)))
+        build.members.update({"model.xml": xml, "model.bin": weights})
+        build.graphs["openvino"] = "model.xml"
+        build.timings["openvino_s"] = time.perf_counter() - t1
+
+
+def _step_index(build: _Build) -> None:
+    """The nearest-neighbour index the post-processing needs (measured), and the arrays."""
+    spec, kind = build.spec, build.kind
+    build.arrays = dict(spec.arrays)
+    if build.graph_bank is not None:
+        k = int(spec.postprocess.get("k", 1))
+        build.index_report = graph_index_report(build.graph_bank, k)
     elif kind.endswith("nn_index"):
-        if "memory_bank" not in arrays:
+        if "memory_bank" not in build.arrays:
             raise ExportError(
-                f"{detector.name}: post-processing {kind!r} needs arrays['memory_bank']"
+                f"{build.detector.name}: post-processing {kind!r} needs arrays['memory_bank']"
             )
-        bank = arrays.pop("memory_bank")
+        bank = build.arrays.pop("memory_bank")
         t_index = time.perf_counter()
-        options = _index_options(kind, spec.postprocess, index)
-        validation = _index_validation(detector, spec, kind, data)
+        options = _index_options(kind, spec.postprocess, build.index)
+        validation = _index_validation(build.detector, spec, kind, build.data)
         index_build = build_index(bank, options, validation=validation)
-        timings["index_s"] = time.perf_counter() - t_index
-        index_report = index_build.report
-        members[INDEX_FILE] = index_build.data
-        arrays.update(index_build.arrays)
+        build.timings["index_s"] = time.perf_counter() - t_index
+        build.index_build, build.index_report = index_build, index_build.report
+        build.members[INDEX_FILE] = index_build.data
+        build.arrays.update(index_build.arrays)
         if not _is_exact(index_build.spec):
-            exact_index = _exact_index(bank, index_build.spec)
-    elif index:
+            build.exact_index = _exact_index(bank, index_build.spec)
+    elif build.index:
         raise ExportError(
-            f"--index applies to nearest-neighbour detectors; {detector.name} has none"
+            f"--index applies to nearest-neighbour detectors; {build.detector.name} has none"
         )
     from edgead.bundle import array_to_npy_bytes
 
-    array_members = {name: f"arrays/{name}.npy" for name in arrays}
-    for name, member in array_members.items():
-        members[member] = array_to_npy_bytes(arrays[name])
+    build.array_members = {name: f"arrays/{name}.npy" for name in build.arrays}
+    for name, member in build.array_members.items():
+        build.members[member] = array_to_npy_bytes(build.arrays[name])
 
-    inputs, inputs_source = _reference_inputs(detector, spec, parity_inputs)
-    reference = run_torch(spec.module, inputs, spec.output_names)
+
+def _step_manifest(build: _Build, parity_inputs: np.ndarray | None) -> None:
+    """Torch reference outputs of the parity inputs, and the candidate manifest."""
+    detector, spec, meta, config = build.detector, build.spec, build.meta, build.config
+    build.inputs, build.inputs_source = _reference_inputs(detector, spec, parity_inputs)
+    build.reference = run_torch(spec.module, build.inputs, spec.output_names)
     outputs = tuple(
-        OutputSpec(name=name, shape=(None, *reference[name].shape[1:]))
+        OutputSpec(name=name, shape=(None, *build.reference[name].shape[1:]))
         for name in spec.output_names
     )
     # a few inputs and the torch fp32 outputs travel in the bundle: devices check backends with them
     reference_spec, reference_files = reference_members(
-        *pick_reference(inputs, reference), source=f"torch fp32 ({inputs_source} inputs)"
+        *pick_reference(build.inputs, build.reference),
+        source=f"torch fp32 ({build.inputs_source} inputs)",
     )
-    members.update(reference_files)
+    build.members.update(reference_files)
     threshold = (meta.get("threshold") or {}).get("value")
-    build: dict[str, Any] = {}
-    if target == "tensorrt":
-        build["tensorrt"] = {"precision": precision, **TENSORRT_BUILD}
+    tensorrt = {"tensorrt": {"precision": config.precision, **TENSORRT_BUILD}}
     from edgead.config import to_dict
 
-    config = meta.get("config") or to_dict(detector.config)
-    manifest = Manifest(
+    run_config = meta.get("config") or to_dict(detector.config)
+    build.manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         edgead_version=__version__,
         detector=detector.name,
         modality=detector.modality,
-        target=target,
+        target=config.target,
         # bf16 / int8: parity runs in fp32 first; `_control_precision` switches afterwards
-        precision="fp32" if precision in CONTROLLED else precision,
-        graphs=graphs,
+        precision="fp32" if config.precision in CONTROLLED else config.precision,
+        graphs=build.graphs,
         input=_input_spec(detector, spec, meta),
         outputs=outputs,
         postprocess=dict(spec.postprocess),
         threshold=None if threshold is None else float(threshold),
         normalisation=dict(meta.get("normalisation") or {}),
-        backbone=config.get("backbone"),
-        index=None if index_build is None else index_build.spec,
-        arrays=array_members,
-        build=build,
-        config=dict(config),
+        backbone=run_config.get("backbone"),
+        index=None if build.index_build is None else build.index_build.spec,
+        arrays=build.array_members,
+        build=tensorrt if config.target == "tensorrt" else {},
+        config=dict(run_config),
         reference=reference_spec,
         # the run's data record, so evaluating the candidate finds its label column and options
         export={"run": {"seed": meta.get("seed"), "data": meta.get("data")}},
     )
-    progress(2, 5, "export")
-    calibration: dict[str, Any] | None = None
-    with tempfile.TemporaryDirectory(prefix="edgead-export-") as tmp:
-        candidate = Path(tmp) / "candidate.edgead"
-        if exact_index is not None:
-            # Parity with exact search first: the torch model scores with the exact bank, so the
-            # score check is only meaningful (and keeps its tight tolerance) with the same search.
-            exact_members = {
-                **{k: v for k, v in members.items() if k not in _rerank_members(array_members)},
-                INDEX_FILE: exact_index[0],
-            }
-            exact_manifest = dataclasses.replace(
-                manifest,
-                index=exact_index[1],
-                arrays={
-                    k: v
-                    for k, v in array_members.items()
-                    if v not in _rerank_members(array_members)
-                },
-            )
-            write_bundle(candidate, exact_manifest, exact_members)
-        else:
-            write_bundle(candidate, manifest, members)
-        t2 = time.perf_counter()
-        parity_level = "fp32" if precision in CONTROLLED else precision
-        parity = _parity(detector, candidate, target, parity_level, inputs, reference)
-        timings["parity_s"] = time.perf_counter() - t2
-        if exact_index is not None and index_build is not None:
-            exact_scores = _runtime_raw_scores(candidate, inputs, detector.modality)
-            write_bundle(candidate, manifest, members)
-            t_cal = time.perf_counter()
-            manifest, calibration, change = _recalibrate(
-                candidate,
-                manifest,
-                meta,
-                detector.modality,
-                data,
-                index_build.report,
-                inputs,
-                exact_scores,
-            )
-            parity["index"] = change
-            write_bundle(candidate, manifest, members)
-            timings["calibration_s"] = time.perf_counter() - t_cal
-        if tiling:  # parity was per tile; the runtime now tiles frames (edgead.ops.tiling)
-            post = {**manifest.postprocess, "tiling": dict(tiling)}
-            manifest = dataclasses.replace(manifest, postprocess=post)
-            write_bundle(candidate, manifest, members)
-        precision_report: dict[str, Any] | None = None
-        if precision in CONTROLLED:
-            t_prec = time.perf_counter()
-            manifest, members, precision_report = _control_precision(
-                candidate, manifest, members, precision, data, spec.input_name, inputs, index
-            )
-            if manifest.threshold is not None:
-                manifest, calibration, _ = _recalibrate(
-                    candidate,
-                    manifest,
-                    meta,
-                    detector.modality,
-                    data,
-                    {
-                        "factory": f"{precision} graph",
-                        "dist_ratio_median": precision_report["score_median_ratio"],
-                    },
-                    inputs,
-                    precision_report["fp32_scores"],
-                    backend=precision_report["calibrated_on"],
-                )
-                write_bundle(candidate, manifest, members)
-            precision_report.pop("fp32_scores")
-            timings["precision_s"] = time.perf_counter() - t_prec
-        progress(3, 5, "export")
-        metrics: dict[str, Any] = {}
-        if evaluate is not None:
-            t3 = time.perf_counter()
-            metrics = dict(evaluate(candidate, None))
-            timings["evaluate_s"] = time.perf_counter() - t3
-            if precision == "fp16":
-                # model.onnx is fp32 and matched torch within the fp32 tolerance above, so ONNX
-                # Runtime's result is the fp32 reference the fp16 change is measured against.
-                metrics.update(_fp16_change(metrics, evaluate(candidate, "onnxruntime")))
-            metrics.update(_metric_deltas(metrics, meta))
-    progress(4, 5, "export")
+
+
+def _step_parity(build: _Build, candidate: Path) -> None:
+    """Write the candidate (exact search when the index is compressed) and check parity."""
+    manifest = build.current
+    if build.exact_index is not None:
+        # Parity with exact search first: the torch model scores with the exact bank, so the
+        # score check is only meaningful (and keeps its tight tolerance) with the same search.
+        rerank = _rerank_members(build.array_members)
+        exact_members = {
+            **{k: v for k, v in build.members.items() if k not in rerank},
+            INDEX_FILE: build.exact_index[0],
+        }
+        exact_manifest = dataclasses.replace(
+            manifest,
+            index=build.exact_index[1],
+            arrays={k: v for k, v in build.array_members.items() if v not in rerank},
+        )
+        write_bundle(candidate, exact_manifest, exact_members)
+    else:
+        write_bundle(candidate, manifest, build.members)
+    t0 = time.perf_counter()
+    precision = build.config.precision
+    level = "fp32" if precision in CONTROLLED else precision
+    build.parity = _parity(
+        build.detector, candidate, build.config.target, level, build.inputs, build.reference
+    )
+    build.timings["parity_s"] = time.perf_counter() - t0
+
+
+def _step_calibration(build: _Build, candidate: Path) -> None:
+    """Re-fit the threshold after a compressed index or a lower precision; add tiling."""
+    modality = build.detector.modality
+    if build.exact_index is not None and build.index_build is not None:
+        exact_scores = _runtime_raw_scores(candidate, build.inputs, modality)
+        write_bundle(candidate, build.current, build.members)
+        t0 = time.perf_counter()
+        build.manifest, build.calibration, change = _recalibrate(
+            candidate,
+            build.current,
+            build.meta,
+            modality,
+            build.data,
+            build.index_build.report,
+            build.inputs,
+            exact_scores,
+        )
+        build.parity["index"] = change
+        write_bundle(candidate, build.current, build.members)
+        build.timings["calibration_s"] = time.perf_counter() - t0
+    tiling = build.meta.get("tiling")
+    if tiling:  # parity was per tile; the runtime now tiles frames (edgead.ops.tiling)
+        post = {**build.current.postprocess, "tiling": dict(tiling)}
+        build.manifest = dataclasses.replace(build.current, postprocess=post)
+        write_bundle(candidate, build.current, build.members)
+    if build.config.precision in CONTROLLED:
+        _step_precision(build, candidate)
+
+
+def _step_precision(build: _Build, candidate: Path) -> None:
+    """bf16 / int8 kept within the AUROC budget, and the threshold re-fitted through it."""
+    precision = build.config.precision
+    t0 = time.perf_counter()
+    build.manifest, build.members, report = _control_precision(
+        candidate,
+        build.current,
+        build.members,
+        precision,
+        build.data,
+        build.spec.input_name,
+        build.inputs,
+        build.index,
+    )
+    if build.current.threshold is not None:
+        build.manifest, build.calibration, _ = _recalibrate(
+            candidate,
+            build.current,
+            build.meta,
+            build.detector.modality,
+            build.data,
+            {"factory": f"{precision} graph", "dist_ratio_median": report["score_median_ratio"]},
+            build.inputs,
+            report["fp32_scores"],
+            backend=report["calibrated_on"],
+        )
+        write_bundle(candidate, build.current, build.members)
+    report.pop("fp32_scores")
+    build.precision_report = report
+    build.timings["precision_s"] = time.perf_counter() - t0
+
+
+def _step_measurement(build: _Build, candidate: Path, evaluate: Evaluator | None) -> None:
+    """Metrics of the candidate through the runtime on the run's test data (when given)."""
+    if evaluate is None:
+        return
+    t0 = time.perf_counter()
+    build.metrics = dict(evaluate(candidate, None))
+    build.timings["evaluate_s"] = time.perf_counter() - t0
+    if build.config.precision == "fp16":
+        # model.onnx is fp32 and matched torch within the fp32 tolerance above, so ONNX
+        # Runtime's result is the fp32 reference the fp16 change is measured against.
+        build.metrics.update(_fp16_change(build.metrics, evaluate(candidate, "onnxruntime")))
+    build.metrics.update(_metric_deltas(build.metrics, build.meta))
+
+
+def _step_write(build: _Build, out: str | Path) -> Manifest:
+    """The final bundle with the export record, written atomically to `out`."""
     import torch
 
+    meta = build.meta
     export_info = {
         "opset": OPSET,
         "exporter": "torch.onnx.export(dynamo=False)",
-        "dynamic_batch": bool(spec.dynamic_batch),
+        "dynamic_batch": bool(build.spec.dynamic_batch),
         "torch_version": torch.__version__,
-        "parity_inputs": {"n": int(len(inputs)), "source": inputs_source},
-        "parity": parity,
-        "index": index_report,
-        "calibration": calibration,
-        "precision": precision_report,
-        "device_profile": device_profile,
+        "parity_inputs": {"n": int(len(build.inputs)), "source": build.inputs_source},
+        "parity": build.parity,
+        "index": build.index_report,
+        "calibration": build.calibration,
+        "precision": build.precision_report,
+        "device_profile": build.config.device_profile,
         "run": {"seed": meta.get("seed"), "data": meta.get("data")},
         "host": platform.machine(),
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "timings_s": {k: round(v, 3) for k, v in build.timings.items()},
     }
-    manifest = dataclasses.replace(manifest, metrics=metrics, export=export_info)
-    written = write_bundle(out, manifest, members)
-    progress(5, 5, "export")
-    logger.info("exported %s (%s, %s) to %s", detector.name, target, precision, out)
-    return written
+    manifest = dataclasses.replace(build.current, metrics=build.metrics, export=export_info)
+    return write_bundle(out, manifest, build.members)
 
 
 def _control_precision(
@@ -546,13 +725,11 @@ def _control_precision(
     )
 
 
-def _wants_auto(
-    detector: BaseDetector, index: dict[str, Any] | None, precision: str, device: str | None
-) -> bool:
+def _wants_auto(detector: BaseDetector, config: ExportConfig) -> bool:
     """Whether `--precision auto` / `--index auto` (image nn-index, this machine) is asked."""
-    name = str((index or {}).get("index") or "").strip().lower()
-    index_auto = name == "auto" and device is None and detector.modality == "image"
-    return precision == "auto" or (
+    name = str((config.index or {}).get("index") or "").strip().lower()
+    index_auto = name == "auto" and config.device_profile is None and detector.modality == "image"
+    return config.precision == "auto" or (
         index_auto and detector.export_spec().postprocess.get("kind") == "nn_index"
     )
 
@@ -560,14 +737,11 @@ def _wants_auto(
 def _export_by_timing(
     detector: BaseDetector,
     meta: dict[str, Any],
-    target: str,
-    precision: str,
+    config: ExportConfig,
     out: str | Path,
     parity_inputs: np.ndarray | None,
     evaluate: Evaluator | None,
-    index: dict[str, Any] | None,
     data: ExportData | None,
-    threads: int | None,
 ) -> Manifest:
     """`edgead.export.auto.export_auto` over this exporter (candidates exported one by one)."""
     from edgead.export.auto import export_auto, precision_candidates
@@ -577,14 +751,14 @@ def _export_by_timing(
             "--index auto / --precision auto time the candidates on the run's test images, "
             "which are not available; export with the run's data or choose explicitly"
         )
-    name = str((index or {}).get("index") or "").strip().lower()
+    name = str((config.index or {}).get("index") or "").strip().lower()
     is_nn = detector.export_spec().postprocess.get("kind") == "nn_index"
 
     def export_one(options: dict[str, Any] | None, prec: str, path: Path) -> Manifest:
         return export_detector(
             detector,
             meta,
-            target,
+            config.target,
             prec,
             path,
             parity_inputs=parity_inputs,
@@ -600,12 +774,12 @@ def _export_by_timing(
     ]
     return export_auto(
         export_one,
-        index,
+        config.index,
         index_auto=is_nn and name == "auto",
-        precisions=precision_candidates(target, precision),
+        precisions=precision_candidates(config.target, config.precision),
         frames=frames,
         out=out,
-        threads=threads,
+        threads=config.threads,
     )
 
 
