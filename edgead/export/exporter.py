@@ -105,44 +105,31 @@ def _check_choice(kind: str, value: str, allowed: Sequence[str]) -> None:
         raise ExportError(f"unknown {kind} {value!r}; use one of {', '.join(allowed)}")
 
 
-def _normalisation_stats(module: Any) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-    """(mean, std) on 0..1 RGB recovered from a UInt8Normalize submodule (scale, shift), if any."""
-    for sub in module.modules():
-        if (
-            type(sub).__name__ == "UInt8Normalize"
-            and hasattr(sub, "scale")
-            and hasattr(sub, "shift")
-        ):
-            scale = sub.scale.detach().cpu().double().flatten().numpy()
-            shift = sub.shift.detach().cpu().double().flatten().numpy()
-            std = 1.0 / (255.0 * scale)
-            mean = -shift * std
-            return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
-    return None, None
-
-
 def _input_spec(detector: BaseDetector, spec: ExportSpec, meta: dict[str, Any]) -> InputSpec:
     example = spec.example_input
     batch: int | None = None if spec.dynamic_batch else int(example.shape[0])
     if detector.modality == "image":
-        if example.dtype != np.uint8 or example.ndim != 4 or example.shape[3] != 3:
+        declared = detector.input_preprocess()
+        if declared is None:
+            raise ExportError(f"{detector.name}: an image detector must declare its preprocessing")
+        channels = declared.channels
+        if example.dtype != np.uint8 or example.ndim != 4 or example.shape[3] != channels:
             raise ExportError(
-                f"{detector.name}: image export needs a uint8 (B, S, S, 3) example "
-                f"input; got {example.dtype} {example.shape}"
+                f"{detector.name}: image export needs a uint8 (B, S, S, {channels}) example "
+                f"input (its declared preprocessing); got {example.dtype} {example.shape}"
             )
-        mean, std = _normalisation_stats(spec.module)
         size = (int(example.shape[1]), int(example.shape[2]))
         return InputSpec(
             name=spec.input_name,
             dtype="uint8",
-            shape=(batch, *size, 3),
-            layout="NHWC",
-            channel_order="RGB",
+            shape=(batch, *size, declared.channels),
+            layout=declared.layout,
+            channel_order=declared.channel_order,
             image_size=size,
             # the resize the run was trained with; runs from before it was recorded used "area"
             resize=str((meta.get("data") or {}).get("interpolation", "area")),
-            mean=mean,
-            std=std,
+            mean=tuple(round(v, 6) for v in declared.mean),
+            std=tuple(round(v, 6) for v in declared.std),
             trained_channels=(meta.get("data") or {}).get("channels"),
         )
     is_series = detector.modality == "timeseries"

@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from edgead.errors import DataError
-from edgead.models.base import BaseDetector, ExportSpec, Progress, ScoreOutput, no_progress
+from edgead.models.base import (
+    BaseDetector,
+    ExportSpec,
+    ImagePreprocess,
+    Progress,
+    ScoreOutput,
+    no_progress,
+)
 from edgead.ops.scoring import parse_postprocess, score_graph_output, score_map_output
 
 logger = logging.getLogger(__name__)
@@ -286,6 +293,10 @@ class ScratchNetDetector(BaseDetector):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return module_state("net.", self._fitted_net())
+
+    def input_preprocess(self) -> ImagePreprocess:
+        """The nets scale uint8 RGB to 0..1 (x / 255) and normalise nothing else."""
+        return ImagePreprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
     def export_spec(self) -> ExportSpec:
         size = self.config.image_size
