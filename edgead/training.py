@@ -49,6 +49,7 @@ from edgead.models.base import (
 )
 from edgead.ops.tiling import Tiling, cut_tiles, merge_tile_scores
 from edgead.rundir import save_run
+from edgead.runrecord import RunSplit
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class _Split:
     fit_data: Any
     val_data: Any
     info: dict[str, Any]
+    record: RunSplit | None = None  # stored in the run directory (split.json) for export
 
 
 def holdout_split(
@@ -181,7 +183,11 @@ def _image_split(
 
         fit_images = TiledImages(fit_images, tiling)
         info["n_fit_tiles"] = len(fit_images)
-    return _Split(fit_images, images[val_idx] if n_val else None, info)
+    paths = getattr(dataset, "train_paths", None)
+    record = None if paths is None else RunSplit.of_images(paths, val_idx)
+    if record is None:
+        logger.warning("%s lists no training files: the run stores no split for export", data)
+    return _Split(fit_images, images[val_idx] if n_val else None, info, record)
 
 
 def image_load_size(detector: BaseDetector, tiling: Tiling | None) -> int | tuple[int, int]:
@@ -274,7 +280,7 @@ def _tabular_split(data: str | Path, seed: int, label_column: str | None) -> _Sp
     }
     fit_rows = table.X[rows[fit_pos]]
     val_rows = table.X[rows[val_pos]] if n_val else None
-    return _Split(fit_rows, val_rows, info)
+    return _Split(fit_rows, val_rows, info, RunSplit.of_rows(table.X, rows[val_pos]))
 
 
 def _series_split(
@@ -452,7 +458,7 @@ def train_run(
         meta["tiling"] = tiles.to_dict()
     timings["total_s"] = time.perf_counter() - t_start
     meta["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
-    run_dir = save_run(out, detector, meta)
+    run_dir = save_run(out, detector, meta, split.record)
     logger.info(
         "saved run %s (%s, threshold %.4g, %s)",
         run_dir,

@@ -58,6 +58,7 @@ from edgead.export.precision import (
     runtime_aurocs,
 )
 from edgead.models.base import BaseDetector, ExportSpec, Progress, no_progress
+from edgead.runrecord import RunSplit
 from edgead.runtime.reference import pick_reference, reference_members
 
 logger = logging.getLogger(__name__)
@@ -998,7 +999,7 @@ def _parity(
                     f"parity check needs {name}, but it could not load the graph: "
                     f"{det.fallbacks[-1]}"
                 )
-            graph_out = det._run_graph(inputs)  # noqa: SLF001 - the exporter checks raw outputs
+            graph_out = det.run_graph(inputs)
             entry: dict[str, Any] = {
                 "backend": det.backend,
                 "precision": level,
@@ -1091,16 +1092,17 @@ def export_run(
     `data`) when it can be read; otherwise synthetic inputs are used and metrics are skipped
     (both logged and recorded in the manifest).
     """
-    from edgead.rundir import load_run
+    from edgead.rundir import load_run, load_split
 
     detector, meta = load_run(run_dir)
+    split = load_split(run_dir)
     data_path = Path(data) if data is not None else _run_data_path(meta)
     parity_inputs = None
     export_data: ExportData | None = None
     evaluate: Evaluator | None = None
     # "elpv" names the elpv-dataset package's data, not a folder
     if data_path is not None and (data_path.exists() or str(data_path) == "elpv"):
-        parity_inputs, export_data = _parity_inputs_from_data(detector, data_path, meta)
+        parity_inputs, export_data = _parity_inputs_from_data(detector, data_path, meta, split)
         from edgead.evaluation import evaluate_bundle
 
         def evaluate(bundle: Path, backend: str | None) -> dict[str, Any]:
@@ -1137,7 +1139,12 @@ def _run_data_path(meta: dict[str, Any]) -> Path | None:
 
 
 def _parity_inputs_from_data(
-    detector: BaseDetector, data_path: Path, meta: dict[str, Any], n_train: int = 3, n_test: int = 3
+    detector: BaseDetector,
+    data_path: Path,
+    meta: dict[str, Any],
+    split: RunSplit | None = None,
+    n_train: int = 3,
+    n_test: int = 3,
 ) -> tuple[np.ndarray | None, ExportData | None]:
     """(a few training and test inputs, the run's test data + held-out validation loader) from
     the run's data, or (None, None) (logged) when unreadable."""
@@ -1160,50 +1167,66 @@ def _parity_inputs_from_data(
         test_inputs=test if has_test else None,
         test_labels=np.asarray(labels) if has_test else None,
         test_masks=masks if has_test else None,
-        normal_val=lambda: _run_validation_inputs(detector, data_path, meta),
+        normal_val=lambda: _run_validation_inputs(detector, data_path, meta, split),
     )
     return (np.stack(picked) if picked else None), export_data
 
 
 def _run_validation_inputs(
-    detector: BaseDetector, data_path: Path, meta: dict[str, Any]
+    detector: BaseDetector, data_path: Path, meta: dict[str, Any], split: RunSplit | None
 ) -> np.ndarray | None:
-    """The run's held-out normal validation inputs, re-made with training's seeded split.
+    """The run's held-out normal validation inputs, read back with the run's stored split.
 
-    Returns None (logged) when they cannot be reproduced: unreadable data, or a split whose size
-    differs from the run's record (`run.json` data.n_val).
+    Returns None (logged as a warning) when they cannot be read: a run saved before splits were
+    stored (no split.json; retrain to store it), a tiled run, a run that held out nothing, or
+    data that no longer matches the split's fingerprint.
     """
-    from edgead import training
-
-    info = dict(meta.get("data") or {})
-    seed = int(meta.get("seed", 0))
     if meta.get("tiling"):
-        logger.info("tiled run: validation frames are not re-made for the index calibration")
+        logger.info("tiled run: validation frames are not re-read for the index calibration")
         return None
-    try:
-        if detector.modality == "image":
-            # the same private helper train_run uses, so the split is identical by construction
-            split = training._image_split(  # noqa: SLF001
-                detector, data_path, seed, dict(info.get("options") or {})
-            )
-        else:
-            split = training._tabular_split(  # noqa: SLF001
-                data_path, seed, info.get("label_column")
-            )
-    except Exception as exc:  # noqa: BLE001 - the caller falls back, logged and recorded
-        logger.warning("cannot re-make the run's validation split from %s: %s", data_path, exc)
-        return None
-    if split.val_data is None:
-        logger.warning("the run held out no validation data (val_fraction 0)")
-        return None
-    n_val = len(split.val_data)
-    if info.get("n_val") is not None and int(info["n_val"]) != n_val:
+    if split is None:
         logger.warning(
-            "re-made validation split has %d items but the run recorded %s; not using it",
-            n_val,
-            info["n_val"],
+            "the run stores no split (split.json; runs saved before edgead stored them): its "
+            "held-out validation inputs cannot be read back. Retrain the run with `edgead "
+            "train` to re-fit the threshold on them at export"
         )
         return None
-    if detector.modality == "image":
-        return np.stack([np.asarray(img, dtype=np.uint8) for img in split.val_data])
-    return np.asarray(split.val_data, dtype=np.float32)
+    if not split.val_index:
+        logger.warning("the run held out no validation data (val_fraction 0)")
+        return None
+    try:
+        inputs, mismatch = _read_split(detector, data_path, meta, split)
+    except Exception as exc:  # noqa: BLE001 - the caller falls back, logged and recorded
+        logger.warning("cannot read the run's validation inputs from %s: %s", data_path, exc)
+        return None
+    if mismatch is not None:
+        logger.warning("%s: %s; the run's validation inputs are not used", data_path, mismatch)
+        return None
+    return inputs
+
+
+def _read_split(
+    detector: BaseDetector, data_path: Path, meta: dict[str, Any], split: RunSplit
+) -> tuple[np.ndarray | None, str | None]:
+    """(held-out inputs, None) from the run's data, or (None, why the data does not match)."""
+    info = dict(meta.get("data") or {})
+    index = list(split.val_index)
+    if detector.modality == "image" and split.modality == "image":
+        from edgead.data.datasets import load_image_dataset
+
+        size = int(detector.config.image_size)
+        dataset = load_image_dataset(data_path, size, **dict(info.get("options") or {}))
+        mismatch = split.check_images(getattr(dataset, "train_paths", []))
+        if mismatch is not None:
+            return None, mismatch
+        images = dataset.train_images()
+        return np.stack([np.asarray(images[i], dtype=np.uint8) for i in index]), None
+    if detector.modality == "tabular" and split.modality == "tabular":
+        from edgead.data.tabular import load_table
+
+        table = load_table(data_path, info.get("label_column"))
+        mismatch = split.check_rows(table.X)
+        if mismatch is not None:
+            return None, mismatch
+        return np.asarray(table.X[index], dtype=np.float32), None
+    return None, f"a {split.modality} split cannot feed a {detector.modality} detector"
