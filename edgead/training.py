@@ -37,6 +37,12 @@ from typing import Any
 import numpy as np
 
 from edgead import metrics
+from edgead.calibrate import (
+    THRESHOLD_PERCENTILE,
+    normalisation_from_scores,
+    threshold_from_labels,
+    threshold_from_normal,
+)
 from edgead.config import from_dict
 from edgead.data.tiles import FRAMES_PER_CALL
 from edgead.errors import ConfigError, DataError
@@ -57,7 +63,6 @@ DEFAULT_VAL_FRACTION = 0.1
 TABULAR_VAL_FRACTION = 0.1
 MIN_VAL_IMAGES = 2
 MIN_VAL_ROWS = 5
-THRESHOLD_PERCENTILE = 99.0
 
 
 @dataclass
@@ -424,7 +429,7 @@ def train_run(
     if val_data is not None:
         inputs, labels = _labelled_validation(detector, val_data, label_column, tiles)
         labelled_scores = score_images_of(detector, inputs, tiles, progress=val_progress).scores
-        value = metrics.threshold_from_labels(labels, labelled_scores)
+        value = threshold_from_labels(labels, labelled_scores)
         threshold = {"value": value, "policy": "f1", "data": str(val_data)}
         normal = labelled_scores[labels == 0]
         norm_scores = val_scores if val_scores is not None else normal
@@ -434,7 +439,7 @@ def train_run(
             **metrics.image_metrics(labels, labelled_scores),
         }
     elif val_scores is not None:
-        value = metrics.threshold_from_normal(val_scores, THRESHOLD_PERCENTILE)
+        value = threshold_from_normal(val_scores, THRESHOLD_PERCENTILE)
         threshold = {"value": value, "policy": f"percentile:{THRESHOLD_PERCENTILE:g}"}
         norm_scores = val_scores
     else:
@@ -449,7 +454,7 @@ def train_run(
     timings["validation_s"] = t_validated - t_fitted
     meta: dict[str, Any] = {
         "threshold": threshold,
-        "normalisation": metrics.normalisation_from_scores(norm_scores, threshold["value"]),
+        "normalisation": normalisation_from_scores(norm_scores, threshold["value"]),
         "validation": validation,
         "data": split.info,
         "seed": int(seed),

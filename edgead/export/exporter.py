@@ -34,6 +34,7 @@ import numpy as np
 
 from edgead import __version__
 from edgead.bundle import SCHEMA_VERSION, IndexSpec, InputSpec, Manifest, OutputSpec, write_bundle
+from edgead.calibrate import refit_through_bundle, runtime_raw_scores, runtime_scores_of
 from edgead.errors import ConfigError, ExportError
 from edgead.export.graph_index import graph_index_report, in_graph_spec
 from edgead.export.graphs import OPSET, export_onnx, export_openvino_ir, run_torch
@@ -151,6 +152,11 @@ def _input_spec(detector: BaseDetector, spec: ExportSpec, meta: dict[str, Any]) 
         resize="",
         feature_names=tuple(names) if names else None,
     )
+
+
+def _normal_inputs(data: ExportData | None) -> Callable[[], np.ndarray | None]:
+    """A loader of the run's held-out normal validation inputs (None when there are none)."""
+    return (lambda: None) if data is None else data.normal_inputs
 
 
 def _reference_inputs(
@@ -523,15 +529,15 @@ def _step_calibration(build: _Build, candidate: Path) -> None:
     """Re-fit the threshold after a compressed index or a lower precision; add tiling."""
     modality = build.detector.modality
     if build.exact_index is not None and build.index_build is not None:
-        exact_scores = _runtime_raw_scores(candidate, build.inputs, modality)
+        exact_scores = runtime_raw_scores(candidate, build.inputs, modality)
         write_bundle(candidate, build.current, build.members)
         t0 = time.perf_counter()
-        build.manifest, build.calibration, change = _recalibrate(
+        build.manifest, build.calibration, change = refit_through_bundle(
             candidate,
             build.current,
             build.meta,
             modality,
-            build.data,
+            _normal_inputs(build.data),
             build.index_build.report,
             build.inputs,
             exact_scores,
@@ -563,12 +569,12 @@ def _step_precision(build: _Build, candidate: Path) -> None:
         build.index,
     )
     if build.current.threshold is not None:
-        build.manifest, build.calibration, _ = _recalibrate(
+        build.manifest, build.calibration, _ = refit_through_bundle(
             candidate,
             build.current,
             build.meta,
             build.detector.modality,
-            build.data,
+            _normal_inputs(build.data),
             {"factory": f"{precision} graph", "dist_ratio_median": report["score_median_ratio"]},
             build.inputs,
             report["fp32_scores"],
@@ -654,7 +660,7 @@ def _control_precision(
     # the threshold is re-fitted through the backend the device runs first (OpenVINO when the
     # bundle has IR), so the scores compared here come from it too
     main_backend = backends[-1]
-    fp32_scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
+    fp32_scores = runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
     calibration = data.normal_inputs() if precision == "int8" else None
     if precision == "int8" and (calibration is None or not len(calibration)):
         raise ExportError(
@@ -697,7 +703,7 @@ def _control_precision(
         tried.append({"scope": scope, "rejected": report["rejected"], "auroc_change": changes})
         logger.info("precision %s (%s): %s", precision, scope, changes)
         if report["rejected"] is None:
-            scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
+            scores = runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
             report["score_median_ratio"] = float(
                 np.median(scores / np.maximum(np.abs(fp32_scores), 1e-12))
             )
@@ -861,120 +867,6 @@ def _rerank_members(array_members: dict[str, str]) -> set[str]:
     return {member for name, member in array_members.items() if name == RERANK_ARRAY}
 
 
-def _runtime_raw_scores(
-    bundle: Path, inputs: np.ndarray, modality: str, backend: str = "onnxruntime"
-) -> np.ndarray:
-    """float64 (N,) raw scores of `inputs` through the runtime (`backend`, CPU)."""
-    from edgead.runtime.detector import Detector
-
-    det = Detector.load(bundle, device="cpu", backend=backend)
-    try:
-        if modality == "image":
-            results = det(list(inputs), channel_order="RGB")
-            return np.array([r.raw_score for r in results], dtype=np.float64)  # type: ignore
-        return np.asarray(_score_non_image(det, inputs, modality), dtype=np.float64)
-    finally:
-        det.close()
-
-
-def _recalibrate(
-    candidate: Path,
-    manifest: Manifest,
-    meta: dict[str, Any],
-    modality: str,
-    data: ExportData | None,
-    index_report: dict[str, Any],
-    parity_inputs: np.ndarray,
-    exact_scores: np.ndarray,
-    backend: str = "onnxruntime",
-) -> tuple[Manifest, dict[str, Any], dict[str, Any]]:
-    """Threshold and normalisation re-fitted through the compressed index in `candidate`.
-
-    Compressed search shifts distances (pq4: ~6-11 % larger), so the run's threshold (fitted
-    with exact search) would flag too much. With the run's held-out normal validation inputs
-    and a "percentile:P" policy, they are scored through the candidate and the same policy is
-    applied; otherwise the run's values are scaled by the measured median distance ratio
-    (`dist_ratio_median`, logged as a warning).
-
-    Returns:
-        (manifest with the new threshold / normalisation, calibration record for
-        manifest.export["calibration"], score change of the parity inputs exact -> compressed).
-    """
-    from edgead import metrics
-
-    compressed_scores = _runtime_raw_scores(candidate, parity_inputs, modality, backend)
-    rel = np.abs(compressed_scores - exact_scores) / np.maximum(np.abs(exact_scores), 1e-12)
-    change = {
-        "checked_with": "exact Flat index (parity above); compressed index scores compared",
-        "score_max_rel_change": float(rel.max()) if len(rel) else 0.0,
-        "score_median_ratio": float(np.median(compressed_scores / np.maximum(exact_scores, 1e-12)))
-        if len(rel)
-        else 1.0,
-    }
-    run_threshold = dict(meta.get("threshold") or {})
-    run_norm = dict(meta.get("normalisation") or {})
-    record: dict[str, Any] = {
-        "index": index_report.get("factory"),
-        "run_threshold": run_threshold.get("value"),
-        "run_normalisation": run_norm,
-    }
-    if run_threshold.get("value") is None:
-        record.update(method="none", reason="the run has no threshold to re-fit")
-        return manifest, record, change
-    policy = str(run_threshold.get("policy", ""))
-    normal = data.normal_inputs() if data is not None else None
-    if normal is not None and len(normal) and policy.startswith("percentile:"):
-        percentile = float(policy.split(":", 1)[1])
-        scores = _runtime_raw_scores(candidate, np.asarray(normal), modality, backend)
-        value = float(metrics.threshold_from_normal(scores, percentile))
-        norm = dict(metrics.normalisation_from_scores(scores, value))
-        record.update(
-            method="refit",
-            policy=policy,
-            n_inputs=int(len(scores)),
-            backend=backend,
-            reason=f"{record['index']} shifts the scores; the run's policy was re-applied to its "
-            "held-out normal validation inputs scored through this bundle",
-        )
-        logger.info(
-            "threshold re-fitted through index %s: %.6g -> %.6g (%s, %d inputs)",
-            record["index"],
-            run_threshold["value"],
-            value,
-            policy,
-            len(scores),
-        )
-    else:
-        ratio = float(index_report.get("dist_ratio_median", 1.0))
-        why = (
-            "the run's validation inputs could not be reproduced"
-            if normal is None or not len(normal)
-            else f"the run's policy {policy!r} needs labelled data"
-        )
-        value = float(run_threshold["value"]) * ratio
-        norm = {
-            key: (float(v) * ratio if key in ("min", "max", "threshold") else v)
-            for key, v in run_norm.items()
-        }
-        record.update(
-            method="scaled_by_dist_ratio_median",
-            policy=policy,
-            dist_ratio_median=ratio,
-            reason=f"{why}; the run's threshold and normalisation were scaled by the median "
-            "distance ratio compressed / exact measured at export",
-        )
-        logger.warning(
-            "index %s: %s; threshold scaled by the median distance ratio %.4f (%.6g -> %.6g)",
-            record["index"],
-            why,
-            ratio,
-            run_threshold["value"],
-            value,
-        )
-    record.update(threshold=value, normalisation=norm)
-    return dataclasses.replace(manifest, threshold=value, normalisation=norm), record, change
-
-
 def _parity(
     detector: BaseDetector,
     candidate: Path,
@@ -1008,11 +900,7 @@ def _parity(
                     _squared_distances(graph_out), _squared_distances(reference), level, det.backend
                 ),
             }
-            if detector.modality == "image":
-                results = det(list(inputs), channel_order="RGB")
-                scores = np.array([r.raw_score for r in results])  # type: ignore[union-attr]
-            else:
-                scores = _score_non_image(det, inputs, detector.modality)
+            scores = runtime_scores_of(det, inputs, detector.modality)
             entry["score"] = check_score_parity(scores, torch_scores, level, det.backend)
             report[name] = entry
             logger.info("parity %s: %s", det.backend, entry)
@@ -1024,13 +912,6 @@ def _parity(
             "reason": "the engine is built on the device; ONNX Runtime checked model.onnx here",
         }
     return report
-
-
-def _score_non_image(det: Any, inputs: np.ndarray, modality: str) -> np.ndarray:
-    """Raw scores (N,) of rows (tabular) or windows (B, L, D) (timeseries) via the runtime."""
-    if modality == "timeseries":
-        return det.score_windows(np.asarray(inputs)).raw_scores
-    return det.score_rows(np.asarray(inputs)).raw_scores
 
 
 def _squared_distances(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
