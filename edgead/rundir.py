@@ -57,8 +57,9 @@ def save_run(
         (tmp / RUN_JSON).write_text(json.dumps(run, indent=2) + "\n")
         if split is not None:
             (tmp / SPLIT_JSON).write_text(json.dumps(split.to_dict()) + "\n")
+        arrays: dict[str, Any] = detector.state_arrays()
         with open(tmp / STATE_NPZ, "wb") as fh:
-            np.savez(fh, **detector.state_arrays())
+            np.savez(fh, **arrays)
         backup = None
         if out_dir.exists():
             backup = out_dir.with_name(f".{out_dir.name}.old")
@@ -81,7 +82,8 @@ def read_run_meta(run_dir: str | Path) -> dict[str, Any]:
             f"{run_dir} is not an edgead run (no {RUN_JSON}); train one with `edgead train`"
         )
     try:
-        return json.loads(path.read_text())
+        meta: dict[str, Any] = json.loads(path.read_text())
+        return meta
     except ValueError as exc:
         raise DataError(f"{path} is not valid JSON: {exc}") from exc
 

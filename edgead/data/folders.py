@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from edgead.data.images import GOOD, MVTecFolder, list_images, size_hw
+from edgead.data.base import size_hw
+from edgead.data.images import GOOD, MVTecFolder, list_images
 from edgead.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

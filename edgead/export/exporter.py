@@ -58,7 +58,8 @@ from edgead.export.precision import (
     over_budget,
     runtime_aurocs,
 )
-from edgead.models.base import BaseDetector, ExportSpec, Progress, no_progress
+from edgead.models.base import BaseDetector, ExportSpec
+from edgead.ops.progress import Progress, no_progress
 from edgead.runrecord import RunSplit
 from edgead.runtime.reference import pick_reference, reference_members
 
@@ -99,7 +100,7 @@ class ExportData:
         """The held-out normal validation inputs (loaded on first use), or None."""
         if callable(self.normal_val):
             self.normal_val = self.normal_val()
-        return self.normal_val
+        return None if self.normal_val is None else np.asarray(self.normal_val)
 
 
 def _check_choice(kind: str, value: str, allowed: Sequence[str]) -> None:
@@ -668,7 +669,7 @@ def _control_precision(
             "be reproduced (see the log); retrain with val_fraction > 0 or use fp32 / bf16"
         )
     tried: list[dict[str, Any]] = []
-    scopes = ("graph",)
+    scopes: tuple[str, ...] = ("graph",)
     if precision == "int8":
         from edgead.export.quantize import scopes_that_differ
 
