@@ -533,18 +533,7 @@ def _step_calibration(build: _Build, candidate: Path) -> None:
         exact_scores = runtime_raw_scores(candidate, build.inputs, modality)
         write_bundle(candidate, build.current, build.members)
         t0 = time.perf_counter()
-        build.manifest, build.calibration, change = refit_through_bundle(
-            candidate,
-            build.current,
-            build.meta,
-            modality,
-            _normal_inputs(build.data),
-            build.index_build.report,
-            build.inputs,
-            exact_scores,
-        )
-        build.parity["index"] = change
-        write_bundle(candidate, build.current, build.members)
+        build.parity["index"] = _refit(build, candidate, build.index_build.report, exact_scores)
         build.timings["calibration_s"] = time.perf_counter() - t0
     tiling = build.meta.get("tiling")
     if tiling:  # parity was per tile; the runtime now tiles frames (edgead.ops.tiling)
@@ -553,6 +542,30 @@ def _step_calibration(build: _Build, candidate: Path) -> None:
         write_bundle(candidate, build.current, build.members)
     if build.config.precision in CONTROLLED:
         _step_precision(build, candidate)
+
+
+def _refit(
+    build: _Build,
+    candidate: Path,
+    change: dict[str, Any],
+    before: np.ndarray,
+    backend: str = "onnxruntime",
+) -> dict[str, Any]:
+    """Re-fit the threshold through `candidate` (`calibrate.refit_through_bundle`), record it
+    and rewrite the candidate; returns how much the parity inputs' scores moved from `before`."""
+    build.manifest, build.calibration, moved = refit_through_bundle(
+        candidate,
+        build.current,
+        build.meta,
+        build.detector.modality,
+        _normal_inputs(build.data),
+        change,
+        build.inputs,
+        before,
+        backend=backend,
+    )
+    write_bundle(candidate, build.current, build.members)
+    return moved
 
 
 def _step_precision(build: _Build, candidate: Path) -> None:
@@ -570,18 +583,11 @@ def _step_precision(build: _Build, candidate: Path) -> None:
         build.index,
     )
     if build.current.threshold is not None:
-        build.manifest, build.calibration, _ = refit_through_bundle(
-            candidate,
-            build.current,
-            build.meta,
-            build.detector.modality,
-            _normal_inputs(build.data),
-            {"factory": f"{precision} graph", "dist_ratio_median": report["score_median_ratio"]},
-            build.inputs,
-            report["fp32_scores"],
-            backend=report["calibrated_on"],
-        )
-        write_bundle(candidate, build.current, build.members)
+        change = {
+            "factory": f"{precision} graph",
+            "dist_ratio_median": report["score_median_ratio"],
+        }
+        _refit(build, candidate, change, report["fp32_scores"], backend=report["calibrated_on"])
     report.pop("fp32_scores")
     build.precision_report = report
     build.timings["precision_s"] = time.perf_counter() - t0

@@ -235,6 +235,19 @@ def fitted_tiny() -> tuple[TinyPatch, dict[str, Any]]:
     return det, run_meta(det.score(synthetic_images(6, seed=1)).scores)
 
 
+def tiny_export_data() -> Any:
+    """`ExportData` for TinyPatch: 6 normal + 6 anomalous labelled test images and 6 held-out
+    normal validation images (other seeds than the training images)."""
+    from edgead.export.exporter import ExportData
+
+    test = synthetic_images(6, seed=5) + synthetic_images(6, seed=6, anomalous=True)
+    return ExportData(
+        test_inputs=test,
+        test_labels=np.r_[np.zeros(6), np.ones(6)].astype(np.int64),
+        normal_val=np.stack(synthetic_images(6, seed=1)),
+    )
+
+
 def parity_images() -> np.ndarray:
     """uint8 (6, 32, 32, 3): 3 normal, 3 with a bright square."""
     return np.stack(synthetic_images(3, seed=2) + synthetic_images(3, seed=3, anomalous=True))

@@ -23,6 +23,7 @@ from tests.helpers.tiny_detectors import (
     parity_images,
     run_meta,
     synthetic_images,
+    tiny_export_data,
 )
 
 
@@ -34,12 +35,7 @@ def tiny() -> tuple[TinyPatch, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def export_data() -> ExportData:
     """Labelled test images and held-out normal validation images (a different seed)."""
-    test = synthetic_images(6, seed=5) + synthetic_images(6, seed=6, anomalous=True)
-    return ExportData(
-        test_inputs=test,
-        test_labels=np.r_[np.zeros(6), np.ones(6)].astype(np.int64),
-        normal_val=np.stack(synthetic_images(6, seed=1)),
-    )
+    return tiny_export_data()
 
 
 @pytest.fixture(scope="module")
