@@ -24,7 +24,9 @@ lint: install
 	$(VENV)/bin/ruff check edgead tests benchmarks
 	$(VENV)/bin/ruff format --check edgead tests benchmarks
 	$(VENV)/bin/mypy edgead/ops edgead/bundle.py edgead/bundle_checks.py edgead/signing.py \
-		edgead/errors.py edgead/_io.py edgead/config.py edgead/runtime edgead/devices
+		edgead/errors.py edgead/_io.py edgead/config.py edgead/runtime edgead/devices \
+		edgead/data edgead/export edgead/evaluation.py edgead/calibrate.py edgead/runrecord.py \
+		edgead/rundir.py
 
 # The device install, tested: wheel -> fresh venv with only the runtime extras -> no torch -> scores.
 test-wheel: install

@@ -127,8 +127,9 @@ def run_one(
     """Fit, score, export and time one method on one data set; the result dict."""
     import torch
 
+    from edgead.calibrate import normalisation_from_scores
     from edgead.export import export_detector
-    from edgead.metrics import image_metrics, normalisation_from_scores, pixel_metrics
+    from edgead.metrics import image_metrics, pixel_metrics
     from edgead.models.base import create_detector
 
     detector, preset = VARIANTS.get(method, (method, {}))

@@ -16,13 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from edgead import metrics
 from edgead.errors import ConfigError, DataError
 from edgead.ops.progress import Progress, no_progress
+
+if TYPE_CHECKING:
+    from edgead.runtime.detector import Result
 
 #: images -> (raw scores float32 (B,), anomaly maps float32 (B, S, S) or None).
 ScoreImages = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray | None]]
@@ -376,10 +379,10 @@ def evaluate_bundle(
                 )
 
             def score_images(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-                results = det(images, channel_order="RGB")
-                raw = np.array([r.raw_score for r in results], dtype=np.float32)  # type: ignore[union-attr]
-                maps = [r.anomaly_map for r in results]  # type: ignore[union-attr]
-                return raw, None if any(x is None for x in maps) else np.stack(maps)
+                results = cast("list[Result]", det(images, channel_order="RGB"))
+                raw = np.array([r.raw_score for r in results], dtype=np.float32)
+                maps = [r.anomaly_map for r in results if r.anomaly_map is not None]
+                return raw, None if len(maps) != len(results) else np.stack(maps)
 
             panels = PanelOptions(Path(save_maps)) if save_maps is not None else None
             result = evaluate_images(

@@ -1,4 +1,4 @@
-"""Image / pixel metrics and threshold policies (scikit-learn, scipy).
+"""Image / pixel metrics (scikit-learn, scipy); threshold policies live in `edgead.calibrate`.
 
 Convention: scores are "higher = more anomalous" and a sample is called anomalous when
 `score >= threshold` (the rule `sklearn.metrics.precision_recall_curve` uses).
@@ -82,126 +82,14 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     }
 
 
-def threshold_from_labels(labels: np.ndarray, scores: np.ndarray) -> float:
-    """F1-optimal threshold (raw score units; anomalous when score >= threshold).
+def best_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(best F1 over thresholds, the raw score reaching it; anomalous when score >= it).
 
     Raises:
         DataError: as `image_metrics`.
     """
     labels, scores = _check_labels_scores(labels, scores)
-    return _best_f1(labels, scores)[1]
-
-
-def threshold_from_normal(scores: np.ndarray, percentile: float = 99.0) -> float:
-    """The `percentile`-th percentile (linear interpolation) of scores of normal samples.
-
-    Args:
-        scores: float (N,) raw scores of held-out normal data, N >= 1.
-        percentile: in (0, 100].
-
-    Raises:
-        ConfigError: percentile out of range. DataError: empty or non-finite scores.
-    """
-    if not 0.0 < percentile <= 100.0:
-        raise ConfigError(f"percentile must be in (0, 100], got {percentile}")
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    if scores.size == 0:
-        raise DataError(
-            "no normal validation scores to set a threshold from; hold out some "
-            "normal images (val_fraction > 0) or use labelled data"
-        )
-    if not np.all(np.isfinite(scores)):
-        raise DataError("normal validation scores contain NaN/inf; cannot set a threshold")
-    if scores.size < 20:
-        logger.warning(
-            "threshold_from_normal: percentile %.1f of only %d scores is rough",
-            percentile,
-            scores.size,
-        )
-    return float(np.percentile(scores, percentile))
-
-
-#: below this many expected false positives (n * target_fpr) the empirical tail is too thin to
-#: place a threshold: `threshold_for_fpr` also extrapolates a Gaussian tail and takes the higher
-MIN_TAIL_COUNT = 10
-
-
-def threshold_for_fpr(scores: np.ndarray, target_fpr: float) -> float:
-    """Raw threshold flagging about `target_fpr` of normal parts (rule: raw >= thr).
-
-    Empirical rule: with n scores, k = floor(target_fpr * n) may lie at or above the threshold,
-    which is set midway between the (k+1)-th and k-th highest score (k = 0: just above the
-    highest score).
-
-    Small samples (n * target_fpr < `MIN_TAIL_COUNT`, e.g. 14 site images at 1 %): the
-    empirical tail cannot estimate the quantile (with 14 images the smallest step is 7 %), so
-    the (1 - target_fpr) quantile of a normal distribution fitted to the scores (mean + z * std,
-    sample std) is computed too, and the higher of the two thresholds is returned (logged). On
-    MPDD (14 site images, target 1 %) the empirical rule alone gave 2 of 26 test/good flagged,
-    the Gaussian tail none (tests/integration/test_station_mpdd.py).
-
-    Args:
-        scores: float (N,) raw scores of normal samples, N >= 1.
-        target_fpr: in [0, 1).
-
-    Raises:
-        ConfigError: target_fpr out of range. DataError: empty or non-finite scores.
-    """
-    from statistics import NormalDist
-
-    if not 0.0 <= float(target_fpr) < 1.0:
-        raise ConfigError(f"target false-positive rate must be in [0, 1), got {target_fpr}")
-    ordered = np.sort(np.asarray(scores, dtype=np.float64).ravel())
-    if ordered.size == 0 or not np.all(np.isfinite(ordered)):
-        raise DataError("a target false-positive rate needs at least one finite normal score")
-    n = ordered.size
-    allowed = int(np.floor(float(target_fpr) * n + 1e-9))
-    if allowed == 0:
-        empirical = float(np.nextafter(ordered[-1], np.inf))
-    else:
-        upper, lower = float(ordered[n - allowed]), float(ordered[n - allowed - 1])
-        empirical = (
-            lower + (upper - lower) / 2.0 if upper > lower else float(np.nextafter(upper, np.inf))
-        )
-    if n * float(target_fpr) >= MIN_TAIL_COUNT or n < 2 or target_fpr <= 0:
-        return empirical
-    z = NormalDist().inv_cdf(1.0 - float(target_fpr))
-    gaussian = float(ordered.mean() + z * ordered.std(ddof=1))
-    logger.info(
-        "target FPR %.4g from %d normal scores (%.2g expected above it): empirical %.6g, "
-        "Gaussian tail %.6g; using %s",
-        target_fpr,
-        n,
-        n * float(target_fpr),
-        empirical,
-        gaussian,
-        "the Gaussian tail" if gaussian > empirical else "the empirical quantile",
-    )
-    return max(empirical, gaussian)
-
-
-def normalisation_from_scores(scores: np.ndarray, threshold: float) -> dict[str, float | str]:
-    """{"method": "minmax_threshold", "min", "max", "threshold"} for the runtime's score scaling.
-
-    The runtime maps raw -> clip((raw - threshold) / (max - min) + 0.5, 0, 1), so the threshold
-    sits at 0.5 (see `edgead.ops.postprocess.normalise_scores`).
-
-    Args:
-        scores: float (N,) raw validation scores (N >= 1).
-        threshold: raw-score threshold.
-
-    Raises:
-        DataError: empty or non-finite scores or threshold.
-    """
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    if scores.size == 0 or not np.all(np.isfinite(scores)) or not np.isfinite(threshold):
-        raise DataError("normalisation needs at least one finite score and a finite threshold")
-    return {
-        "method": "minmax_threshold",
-        "min": float(scores.min()),
-        "max": float(scores.max()),
-        "threshold": float(threshold),
-    }
+    return _best_f1(labels, scores)
 
 
 def _check_masks_maps(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,12 @@ from typing import Any
 import numpy as np
 
 from edgead import metrics
+from edgead.calibrate import (
+    THRESHOLD_PERCENTILE,
+    normalisation_from_scores,
+    threshold_from_labels,
+    threshold_from_normal,
+)
 from edgead.config import from_dict
 from edgead.data.tiles import FRAMES_PER_CALL
 from edgead.errors import ConfigError, DataError
@@ -49,6 +55,7 @@ from edgead.models.base import (
 )
 from edgead.ops.tiling import Tiling, cut_tiles, merge_tile_scores
 from edgead.rundir import save_run
+from edgead.runrecord import RunSplit
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +63,6 @@ DEFAULT_VAL_FRACTION = 0.1
 TABULAR_VAL_FRACTION = 0.1
 MIN_VAL_IMAGES = 2
 MIN_VAL_ROWS = 5
-THRESHOLD_PERCENTILE = 99.0
 
 
 @dataclass
@@ -66,6 +72,7 @@ class _Split:
     fit_data: Any
     val_data: Any
     info: dict[str, Any]
+    record: RunSplit | None = None  # stored in the run directory (split.json) for export
 
 
 def holdout_split(
@@ -181,7 +188,11 @@ def _image_split(
 
         fit_images = TiledImages(fit_images, tiling)
         info["n_fit_tiles"] = len(fit_images)
-    return _Split(fit_images, images[val_idx] if n_val else None, info)
+    paths = getattr(dataset, "train_paths", None)
+    record = None if paths is None else RunSplit.of_images(paths, val_idx)
+    if record is None:
+        logger.warning("%s lists no training files: the run stores no split for export", data)
+    return _Split(fit_images, images[val_idx] if n_val else None, info, record)
 
 
 def image_load_size(detector: BaseDetector, tiling: Tiling | None) -> int | tuple[int, int]:
@@ -274,7 +285,7 @@ def _tabular_split(data: str | Path, seed: int, label_column: str | None) -> _Sp
     }
     fit_rows = table.X[rows[fit_pos]]
     val_rows = table.X[rows[val_pos]] if n_val else None
-    return _Split(fit_rows, val_rows, info)
+    return _Split(fit_rows, val_rows, info, RunSplit.of_rows(table.X, rows[val_pos]))
 
 
 def _series_split(
@@ -418,7 +429,7 @@ def train_run(
     if val_data is not None:
         inputs, labels = _labelled_validation(detector, val_data, label_column, tiles)
         labelled_scores = score_images_of(detector, inputs, tiles, progress=val_progress).scores
-        value = metrics.threshold_from_labels(labels, labelled_scores)
+        value = threshold_from_labels(labels, labelled_scores)
         threshold = {"value": value, "policy": "f1", "data": str(val_data)}
         normal = labelled_scores[labels == 0]
         norm_scores = val_scores if val_scores is not None else normal
@@ -428,7 +439,7 @@ def train_run(
             **metrics.image_metrics(labels, labelled_scores),
         }
     elif val_scores is not None:
-        value = metrics.threshold_from_normal(val_scores, THRESHOLD_PERCENTILE)
+        value = threshold_from_normal(val_scores, THRESHOLD_PERCENTILE)
         threshold = {"value": value, "policy": f"percentile:{THRESHOLD_PERCENTILE:g}"}
         norm_scores = val_scores
     else:
@@ -443,7 +454,7 @@ def train_run(
     timings["validation_s"] = t_validated - t_fitted
     meta: dict[str, Any] = {
         "threshold": threshold,
-        "normalisation": metrics.normalisation_from_scores(norm_scores, threshold["value"]),
+        "normalisation": normalisation_from_scores(norm_scores, threshold["value"]),
         "validation": validation,
         "data": split.info,
         "seed": int(seed),
@@ -452,7 +463,7 @@ def train_run(
         meta["tiling"] = tiles.to_dict()
     timings["total_s"] = time.perf_counter() - t_start
     meta["timings_s"] = {k: round(float(v), 3) for k, v in timings.items()}
-    run_dir = save_run(out, detector, meta)
+    run_dir = save_run(out, detector, meta, split.record)
     logger.info(
         "saved run %s (%s, threshold %.4g, %s)",
         run_dir,

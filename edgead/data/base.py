@@ -43,7 +43,7 @@ def resize_mask(mask: np.ndarray, image_size: int | Sequence[int]) -> np.ndarray
     """bool (H, W) at `image_size` (S or (H, W)) from a bool mask, nearest-neighbour."""
     height, width = size_hw(image_size)
     resized = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-    return resized.astype(bool)
+    return np.asarray(resized).astype(bool)
 
 
 # ------------------------------------------------------------------------------ lazy sequences
@@ -116,7 +116,11 @@ class ImageDataset(Protocol):
     """What training and evaluation need from an image data set (MVTecFolder, ELPV)."""
 
     name: str
-    image_size: int
+
+    @property
+    def image_size(self) -> int | tuple[int, int]:
+        """S in px, or (H, W) for frames that are tiled."""
+        ...
 
     def train_images(self) -> Sequence[np.ndarray]:
         """Lazy Sequence of uint8 RGB (S, S, 3) normal training images."""

@@ -34,6 +34,8 @@ def load_image_dataset(
     """
     options = {key: value for key, value in kwargs.items() if value is not None}
     if str(spec).strip().lower() == "elpv":
+        if not isinstance(image_size, int):
+            raise ConfigError(f"ELPV cells load square: give one size in px, not {image_size}")
         return ElpvDataset(image_size, **options)
     path = Path(spec).expanduser()
     if path.is_dir():

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from edgead.data.images import GOOD, MVTecFolder, list_images, size_hw
+from edgead.data.base import size_hw
+from edgead.data.images import GOOD, MVTecFolder, list_images
 from edgead.errors import ConfigError, DataError
 from edgead.ops.image import DEFAULT_RESIZE
 

@@ -209,4 +209,4 @@ def _image_hw(path: Path) -> tuple[int, int]:
             width, height = image.size
             return int(height), int(width)
     except Exception:  # Pillow lacks the format: decode fully
-        return read_frame(path).shape[:2]  # type: ignore[return-value]
+        return read_frame(path).shape[:2]

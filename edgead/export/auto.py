@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgead.bundle import Manifest
 from edgead.errors import EdgeadError, ExportError
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def export_auto(
     frames: Sequence[np.ndarray],
     out: str | Path,
     threads: int | None = None,
-) -> Any:
+) -> Manifest:
     """Export each candidate with `export`, time the ones that pass, write the fastest to `out`.
 
     Args:

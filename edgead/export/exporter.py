@@ -1,15 +1,21 @@
 """One generic exporter: any registered detector's ExportSpec -> a verified `.edgead` bundle.
 
-Flow (`export_detector`): trace the spec's module to ONNX (checked) -> OpenVINO IR when asked ->
-nearest-neighbour index when the post-processing needs one (`edgead.export.index.build_index`:
-compressed DEFAULT_INDEX for image "nn_index", exact "flat" for "rows_nn_index", measured on the
-run's labelled test images against exact search, within --max-auroc-drop) -> write a candidate
-bundle with the EXACT index -> parity: graph outputs of every backend the target uses vs torch,
-then per-item scores through the real runtime (`edgead.runtime.Detector`) vs `detector.score` ->
-when the index is compressed: swap it in, re-fit the threshold / normalisation by scoring the
-run's held-out normal validation inputs through it (same policy as the run), and record how much
-the scores moved -> metrics through the runtime on the run's test data when available -> the
-final bundle (written atomically, only if all checks passed).
+`export_detector` validates the options into a frozen `ExportConfig`, then `run_export` drives
+the pipeline, one short function per step:
+
+1. graphs (`_step_graphs`): trace the spec's module to ONNX (checked); OpenVINO IR when asked.
+2. index (`_step_index`): the nearest-neighbour index when the post-processing needs one
+   (`edgead.export.index.build_index`: compressed DEFAULT_INDEX for image "nn_index", exact
+   "flat" for "rows_nn_index", measured on the run's labelled test images against exact
+   search, within --max-auroc-drop).
+3. manifest (`_step_manifest`): torch reference outputs of the parity inputs, the manifest.
+4. parity (`_step_parity`): a candidate bundle with the EXACT index; graph outputs of every
+   backend the target uses vs torch, then per-item scores through the real runtime
+   (`edgead.runtime.Detector`) vs `detector.score`.
+5. calibration (`_step_calibration`): when the index is compressed (or bf16 / int8 was asked),
+   swap it in and re-fit the threshold / normalisation through it (`edgead.calibrate`).
+6. measurement (`_step_measurement`): metrics through the runtime on the run's test data.
+7. write (`_step_write`): the final bundle, written atomically, only if every step passed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,7 @@ import numpy as np
 
 from edgead import __version__
 from edgead.bundle import SCHEMA_VERSION, IndexSpec, InputSpec, Manifest, OutputSpec, write_bundle
+from edgead.calibrate import refit_through_bundle, runtime_raw_scores, runtime_scores_of
 from edgead.errors import ConfigError, ExportError
 from edgead.export.graph_index import graph_index_report, in_graph_spec
 from edgead.export.graphs import OPSET, export_onnx, export_openvino_ir, run_torch
@@ -51,7 +58,9 @@ from edgead.export.precision import (
     over_budget,
     runtime_aurocs,
 )
-from edgead.models.base import BaseDetector, ExportSpec, Progress, no_progress
+from edgead.models.base import BaseDetector, ExportSpec
+from edgead.ops.progress import Progress, no_progress
+from edgead.runrecord import RunSplit
 from edgead.runtime.reference import pick_reference, reference_members
 
 logger = logging.getLogger(__name__)
@@ -91,7 +100,7 @@ class ExportData:
         """The held-out normal validation inputs (loaded on first use), or None."""
         if callable(self.normal_val):
             self.normal_val = self.normal_val()
-        return self.normal_val
+        return None if self.normal_val is None else np.asarray(self.normal_val)
 
 
 def _check_choice(kind: str, value: str, allowed: Sequence[str]) -> None:
@@ -99,44 +108,31 @@ def _check_choice(kind: str, value: str, allowed: Sequence[str]) -> None:
         raise ExportError(f"unknown {kind} {value!r}; use one of {', '.join(allowed)}")
 
 
-def _normalisation_stats(module: Any) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-    """(mean, std) on 0..1 RGB recovered from a UInt8Normalize submodule (scale, shift), if any."""
-    for sub in module.modules():
-        if (
-            type(sub).__name__ == "UInt8Normalize"
-            and hasattr(sub, "scale")
-            and hasattr(sub, "shift")
-        ):
-            scale = sub.scale.detach().cpu().double().flatten().numpy()
-            shift = sub.shift.detach().cpu().double().flatten().numpy()
-            std = 1.0 / (255.0 * scale)
-            mean = -shift * std
-            return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
-    return None, None
-
-
 def _input_spec(detector: BaseDetector, spec: ExportSpec, meta: dict[str, Any]) -> InputSpec:
     example = spec.example_input
     batch: int | None = None if spec.dynamic_batch else int(example.shape[0])
     if detector.modality == "image":
-        if example.dtype != np.uint8 or example.ndim != 4 or example.shape[3] != 3:
+        declared = detector.input_preprocess()
+        if declared is None:
+            raise ExportError(f"{detector.name}: an image detector must declare its preprocessing")
+        channels = declared.channels
+        if example.dtype != np.uint8 or example.ndim != 4 or example.shape[3] != channels:
             raise ExportError(
-                f"{detector.name}: image export needs a uint8 (B, S, S, 3) example "
-                f"input; got {example.dtype} {example.shape}"
+                f"{detector.name}: image export needs a uint8 (B, S, S, {channels}) example "
+                f"input (its declared preprocessing); got {example.dtype} {example.shape}"
             )
-        mean, std = _normalisation_stats(spec.module)
         size = (int(example.shape[1]), int(example.shape[2]))
         return InputSpec(
             name=spec.input_name,
             dtype="uint8",
-            shape=(batch, *size, 3),
-            layout="NHWC",
-            channel_order="RGB",
+            shape=(batch, *size, declared.channels),
+            layout=declared.layout,
+            channel_order=declared.channel_order,
             image_size=size,
             # the resize the run was trained with; runs from before it was recorded used "area"
             resize=str((meta.get("data") or {}).get("interpolation", "area")),
-            mean=mean,
-            std=std,
+            mean=tuple(round(v, 6) for v in declared.mean),
+            std=tuple(round(v, 6) for v in declared.std),
             trained_channels=(meta.get("data") or {}).get("channels"),
         )
     is_series = detector.modality == "timeseries"
@@ -159,6 +155,11 @@ def _input_spec(detector: BaseDetector, spec: ExportSpec, meta: dict[str, Any]) 
     )
 
 
+def _normal_inputs(data: ExportData | None) -> Callable[[], np.ndarray | None]:
+    """A loader of the run's held-out normal validation inputs (None when there are none)."""
+    return (lambda: None) if data is None else data.normal_inputs
+
+
 def _reference_inputs(
     detector: BaseDetector, spec: ExportSpec, parity_inputs: np.ndarray | None, seed: int = 0
 ) -> tuple[np.ndarray, str]:
@@ -177,6 +178,96 @@ def _reference_inputs(
     else:
         noise = (example[:1] + rng.normal(size=(3, *example.shape[1:]))).astype(np.float32)
     return np.concatenate([example[:1], noise]).astype(example.dtype), "synthetic"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What an export makes, validated before any graph is traced.
+
+    target: "onnx", "openvino" or "tensorrt" (aliases in TARGET_ALIASES are accepted and
+        stored under their canonical name).
+    precision: "fp32", "fp16", "bf16", "int8" or "auto" (see `edgead.export.precision`).
+    device_profile: name of the device profile the export is meant for (recorded).
+    index: `edgead.export.index.IndexOptions` fields as a dict (nn-index detectors only);
+        None uses DEFAULT_INDEX_BY_KIND.
+    threads: threads the `auto` timings run with (None: the libraries' defaults; else >= 1).
+    choose_by_timing: with precision "auto" or index "auto", export every candidate and keep
+        the fastest here (`edgead.export.auto`).
+
+    Raises:
+        ExportError: unknown target or precision, a precision the target cannot run, or a
+            thread count below 1.
+    """
+
+    target: str = "onnx"
+    precision: str = "fp32"
+    device_profile: str | None = None
+    index: dict[str, Any] | None = None
+    threads: int | None = None
+    choose_by_timing: bool = True
+
+    def __post_init__(self) -> None:
+        target = TARGET_ALIASES.get(self.target, self.target)
+        _check_choice("target", target, TARGETS)
+        object.__setattr__(self, "target", target)
+        if self.precision != "auto":
+            check_precision(target, self.precision)
+        if self.index is not None:
+            object.__setattr__(self, "index", dict(self.index))
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ExportError(
+                f"threads must be a whole number >= 1 (or None), got {self.threads!r}"
+            )
+
+    def check_detector(self, detector: BaseDetector) -> None:
+        """ExportError when this export cannot be made of `detector` (tabular on TensorRT)."""
+        if self.target == "tensorrt" and detector.modality == "tabular":
+            raise ExportError(
+                f"--target tensorrt: {detector.name} scores tabular rows with a graph of a few "
+                "small operations (scale-and-shift, small matrix products) that TensorRT cannot "
+                "speed up: copying each batch to the GPU costs more than the graph itself. "
+                "Export with --target onnx (ONNX Runtime on the CPU)"
+            )
+
+
+@dataclass
+class _Build:
+    """What the export steps build up for one bundle (see `run_export`)."""
+
+    detector: BaseDetector
+    meta: dict[str, Any]
+    config: ExportConfig
+    data: ExportData | None
+    spec: ExportSpec
+    kind: str
+    index: dict[str, Any] | None  # the index options in effect (tiled runs force "flat")
+    graph_search: bool
+    graph_bank: np.ndarray | None = None  # the bank searched inside the graph (--index graph)
+    timings: dict[str, float] = field(default_factory=dict)
+    members: dict[str, bytes] = field(default_factory=dict)
+    graphs: dict[str, str] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    array_members: dict[str, str] = field(default_factory=dict)
+    index_build: IndexBuild | None = None
+    index_report: dict[str, Any] | None = None
+    exact_index: tuple[bytes, IndexSpec] | None = None  # for parity when the index is compressed
+    inputs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    inputs_source: str = ""
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
+    manifest: Manifest | None = None
+    parity: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    precision_report: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def current(self) -> Manifest:
+        """The manifest built so far (after `_step_manifest`)."""
+        if self.manifest is None:  # pragma: no cover - the driver's order guarantees it
+            raise ExportError("internal: the manifest step has not run")
+        return self.manifest
 
 
 def export_detector(
@@ -226,229 +317,318 @@ def export_detector(
     Raises:
         ExportError: unsupported target/precision, tracing or parity failure (nothing written).
     """
-    target = TARGET_ALIASES.get(target, target)
-    _check_choice("target", target, TARGETS)
-    if target == "tensorrt" and detector.modality == "tabular":
-        raise ExportError(
-            f"--target tensorrt: {detector.name} scores tabular rows with a graph of a few small "
-            "operations (scale-and-shift, small matrix products) that TensorRT cannot speed up: "
-            "copying each batch to the GPU costs more than the graph itself. Export with "
-            "--target onnx (ONNX Runtime on the CPU)"
-        )
-    if choose_by_timing and _wants_auto(detector, index, precision, device_profile):
-        return _export_by_timing(
-            detector, meta, target, precision, out, parity_inputs, evaluate, index, data, threads
-        )
-    check_precision(target, precision)
-    tiling = meta.get("tiling")
+    config = ExportConfig(
+        target=target,
+        precision=precision,
+        device_profile=device_profile,
+        index=index,
+        threads=threads,
+        choose_by_timing=choose_by_timing,
+    )
+    config.check_detector(detector)
+    if config.choose_by_timing and _wants_auto(detector, config):
+        return _export_by_timing(detector, meta, config, out, parity_inputs, evaluate, data)
+    return run_export(
+        detector,
+        meta,
+        config,
+        out,
+        parity_inputs=parity_inputs,
+        evaluate=evaluate,
+        data=data,
+        progress=progress,
+    )
+
+
+def run_export(
+    detector: BaseDetector,
+    meta: dict[str, Any],
+    config: ExportConfig,
+    out: str | Path,
+    *,
+    parity_inputs: np.ndarray | None = None,
+    evaluate: Evaluator | None = None,
+    data: ExportData | None = None,
+    progress: Progress = no_progress,
+) -> Manifest:
+    """The export pipeline for one bundle (no "auto" choice: see `export_detector`).
+
+    graphs -> index -> manifest -> parity -> calibration -> measurement -> write; each step is
+    one function below. Nothing is written to `out` unless every step passed.
+    """
+    if config.precision == "auto":
+        raise ExportError("precision 'auto' chooses among bundles: call export_detector")
+    config.check_detector(detector)
+    build = _prepare(detector, meta, config, data)
+    progress(0, 5, "export")
+    _step_graphs(build)
+    progress(1, 5, "export")
+    _step_index(build)
+    _step_manifest(build, parity_inputs)
+    progress(2, 5, "export")
+    with tempfile.TemporaryDirectory(prefix="edgead-export-") as tmp:
+        candidate = Path(tmp) / "candidate.edgead"
+        _step_parity(build, candidate)
+        _step_calibration(build, candidate)
+        progress(3, 5, "export")
+        _step_measurement(build, candidate, evaluate)
+    progress(4, 5, "export")
+    written = _step_write(build, out)
+    progress(5, 5, "export")
+    logger.info("exported %s (%s, %s) to %s", detector.name, config.target, config.precision, out)
+    return written
+
+
+def _prepare(
+    detector: BaseDetector, meta: dict[str, Any], config: ExportConfig, data: ExportData | None
+) -> _Build:
+    """The detector's ExportSpec and the index options in effect (tiled runs search exactly)."""
     detector.check_is_fitted()
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     spec = detector.export_spec()
     kind = str(spec.postprocess.get("kind"))
-    if tiling and kind == "nn_index" and not (index or {}).get("index"):
+    index = config.index
+    if meta.get("tiling") and kind == "nn_index" and not (index or {}).get("index"):
         # the validation frames cannot re-fit a compressed index's threshold tile by tile
         logger.info("tiled run: exact ('flat') index unless --index is given")
         index = {**(index or {}), "index": "flat"}
     graph_search = _wants_graph_index(index)
+    bank = None
     if graph_search:  # exact search inside the graph: the bank becomes graph constants
-        bank_for_graph = spec.arrays.get("memory_bank")
-        if bank_for_graph is None:
+        bank = spec.arrays.get("memory_bank")
+        if bank is None:
             raise ExportError(f"--index graph: {detector.name} has no memory bank to search")
-        spec = in_graph_spec(spec, bank_for_graph)
-    progress(0, 5, "export")
+        spec = in_graph_spec(spec, bank)
+    return _Build(detector, meta, config, data, spec, kind, index, graph_search, bank)
+
+
+def _step_graphs(build: _Build) -> None:
+    """Trace the module to ONNX (checked) and, for OpenVINO, convert it to IR."""
+    spec, precision = build.spec, build.config.precision
+    t0 = time.perf_counter()
     onnx_model = export_onnx(
         spec.module, spec.example_input, spec.input_name, spec.output_names, spec.dynamic_batch
     )
-    timings["onnx_s"] = time.perf_counter() - t0
-    members: dict[str, bytes] = {"model.onnx": onnx_model}
-    graphs = {"onnx": "model.onnx"}
-    if target == "openvino":
+    build.timings["onnx_s"] = time.perf_counter() - t0
+    build.members["model.onnx"] = onnx_model
+    build.graphs["onnx"] = "model.onnx"
+    if build.config.target == "openvino":
         t1 = time.perf_counter()
         xml, weights = export_openvino_ir(onnx_model, fp16=precision == "fp16")
-        members.update({"model.xml": xml, "model.bin": weights})
-        graphs["openvino"] = "model.xml"
-        timings["openvino_s"] = time.perf_counter() - t1
-    progress(1, 5, "export")
-    arrays = dict(spec.arrays)
-    index_build: IndexBuild | None = None
-    index_report: dict[str, Any] | None = None
-    exact_index: tuple[bytes, IndexSpec] | None = None  # for parity when the index is compressed
-    if graph_search:
-        index_report = graph_index_report(bank_for_graph, int(spec.postprocess.get("k", 1)))
+        build.members.update({"model.xml": xml, "model.bin": weights})
+        build.graphs["openvino"] = "model.xml"
+        build.timings["openvino_s"] = time.perf_counter() - t1
+
+
+def _step_index(build: _Build) -> None:
+    """The nearest-neighbour index the post-processing needs (measured), and the arrays."""
+    spec, kind = build.spec, build.kind
+    build.arrays = dict(spec.arrays)
+    if build.graph_bank is not None:
+        k = int(spec.postprocess.get("k", 1))
+        build.index_report = graph_index_report(build.graph_bank, k)
     elif kind.endswith("nn_index"):
-        if "memory_bank" not in arrays:
+        if "memory_bank" not in build.arrays:
             raise ExportError(
-                f"{detector.name}: post-processing {kind!r} needs arrays['memory_bank']"
+                f"{build.detector.name}: post-processing {kind!r} needs arrays['memory_bank']"
             )
-        bank = arrays.pop("memory_bank")
+        bank = build.arrays.pop("memory_bank")
         t_index = time.perf_counter()
-        options = _index_options(kind, spec.postprocess, index)
-        validation = _index_validation(detector, spec, kind, data)
+        options = _index_options(kind, spec.postprocess, build.index)
+        validation = _index_validation(build.detector, spec, kind, build.data)
         index_build = build_index(bank, options, validation=validation)
-        timings["index_s"] = time.perf_counter() - t_index
-        index_report = index_build.report
-        members[INDEX_FILE] = index_build.data
-        arrays.update(index_build.arrays)
+        build.timings["index_s"] = time.perf_counter() - t_index
+        build.index_build, build.index_report = index_build, index_build.report
+        build.members[INDEX_FILE] = index_build.data
+        build.arrays.update(index_build.arrays)
         if not _is_exact(index_build.spec):
-            exact_index = _exact_index(bank, index_build.spec)
-    elif index:
+            build.exact_index = _exact_index(bank, index_build.spec)
+    elif build.index:
         raise ExportError(
-            f"--index applies to nearest-neighbour detectors; {detector.name} has none"
+            f"--index applies to nearest-neighbour detectors; {build.detector.name} has none"
         )
     from edgead.bundle import array_to_npy_bytes
 
-    array_members = {name: f"arrays/{name}.npy" for name in arrays}
-    for name, member in array_members.items():
-        members[member] = array_to_npy_bytes(arrays[name])
+    build.array_members = {name: f"arrays/{name}.npy" for name in build.arrays}
+    for name, member in build.array_members.items():
+        build.members[member] = array_to_npy_bytes(build.arrays[name])
 
-    inputs, inputs_source = _reference_inputs(detector, spec, parity_inputs)
-    reference = run_torch(spec.module, inputs, spec.output_names)
+
+def _step_manifest(build: _Build, parity_inputs: np.ndarray | None) -> None:
+    """Torch reference outputs of the parity inputs, and the candidate manifest."""
+    detector, spec, meta, config = build.detector, build.spec, build.meta, build.config
+    build.inputs, build.inputs_source = _reference_inputs(detector, spec, parity_inputs)
+    build.reference = run_torch(spec.module, build.inputs, spec.output_names)
     outputs = tuple(
-        OutputSpec(name=name, shape=(None, *reference[name].shape[1:]))
+        OutputSpec(name=name, shape=(None, *build.reference[name].shape[1:]))
         for name in spec.output_names
     )
     # a few inputs and the torch fp32 outputs travel in the bundle: devices check backends with them
     reference_spec, reference_files = reference_members(
-        *pick_reference(inputs, reference), source=f"torch fp32 ({inputs_source} inputs)"
+        *pick_reference(build.inputs, build.reference),
+        source=f"torch fp32 ({build.inputs_source} inputs)",
     )
-    members.update(reference_files)
+    build.members.update(reference_files)
     threshold = (meta.get("threshold") or {}).get("value")
-    build: dict[str, Any] = {}
-    if target == "tensorrt":
-        build["tensorrt"] = {"precision": precision, **TENSORRT_BUILD}
+    tensorrt = {"tensorrt": {"precision": config.precision, **TENSORRT_BUILD}}
     from edgead.config import to_dict
 
-    config = meta.get("config") or to_dict(detector.config)
-    manifest = Manifest(
+    run_config = meta.get("config") or to_dict(detector.config)
+    build.manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         edgead_version=__version__,
         detector=detector.name,
         modality=detector.modality,
-        target=target,
+        target=config.target,
         # bf16 / int8: parity runs in fp32 first; `_control_precision` switches afterwards
-        precision="fp32" if precision in CONTROLLED else precision,
-        graphs=graphs,
+        precision="fp32" if config.precision in CONTROLLED else config.precision,
+        graphs=build.graphs,
         input=_input_spec(detector, spec, meta),
         outputs=outputs,
         postprocess=dict(spec.postprocess),
         threshold=None if threshold is None else float(threshold),
         normalisation=dict(meta.get("normalisation") or {}),
-        backbone=config.get("backbone"),
-        index=None if index_build is None else index_build.spec,
-        arrays=array_members,
-        build=build,
-        config=dict(config),
+        backbone=run_config.get("backbone"),
+        index=None if build.index_build is None else build.index_build.spec,
+        arrays=build.array_members,
+        build=tensorrt if config.target == "tensorrt" else {},
+        config=dict(run_config),
         reference=reference_spec,
         # the run's data record, so evaluating the candidate finds its label column and options
         export={"run": {"seed": meta.get("seed"), "data": meta.get("data")}},
     )
-    progress(2, 5, "export")
-    calibration: dict[str, Any] | None = None
-    with tempfile.TemporaryDirectory(prefix="edgead-export-") as tmp:
-        candidate = Path(tmp) / "candidate.edgead"
-        if exact_index is not None:
-            # Parity with exact search first: the torch model scores with the exact bank, so the
-            # score check is only meaningful (and keeps its tight tolerance) with the same search.
-            exact_members = {
-                **{k: v for k, v in members.items() if k not in _rerank_members(array_members)},
-                INDEX_FILE: exact_index[0],
-            }
-            exact_manifest = dataclasses.replace(
-                manifest,
-                index=exact_index[1],
-                arrays={
-                    k: v
-                    for k, v in array_members.items()
-                    if v not in _rerank_members(array_members)
-                },
-            )
-            write_bundle(candidate, exact_manifest, exact_members)
-        else:
-            write_bundle(candidate, manifest, members)
-        t2 = time.perf_counter()
-        parity_level = "fp32" if precision in CONTROLLED else precision
-        parity = _parity(detector, candidate, target, parity_level, inputs, reference)
-        timings["parity_s"] = time.perf_counter() - t2
-        if exact_index is not None and index_build is not None:
-            exact_scores = _runtime_raw_scores(candidate, inputs, detector.modality)
-            write_bundle(candidate, manifest, members)
-            t_cal = time.perf_counter()
-            manifest, calibration, change = _recalibrate(
-                candidate,
-                manifest,
-                meta,
-                detector.modality,
-                data,
-                index_build.report,
-                inputs,
-                exact_scores,
-            )
-            parity["index"] = change
-            write_bundle(candidate, manifest, members)
-            timings["calibration_s"] = time.perf_counter() - t_cal
-        if tiling:  # parity was per tile; the runtime now tiles frames (edgead.ops.tiling)
-            post = {**manifest.postprocess, "tiling": dict(tiling)}
-            manifest = dataclasses.replace(manifest, postprocess=post)
-            write_bundle(candidate, manifest, members)
-        precision_report: dict[str, Any] | None = None
-        if precision in CONTROLLED:
-            t_prec = time.perf_counter()
-            manifest, members, precision_report = _control_precision(
-                candidate, manifest, members, precision, data, spec.input_name, inputs, index
-            )
-            if manifest.threshold is not None:
-                manifest, calibration, _ = _recalibrate(
-                    candidate,
-                    manifest,
-                    meta,
-                    detector.modality,
-                    data,
-                    {
-                        "factory": f"{precision} graph",
-                        "dist_ratio_median": precision_report["score_median_ratio"],
-                    },
-                    inputs,
-                    precision_report["fp32_scores"],
-                    backend=precision_report["calibrated_on"],
-                )
-                write_bundle(candidate, manifest, members)
-            precision_report.pop("fp32_scores")
-            timings["precision_s"] = time.perf_counter() - t_prec
-        progress(3, 5, "export")
-        metrics: dict[str, Any] = {}
-        if evaluate is not None:
-            t3 = time.perf_counter()
-            metrics = dict(evaluate(candidate, None))
-            timings["evaluate_s"] = time.perf_counter() - t3
-            if precision == "fp16":
-                # model.onnx is fp32 and matched torch within the fp32 tolerance above, so ONNX
-                # Runtime's result is the fp32 reference the fp16 change is measured against.
-                metrics.update(_fp16_change(metrics, evaluate(candidate, "onnxruntime")))
-            metrics.update(_metric_deltas(metrics, meta))
-    progress(4, 5, "export")
+
+
+def _step_parity(build: _Build, candidate: Path) -> None:
+    """Write the candidate (exact search when the index is compressed) and check parity."""
+    manifest = build.current
+    if build.exact_index is not None:
+        # Parity with exact search first: the torch model scores with the exact bank, so the
+        # score check is only meaningful (and keeps its tight tolerance) with the same search.
+        rerank = _rerank_members(build.array_members)
+        exact_members = {
+            **{k: v for k, v in build.members.items() if k not in rerank},
+            INDEX_FILE: build.exact_index[0],
+        }
+        exact_manifest = dataclasses.replace(
+            manifest,
+            index=build.exact_index[1],
+            arrays={k: v for k, v in build.array_members.items() if v not in rerank},
+        )
+        write_bundle(candidate, exact_manifest, exact_members)
+    else:
+        write_bundle(candidate, manifest, build.members)
+    t0 = time.perf_counter()
+    precision = build.config.precision
+    level = "fp32" if precision in CONTROLLED else precision
+    build.parity = _parity(
+        build.detector, candidate, build.config.target, level, build.inputs, build.reference
+    )
+    build.timings["parity_s"] = time.perf_counter() - t0
+
+
+def _step_calibration(build: _Build, candidate: Path) -> None:
+    """Re-fit the threshold after a compressed index or a lower precision; add tiling."""
+    modality = build.detector.modality
+    if build.exact_index is not None and build.index_build is not None:
+        exact_scores = runtime_raw_scores(candidate, build.inputs, modality)
+        write_bundle(candidate, build.current, build.members)
+        t0 = time.perf_counter()
+        build.parity["index"] = _refit(build, candidate, build.index_build.report, exact_scores)
+        build.timings["calibration_s"] = time.perf_counter() - t0
+    tiling = build.meta.get("tiling")
+    if tiling:  # parity was per tile; the runtime now tiles frames (edgead.ops.tiling)
+        post = {**build.current.postprocess, "tiling": dict(tiling)}
+        build.manifest = dataclasses.replace(build.current, postprocess=post)
+        write_bundle(candidate, build.current, build.members)
+    if build.config.precision in CONTROLLED:
+        _step_precision(build, candidate)
+
+
+def _refit(
+    build: _Build,
+    candidate: Path,
+    change: dict[str, Any],
+    before: np.ndarray,
+    backend: str = "onnxruntime",
+) -> dict[str, Any]:
+    """Re-fit the threshold through `candidate` (`calibrate.refit_through_bundle`), record it
+    and rewrite the candidate; returns how much the parity inputs' scores moved from `before`."""
+    build.manifest, build.calibration, moved = refit_through_bundle(
+        candidate,
+        build.current,
+        build.meta,
+        build.detector.modality,
+        _normal_inputs(build.data),
+        change,
+        build.inputs,
+        before,
+        backend=backend,
+    )
+    write_bundle(candidate, build.current, build.members)
+    return moved
+
+
+def _step_precision(build: _Build, candidate: Path) -> None:
+    """bf16 / int8 kept within the AUROC budget, and the threshold re-fitted through it."""
+    precision = build.config.precision
+    t0 = time.perf_counter()
+    build.manifest, build.members, report = _control_precision(
+        candidate,
+        build.current,
+        build.members,
+        precision,
+        build.data,
+        build.spec.input_name,
+        build.inputs,
+        build.index,
+    )
+    if build.current.threshold is not None:
+        change = {
+            "factory": f"{precision} graph",
+            "dist_ratio_median": report["score_median_ratio"],
+        }
+        _refit(build, candidate, change, report["fp32_scores"], backend=report["calibrated_on"])
+    report.pop("fp32_scores")
+    build.precision_report = report
+    build.timings["precision_s"] = time.perf_counter() - t0
+
+
+def _step_measurement(build: _Build, candidate: Path, evaluate: Evaluator | None) -> None:
+    """Metrics of the candidate through the runtime on the run's test data (when given)."""
+    if evaluate is None:
+        return
+    t0 = time.perf_counter()
+    build.metrics = dict(evaluate(candidate, None))
+    build.timings["evaluate_s"] = time.perf_counter() - t0
+    if build.config.precision == "fp16":
+        # model.onnx is fp32 and matched torch within the fp32 tolerance above, so ONNX
+        # Runtime's result is the fp32 reference the fp16 change is measured against.
+        build.metrics.update(_fp16_change(build.metrics, evaluate(candidate, "onnxruntime")))
+    build.metrics.update(_metric_deltas(build.metrics, build.meta))
+
+
+def _step_write(build: _Build, out: str | Path) -> Manifest:
+    """The final bundle with the export record, written atomically to `out`."""
     import torch
 
+    meta = build.meta
     export_info = {
         "opset": OPSET,
         "exporter": "torch.onnx.export(dynamo=False)",
-        "dynamic_batch": bool(spec.dynamic_batch),
+        "dynamic_batch": bool(build.spec.dynamic_batch),
         "torch_version": torch.__version__,
-        "parity_inputs": {"n": int(len(inputs)), "source": inputs_source},
-        "parity": parity,
-        "index": index_report,
-        "calibration": calibration,
-        "precision": precision_report,
-        "device_profile": device_profile,
+        "parity_inputs": {"n": int(len(build.inputs)), "source": build.inputs_source},
+        "parity": build.parity,
+        "index": build.index_report,
+        "calibration": build.calibration,
+        "precision": build.precision_report,
+        "device_profile": build.config.device_profile,
         "run": {"seed": meta.get("seed"), "data": meta.get("data")},
         "host": platform.machine(),
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "timings_s": {k: round(v, 3) for k, v in build.timings.items()},
     }
-    manifest = dataclasses.replace(manifest, metrics=metrics, export=export_info)
-    written = write_bundle(out, manifest, members)
-    progress(5, 5, "export")
-    logger.info("exported %s (%s, %s) to %s", detector.name, target, precision, out)
-    return written
+    manifest = dataclasses.replace(build.current, metrics=build.metrics, export=export_info)
+    return write_bundle(out, manifest, build.members)
 
 
 def _control_precision(
@@ -487,7 +667,7 @@ def _control_precision(
     # the threshold is re-fitted through the backend the device runs first (OpenVINO when the
     # bundle has IR), so the scores compared here come from it too
     main_backend = backends[-1]
-    fp32_scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
+    fp32_scores = runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
     calibration = data.normal_inputs() if precision == "int8" else None
     if precision == "int8" and (calibration is None or not len(calibration)):
         raise ExportError(
@@ -495,7 +675,7 @@ def _control_precision(
             "be reproduced (see the log); retrain with val_fraction > 0 or use fp32 / bf16"
         )
     tried: list[dict[str, Any]] = []
-    scopes = ("graph",)
+    scopes: tuple[str, ...] = ("graph",)
     if precision == "int8":
         from edgead.export.quantize import scopes_that_differ
 
@@ -530,7 +710,7 @@ def _control_precision(
         tried.append({"scope": scope, "rejected": report["rejected"], "auroc_change": changes})
         logger.info("precision %s (%s): %s", precision, scope, changes)
         if report["rejected"] is None:
-            scores = _runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
+            scores = runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
             report["score_median_ratio"] = float(
                 np.median(scores / np.maximum(np.abs(fp32_scores), 1e-12))
             )
@@ -546,13 +726,11 @@ def _control_precision(
     )
 
 
-def _wants_auto(
-    detector: BaseDetector, index: dict[str, Any] | None, precision: str, device: str | None
-) -> bool:
+def _wants_auto(detector: BaseDetector, config: ExportConfig) -> bool:
     """Whether `--precision auto` / `--index auto` (image nn-index, this machine) is asked."""
-    name = str((index or {}).get("index") or "").strip().lower()
-    index_auto = name == "auto" and device is None and detector.modality == "image"
-    return precision == "auto" or (
+    name = str((config.index or {}).get("index") or "").strip().lower()
+    index_auto = name == "auto" and config.device_profile is None and detector.modality == "image"
+    return config.precision == "auto" or (
         index_auto and detector.export_spec().postprocess.get("kind") == "nn_index"
     )
 
@@ -560,14 +738,11 @@ def _wants_auto(
 def _export_by_timing(
     detector: BaseDetector,
     meta: dict[str, Any],
-    target: str,
-    precision: str,
+    config: ExportConfig,
     out: str | Path,
     parity_inputs: np.ndarray | None,
     evaluate: Evaluator | None,
-    index: dict[str, Any] | None,
     data: ExportData | None,
-    threads: int | None,
 ) -> Manifest:
     """`edgead.export.auto.export_auto` over this exporter (candidates exported one by one)."""
     from edgead.export.auto import export_auto, precision_candidates
@@ -577,14 +752,14 @@ def _export_by_timing(
             "--index auto / --precision auto time the candidates on the run's test images, "
             "which are not available; export with the run's data or choose explicitly"
         )
-    name = str((index or {}).get("index") or "").strip().lower()
+    name = str((config.index or {}).get("index") or "").strip().lower()
     is_nn = detector.export_spec().postprocess.get("kind") == "nn_index"
 
     def export_one(options: dict[str, Any] | None, prec: str, path: Path) -> Manifest:
         return export_detector(
             detector,
             meta,
-            target,
+            config.target,
             prec,
             path,
             parity_inputs=parity_inputs,
@@ -600,12 +775,12 @@ def _export_by_timing(
     ]
     return export_auto(
         export_one,
-        index,
+        config.index,
         index_auto=is_nn and name == "auto",
-        precisions=precision_candidates(target, precision),
+        precisions=precision_candidates(config.target, config.precision),
         frames=frames,
         out=out,
-        threads=threads,
+        threads=config.threads,
     )
 
 
@@ -699,120 +874,6 @@ def _rerank_members(array_members: dict[str, str]) -> set[str]:
     return {member for name, member in array_members.items() if name == RERANK_ARRAY}
 
 
-def _runtime_raw_scores(
-    bundle: Path, inputs: np.ndarray, modality: str, backend: str = "onnxruntime"
-) -> np.ndarray:
-    """float64 (N,) raw scores of `inputs` through the runtime (`backend`, CPU)."""
-    from edgead.runtime.detector import Detector
-
-    det = Detector.load(bundle, device="cpu", backend=backend)
-    try:
-        if modality == "image":
-            results = det(list(inputs), channel_order="RGB")
-            return np.array([r.raw_score for r in results], dtype=np.float64)  # type: ignore
-        return np.asarray(_score_non_image(det, inputs, modality), dtype=np.float64)
-    finally:
-        det.close()
-
-
-def _recalibrate(
-    candidate: Path,
-    manifest: Manifest,
-    meta: dict[str, Any],
-    modality: str,
-    data: ExportData | None,
-    index_report: dict[str, Any],
-    parity_inputs: np.ndarray,
-    exact_scores: np.ndarray,
-    backend: str = "onnxruntime",
-) -> tuple[Manifest, dict[str, Any], dict[str, Any]]:
-    """Threshold and normalisation re-fitted through the compressed index in `candidate`.
-
-    Compressed search shifts distances (pq4: ~6-11 % larger), so the run's threshold (fitted
-    with exact search) would flag too much. With the run's held-out normal validation inputs
-    and a "percentile:P" policy, they are scored through the candidate and the same policy is
-    applied; otherwise the run's values are scaled by the measured median distance ratio
-    (`dist_ratio_median`, logged as a warning).
-
-    Returns:
-        (manifest with the new threshold / normalisation, calibration record for
-        manifest.export["calibration"], score change of the parity inputs exact -> compressed).
-    """
-    from edgead import metrics
-
-    compressed_scores = _runtime_raw_scores(candidate, parity_inputs, modality, backend)
-    rel = np.abs(compressed_scores - exact_scores) / np.maximum(np.abs(exact_scores), 1e-12)
-    change = {
-        "checked_with": "exact Flat index (parity above); compressed index scores compared",
-        "score_max_rel_change": float(rel.max()) if len(rel) else 0.0,
-        "score_median_ratio": float(np.median(compressed_scores / np.maximum(exact_scores, 1e-12)))
-        if len(rel)
-        else 1.0,
-    }
-    run_threshold = dict(meta.get("threshold") or {})
-    run_norm = dict(meta.get("normalisation") or {})
-    record: dict[str, Any] = {
-        "index": index_report.get("factory"),
-        "run_threshold": run_threshold.get("value"),
-        "run_normalisation": run_norm,
-    }
-    if run_threshold.get("value") is None:
-        record.update(method="none", reason="the run has no threshold to re-fit")
-        return manifest, record, change
-    policy = str(run_threshold.get("policy", ""))
-    normal = data.normal_inputs() if data is not None else None
-    if normal is not None and len(normal) and policy.startswith("percentile:"):
-        percentile = float(policy.split(":", 1)[1])
-        scores = _runtime_raw_scores(candidate, np.asarray(normal), modality, backend)
-        value = float(metrics.threshold_from_normal(scores, percentile))
-        norm = dict(metrics.normalisation_from_scores(scores, value))
-        record.update(
-            method="refit",
-            policy=policy,
-            n_inputs=int(len(scores)),
-            backend=backend,
-            reason=f"{record['index']} shifts the scores; the run's policy was re-applied to its "
-            "held-out normal validation inputs scored through this bundle",
-        )
-        logger.info(
-            "threshold re-fitted through index %s: %.6g -> %.6g (%s, %d inputs)",
-            record["index"],
-            run_threshold["value"],
-            value,
-            policy,
-            len(scores),
-        )
-    else:
-        ratio = float(index_report.get("dist_ratio_median", 1.0))
-        why = (
-            "the run's validation inputs could not be reproduced"
-            if normal is None or not len(normal)
-            else f"the run's policy {policy!r} needs labelled data"
-        )
-        value = float(run_threshold["value"]) * ratio
-        norm = {
-            key: (float(v) * ratio if key in ("min", "max", "threshold") else v)
-            for key, v in run_norm.items()
-        }
-        record.update(
-            method="scaled_by_dist_ratio_median",
-            policy=policy,
-            dist_ratio_median=ratio,
-            reason=f"{why}; the run's threshold and normalisation were scaled by the median "
-            "distance ratio compressed / exact measured at export",
-        )
-        logger.warning(
-            "index %s: %s; threshold scaled by the median distance ratio %.4f (%.6g -> %.6g)",
-            record["index"],
-            why,
-            ratio,
-            run_threshold["value"],
-            value,
-        )
-    record.update(threshold=value, normalisation=norm)
-    return dataclasses.replace(manifest, threshold=value, normalisation=norm), record, change
-
-
 def _parity(
     detector: BaseDetector,
     candidate: Path,
@@ -837,7 +898,7 @@ def _parity(
                     f"parity check needs {name}, but it could not load the graph: "
                     f"{det.fallbacks[-1]}"
                 )
-            graph_out = det._run_graph(inputs)  # noqa: SLF001 - the exporter checks raw outputs
+            graph_out = det.run_graph(inputs)
             entry: dict[str, Any] = {
                 "backend": det.backend,
                 "precision": level,
@@ -846,11 +907,7 @@ def _parity(
                     _squared_distances(graph_out), _squared_distances(reference), level, det.backend
                 ),
             }
-            if detector.modality == "image":
-                results = det(list(inputs), channel_order="RGB")
-                scores = np.array([r.raw_score for r in results])  # type: ignore[union-attr]
-            else:
-                scores = _score_non_image(det, inputs, detector.modality)
+            scores = runtime_scores_of(det, inputs, detector.modality)
             entry["score"] = check_score_parity(scores, torch_scores, level, det.backend)
             report[name] = entry
             logger.info("parity %s: %s", det.backend, entry)
@@ -862,13 +919,6 @@ def _parity(
             "reason": "the engine is built on the device; ONNX Runtime checked model.onnx here",
         }
     return report
-
-
-def _score_non_image(det: Any, inputs: np.ndarray, modality: str) -> np.ndarray:
-    """Raw scores (N,) of rows (tabular) or windows (B, L, D) (timeseries) via the runtime."""
-    if modality == "timeseries":
-        return det.score_windows(np.asarray(inputs)).raw_scores
-    return det.score_rows(np.asarray(inputs)).raw_scores
 
 
 def _squared_distances(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -930,16 +980,17 @@ def export_run(
     `data`) when it can be read; otherwise synthetic inputs are used and metrics are skipped
     (both logged and recorded in the manifest).
     """
-    from edgead.rundir import load_run
+    from edgead.rundir import load_run, load_split
 
     detector, meta = load_run(run_dir)
+    split = load_split(run_dir)
     data_path = Path(data) if data is not None else _run_data_path(meta)
     parity_inputs = None
     export_data: ExportData | None = None
     evaluate: Evaluator | None = None
     # "elpv" names the elpv-dataset package's data, not a folder
     if data_path is not None and (data_path.exists() or str(data_path) == "elpv"):
-        parity_inputs, export_data = _parity_inputs_from_data(detector, data_path, meta)
+        parity_inputs, export_data = _parity_inputs_from_data(detector, data_path, meta, split)
         from edgead.evaluation import evaluate_bundle
 
         def evaluate(bundle: Path, backend: str | None) -> dict[str, Any]:
@@ -976,7 +1027,12 @@ def _run_data_path(meta: dict[str, Any]) -> Path | None:
 
 
 def _parity_inputs_from_data(
-    detector: BaseDetector, data_path: Path, meta: dict[str, Any], n_train: int = 3, n_test: int = 3
+    detector: BaseDetector,
+    data_path: Path,
+    meta: dict[str, Any],
+    split: RunSplit | None = None,
+    n_train: int = 3,
+    n_test: int = 3,
 ) -> tuple[np.ndarray | None, ExportData | None]:
     """(a few training and test inputs, the run's test data + held-out validation loader) from
     the run's data, or (None, None) (logged) when unreadable."""
@@ -999,50 +1055,66 @@ def _parity_inputs_from_data(
         test_inputs=test if has_test else None,
         test_labels=np.asarray(labels) if has_test else None,
         test_masks=masks if has_test else None,
-        normal_val=lambda: _run_validation_inputs(detector, data_path, meta),
+        normal_val=lambda: _run_validation_inputs(detector, data_path, meta, split),
     )
     return (np.stack(picked) if picked else None), export_data
 
 
 def _run_validation_inputs(
-    detector: BaseDetector, data_path: Path, meta: dict[str, Any]
+    detector: BaseDetector, data_path: Path, meta: dict[str, Any], split: RunSplit | None
 ) -> np.ndarray | None:
-    """The run's held-out normal validation inputs, re-made with training's seeded split.
+    """The run's held-out normal validation inputs, read back with the run's stored split.
 
-    Returns None (logged) when they cannot be reproduced: unreadable data, or a split whose size
-    differs from the run's record (`run.json` data.n_val).
+    Returns None (logged as a warning) when they cannot be read: a run saved before splits were
+    stored (no split.json; retrain to store it), a tiled run, a run that held out nothing, or
+    data that no longer matches the split's fingerprint.
     """
-    from edgead import training
-
-    info = dict(meta.get("data") or {})
-    seed = int(meta.get("seed", 0))
     if meta.get("tiling"):
-        logger.info("tiled run: validation frames are not re-made for the index calibration")
+        logger.info("tiled run: validation frames are not re-read for the index calibration")
         return None
-    try:
-        if detector.modality == "image":
-            # the same private helper train_run uses, so the split is identical by construction
-            split = training._image_split(  # noqa: SLF001
-                detector, data_path, seed, dict(info.get("options") or {})
-            )
-        else:
-            split = training._tabular_split(  # noqa: SLF001
-                data_path, seed, info.get("label_column")
-            )
-    except Exception as exc:  # noqa: BLE001 - the caller falls back, logged and recorded
-        logger.warning("cannot re-make the run's validation split from %s: %s", data_path, exc)
-        return None
-    if split.val_data is None:
-        logger.warning("the run held out no validation data (val_fraction 0)")
-        return None
-    n_val = len(split.val_data)
-    if info.get("n_val") is not None and int(info["n_val"]) != n_val:
+    if split is None:
         logger.warning(
-            "re-made validation split has %d items but the run recorded %s; not using it",
-            n_val,
-            info["n_val"],
+            "the run stores no split (split.json; runs saved before edgead stored them): its "
+            "held-out validation inputs cannot be read back. Retrain the run with `edgead "
+            "train` to re-fit the threshold on them at export"
         )
         return None
-    if detector.modality == "image":
-        return np.stack([np.asarray(img, dtype=np.uint8) for img in split.val_data])
-    return np.asarray(split.val_data, dtype=np.float32)
+    if not split.val_index:
+        logger.warning("the run held out no validation data (val_fraction 0)")
+        return None
+    try:
+        inputs, mismatch = _read_split(detector, data_path, meta, split)
+    except Exception as exc:  # noqa: BLE001 - the caller falls back, logged and recorded
+        logger.warning("cannot read the run's validation inputs from %s: %s", data_path, exc)
+        return None
+    if mismatch is not None:
+        logger.warning("%s: %s; the run's validation inputs are not used", data_path, mismatch)
+        return None
+    return inputs
+
+
+def _read_split(
+    detector: BaseDetector, data_path: Path, meta: dict[str, Any], split: RunSplit
+) -> tuple[np.ndarray | None, str | None]:
+    """(held-out inputs, None) from the run's data, or (None, why the data does not match)."""
+    info = dict(meta.get("data") or {})
+    index = list(split.val_index)
+    if detector.modality == "image" and split.modality == "image":
+        from edgead.data.datasets import load_image_dataset
+
+        size = int(detector.config.image_size)
+        dataset = load_image_dataset(data_path, size, **dict(info.get("options") or {}))
+        mismatch = split.check_images(getattr(dataset, "train_paths", []))
+        if mismatch is not None:
+            return None, mismatch
+        images = dataset.train_images()
+        return np.stack([np.asarray(images[i], dtype=np.uint8) for i in index]), None
+    if detector.modality == "tabular" and split.modality == "tabular":
+        from edgead.data.tabular import load_table
+
+        table = load_table(data_path, info.get("label_column"))
+        mismatch = split.check_rows(table.X)
+        if mismatch is not None:
+            return None, mismatch
+        return np.asarray(table.X[index], dtype=np.float32), None
+    return None, f"a {split.modality} split cannot feed a {detector.modality} detector"

@@ -43,6 +43,7 @@ def export_onnx(
     """
     import onnx
     import torch
+    from torch.jit._trace import TracerWarning
 
     module = module.eval()
     example = torch.from_numpy(np.ascontiguousarray(example_input))
@@ -53,12 +54,12 @@ def export_onnx(
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             # Static H, W are intended: shape-to-int tracer warnings and slice folding notes.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=TracerWarning)
             warnings.filterwarnings("ignore", message=".*Constant folding.*")
             torch.onnx.export(
                 module,
                 (example,),
-                buf,
+                buf,  # type: ignore[arg-type]  # a file-like object is accepted
                 opset_version=OPSET,
                 dynamo=False,
                 input_names=[input_name],
@@ -82,7 +83,7 @@ def export_onnx(
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError and shape-inference errors
         raise ExportError(f"the exported ONNX graph fails onnx.checker: {exc}") from exc
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 def export_openvino_ir(onnx_model: bytes, fp16: bool) -> tuple[bytes, bytes]:

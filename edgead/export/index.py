@@ -376,7 +376,7 @@ def _try_one(
     queries: np.ndarray,
     validation: IndexValidation | None,
     reference: dict[str, float] | None,
-) -> tuple[FaissIndex, dict]:
+) -> tuple[FaissIndex, dict[str, Any]]:
     """Build and measure one candidate; the report includes AUROC changes when measurable."""
     factory, nprobe = resolve_factory(
         name, bank.shape[1], bank.shape[0], index_dim=options.index_dim, reduce=options.reduce

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 
-def _constant_value(name: str, model, producers: dict) -> np.ndarray | None:
+def _constant_value(name: str, model: Any, producers: dict[str, Any]) -> np.ndarray | None:
     """Value of tensor `name` when it depends on constants only (else None); evaluates its cone."""
     import onnx
     from onnx import numpy_helper
@@ -27,7 +28,7 @@ def _constant_value(name: str, model, producers: dict) -> np.ndarray | None:
     if name in initializers:
         return numpy_helper.to_array(initializers[name])
     graph_inputs = {inp.name for inp in model.graph.input}
-    cone: list = []
+    cone: list[Any] = []
     seen: set[str] = set()
     stack = [name]
     while stack:
@@ -52,10 +53,11 @@ def _constant_value(name: str, model, producers: dict) -> np.ndarray | None:
         [initializers[t] for t in used if t in initializers],
     )
     sub_model = onnx.helper.make_model(sub, opset_imports=model.opset_import)
-    return np.asarray(ReferenceEvaluator(sub_model).run(None, {})[0])
+    outputs: Any = ReferenceEvaluator(sub_model).run(None, {})
+    return np.asarray(outputs[0])
 
 
-def fold_pads_into_convs(model) -> int:
+def fold_pads_into_convs(model: Any) -> int:
     """Merge each zero `Pad` that feeds exactly one `Conv` into that Conv's `pads` (in place).
 
     Only Pads with constant amounts, constant mode, value 0 and no padding of the batch or
@@ -64,7 +66,7 @@ def fold_pads_into_convs(model) -> int:
     import onnx
 
     producers = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list] = defaultdict(list)
+    consumers: dict[str, list[Any]] = defaultdict(list)
     for node in model.graph.node:
         for tensor in node.input:
             consumers[tensor].append(node)
@@ -107,7 +109,7 @@ def fold_pads_into_convs(model) -> int:
     return len(removed)
 
 
-def uint8_inputs_not_cast(model) -> list[str]:
+def uint8_inputs_not_cast(model: Any) -> list[str]:
     """Graph inputs of type uint8 read by anything but a `Cast` node ([] when all are fine).
 
     TensorRT accepts a uint8 network input only when it feeds a Cast directly; even a
@@ -125,7 +127,7 @@ def uint8_inputs_not_cast(model) -> list[str]:
     return bad
 
 
-def _drop_dead_nodes(model) -> None:
+def _drop_dead_nodes(model: Any) -> None:
     """Remove nodes whose outputs nothing reads (the constant chains that fed removed Pads)."""
     while True:
         needed = {out.name for out in model.graph.output}

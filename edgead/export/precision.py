@@ -17,11 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from edgead.errors import ExportError
+
+if TYPE_CHECKING:
+    from edgead.runtime.detector import Result
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +72,13 @@ def runtime_aurocs(
         if det.fallbacks:
             raise ExportError(f"accuracy check needs {backend}: {det.fallbacks[-1]}")
         want_maps = masks is not None
-        scores, maps = [], []
+        scores: list[float] = []
+        maps: list[np.ndarray] = []
         for start in range(0, len(images), 8):
             batch = [np.asarray(images[i]) for i in range(start, min(start + 8, len(images)))]
-            for res in det(batch, channel_order="RGB", maps=want_maps):  # type: ignore[union-attr]
+            for res in cast("list[Result]", det(batch, channel_order="RGB", maps=want_maps)):
                 scores.append(res.raw_score)
-                if want_maps:
+                if want_maps and res.anomaly_map is not None:
                     maps.append(res.anomaly_map)
     raw = np.asarray(scores, dtype=np.float64)
     out: dict[str, float] = {}
@@ -168,12 +172,15 @@ def nncf_validator(
     verified = read_bundle(bundle)
 
     def validate(compiled: Any, items: Any) -> float:
-        det = Detector(verified, _CompiledBackend(compiled))  # type: ignore[arg-type]
-        scores, maps = [], []
+        det = Detector(verified, _CompiledBackend(compiled))
+        scores: list[float] = []
+        maps: list[np.ndarray] = []
         for item in items:
-            (res,) = det(list(np.asarray(item)), channel_order="RGB", maps=masks is not None)
-            scores.append(res.raw_score)  # type: ignore[union-attr]
-            maps.append(res.anomaly_map)  # type: ignore[union-attr]
+            results = det(list(np.asarray(item)), channel_order="RGB", maps=masks is not None)
+            (res,) = cast("list[Result]", results)
+            scores.append(res.raw_score)
+            if res.anomaly_map is not None:
+                maps.append(res.anomaly_map)
         if len(scores) != len(labels):
             raise ExportError(f"NNCF validated {len(scores)} items, {len(labels)} labelled")
         got: dict[str, float] = {}

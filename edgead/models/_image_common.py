@@ -13,14 +13,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgead.errors import DataError
-from edgead.models.base import BaseDetector, ExportSpec, Progress, ScoreOutput, no_progress
+from edgead.models.base import (
+    BaseDetector,
+    ExportSpec,
+    ImagePreprocess,
+    Progress,
+    ScoreOutput,
+    no_progress,
+)
 from edgead.ops.scoring import parse_postprocess, score_graph_output, score_map_output
 
 logger = logging.getLogger(__name__)
@@ -265,6 +272,35 @@ def train_epochs(
     return losses
 
 
+NetT = TypeVar("NetT", bound=nn.Module)
+
+
+def seeded_net_and_inputs(
+    data: Sequence[np.ndarray] | np.ndarray,
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    build: Callable[[], NetT],
+    prepare: Callable[[NetT, torch.Tensor], torch.Tensor],
+) -> tuple[NetT, torch.Tensor]:
+    """The preamble of every fit that trains a net: (net, prepared inputs).
+
+    Checks the uint8 (S, S, 3) images, builds the net with `seed` (only its initialisation
+    draws from it), and runs `prepare(net, batch)` once over every image without gradients.
+    The prepared tensor is a normal one (inference tensors cannot enter autograd).
+
+    Raises:
+        DataError: as `check_images`.
+    """
+    check_images(data, image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build()
+    with torch.inference_mode():
+        prepared = torch.cat([prepare(net, b) for b in iter_batches(data, batch_size)])
+    return net, prepared.clone()
+
+
 class ScratchNetDetector(BaseDetector):
     """Shared state/export/describe for image detectors whose whole model is one network trained
     from scratch (conv AE/VAE, image Deep SVDD): the net's forward is the exported graph, taking
@@ -286,6 +322,32 @@ class ScratchNetDetector(BaseDetector):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return module_state("net.", self._fitted_net())
+
+    def score(
+        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
+    ) -> ScoreOutput:
+        """Scores (N,) and maps (N, S, S) from the net's forward (per-image score, per-cell
+        map), the maps upsampled and blurred as the runtime does (`maps_to_output`)."""
+        net = self._fitted_net()
+        check_images(data, self.config.image_size)
+        scores, maps = [], []
+        with torch.inference_mode():
+            for batch in iter_batches(
+                data, self.config.batch_size, progress, f"{self.name}: score"
+            ):
+                batch_scores, batch_maps = net(batch)
+                scores.append(batch_scores.numpy())
+                maps.append(batch_maps.numpy())
+        return maps_to_output(
+            np.concatenate(maps),
+            self.config.image_size,
+            self.config.blur_sigma,
+            scores=np.concatenate(scores),
+        )
+
+    def input_preprocess(self) -> ImagePreprocess:
+        """The nets scale uint8 RGB to 0..1 (x / 255) and normalise nothing else."""
+        return ImagePreprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
     def export_spec(self) -> ExportSpec:
         size = self.config.image_size

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from edgead.errors import ConfigError, NotFittedError, unknown_name_error
+from edgead.ops.preprocess_spec import ImagePreprocess
 from edgead.ops.progress import Progress, no_progress  # noqa: F401 - the models' API
 
 
@@ -112,6 +113,28 @@ class BaseDetector(abc.ABC):
     @abc.abstractmethod
     def export_spec(self) -> ExportSpec:
         """The graph module and runtime post-processing for export."""
+
+    def input_preprocess(self) -> ImagePreprocess | None:
+        """The preprocessing the exported image graph performs; None for rows and windows.
+
+        Image detectors built on a registered backbone inherit the statistics the backbone
+        declares at registration (`edgead.models.backbones.backbone_preprocess`); detectors
+        without a backbone override this method.
+
+        Raises:
+            ConfigError: an image detector that declares nothing (no backbone, no override).
+        """
+        if self.modality != "image":
+            return None
+        backbone = getattr(self.config, "backbone", None)
+        if backbone is None:
+            raise ConfigError(
+                f"{self.name}: an image detector must declare its preprocessing; override "
+                "input_preprocess() or build on a registered backbone"
+            )
+        from edgead.models.backbones import backbone_preprocess
+
+        return backbone_preprocess(str(backbone))
 
     def describe(self) -> dict[str, Any]:
         """Extra JSON facts for the run's metadata (e.g. memory-bank size); override to add."""

@@ -28,16 +28,13 @@ from torch import nn
 from edgead.errors import ConfigError
 from edgead.models._image_common import (
     ScratchNetDetector,
-    check_images,
-    iter_batches,
     load_module_state,
-    maps_to_output,
     seeded_generator,
+    seeded_net_and_inputs,
     train_epochs,
 )
 from edgead.models.base import (
     Progress,
-    ScoreOutput,
     no_progress,
     register_detector,
 )
@@ -183,13 +180,14 @@ class _ConvAEBase(ScratchNetDetector):
     ) -> None:
         """Train on normal uint8 (S, S, 3) RGB images (reconstruction loss, + KL for the VAE)."""
         cfg = self.config
-        check_images(data, cfg.image_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = ConvAutoencoder(cfg, self.variational)
-        with torch.inference_mode():
-            prepared = torch.cat([net.prepare(b) for b in iter_batches(data, cfg.batch_size)])
-        prepared = prepared.clone()  # a normal tensor (inference tensors can't enter autograd)
+        net, prepared = seeded_net_and_inputs(
+            data,
+            cfg.image_size,
+            cfg.batch_size,
+            seed,
+            lambda: ConvAutoencoder(cfg, self.variational),
+            ConvAutoencoder.prepare,
+        )
         generator = seeded_generator(seed + 1)
 
         def batch_loss(x: torch.Tensor) -> torch.Tensor:
@@ -210,27 +208,6 @@ class _ConvAEBase(ScratchNetDetector):
         )
         net.eval()
         self._net = net
-
-    def score(
-        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
-    ) -> ScoreOutput:
-        """Scores (N,) = per-image loss from the graph; maps (N, S, S) blurred error maps."""
-        net = self._fitted_net()
-        check_images(data, self.config.image_size)
-        scores, maps = [], []
-        with torch.inference_mode():
-            for batch in iter_batches(
-                data, self.config.batch_size, progress, f"{self.name}: score"
-            ):
-                batch_scores, batch_maps = net(batch)
-                scores.append(batch_scores.numpy())
-                maps.append(batch_maps.numpy())
-        return maps_to_output(
-            np.concatenate(maps),
-            self.config.image_size,
-            self.config.blur_sigma,
-            scores=np.concatenate(scores),
-        )
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         net = ConvAutoencoder(self.config, self.variational)

@@ -40,6 +40,7 @@ from edgead.models._image_common import (
     load_module_state,
     module_state,
     seeded_generator,
+    seeded_net_and_inputs,
     train_epochs,
 )
 from edgead.models.base import (
@@ -203,15 +204,16 @@ class CSI(BaseDetector):
     ) -> None:
         """Fine-tune on normal uint8 (S, S, 3) RGB images, then store their features."""
         cfg = self.config
-        check_images(data, cfg.image_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = self._new_net()
+        net, images = seeded_net_and_inputs(
+            data,
+            cfg.image_size,
+            cfg.batch_size,
+            seed,
+            self._new_net,
+            lambda net, batch: net.normalize(batch),
+        )
         trained = _trainable(net, cfg.train_fraction)
         logger.info("csi: fine-tuning %d backbone tensors and the heads", len(trained))
-        with torch.inference_mode():
-            images = torch.cat([net.normalize(b) for b in iter_batches(data, cfg.batch_size)])
-        images = images.clone()
         gen = seeded_generator(seed + 1)
 
         def batch_loss(x: torch.Tensor) -> torch.Tensor:

@@ -26,16 +26,13 @@ from torch import nn
 from edgead.errors import ConfigError, DataError
 from edgead.models._image_common import (
     ScratchNetDetector,
-    check_images,
-    iter_batches,
     load_module_state,
-    maps_to_output,
     seeded_generator,
+    seeded_net_and_inputs,
     train_epochs,
 )
 from edgead.models.base import (
     Progress,
-    ScoreOutput,
     no_progress,
     register_detector,
 )
@@ -161,13 +158,9 @@ class DeepSVDDImage(ScratchNetDetector):
     ) -> None:
         """Fix the centre from the initial net, then minimise the mean squared distance to it."""
         cfg = self.config
-        check_images(data, cfg.image_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = SVDDNet(cfg)
-        with torch.inference_mode():
-            prepared = torch.cat([net.prepare(b) for b in iter_batches(data, cfg.batch_size)])
-        prepared = prepared.clone()
+        net, prepared = seeded_net_and_inputs(
+            data, cfg.image_size, cfg.batch_size, seed, lambda: SVDDNet(cfg), SVDDNet.prepare
+        )
         # Centre: batch-statistics mode (as during training), no gradient.
         net.train()
         with torch.no_grad():
@@ -200,27 +193,6 @@ class DeepSVDDImage(ScratchNetDetector):
         _recalibrate_batch_norm(net, prepared, cfg.batch_size)
         net.eval()
         self._net = net
-
-    def score(
-        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
-    ) -> ScoreOutput:
-        """Scores (N,) squared distance to c; maps (N, S, S) per-cell distances, blurred."""
-        net = self._fitted_net()
-        check_images(data, self.config.image_size)
-        scores, maps = [], []
-        with torch.inference_mode():
-            for batch in iter_batches(
-                data, self.config.batch_size, progress, "deep_svdd_image: score"
-            ):
-                batch_scores, batch_maps = net(batch)
-                scores.append(batch_scores.numpy())
-                maps.append(batch_maps.numpy())
-        return maps_to_output(
-            np.concatenate(maps),
-            self.config.image_size,
-            self.config.blur_sigma,
-            scores=np.concatenate(scores),
-        )
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         net = SVDDNet(self.config)

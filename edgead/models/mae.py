@@ -28,14 +28,12 @@ from torch import nn
 from edgead.errors import ConfigError
 from edgead.models._image_common import (
     ScratchNetDetector,
-    check_images,
-    iter_batches,
     load_module_state,
-    maps_to_output,
     seeded_generator,
+    seeded_net_and_inputs,
     train_epochs,
 )
-from edgead.models.base import Progress, ScoreOutput, no_progress, register_detector
+from edgead.models.base import Progress, no_progress, register_detector
 
 #: seed of the fixed scoring masks (part of the graph, so not a training seed).
 _MASK_SEED = 1234
@@ -245,13 +243,14 @@ class MAE(ScratchNetDetector):
     ) -> None:
         """Train on normal uint8 (S, S, 3) RGB images (masked-patch reconstruction)."""
         cfg = self.config
-        check_images(data, cfg.image_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = MaskedAutoencoder(cfg)
-        with torch.inference_mode():
-            patches = torch.cat([net.patches(b) for b in iter_batches(data, cfg.batch_size)])
-        patches = patches.clone()  # a normal tensor (inference tensors can't enter autograd)
+        net, patches = seeded_net_and_inputs(
+            data,
+            cfg.image_size,
+            cfg.batch_size,
+            seed,
+            lambda: MaskedAutoencoder(cfg),
+            MaskedAutoencoder.patches,
+        )
         generator = seeded_generator(seed + 1)
         self.train_losses_ = train_epochs(
             net,
@@ -267,25 +266,6 @@ class MAE(ScratchNetDetector):
         )
         net.eval()
         self._net = net
-
-    def score(
-        self, data: Sequence[np.ndarray] | np.ndarray, progress: Progress = no_progress
-    ) -> ScoreOutput:
-        """Scores (N,) from the graph; maps (N, S, S) = blurred per-patch errors."""
-        net = self._fitted_net()
-        check_images(data, self.config.image_size)
-        scores, maps = [], []
-        with torch.inference_mode():
-            for batch in iter_batches(data, self.config.batch_size, progress, "mae: score"):
-                batch_scores, batch_maps = net(batch)
-                scores.append(batch_scores.numpy())
-                maps.append(batch_maps.numpy())
-        return maps_to_output(
-            np.concatenate(maps),
-            self.config.image_size,
-            self.config.blur_sigma,
-            scores=np.concatenate(scores),
-        )
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Rebuild the network from the config (fixed masks included) and load its weights."""

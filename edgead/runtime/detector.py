@@ -456,7 +456,7 @@ class Detector:
             resized = [resize_frame(f, tiling.frame_hw, resize, channel_order) for f in frames]
             batch = tiles_of(resized, tiling)
         t1 = time.perf_counter()
-        outputs = self._run_graph(batch)
+        outputs = self.run_graph(batch)
         _check_output_sizes(outputs, self._kind, len(batch), self.manifest.postprocess)
         t2 = time.perf_counter()
         raw, maps, search_ms = self._image_scores(
@@ -501,8 +501,16 @@ class Detector:
                 self._bundle.path,
             )
 
-    def _run_graph(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Graph outputs for `batch`, split into chunks of the backend's max_batch."""
+    def run_graph(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw graph outputs {output name: array} of `batch`, in chunks of the backend's max_batch.
+
+        `batch` is already in the graph's input form (images: uint8 (B, H, W, 3) RGB at the
+        bundle's image_size; rows: float32 (B, D); windows: float32 (B, L, D)): no decoding,
+        resizing or post-processing. The exporter's parity check compares these with torch.
+
+        Raises:
+            BackendRuntimeError: the backend failed on the batch (the message names the input).
+        """
         spec = self.manifest.input
         return run_batched(
             self._engine(),
@@ -580,7 +588,7 @@ class Detector:
         if self._kind not in ROW_KINDS:
             raise DataError("this bundle scores images; call detector(frame)")
         rows = check_rows(rows, self.manifest.input.shape[-1], one_row_ok=True)
-        outputs = self._run_graph(rows)
+        outputs = self.run_graph(rows)
         n = len(rows)
         _check_output_sizes(outputs, self._kind, n, self.manifest.postprocess)
         if self._kind == "rows":
@@ -615,7 +623,7 @@ class Detector:
         """
         length, _, n_features = self.window
         batch = check_windows(windows, length, n_features)
-        raw = self._run_graph(batch)["score"].reshape(len(batch)).astype(np.float32)
+        raw = self.run_graph(batch)["score"].reshape(len(batch)).astype(np.float32)
         normalised, decisions = self._decide(raw)
         if decisions is None:
             decisions = np.zeros(len(raw), dtype=bool)

@@ -47,7 +47,7 @@ from edgead._io import write_bytes_atomic, write_json_atomic
 from edgead.errors import BackendUnavailableError, ConfigError, DataError
 from edgead.ops.image import to_rgb
 from edgead.ops.overlay import score_panel
-from edgead.runtime.capture import CaptureThread, EndOfStream, Frame
+from edgead.runtime.capture import CaptureThread, EndOfStream, Frame, SourceSpec, parse_source
 from edgead.runtime.results import finite_or_none, new_run_id, result_record
 
 logger = logging.getLogger(__name__)
@@ -791,16 +791,10 @@ def run_inspection(
         DataError: the source cannot be opened after `open_retries` attempts.
         BundleError / BackendUnavailableError: from loading the bundle.
     """
-    from edgead.runtime.capture import CaptureConfig, FolderReader, open_reader, parse_source
+    from edgead.runtime.capture import CaptureConfig, FolderReader, open_reader
     from edgead.runtime.detector import Detector
 
-    if http_port is not None and not 0 <= int(http_port) <= 65535:
-        raise ConfigError(f"--http port must be in 0..65535 (0: any free port); got {http_port}")
-    spec = parse_source(source)
-    if resume and spec.kind != "folder":
-        raise ConfigError(f"--resume needs a folder source; {spec} is not one")
-    if resume and config.out_dir is None:
-        raise ConfigError("--resume needs --out (it reads the results already written there)")
+    spec = _parse_run_source(source, http_port, resume, config)
     capture_config = CaptureConfig(
         queue_size=2 if spec.is_live else 4,
         drop=drop or ("oldest" if spec.is_live else "none"),
@@ -885,6 +879,24 @@ def run_inspection(
             server.close()
         with contextlib.suppress(Exception):
             loop.detector.close()
+
+
+def _parse_run_source(
+    source: str, http_port: int | None, resume: bool, config: LoopConfig
+) -> SourceSpec:
+    """The parsed `source`, after checking the --http port and --resume's needs.
+
+    Raises:
+        ConfigError: a port outside 0..65535, or --resume without a folder source and --out.
+    """
+    if http_port is not None and not 0 <= int(http_port) <= 65535:
+        raise ConfigError(f"--http port must be in 0..65535 (0: any free port); got {http_port}")
+    spec = parse_source(source)
+    if resume and spec.kind != "folder":
+        raise ConfigError(f"--resume needs a folder source; {spec} is not one")
+    if resume and config.out_dir is None:
+        raise ConfigError("--resume needs --out (it reads the results already written there)")
+    return spec
 
 
 def recorded_sources(out_dir: Path | None) -> set[str]:

@@ -14,18 +14,26 @@ import torch
 from torch import nn
 
 from edgead.models import base
-from edgead.models.base import BaseDetector, ExportSpec, ScoreOutput, no_progress
+from edgead.models.base import (
+    BaseDetector,
+    ExportSpec,
+    ImagePreprocess,
+    ScoreOutput,
+    no_progress,
+)
 from edgead.ops.postprocess import upsample_and_blur
 from tests.helpers.tiny_models import gradient_images
 
 SIZE_PX = 32
 GRID = 4
 DIM = 8
+#: the statistics TinyEmbedder normalises with, declared by TinyPatch.input_preprocess
+TINY_PATCH_MEAN = (0.485, 0.456, 0.406)
+TINY_PATCH_STD = (0.229, 0.224, 0.225)
 
 
 class _Normalize(nn.Module):
-    """uint8 (B, S, S, 3) -> float32 (B, 3, S, S); class name matches the project's normaliser so
-    the exporter can read mean/std back from scale/shift."""
+    """uint8 (B, S, S, 3) -> float32 (B, 3, S, S), `(x / 255 - mean) / std`."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -38,15 +46,12 @@ class _Normalize(nn.Module):
         return images.to(torch.float32).permute(0, 3, 1, 2) * self.scale + self.shift
 
 
-_Normalize.__name__ = "UInt8Normalize"
-
-
 class TinyEmbedder(nn.Module):
     """uint8 (B, 32, 32, 3) -> ("embedding",) float32 (B, 16, 8): one strided conv + tanh."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.normalize = _Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        self.normalize = _Normalize(TINY_PATCH_MEAN, TINY_PATCH_STD)
         self.conv = nn.Conv2d(3, DIM, kernel_size=SIZE_PX // GRID, stride=SIZE_PX // GRID)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
@@ -104,6 +109,9 @@ class TinyPatch(BaseDetector):
         }
         self.embedder.load_state_dict(state)
         self.bank_ = arrays["bank"]
+
+    def input_preprocess(self) -> ImagePreprocess:
+        return ImagePreprocess(mean=TINY_PATCH_MEAN, std=TINY_PATCH_STD)
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec(
@@ -225,6 +233,19 @@ def fitted_tiny() -> tuple[TinyPatch, dict[str, Any]]:
     det = TinyPatch(TinyPatchConfig())
     det.fit(synthetic_images(8, seed=0))
     return det, run_meta(det.score(synthetic_images(6, seed=1)).scores)
+
+
+def tiny_export_data() -> Any:
+    """`ExportData` for TinyPatch: 6 normal + 6 anomalous labelled test images and 6 held-out
+    normal validation images (other seeds than the training images)."""
+    from edgead.export.exporter import ExportData
+
+    test = synthetic_images(6, seed=5) + synthetic_images(6, seed=6, anomalous=True)
+    return ExportData(
+        test_inputs=test,
+        test_labels=np.r_[np.zeros(6), np.ones(6)].astype(np.int64),
+        normal_val=np.stack(synthetic_images(6, seed=1)),
+    )
 
 
 def parity_images() -> np.ndarray:

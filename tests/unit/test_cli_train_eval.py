@@ -30,6 +30,11 @@ def _invoke(*args: str) -> Result:
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
+def _train(name: str, data: Path | str, out: Path | str, *args: str) -> Result:
+    """`edgead train NAME --data DATA --out OUT ARGS...`."""
+    return _invoke("train", name, "--data", str(data), "--out", str(out), *args)
+
+
 def _err(result: Result) -> str:
     """stderr with rich's line wrapping undone."""
     return " ".join(result.stderr.split())
@@ -41,13 +46,10 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dic
     root = tmp_path_factory.mktemp("cli")
     data = make_synthetic_mvtec(root / "category")
     run = root / "run"
-    result = _invoke(
-        "train",
+    result = _train(
         "patchcore",
-        "--data",
-        str(data),
-        "--out",
-        str(run),
+        data,
+        run,
         "--coreset-ratio",
         "0.5",
         "--seed",
@@ -124,13 +126,10 @@ def test_f1_threshold_from_labelled_validation_data(
 ) -> None:
     data, _, _ = image_run
     run = tmp_path / "run_f1"
-    result = _invoke(
-        "train",
+    result = _train(
         "patchcore",
-        "--data",
-        str(data),
-        "--out",
-        str(run),
+        data,
+        run,
         "--val-data",
         str(data),
         "--json",
@@ -145,36 +144,27 @@ def test_f1_threshold_from_labelled_validation_data(
 
 def test_option_the_detector_lacks_is_a_config_error(tmp_path: Path) -> None:
     data = make_synthetic_mvtec(tmp_path / "category")
-    result = _invoke(
-        "train",
+    result = _train(
         "padim",
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "r"),
+        data,
+        tmp_path / "r",
         "--coreset-ratio",
         "0.1",
     )
     assert result.exit_code == 2
     assert "--coreset-ratio" in _err(result) and "padim" in _err(result)
-    result = _invoke(
-        "train",
+    result = _train(
         "patchcore",
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "r"),
+        data,
+        tmp_path / "r",
         "--set",
         "coreset_ration=0.1",
     )
     assert result.exit_code == 2 and "coreset_ration" in _err(result)
-    result = _invoke(
-        "train",
+    result = _train(
         "patchcore",
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "r"),
+        data,
+        tmp_path / "r",
         "--label-column",
         "y",
         *IMAGE_ARGS,
@@ -186,13 +176,10 @@ def test_option_the_detector_lacks_is_a_config_error(tmp_path: Path) -> None:
 def test_config_file_and_missing_data_errors(tmp_path: Path) -> None:
     config = tmp_path / "pc.toml"
     config.write_text("coreset_ratio = 0.3\nprojection_dim = 8\npretrained = false\n")
-    result = _invoke(
-        "train",
+    result = _train(
         "patchcore",
-        "--data",
-        str(tmp_path / "nowhere"),
-        "--out",
-        str(tmp_path / "r"),
+        tmp_path / "nowhere",
+        tmp_path / "r",
         "--config",
         str(config),
     )
@@ -208,7 +195,7 @@ def test_tabular_train_and_eval(tmp_path: Path) -> None:
     table = tmp_path / "table.npz"
     np.savez(table, X=np.vstack([normal, anomalies]), y=np.r_[np.zeros(300), np.ones(30)])
     run = tmp_path / "run"
-    result = _invoke("train", "iforest", "--data", str(table), "--out", str(run), "--json")
+    result = _train("iforest", table, run, "--json")
     assert result.exit_code == 0, result.output
     meta = json.loads((run / "run.json").read_text())
     assert meta["modality"] == "tabular" and meta["data"]["n_train"] + meta["data"]["n_val"] == 180
@@ -216,13 +203,10 @@ def test_tabular_train_and_eval(tmp_path: Path) -> None:
     assert {"auroc", "auprc", "f1", "threshold", "n_test"} <= set(out)
     assert out["n_test"] == 120 + 30 and out["auroc"] > 0.95
     assert out["threshold"] == meta["threshold"]["value"]
-    result = _invoke(
-        "train",
+    result = _train(
         "iforest",
-        "--data",
-        str(table),
-        "--out",
-        str(tmp_path / "r2"),
+        table,
+        tmp_path / "r2",
         "--image-size",
         "64",
     )

@@ -23,6 +23,7 @@ from tests.helpers.tiny_detectors import (
     parity_images,
     run_meta,
     synthetic_images,
+    tiny_export_data,
 )
 
 
@@ -34,12 +35,7 @@ def tiny() -> tuple[TinyPatch, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def export_data() -> ExportData:
     """Labelled test images and held-out normal validation images (a different seed)."""
-    test = synthetic_images(6, seed=5) + synthetic_images(6, seed=6, anomalous=True)
-    return ExportData(
-        test_inputs=test,
-        test_labels=np.r_[np.zeros(6), np.ones(6)].astype(np.int64),
-        normal_val=np.stack(synthetic_images(6, seed=1)),
-    )
+    return tiny_export_data()
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +75,7 @@ def test_default_export_is_compressed_and_records_the_report(
 def test_threshold_is_refitted_through_the_compressed_index(
     default_bundle: tuple[Path, Any], export_data: ExportData
 ) -> None:
-    from edgead import metrics
+    from edgead import calibrate
 
     out, m = default_bundle
     cal = m.export["calibration"]
@@ -89,7 +85,7 @@ def test_threshold_is_refitted_through_the_compressed_index(
     with Detector.load(out, device="cpu") as runtime:
         results = runtime(list(export_data.normal_inputs()), channel_order="RGB")
     raw = np.array([r.raw_score for r in results])
-    assert m.threshold == pytest.approx(metrics.threshold_from_normal(raw, 99.0), rel=1e-6)
+    assert m.threshold == pytest.approx(calibrate.threshold_from_normal(raw, 99.0), rel=1e-6)
     assert m.normalisation["max"] == pytest.approx(raw.max(), rel=1e-6)
     assert cal["threshold"] == m.threshold and cal["run_threshold"] != m.threshold
 

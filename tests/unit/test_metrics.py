@@ -7,15 +7,9 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
+from edgead.calibrate import normalisation_from_scores, threshold_from_labels, threshold_from_normal
 from edgead.errors import ConfigError, DataError
-from edgead.metrics import (
-    aupro,
-    image_metrics,
-    normalisation_from_scores,
-    pixel_metrics,
-    threshold_from_labels,
-    threshold_from_normal,
-)
+from edgead.metrics import aupro, image_metrics, pixel_metrics
 
 LABELS = np.array([0, 0, 1, 1])
 SCORES = np.array([0.1, 0.4, 0.35, 0.8])

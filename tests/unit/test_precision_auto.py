@@ -14,7 +14,13 @@ from edgead.export import export_detector
 from edgead.export import exporter as exporter_mod
 from edgead.export.exporter import ExportData
 from edgead.export.quantize import quantize_onnx_int8, search_nodes
-from tests.helpers.tiny_detectors import TinyPatch, fitted_tiny, parity_images, synthetic_images
+from tests.helpers.tiny_detectors import (
+    TinyPatch,
+    fitted_tiny,
+    parity_images,
+    synthetic_images,
+    tiny_export_data,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +30,7 @@ def tiny() -> tuple[TinyPatch, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def data() -> ExportData:
-    test = synthetic_images(6, seed=5) + synthetic_images(6, seed=6, anomalous=True)
-    return ExportData(
-        test_inputs=test,
-        test_labels=np.r_[np.zeros(6), np.ones(6)].astype(np.int64),
-        normal_val=np.stack(synthetic_images(6, seed=1)),
-    )
+    return tiny_export_data()
 
 
 def test_bf16_needs_openvino_and_int8_needs_test_data(

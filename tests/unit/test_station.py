@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
-from edgead import metrics
+from edgead import calibrate
 from edgead.bundle import read_bundle
 from edgead.cli.main import app
 from edgead.data.datasets import load_image_dataset
@@ -126,14 +126,14 @@ def test_cli_trains_and_exports_from_good_images_only(tmp_path: Path) -> None:
 def test_threshold_for_fpr() -> None:
     scores = np.arange(2000, dtype=np.float64)
     for fpr in (0.0, 0.005, 0.05, 0.2):  # >= 10 expected above the threshold: empirical
-        thr = metrics.threshold_for_fpr(scores, fpr)
+        thr = calibrate.threshold_for_fpr(scores, fpr)
         assert np.mean(scores >= thr) == pytest.approx(fpr)
     small = np.random.default_rng(0).normal(10.0, 1.0, size=14)
-    thr = metrics.threshold_for_fpr(small, 0.01)  # 14 scores at 1 %: the Gaussian tail
+    thr = calibrate.threshold_for_fpr(small, 0.01)  # 14 scores at 1 %: the Gaussian tail
     assert thr == pytest.approx(small.mean() + 2.3263 * small.std(ddof=1), rel=1e-4)
     assert thr > small.max()
     with pytest.raises(ConfigError):
-        metrics.threshold_for_fpr(scores, 1.0)
+        calibrate.threshold_for_fpr(scores, 1.0)
 
 
 def test_calibrate_rewrites_only_the_manifest(bundle: Path, tmp_path: Path) -> None:

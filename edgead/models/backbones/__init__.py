@@ -10,6 +10,7 @@ from edgead.models.backbones import efficientnet_lite, resnet  # noqa: F401  (re
 from edgead.models.backbones._registry import (
     FeatureExtractor,
     FeatureInfo,
+    backbone_preprocess,
     create_backbone,
     list_backbones,
     register_backbone,
@@ -18,6 +19,7 @@ from edgead.models.backbones._registry import (
 __all__ = [
     "FeatureExtractor",
     "FeatureInfo",
+    "backbone_preprocess",
     "create_backbone",
     "list_backbones",
     "register_backbone",

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from edgead.errors import ConfigError, unknown_name_error
+from edgead.ops.preprocess_spec import ImagePreprocess
 
 logger = logging.getLogger(__name__)
 
@@ -72,22 +73,56 @@ class FeatureExtractor(nn.Module):
 
 BackboneFactory = Callable[[bool], FeatureExtractor]
 _BACKBONES: dict[str, BackboneFactory] = {}
+_PREPROCESS: dict[str, ImagePreprocess] = {}
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+def register_backbone(
+    name: str,
+    *,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> Callable[[BackboneFactory], BackboneFactory]:
     """Decorator registering `factory(pretrained: bool) -> FeatureExtractor` under `name`.
 
+    Args:
+        name: registry name.
+        mean, std: the per-channel RGB statistics (on 0..1) the extractor's inputs are
+            normalised with, declared without building it (`backbone_preprocess`); the
+            extractor's own `mean` / `std` must agree (checked by `create_backbone`).
+
     Raises:
-        ConfigError: `name` is already registered (names are never silently overwritten).
+        ConfigError: `name` is already registered (names are never silently overwritten), or
+            only one of mean / std is given.
     """
+    if (mean is None) != (std is None):
+        raise ConfigError(f"backbone '{name}': declare both mean and std, or neither")
 
     def decorator(factory: BackboneFactory) -> BackboneFactory:
         if name in _BACKBONES:
             raise ConfigError(f"backbone '{name}' is registered twice; pick another name")
         _BACKBONES[name] = factory
+        if mean is not None and std is not None:
+            _PREPROCESS[name] = ImagePreprocess(mean=mean, std=std)
         return factory
 
     return decorator
+
+
+def backbone_preprocess(name: str) -> ImagePreprocess:
+    """The preprocessing backbone `name` declared at registration (nothing is built).
+
+    Raises:
+        ConfigError: unknown name, or a backbone registered without mean / std.
+    """
+    key = name.strip().lower().replace("-", "_")
+    if key not in _BACKBONES:
+        raise unknown_name_error("backbone", name, _BACKBONES)
+    if key not in _PREPROCESS:
+        raise ConfigError(
+            f"backbone '{key}' was registered without its mean / std; register it with "
+            "register_backbone(name, mean=..., std=...)"
+        )
+    return _PREPROCESS[key]
 
 
 def list_backbones() -> list[str]:
@@ -111,6 +146,15 @@ def create_backbone(name: str, pretrained: bool = True) -> FeatureExtractor:
     if key not in _BACKBONES:
         raise unknown_name_error("backbone", name, _BACKBONES)
     extractor = _BACKBONES[key](pretrained)
+    declared = _PREPROCESS.get(key)
+    if declared is not None and (
+        tuple(float(v) for v in extractor.mean) != declared.mean
+        or tuple(float(v) for v in extractor.std) != declared.std
+    ):
+        raise ConfigError(
+            f"backbone '{key}' normalises with mean {extractor.mean} / std {extractor.std} but "
+            f"was registered with {declared.mean} / {declared.std}; make them agree"
+        )
     extractor.name = key
     extractor.pretrained = pretrained
     return extractor.freeze()

@@ -27,6 +27,10 @@ from edgead.models.backbones._registry import FeatureExtractor, FeatureInfo, reg
 
 logger = logging.getLogger(__name__)
 
+#: EfficientNet-Lite inputs: RGB on 0..1 normalised with mean = std = 0.5 (i.e. to -1..1)
+_LITE_MEAN = (0.5, 0.5, 0.5)
+_LITE_STD = (0.5, 0.5, 0.5)
+
 _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01
 #: (kernel, stride, expand ratio, out channels, repeats) per stage, EfficientNet-B0/Lite0.
@@ -157,8 +161,8 @@ class EfficientNetLite0(FeatureExtractor):
             channel_counts=tuple(stage_channels[i] for i in _FEATURE_STAGES),
             reductions=tuple(strides[i + 1] for i in _FEATURE_STAGES),
         )
-        self.mean = (0.5, 0.5, 0.5)
-        self.std = (0.5, 0.5, 0.5)
+        self.mean = _LITE_MEAN
+        self.std = _LITE_STD
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[float32 (B, 40, H/8, W/8), float32 (B, 112, H/16, W/16)] from normalised images.
@@ -232,7 +236,7 @@ def _load_lite0_weights(model: EfficientNetLite0, path: Path) -> None:
     logger.info("loaded efficientnet_lite0 ImageNet weights from %s", path)
 
 
-@register_backbone("efficientnet_lite0")
+@register_backbone("efficientnet_lite0", mean=_LITE_MEAN, std=_LITE_STD)
 def efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
     """EfficientNet-Lite0; ImageNet weights from the installed package when `pretrained`."""
     model = EfficientNetLite0()

@@ -112,13 +112,13 @@ def _build(name: str, pretrained: bool) -> ResNetFeatures:
     return ResNetFeatures(net)
 
 
-@register_backbone("resnet18")
+@register_backbone("resnet18", mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
 def resnet18(pretrained: bool = True) -> ResNetFeatures:
     """ResNet-18 (128 / 256 channels at strides 8 / 16)."""
     return _build("resnet18", pretrained)
 
 
-@register_backbone("wide_resnet50_2")
+@register_backbone("wide_resnet50_2", mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
 def wide_resnet50_2(pretrained: bool = True) -> ResNetFeatures:
     """Wide ResNet-50-2 (512 / 1024 channels at strides 8 / 16)."""
     return _build("wide_resnet50_2", pretrained)
