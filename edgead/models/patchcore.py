@@ -10,9 +10,10 @@ Pipeline (sizes from the backbone's `feature_info`, never hard-coded):
    (`edgead.models.coreset`) keeps `coreset_ratio` of them as the memory bank float32 (M, D).
 3. `score`: Euclidean (L2, not squared) distance of every patch to its nearest bank entry
    (faiss "Flat", exact, through `edgead.ops.nn_index`) -> patch map (B, h, w) -> image score
-   = max patch distance (or the paper's re-weighted max) -> anomaly map = upsampled, blurred
-   patch map: all by `edgead.ops.scoring.score_nn_embeddings`, the scorer of the runtime and of
-   the exporter's index measurement.
+   = mean of the `top_k` largest patch distances (default 3; 1 = the max; or the paper's
+   re-weighted max) -> anomaly map = upsampled, blurred patch map: all by
+   `edgead.ops.scoring.score_nn_embeddings`, the scorer of the runtime and of the exporter's
+   index measurement.
 
 Export: the embedder is the graph (output "embedding"); the bank ships as `memory_bank` and the
 runtime searches it (post-processing kind "nn_index").
