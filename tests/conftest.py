@@ -12,6 +12,12 @@ from tests.helpers.data import make_synthetic_mvtec
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Caches (e.g. exported feature graphs) go to a temp dir, never to the user's home."""
+    os.environ["EDGEAD_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgead_cache"))
+
+
 @pytest.fixture()
 def synthetic_mvtec(tmp_path: Path) -> Path:
     """A tiny MVTec-layout category folder (see `make_synthetic_mvtec`) in a temp dir."""

@@ -7,13 +7,22 @@ memory (opset 17, dynamic batch), runs one parity check on the first real batch 
 is used only when the largest difference is within `PARITY_RTOL` of the largest output value;
 otherwise (or when onnxruntime / the exporter fail) it returns None and the caller uses torch,
 with a warning in the log.
+
+Exporting EfficientNet-Lite0 costs ~12 s on 2 busy cores, more than extracting the features of a
+small training set, so the exported graph is kept in a local cache
+(`$EDGEAD_CACHE_DIR/onnx_features/`, default `~/.cache/edgead/onnx_features/`), named by a
+sha256 of the module's structure, weights, input shape and the exporter's versions. A cached
+graph is used only after the same parity check; a bad or unreadable one is exported again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +35,71 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 #: largest |ORT - torch| allowed, relative to the largest |torch| output value (fp32).
 PARITY_RTOL = 1e-4
+
+
+def cache_dir() -> Path:
+    """Folder of cached feature graphs: $EDGEAD_CACHE_DIR/onnx_features, else
+    ~/.cache/edgead/onnx_features."""
+    root = os.environ.get("EDGEAD_CACHE_DIR") or str(Path("~/.cache/edgead").expanduser())
+    return Path(root).expanduser() / "onnx_features"
+
+
+def module_fingerprint(module: nn.Module, example: torch.Tensor) -> str:
+    """sha256 hex of what the exported graph depends on: the module's structure, every
+    parameter and buffer, the example's dtype and shape after the batch axis, the ONNX opset
+    and the torch version."""
+    digest = hashlib.sha256()
+    digest.update(repr(module).encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(f"{example.dtype}{tuple(example.shape[1:])}{OPSET}{torch.__version__}".encode())
+    return digest.hexdigest()
+
+
+def _export_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
+    """The module as ONNX (opset `OPSET`, dynamic batch), from the cache or exported now (and
+    cached; a cache that cannot be written is skipped, logged at debug level)."""
+    path = cache_dir() / f"{module_fingerprint(module, example)}.onnx"
+    try:
+        data = path.read_bytes()
+        logger.debug("feature graph from the cache: %s", path)
+        return data
+    except OSError:
+        pass
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            buf,
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            do_constant_folding=True,
+        )
+    data = buf.getvalue()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.debug("feature graph not cached (%s)", exc)
+    return data
+
+
+def _drop_cached(module: nn.Module, example: torch.Tensor) -> bool:
+    """Remove the cached graph of `module` (it failed to load or to match torch); whether there
+    was one."""
+    try:
+        (cache_dir() / f"{module_fingerprint(module, example)}.onnx").unlink()
+    except OSError:
+        return False
+    return True
 
 
 class OrtFeatures:
@@ -55,30 +129,16 @@ class OrtFeatures:
             logger.warning("onnxruntime is not installed: features are extracted with torch")
             return None
         example = torch.from_numpy(np.ascontiguousarray(first_batch))
-        buf = io.BytesIO()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    buf,
-                    opset_version=OPSET,
-                    dynamo=False,
-                    input_names=["images"],
-                    output_names=["features"],
-                    dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                    do_constant_folding=True,
-                )
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = max(1, torch.get_num_threads())
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(
-                buf.getvalue(), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # noqa: BLE001 - any exporter/ORT failure means: use torch
-            logger.warning("ONNX Runtime feature path unavailable (%s); using torch", exc)
-            return None
+        session = None
+        while session is None:
+            try:
+                session = cls._session(ort, _export_bytes(module, example))
+            except Exception as exc:  # noqa: BLE001 - any exporter/ORT failure: use torch
+                if _drop_cached(module, example):  # a stale cached graph: export once more
+                    logger.warning("cached feature graph unusable (%s); exporting again", exc)
+                    continue
+                logger.warning("ONNX Runtime feature path unavailable (%s); using torch", exc)
+                return None
         runner = cls(session, "images")
         with torch.inference_mode():
             reference = module(example)[0].numpy()
@@ -86,6 +146,7 @@ class OrtFeatures:
         scale = max(float(np.abs(reference).max()), 1e-12)
         runner.parity_rel_err = float(np.abs(got - reference).max()) / scale
         if not runner.parity_rel_err <= PARITY_RTOL:
+            _drop_cached(module, example)
             logger.warning(
                 "ONNX Runtime features differ from torch by %.3g of the largest value "
                 "(tolerance %.0e); using torch",
@@ -98,6 +159,14 @@ class OrtFeatures:
             runner.parity_rel_err,
         )
         return runner
+
+    @staticmethod
+    def _session(ort: Any, model: bytes) -> Any:
+        """A CPU InferenceSession of the ONNX bytes with torch's thread count."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, torch.get_num_threads())
+        options.inter_op_num_threads = 1
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """float32 features of uint8 (B, S, S, 3) images."""

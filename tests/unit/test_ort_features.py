@@ -53,3 +53,38 @@ def test_torch_engine_and_unknown_engine() -> None:
     assert det.feature_engine_ == "torch"
     with pytest.raises(ConfigError, match="feature_engine"):
         create_detector("patchcore", {**CONFIG, "feature_engine": "tensorflow"})
+
+
+def test_exported_graph_is_cached_and_checked_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second fit of the same module reads the cached graph (no export); a corrupt cached
+    graph is dropped and exported again (logged); when that export fails too, torch is used."""
+    monkeypatch.setenv("EDGEAD_CACHE_DIR", str(tmp_path))
+    images = gradient_images(3, 2, SIZE, False)
+    first = create_detector("patchcore", CONFIG)
+    first.embed(images)
+    cached = list((tmp_path / "onnx_features").glob("*.onnx"))
+    assert len(cached) == 1 and cached[0].stat().st_size > 0
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("exported although the graph is cached")
+
+    real_export = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    second = create_detector("patchcore", CONFIG)
+    np.testing.assert_array_equal(second.embed(images), first.embed(images))
+    assert second.feature_engine_ == "onnxruntime"
+
+    cached[0].write_bytes(b"not an onnx graph")
+    with caplog.at_level(logging.WARNING, logger="edgead.models._ort_features"):
+        third = create_detector("patchcore", CONFIG)
+        third.embed(images)  # export still refused: stale graph dropped, then torch
+    assert third.feature_engine_ == "torch (fallback)"
+    assert "exporting again" in caplog.text and "using torch" in caplog.text
+    assert not cached[0].exists()
+    monkeypatch.setattr(torch.onnx, "export", real_export)
+    cached[0].write_bytes(b"not an onnx graph")
+    fourth = create_detector("patchcore", CONFIG)
+    fourth.embed(images)
+    assert fourth.feature_engine_ == "onnxruntime" and cached[0].stat().st_size > 100
