@@ -48,6 +48,8 @@ class AEConfig:
     dropout: float = 0.2
     batch_norm: bool = False
     latent_activation: bool = False
+    min_steps: int = 0
+    n_members: int = 1
 
     def validate(self) -> None:
         """ConfigError on out-of-range values."""

@@ -34,6 +34,8 @@ BLOCKS: dict[str, tuple[str, dict[str, Any]]] = {
         "vae",
         {"epochs": 4, "batch_norm": True, "dropout": 0.2, "kl_weight": 0.0, "score_kl_weight": 0},
     ),
+    # a seed ensemble (issue 20): one graph averaging the members' standardised scores
+    "ae_ens": ("ae", {"epochs": 4, "n_members": 3}),
 }
 
 
