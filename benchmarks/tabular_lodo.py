@@ -97,16 +97,21 @@ _VAE_PYOD = {  # PyOD 3.x VAE: 128-64-32 / 2 / 32-64-128, dropout 0.2, 30 epochs
     "patience": 0,
 }
 _AE_STEPS = {**_AE_V1, "min_steps": 1000}  # v1, but small tables train >= 1000 updates
+_VAE_STEPS = {**_VAE_PYOD, "min_steps": 1000}
 # The grid is small on purpose (20 sets x 5 seeds x every setting on a shared 2-core VM).
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "ae": {"v1": _AE_V1, "pyod": _AE_PYOD, "steps": _AE_STEPS},
-    "vae": {"v1": _VAE_V1, "pyod": _VAE_PYOD},
+    "vae": {"v1": _VAE_V1, "pyod": _VAE_PYOD, "steps": _VAE_STEPS},
 }
 # Ensembles of saved grid runs (members "setting#k" = that setting trained with seed + k on the
 # same split); scored from --save-scores files, as `n_members` > 1 scores.
 ENSEMBLES: dict[str, dict[str, tuple[str, ...]]] = {
     "ae": {"ens2": ("v1", "v1#1"), "ens3": ("v1", "v1#1", "v1#2"), "mix": ("v1", "pyod")},
 }
+# A "min_steps" setting equals its base setting wherever min_steps does not bind (enough
+# steps already: `scaled_epochs`); there the base's runs stand for it (`inherit_runs`), so it is
+# only run on the small sets where it changes the training.
+INHERIT: dict[str, dict[str, str]] = {"ae": {"steps": "v1"}, "vae": {"steps": "pyod"}}
 REFERENCE = {"ae": "pyod_ae", "vae": "pyod_vae"}  # PyOD's same model, for the robust rule
 RULES = ("robust", "mean")
 TRIM = 0.2  # share of sets cut from each end of the per-set AUROC differences (robust rule)
@@ -270,6 +275,36 @@ def lodo(runs: list[dict[str, Any]], rule: str = "mean") -> dict[str, Any]:
             if r["model"] == f"{family}@{chosen[r['dataset']]}"
         )
     return {"runs": out, "choices": choices, "all_in": all_in, **TAB.summarise(out)}
+
+
+def binds(family: str, setting: str, n_train: int) -> bool:
+    """Whether the setting's min_steps changes training on `n_train` rows (after the
+    validation split of `split_validation`, which keeps every row below 10 remaining)."""
+    from edgead.models._tabular import scaled_epochs
+    from edgead.models.base import create_detector
+
+    cfg = create_detector(family, dict(SETTINGS[family][setting])).config
+    n_val = int(round(cfg.val_fraction * n_train))
+    rows = n_train if n_val == 0 or n_train - n_val < 10 else n_train - n_val
+    return scaled_epochs(cfg, rows) != (cfg.epochs, cfg.patience)
+
+
+def inherit_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of each INHERIT setting copied from its base where min_steps does not bind and the
+    setting has no run of its own (marked "inherited_from")."""
+    have = {(r["model"], r["dataset"], r["seed"]) for r in runs}
+    out = []
+    for family, pairs in INHERIT.items():
+        for setting, base in pairs.items():
+            model = f"{family}@{setting}"
+            out.extend(
+                {**r, "model": model, "inherited_from": r["model"]}
+                for r in runs
+                if r["model"] == f"{family}@{base}"
+                and (model, r["dataset"], r["seed"]) not in have
+                and not binds(family, setting, r["n_train"])
+            )
+    return out
 
 
 def heldout_like(runs: list[dict[str, Any]]) -> list[str]:
@@ -436,6 +471,7 @@ def report(runs: list[dict[str, Any]], scores_dir: Path | None = None) -> dict[s
             if r["model"].split("@")[-1] not in ENSEMBLES.get(r["model"].split("@")[0], {})
         ]
         runs = runs + ensemble_runs(runs, scores_dir)
+    runs = runs + inherit_runs(runs)
     ok = [r for r in runs if "auroc" in r]
     per = seed_means(ok)
     datasets = sorted({r["dataset"] for r in ok})
