@@ -106,7 +106,12 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
 # Ensembles of saved grid runs (members "setting#k" = that setting trained with seed + k on the
 # same split); scored from --save-scores files, as `n_members` > 1 scores.
 ENSEMBLES: dict[str, dict[str, tuple[str, ...]]] = {
-    "ae": {"ens2": ("v1", "v1#1"), "ens3": ("v1", "v1#1", "v1#2"), "mix": ("v1", "pyod")},
+    "ae": {
+        "ens2": ("v1", "v1#1"),
+        "ens3": ("v1", "v1#1", "v1#2"),
+        "mix": ("v1", "pyod"),
+        "steps3": ("steps", "steps#1", "steps#2"),
+    },
 }
 # A "min_steps" setting equals its base setting wherever min_steps does not bind (enough
 # steps already: `scaled_epochs`); there the base's runs stand for it (`inherit_runs`), so it is
@@ -320,6 +325,19 @@ def heldout_like(runs: list[dict[str, Any]]) -> list[str]:
     )
 
 
+def member_file(
+    directory: Path, family: str, member: str, seed: int, test: np.ndarray, n_train: int
+) -> Path:
+    """The saved scores of an ensemble member "setting[#k]"; for an INHERIT setting where
+    min_steps does not bind, its base's file (the same training, see `inherit_runs`)."""
+    own = score_file(directory, f"{family}@{member}", seed, test)
+    setting, sep, offset = member.partition("#")
+    base = INHERIT.get(family, {}).get(setting)
+    if own.exists() or base is None or binds(family, setting, n_train):
+        return own
+    return score_file(directory, f"{family}@{base}{sep}{offset}", seed, test)
+
+
 def ensemble_runs(runs: list[dict[str, Any]], directory: Path) -> list[dict[str, Any]]:
     """Runs of the ENSEMBLES, from the members' saved scores (`--save-scores`).
 
@@ -338,7 +356,10 @@ def ensemble_runs(runs: list[dict[str, Any]], directory: Path) -> list[dict[str,
         test, labels = table.X[test_idx], table.y[test_idx]
         for family, ensembles in ENSEMBLES.items():
             for name, members in ensembles.items():
-                files = [score_file(directory, f"{family}@{m}", seed, test) for m in members]
+                files = [
+                    member_file(directory, family, m, seed, test, int(train_idx.size))
+                    for m in members
+                ]
                 if not all(f.exists() for f in files):
                     continue
                 z = []
