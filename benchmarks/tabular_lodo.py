@@ -107,10 +107,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
 # same split); scored from --save-scores files, as `n_members` > 1 scores.
 ENSEMBLES: dict[str, dict[str, tuple[str, ...]]] = {
     "ae": {
-        "ens2": ("v1", "v1#1"),
         "ens3": ("v1", "v1#1", "v1#2"),
-        "mix": ("v1", "pyod"),
         "steps3": ("steps", "steps#1", "steps#2"),
+        "mix": ("v1", "pyod"),  # two architectures: a hedge between their strong sets
+        "mixs": ("steps", "pyod"),
     },
 }
 # A "min_steps" setting equals its base setting wherever min_steps does not bind (enough

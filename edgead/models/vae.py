@@ -58,7 +58,7 @@ class VAEConfig:
     dropout: float = 0.2
     batch_norm: bool = False
     score_kl_weight: float = 0.0
-    min_steps: int = 0
+    min_steps: int = 1000
     n_members: int = 1
 
     def validate(self) -> None:

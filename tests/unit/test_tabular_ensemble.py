@@ -33,13 +33,13 @@ def rows() -> dict[str, np.ndarray]:
 def test_ensemble_is_mean_of_standardised_members(name: str, rows: dict[str, np.ndarray]) -> None:
     """Member k is the same detector trained alone with seed + k; each member's scores are
     standardised by their mean / std over the training rows, then averaged."""
-    cfg = {"epochs": 3}
+    cfg = {"epochs": 3, "min_steps": 0}
     ens = create_detector(name, {**cfg, "n_members": 3})
     ens.fit(rows["train"], seed=5)
     assert isinstance(ens.net, MemberEnsemble) and len(ens.history["members"]) == 3
     expected = []
     for k in range(3):
-        single = create_detector(name, cfg)
+        single = create_detector(name, {**cfg, "n_members": 1})
         single.fit(rows["train"], seed=5 + k)
         fit_scores = single.score(rows["train"]).scores.astype(np.float64)
         test_scores = single.score(rows["test"]).scores.astype(np.float64)
@@ -51,7 +51,7 @@ def test_ensemble_is_mean_of_standardised_members(name: str, rows: dict[str, np.
 
 
 def test_ensemble_state_roundtrip_and_config(rows: dict[str, np.ndarray]) -> None:
-    ens = create_detector("ae", {"epochs": 2, "n_members": 2})
+    ens = create_detector("ae", {"epochs": 2, "min_steps": 0, "n_members": 2})
     ens.fit(rows["train"], seed=0)
     buf = io.BytesIO()
     np.savez(buf, **ens.state_arrays())
@@ -59,7 +59,7 @@ def test_ensemble_state_roundtrip_and_config(rows: dict[str, np.ndarray]) -> Non
     with np.load(buf, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
     assert {"net.center", "net.spread"} <= set(arrays)
-    restored = create_detector("ae", {"epochs": 2, "n_members": 2})
+    restored = create_detector("ae", {"epochs": 2, "min_steps": 0, "n_members": 2})
     restored.load_state_arrays(arrays)
     np.testing.assert_array_equal(
         restored.score(rows["test"]).scores, ens.score(rows["test"]).scores
@@ -74,7 +74,9 @@ def test_min_steps_scales_epochs_and_patience(rows: dict[str, np.ndarray]) -> No
     assert scaled_epochs(cfg, 100) == (1000, 200)  # 1 batch per epoch
     assert scaled_epochs(cfg, 300) == (334, 67)  # 3 batches per epoch
     assert scaled_epochs(cfg, 128 * 20) == (50, 10)  # 20 x 50 steps: unchanged
-    assert scaled_epochs(AEConfig(epochs=50, patience=10), 100) == (50, 10)  # min_steps 0
-    det = create_detector("ae", {"epochs": 2, "patience": 0, "val_fraction": 0.0, "min_steps": 6})
+    assert scaled_epochs(AEConfig(epochs=50, patience=10, min_steps=0), 100) == (50, 10)
+    assert AEConfig().min_steps == 1000 and AEConfig().n_members == 3  # the LODO-chosen defaults
+    one = {"patience": 0, "val_fraction": 0.0, "n_members": 1}
+    det = create_detector("ae", {"epochs": 2, "min_steps": 6, **one})
     det.fit(rows["train"], seed=0)  # 120 rows, batch 128: 1 step per epoch -> 6 epochs
     assert det.history["epochs_run"] == 6
