@@ -62,6 +62,8 @@ _AE_V1 = {  # the defaults before issue 20 (chosen on seed 0 of 11 sets)
     "epochs": 50,
     "val_fraction": 0.1,
     "patience": 10,
+    "min_steps": 0,
+    "n_members": 1,
 }
 _AE_PYOD = {  # PyOD 3.x AutoEncoder: D-64-32-64-D, Linear-BN-ReLU-dropout, 10 epochs, batch 32
     **_AE_V1,
@@ -83,6 +85,8 @@ _VAE_V1 = {
     "epochs": 50,
     "val_fraction": 0.1,
     "patience": 10,
+    "min_steps": 0,
+    "n_members": 1,
 }
 _VAE_PYOD = {  # PyOD 3.x VAE: 128-64-32 / 2 / 32-64-128, dropout 0.2, 30 epochs, batch 32; its
     # KL term is clamped to [0, capacity=0], i.e. it trains without one

@@ -127,3 +127,18 @@ def test_ensemble_runs_from_saved_member_scores(
     from sklearn.metrics import roc_auc_score
 
     assert out["ae@ens3"]["auroc"] == pytest.approx(roc_auc_score(labels, np.mean(z, axis=0)))
+
+
+def test_settings_spell_out_every_trained_field(lodo_module: Any) -> None:
+    """A grid setting must mean the same training after the defaults change (they did: ae now
+    defaults to 3 members and a step floor), so each one names every field but lr and
+    weight_decay."""
+    import dataclasses
+
+    from edgead.models.base import create_detector
+
+    for family, settings in lodo_module.SETTINGS.items():
+        fields = {f.name for f in dataclasses.fields(create_detector(family).config)}
+        for name, overrides in settings.items():
+            missing = fields - {"lr", "weight_decay"} - set(overrides)
+            assert not missing, f"{family}@{name} leaves {sorted(missing)} to the defaults"
