@@ -48,7 +48,7 @@ class AEConfig:
     left-out sets: mean AUROC 0.8760 (0.8837 by the mean-AUROC rule) vs 0.8487 for PyOD's
     AutoEncoder, ahead on 16 of 20; all 20 sets in, 0.8837, ahead on 17 of 20. The single
     network without the step floor (the earlier default) had 0.8724, ahead on 14 of 20.
-    Command: `benchmarks/tabular_lodo.py --merge ... --scores ...` (benchmarks/tabular.md).
+    Commands and per-set results: benchmarks/tabular.md.
     """
 
     hidden_sizes: tuple[int, ...] = (64,)
