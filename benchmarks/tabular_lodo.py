@@ -408,9 +408,11 @@ def per_dataset_table(runs: list[dict[str, Any]], result: dict[str, Any]) -> str
     per = seed_means([r for r in runs if "auroc" in r])
     families = list(result["choices"])
     head = ["data set"]
+    refs = {f: REFERENCE[f] for f in families if REFERENCE.get(f) in per}
     for family in families:
         head += [f"{family}@{n}" for n in result["all_in"][family]["mean_auroc"]]
         head.append(f"{family} LODO (chosen)")
+        head += [refs[family]] if family in refs else []
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for ds in result["datasets"]:
         cells = [ds]
@@ -419,6 +421,8 @@ def per_dataset_table(runs: list[dict[str, Any]], result: dict[str, Any]) -> str
             cells += [f"{per[f'{family}@{n}'][ds]['auroc']:.4f}" for n in names]
             chosen = result["choices"][family][ds]
             cells.append(f"{result['per_dataset'][family][ds]['auroc']:.4f} ({chosen})")
+            if family in refs:
+                cells.append(f"{per[refs[family]][ds]['auroc']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
