@@ -111,6 +111,47 @@ class RowsGraph(nn.Module):
         return (self.scorer((rows - self.mean) / self.scale),)
 
 
+class MemberEnsemble(nn.Module):
+    """Seed ensemble: the mean of the members' standardised scores.
+
+    forward(x float32 (B, D)) -> float32 (B,): mean_k (score_k(x) - center_k) / spread_k, where
+    center_k / spread_k (buffers, float32 (K,)) are the mean and std of member k's scores on
+    the training rows (`calibrate`), so members weigh alike whatever their score scale.
+    Export-safe (Stack, Sub, Div, ReduceMean on top of the members' ops).
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("center", torch.zeros(len(members)))
+        self.register_buffer("spread", torch.ones(len(members)))
+
+    def calibrate(self, rows: torch.Tensor, step: int = 8192) -> None:
+        """Set center / spread from the members' scores on standardised rows (N, D).
+
+        A member whose training scores do not vary (std 0) gets spread 1 (logged).
+        """
+        self.eval()
+        with torch.no_grad():
+            scores = torch.cat(
+                [self._member_scores(rows[i : i + step]) for i in range(0, rows.shape[0], step)]
+            ).double()
+        center, spread = scores.mean(dim=0), scores.std(dim=0, correction=0)
+        flat = spread <= 0
+        if bool(flat.any()):
+            logger.warning("ensemble: constant training scores for member(s) %s", flat.nonzero())
+        self.center.copy_(center.float())
+        self.spread.copy_(torch.where(flat, torch.ones_like(spread), spread).float())
+
+    def _member_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K) raw scores of the K members."""
+        return torch.stack([member(x) for member in self.members], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean standardised member score (B,) float32."""
+        return ((self._member_scores(x) - self.center) / self.spread).mean(dim=1)
+
+
 def validate_common(cfg: Any) -> None:
     """ConfigError unless the shared training fields of a tabular config are in range."""
     checks = {
@@ -122,6 +163,8 @@ def validate_common(cfg: Any) -> None:
         "patience": cfg.patience >= 0,
         "dropout": 0 <= getattr(cfg, "dropout", 0.0) < 1,
         "hidden_sizes": len(cfg.hidden_sizes) >= 1 and min(cfg.hidden_sizes) >= 1,
+        "n_members": 1 <= getattr(cfg, "n_members", 1) <= 16,
+        "min_steps": getattr(cfg, "min_steps", 0) >= 0,
     }
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
@@ -129,7 +172,8 @@ def validate_common(cfg: Any) -> None:
         raise ConfigError(
             f"{type(cfg).__name__}: out of range: {values}; need epochs, "
             "batch_size >= 1, lr > 0, weight_decay >= 0, 0 <= val_fraction < 1, "
-            "patience >= 0, 0 <= dropout < 1, non-empty positive hidden_sizes"
+            "patience >= 0, 0 <= dropout < 1, non-empty positive hidden_sizes, "
+            "1 <= n_members <= 16, min_steps >= 0"
         )
 
 
@@ -178,6 +222,22 @@ def split_validation(n_rows: int, val_fraction: float, seed: int) -> tuple[np.nd
     if n_val == 0 or n_rows - n_val < 10:
         return np.sort(perm), np.zeros(0, dtype=np.int64)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def scaled_epochs(cfg: Any, n_train: int) -> tuple[int, int]:
+    """(epochs, patience) for `n_train` training rows.
+
+    cfg.epochs / cfg.patience, unless cfg has `min_steps` > 0 and fewer than that many optimiser
+    steps (ceil(n_train / batch_size) per epoch) would run: then both are scaled up by the same
+    factor, so a small table gets as many updates as `min_steps` (and early stopping the same
+    share of them).
+    """
+    min_steps = int(getattr(cfg, "min_steps", 0))
+    per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    if min_steps <= 0 or cfg.epochs * per_epoch >= min_steps:
+        return cfg.epochs, cfg.patience
+    epochs = math.ceil(min_steps / per_epoch)
+    return epochs, math.ceil(cfg.patience * epochs / cfg.epochs)
 
 
 def train_network(
@@ -328,31 +388,59 @@ class TabularNetDetector(BaseDetector):
         rows = check_rows(data)
         if rows.shape[0] < 2:
             raise DataError(f"{self.name} needs at least 2 training rows, got {rows.shape[0]}")
-        cfg = self.config
         standardizer = Standardizer.fit(rows)
         z = standardizer.transform(rows)
+        n_members = int(getattr(self.config, "n_members", 1))
+        if n_members == 1:
+            net, self.history = self._fit_member(z, seed, progress, self.name)
+        else:
+            members, histories = [], []
+            for k in range(n_members):
+                label = f"{self.name} member {k + 1}/{n_members}"
+                member, history = self._fit_member(z, seed + k, progress, label)
+                members.append(member)
+                histories.append(history)
+            net = MemberEnsemble(members)
+            net.calibrate(torch.from_numpy(z))
+            self.history = {**histories[0], "members": histories}
+        self.standardizer, self.net = standardizer, net
+
+    def _fit_member(
+        self, z: np.ndarray, seed: int, progress: Progress, label: str
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """One network trained on standardised rows z (N, D) with `seed` (init, validation split,
+        batch order); returns (net in eval mode, training history)."""
+        cfg = self.config
         train_idx, val_idx = split_validation(z.shape[0], cfg.val_fraction, seed)
+        epochs, patience = scaled_epochs(cfg, int(train_idx.size))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = self._build_network(rows.shape[1])
+            net = self._build_network(z.shape[1])
             self._before_training(net, z[train_idx])
-            self.history = train_network(
+            history = train_network(
                 net,
                 lambda m, b: m.loss(b),
                 z[train_idx],
                 z[val_idx],
-                epochs=cfg.epochs,
+                epochs=epochs,
                 batch_size=cfg.batch_size,
                 lr=cfg.lr,
                 weight_decay=cfg.weight_decay,
-                patience=cfg.patience,
+                patience=patience,
                 seed=seed,
                 progress=progress,
-                label=self.name,
+                label=label,
                 drop_last=bool(getattr(cfg, "batch_norm", False)),
             )
-        self.history.update(n_train=int(train_idx.size), n_val=int(val_idx.size))
-        self.standardizer, self.net = standardizer, net
+        history.update(n_train=int(train_idx.size), n_val=int(val_idx.size))
+        return net, history
+
+    def _build_model(self, n_features: int) -> nn.Module:
+        """The scoring module for D inputs: one network, or a MemberEnsemble of n_members."""
+        n_members = int(getattr(self.config, "n_members", 1))
+        if n_members == 1:
+            return self._build_network(n_features)
+        return MemberEnsemble([self._build_network(n_features) for _ in range(n_members)])
 
     def score(self, data: Any, progress: Progress = no_progress) -> ScoreOutput:
         """Raw scores float32 (N,) for raw rows (N, D); higher = more anomalous."""
@@ -381,7 +469,7 @@ class TabularNetDetector(BaseDetector):
         """Rebuild the network from the config and the stored input width, then load weights."""
         try:
             standardizer = Standardizer.from_arrays(arrays)
-            net = self._build_network(int(standardizer.mean.shape[0]))
+            net = self._build_model(int(standardizer.mean.shape[0]))
             state = {
                 k[4:]: torch.from_numpy(np.array(v))
                 for k, v in arrays.items()

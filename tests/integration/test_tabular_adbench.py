@@ -26,8 +26,8 @@ DATA = DATA / "adbench_classical"
 # AUROC floors per (data set, detector). Measured on seed 0 with the default configs
 # (2026-11-28, torch 2.14.1 CPU): WDBC iforest 0.992, ae 0.985, vae 0.989, deep_svdd 0.994;
 # cardio iforest 0.966, ae 0.833, vae 0.883, deep_svdd 0.892. Floors sit 0.05-0.08 below.
-# The VAE default chosen by leave-one-dataset-out (issue 20) scores WDBC 0.977, cardio 0.870
-# on this split (benchmarks/tabular_lodo.py, setting vae@pyod, seed 0).
+# The defaults chosen by leave-one-dataset-out (issue 20; benchmarks/tabular_lodo.py, seed 0)
+# score WDBC ae 0.983, vae 0.983 and cardio vae 0.889 (settings ae@steps3, vae@steps).
 FLOORS: dict[tuple[str, str], float] = {
     ("43_WDBC", "iforest"): 0.94,
     ("43_WDBC", "ae"): 0.93,

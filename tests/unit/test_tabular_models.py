@@ -21,19 +21,24 @@ from edgead.models._tabular import Standardizer, split_validation, train_network
 from edgead.models.base import create_detector, list_detectors
 
 TABULAR = ("ae", "vae", "deep_svdd", "iforest")
+# one network trained exactly `epochs` (the defaults add a step floor and, for ae, 3 seeds)
+SINGLE: dict[str, Any] = {"min_steps": 0, "n_members": 1}
 FAST: dict[str, dict[str, Any]] = {
-    "ae": {"epochs": 4},
-    "vae": {"epochs": 4},
+    "ae": {"epochs": 4, **SINGLE},
+    "vae": {"epochs": 4, **SINGLE},
     "deep_svdd": {"epochs": 4},
     "iforest": {"n_estimators": 30},
 }
 # the PyOD-style blocks (Linear -> BatchNorm -> ReLU -> dropout) of the LODO grid (issue 20)
 BLOCKS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ae_bn": ("ae", {"epochs": 4, "batch_norm": True, "latent_activation": True}),
+    "ae_bn": ("ae", {"epochs": 4, "batch_norm": True, "latent_activation": True, **SINGLE}),
     "vae_bn": (
         "vae",
-        {"epochs": 4, "batch_norm": True, "dropout": 0.2, "kl_weight": 0.0, "score_kl_weight": 0},
+        {"epochs": 4, "batch_norm": True, "dropout": 0.2, "kl_weight": 0.0, "score_kl_weight": 0}
+        | SINGLE,
     ),
+    # a seed ensemble (issue 20): one graph averaging the members' standardised scores
+    "ae_ens": ("ae", {"epochs": 4, "min_steps": 0, "n_members": 3}),
 }
 
 
@@ -138,7 +143,7 @@ def test_not_fitted_and_wrong_columns(name: str, fitted: dict[str, Any]) -> None
 def test_seeded_training_is_deterministic(name: str, data: dict[str, np.ndarray]) -> None:
     runs = []
     for seed in (1, 1, 2):
-        det = create_detector(name, {"epochs": 2})
+        det = create_detector(name, {"epochs": 2} | (SINGLE if name != "deep_svdd" else {}))
         det.fit(data["train"][:200], seed=seed)
         runs.append(det.score(data["test"]).scores)
     np.testing.assert_array_equal(runs[0], runs[1])
@@ -155,7 +160,7 @@ def test_batch_norm_blocks_train_and_separate(
     net = fitted["ae_bn"].net
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
     det = create_detector(
-        "ae", {"epochs": 2, "batch_norm": True, "batch_size": 32, "val_fraction": 0.0}
+        "ae", {"epochs": 2, "batch_norm": True, "batch_size": 32, "val_fraction": 0.0, **SINGLE}
     )
     det.fit(data["train"][:65], seed=0)  # 32 + 32 + 1 rows: the last batch is dropped
     assert np.isfinite(det.score(data["test"]).scores).all()
@@ -221,7 +226,7 @@ def test_standardizer_constant_columns(caplog: pytest.LogCaptureFixture) -> None
     assert "constant column" in caplog.text
     z = std.transform(rows)
     assert np.allclose(z[:, 1], 0.0) and np.allclose(z[:, 0].std(), 1.0)
-    det = create_detector("ae", {"epochs": 2})
+    det = create_detector("ae", {"epochs": 2, **SINGLE})
     det.fit(np.tile(rows, (3, 1)), seed=0)
     assert np.isfinite(det.score(rows).scores).all()
     assert det.describe()["constant_columns"] == [1]
@@ -253,7 +258,9 @@ def test_vae_score_is_deterministic_recon_plus_weighted_kl(
     fitted: dict[str, Any], data: dict[str, np.ndarray]
 ) -> None:
     """Default (PyOD's, no KL term): score = SSE at z = mu; with KL: SSE + score_kl_weight * KL."""
-    kl_vae = create_detector("vae", {"epochs": 2, "kl_weight": 1.0, "score_kl_weight": 0.5})
+    kl_vae = create_detector(
+        "vae", {"epochs": 2, "kl_weight": 1.0, "score_kl_weight": 0.5, **SINGLE}
+    )
     kl_vae.fit(data["train"], seed=0)
     for det, weight in ((fitted["vae"], 0.0), (kl_vae, 0.5)):
         first = det.score(data["test"]).scores
