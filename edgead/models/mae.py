@@ -70,7 +70,7 @@ class MAEConfig:
     """
 
     image_size: int = 256
-    target: str = "pixels"
+    target: str = "features"
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
     work_size: int = 64
