@@ -1,24 +1,24 @@
 """Masked autoencoder for images (registry name "mae"; He et al., CVPR 2022), sized for 2 cores.
 
-The graph takes uint8 (B, S, S, 3) RGB, scales to 0..1 and average-pools to `work_size` px,
-cuts p x p patches (a g x g grid, P = g * g tokens), embeds them with a learned position
-embedding, and runs a small ViT encoder on the visible patches only; a lighter decoder gets the
-encoded tokens plus a learned mask token at every hidden position and predicts the pixels of
-every patch. Training (normal images only) masks a random `mask_ratio` of the patches per image
-and step, and minimises the mean squared error of the masked patches.
+With `target="pixels"` the graph takes uint8 (B, S, S, 3) RGB, scales to 0..1, average-pools
+to `work_size` px, cuts p x p patches (a g x g grid, P = g * g tokens), embeds them with a
+learned position embedding, and runs a small ViT encoder on the visible patches only; a
+lighter decoder gets the encoded tokens plus a learned mask token at every hidden position and
+predicts the pixels of every patch. Training (normal images only) masks a random `mask_ratio`
+of the patches per image and step, and minimises the mean squared error of the masked patches.
 
 With `target="features"` the tokens are not pixels but the frozen pretrained backbone's patch
 features (`PatchCoreEmbedder`: its maps 3x3-averaged and resized to the finest grid; for
 EfficientNet-Lite0 the stride-8 and stride-16 maps, h = w = S / 8 tokens of D = 152 channels),
 standardised per channel with the training images' mean and std; the decoder predicts the
 standardised feature vectors of the hidden tokens, the error is their mean squared error
-(standardised units). The backbone is part of the graph and
-is not trained; only the ViT is.
+(standardised units). The backbone is part of the graph and is not trained; only the ViT is.
 
 Scoring is deterministic: the graph holds `score_draws` FIXED masks (constant index buffers
 drawn once from a seeded permutation, split into 1 / (1 - mask_ratio) disjoint visible groups,
-so every patch is hidden in the same number of draws). Per patch, the squared error (0..1
-intensity^2, mean over its pixels and RGB) is averaged over the draws that hid it:
+so every patch is hidden in the same number of draws). Per patch, the squared error (pixels:
+0..1 intensity^2, mean over its pixels and RGB; features: standardised units, mean over the
+channels) is averaged over the draws that hid it:
 - anomaly map: those per-patch errors, (B, g, g) ("graph" kind; upsampled to S and blurred;
   g = h for features),
 - score: their mean over the patches.
