@@ -3,7 +3,8 @@
 Network: the pretrained backbone (normalisation in the graph) -> global average pool of its last
 feature map f (B, C) -> projection head z = MLP(f) (B, proj_dim), and a rotation head (4 logits).
 Training (normal images only) fine-tunes the last `train_fraction` of the backbone's parameter
-tensors that the forward pass uses (BatchNorm statistics stay frozen) and both heads on:
+tensors that the forward pass uses (default 1.0: all of them, as the paper trains the whole
+network; BatchNorm statistics stay frozen) and both heads on:
 - SimCLR's contrastive loss where the four rotations (0, 90, 180, 270 deg) of every image are
   DIFFERENT instances (the shifted copies are negatives), two augmented views each
   (flip, translation, brightness), temperature `temperature`;
@@ -80,7 +81,7 @@ class CSIConfig:
     image_size: int = 256
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
-    train_fraction: float = 0.3
+    train_fraction: float = 1.0
     proj_dim: int = 128
     temperature: float = 0.5
     rot_weight: float = 1.0
