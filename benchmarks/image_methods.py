@@ -49,11 +49,15 @@ METHODS = (
     "conv_vae",
     "deep_svdd_image",
     "mae",
+    "mae_pixels",
     "csi",
+    "csi_projection",
 )
 #: benchmark rows that are a registered detector with settings: row name -> (detector, config).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "padim_global": ("padim", {"pooling": "global", "n_features": 0}),
+    "mae_pixels": ("mae", {"target": "pixels"}),
+    "csi_projection": ("csi", {"score_layer": "projection"}),
 }
 DATASETS = ("mpdd", "elpv")
 

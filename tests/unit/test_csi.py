@@ -72,3 +72,22 @@ def test_bundle_scores_match_torch(fitted: object, backend: str, tmp_path: Path)
     raw = np.array([r.raw_score for r in results])
     np.testing.assert_allclose(raw, fitted.score(list(images)).scores, rtol=1e-4)
     assert all(r.anomaly_map is None for r in results)
+
+
+def test_score_layer_picks_the_scored_representation() -> None:
+    from edgead.errors import ConfigError
+
+    images = torch.from_numpy(_test_images()[:2])
+    channels = 10  # the tiny backbone's last map
+    for layer, width in (("features", channels), ("projection", CONFIG["proj_dim"])):
+        det = create_detector("csi", {**CONFIG, "score_layer": layer})
+        net = det._new_net()  # noqa: SLF001 - the graph before training
+        with torch.inference_mode():
+            emb, norm = net(images)
+            pooled = net.features(net.normalize(images))
+        assert emb.shape == (2, 4, 4 * width) and norm.shape == (2, 4)
+        if layer == "features":  # rotation 0: the unit pooled features and their norm
+            np.testing.assert_allclose(norm[:, 0], pooled.norm(dim=1), rtol=1e-5)
+            np.testing.assert_allclose(emb[:, 0, :width] * norm[:, :1], pooled, rtol=1e-4)
+    with pytest.raises(ConfigError, match="score_layer"):
+        create_detector("csi", {**CONFIG, "score_layer": "logits"})

@@ -56,6 +56,7 @@ CONFIGS: dict[str, dict] = {
     },
     "mae": {
         "image_size": SIZE,
+        "target": "pixels",
         "work_size": 16,
         "patch_size": 4,
         "embed_dim": 16,

@@ -44,10 +44,11 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "conv_ae": {"image_size": SIZE, "latent_dim": 8, **_SMALL_NET},
     "conv_vae": {"image_size": SIZE, "latent_dim": 8, **_SMALL_NET},
     "deep_svdd_image": {"image_size": SIZE, "rep_dim": 8, **_SMALL_NET},
-    "mae": {
+    "mae": {  # the default target, features of the frozen backbone (pixels: image_methods)
         "image_size": SIZE,
-        "work_size": 16,
-        "patch_size": 4,
+        "target": "features",
+        "backbone": TINY,
+        "pretrained": False,
         "embed_dim": 16,
         "depth": 1,
         "num_heads": 2,
