@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgead._io import write_bytes_atomic
+
 logger = logging.getLogger(__name__)
 
 #: ONNX opset of the in-memory graph (the bundle exporter's opset).
@@ -57,10 +59,10 @@ def module_fingerprint(module: nn.Module, example: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def _export_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
-    """The module as ONNX (opset `OPSET`, dynamic batch), from the cache or exported now (and
-    cached; a cache that cannot be written is skipped, logged at debug level)."""
-    path = cache_dir() / f"{module_fingerprint(module, example)}.onnx"
+def _export_bytes(module: nn.Module, example: torch.Tensor, path: Path) -> bytes:
+    """The module as ONNX (opset `OPSET`, dynamic batch), from the cached file `path` or
+    exported now and written there (a cache that cannot be written is skipped, logged at debug
+    level)."""
     try:
         data = path.read_bytes()
         logger.debug("feature graph from the cache: %s", path)
@@ -83,20 +85,17 @@ def _export_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
         )
     data = buf.getvalue()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data)
     except OSError as exc:
         logger.debug("feature graph not cached (%s)", exc)
     return data
 
 
-def _drop_cached(module: nn.Module, example: torch.Tensor) -> bool:
-    """Remove the cached graph of `module` (it failed to load or to match torch); whether there
-    was one."""
+def _drop_cached(path: Path) -> bool:
+    """Remove the cached graph `path` (it failed to load or to match torch); whether there was
+    one."""
     try:
-        (cache_dir() / f"{module_fingerprint(module, example)}.onnx").unlink()
+        path.unlink()
     except OSError:
         return False
     return True
@@ -129,12 +128,13 @@ class OrtFeatures:
             logger.warning("onnxruntime is not installed: features are extracted with torch")
             return None
         example = torch.from_numpy(np.ascontiguousarray(first_batch))
+        cached = cache_dir() / f"{module_fingerprint(module, example)}.onnx"
         session = None
         while session is None:
             try:
-                session = cls._session(ort, _export_bytes(module, example))
+                session = cls._session(ort, _export_bytes(module, example, cached))
             except Exception as exc:  # noqa: BLE001 - any exporter/ORT failure: use torch
-                if _drop_cached(module, example):  # a stale cached graph: export once more
+                if _drop_cached(cached):  # a stale cached graph: export once more
                     logger.warning("cached feature graph unusable (%s); exporting again", exc)
                     continue
                 logger.warning("ONNX Runtime feature path unavailable (%s); using torch", exc)
@@ -146,7 +146,7 @@ class OrtFeatures:
         scale = max(float(np.abs(reference).max()), 1e-12)
         runner.parity_rel_err = float(np.abs(got - reference).max()) / scale
         if not runner.parity_rel_err <= PARITY_RTOL:
-            _drop_cached(module, example)
+            _drop_cached(cached)
             logger.warning(
                 "ONNX Runtime features differ from torch by %.3g of the largest value "
                 "(tolerance %.0e); using torch",
