@@ -205,7 +205,7 @@ def score_all(
     from edgead import metrics
     from edgead.ops.nn_index import FaissIndex
     from edgead.ops.postprocess import upsample_and_blur
-    from edgead.ops.scoring import reweight_scores
+    from edgead.ops.scoring import reweight_scores, top_mean
 
     index = FaissIndex.build(bank, "Flat")
     n_test = len(test_emb)
@@ -217,7 +217,7 @@ def score_all(
         flat = dists[:, 0].reshape(len(emb), -1)
         rows = slice(start, start + len(emb))
         out["max"][rows] = flat.max(axis=1)
-        out["top3"][rows] = np.sort(flat, axis=1)[:, -3:].mean(axis=1)
+        out["top3"][rows] = top_mean(flat, 3)
         ids_flat = ids[:, 0].reshape(len(emb), -1)
         out["reweight9"][rows] = reweight_scores(emb, flat, ids_flat, bank, index, 9)
         if masks is not None:

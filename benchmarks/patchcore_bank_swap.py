@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from patchcore_ablation import OUT_DIR, REPO, cached_embeddings
+from patchcore_ablation import OUT_DIR, REPO, cached_embeddings, score_all
 
 SCHEMA_VERSION = 1
 log = logging.getLogger("patchcore_bank_swap")
@@ -62,18 +62,12 @@ def bank_indices(features: np.ndarray, projection: str, ratio: float, seed: int)
 
 
 def image_aurocs(test_emb: np.ndarray, bank: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Image AUROC of the max and of the top-3 mean patch distance against `bank`."""
+    """Image AUROC of the max and of the top-3 mean patch distance against `bank`, scored by
+    the ablation's `score_all` (no maps)."""
     from edgead import metrics
-    from edgead.ops.nn_index import FaissIndex
-    from edgead.ops.scoring import top_mean
 
-    index = FaissIndex.build(bank, "Flat")
-    dists, _ = index.search(test_emb.reshape(-1, test_emb.shape[-1]), 1)
-    flat = dists[:, 0].reshape(len(test_emb), -1)
-    return {
-        "max": metrics.image_metrics(labels, flat.max(axis=1))["auroc"],
-        "top3": metrics.image_metrics(labels, top_mean(flat, 3))["auroc"],
-    }
+    scored = score_all(test_emb, bank, grid=0, size=0, sigmas=[], masks=None)
+    return {kind: metrics.image_metrics(labels, scored[kind])["auroc"] for kind in ("max", "top3")}
 
 
 def main(argv: list[str] | None = None) -> int:
