@@ -187,6 +187,12 @@ class PatchCore(BaseDetector):
         super().__init__(config)
         backbone = build_backbone(config.backbone, config.pretrained)
         self.embedder = PatchCoreEmbedder(backbone, config.image_size).eval()
+        n_patches = self.embedder.grid_hw[0] * self.embedder.grid_hw[1]
+        if config.top_k > n_patches:
+            raise ConfigError(
+                f"patchcore: top_k {config.top_k} exceeds the {n_patches} patches of the "
+                f"{self.embedder.grid_hw[0]} x {self.embedder.grid_hw[1]} grid; lower top_k"
+            )
         self.memory_bank_: np.ndarray | None = None
         self.fit_timings_: dict[str, float] = {}
         self.n_train_patches_ = 0

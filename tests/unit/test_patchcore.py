@@ -137,6 +137,8 @@ def test_top_k_score_is_the_mean_of_the_largest_patch_distances(fitted: PatchCor
     assert np.all(got < flat[:, -1]) and np.all(got > flat[:, -3])
     with pytest.raises(ConfigError, match="top_k"):
         create_detector("patchcore", {**CONFIG, "top_k": 0})
+    with pytest.raises(ConfigError, match="exceeds"):  # refused before any fit
+        create_detector("patchcore", {**CONFIG, "top_k": (SIZE // 4) ** 2 + 1})
     from edgead.errors import BundleError
     from edgead.ops.scoring import parse_postprocess
 
