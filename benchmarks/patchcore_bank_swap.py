@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from patchcore_ablation import OUT_DIR, REPO, cached_embeddings, score_all
+from patchcore_ablation import OUT_DIR, REPO, SCORES, cached_embeddings, score_all
 
 SCHEMA_VERSION = 1
 log = logging.getLogger("patchcore_bank_swap")
@@ -62,12 +62,12 @@ def bank_indices(features: np.ndarray, projection: str, ratio: float, seed: int)
 
 
 def image_aurocs(test_emb: np.ndarray, bank: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Image AUROC of the max and of the top-3 mean patch distance against `bank`, scored by
-    the ablation's `score_all` (no maps)."""
+    """Image AUROC of each of the ablation's image scores (max, anomalib's re-weighting with
+    k = 9, top-3 mean) against `bank`, scored by the ablation's `score_all` (no maps)."""
     from edgead import metrics
 
     scored = score_all(test_emb, bank, grid=0, size=0, sigmas=[], masks=None)
-    return {kind: metrics.image_metrics(labels, scored[kind])["auroc"] for kind in ("max", "top3")}
+    return {kind: metrics.image_metrics(labels, scored[kind])["auroc"] for kind in SCORES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.asarray(test.labels)
     test_emb, _ = cached_embeddings(data, args.test_prep, 224, list(test.paths), "test")
     rows: list[dict[str, Any]] = []
-    lines = ["| bank (train prep : projection : ratio) | seeds | image AUROC max | top-3 mean |"]
-    lines.append("|---|---|---|---|")
+    lines = [
+        "| bank (train prep : projection : ratio) | seeds | image AUROC max | reweight k=9 "
+        "| top-3 mean |"
+    ]
+    lines.append("|---|---|---|---|---|")
     for spec in [b for b in args.banks.split(",") if b]:
         prep, projection, *rest = spec.split(":")
         ratio = float(rest[0]) if rest else 0.01
@@ -111,13 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             result["seconds"] = time.perf_counter() - t0
             per_seed.append(result)
             log.info("%s seed %d: %s", spec, seed, json.dumps(result))
-        maxes = np.array([r["max"] for r in per_seed])
-        top3 = np.array([r["top3"] for r in per_seed])
         rows.append({"bank": spec, "seeds": per_seed})
-        lines.append(
-            f"| {spec} | {len(per_seed)} | {maxes.mean():.4f} +- {maxes.std():.4f} "
-            f"| {top3.mean():.4f} +- {top3.std():.4f} |"
-        )
+        cells = [np.array([r[kind] for r in per_seed]) for kind in ("max", "reweight9", "top3")]
+        stats = " | ".join(f"{c.mean():.4f} +- {c.std():.4f}" for c in cells)
+        lines.append(f"| {spec} | {len(per_seed)} | {stats} |")
         print("\n".join(lines), flush=True)
     report = {
         "schema_version": SCHEMA_VERSION,
