@@ -41,7 +41,7 @@ from edgead.models._image_common import (
     feature_grid,
     iter_batches,
 )
-from edgead.models._ort_features import OrtFeatures, cached_graph
+from edgead.models._ort_features import OrtFeatures
 from edgead.models.base import (
     BaseDetector,
     ExportSpec,
@@ -59,11 +59,7 @@ logger = logging.getLogger(__name__)
 _INDEX_FACTORY = "Flat"
 #: at most this many training images get a cross-fitted score (a 99th percentile needs ~100s).
 MAX_HELDOUT_IMAGES = 256
-FEATURE_ENGINES = ("auto", "onnxruntime", "torch")
-#: "auto" exports the feature graph for ONNX Runtime only for at least this many images (or
-#: when it is cached): exporting EfficientNet-Lite0 costs ~4 s on 2 idle cores, and ONNX Runtime
-#: saves ~14 ms per 224 px image over torch, so smaller sets are faster through torch.
-ORT_MIN_IMAGES = 256
+FEATURE_ENGINES = ("onnxruntime", "torch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,9 +84,7 @@ class PatchCoreConfig:
         `MAX_HELDOUT_IMAGES` of them) a score from a bank without its own patches, for the
         threshold when val_fraction is 0 (< 2: off; then thresholds need labelled data).
     feature_engine: "onnxruntime" (the embedder exported in memory and run by ONNX Runtime,
-        used only after it matched torch on the first batch; else torch, logged), "torch", or
-        "auto" (ONNX Runtime when the first `embed` call has at least `ORT_MIN_IMAGES` images
-        or the exported graph is already cached, else torch).
+        used only after it matched torch on the first batch; else torch, logged) or "torch".
     """
 
     backbone: str = "efficientnet_lite0"
@@ -105,7 +99,7 @@ class PatchCoreConfig:
     batch_size: int = 8
     val_fraction: float = 0.0
     threshold_folds: int = 10
-    feature_engine: str = "auto"
+    feature_engine: str = "onnxruntime"
 
     def validate(self) -> None:
         """Raise ConfigError on values that cannot work."""
@@ -206,7 +200,6 @@ class PatchCore(BaseDetector):
         self.features_per_s_ = 0.0
         self.feature_engine_ = ""
         self._ort: OrtFeatures | None = None
-        self._use_ort = False
         self.heldout_source_ = ""
         self._index: FaissIndex | None = None
 
@@ -237,38 +230,16 @@ class PatchCore(BaseDetector):
     ) -> np.ndarray:
         """float32 (N, h*w, D) patch embeddings of uint8 (S, S, 3) RGB images."""
         check_images(images, self.config.image_size)
-        if not self.feature_engine_:
-            self._use_ort = self._wants_ort(len(images))
         parts: list[np.ndarray] = []
         with torch.inference_mode():
             for batch in iter_batches(images, self.config.batch_size, progress, description):
                 parts.append(self._features(batch))
         return np.concatenate(parts)
 
-    def _wants_ort(self, n_images: int) -> bool:
-        """Whether the features of this detector go through ONNX Runtime (decided on the first
-        `embed` call, of `n_images` images)."""
-        engine = self.config.feature_engine
-        if engine != "auto":
-            return engine == "onnxruntime"
-        if (
-            n_images >= ORT_MIN_IMAGES
-            or cached_graph(self.embedder, self.config.image_size).exists()
-        ):
-            return True
-        self.feature_engine_ = f"torch (auto: {n_images} images, no cached feature graph)"
-        logger.info(
-            "patchcore: features through torch: %d images (< %d) and no cached feature graph, "
-            "so exporting one for ONNX Runtime would cost more than it saves",
-            n_images,
-            ORT_MIN_IMAGES,
-        )
-        return False
-
     def _features(self, batch: torch.Tensor) -> np.ndarray:
-        """float32 (B, h*w, D) embeddings of a uint8 (B, S, S, 3) batch, through the chosen
+        """float32 (B, h*w, D) embeddings of a uint8 (B, S, S, 3) batch, through the configured
         engine (ONNX Runtime after its parity check on the first batch, else torch)."""
-        if self._use_ort and not self.feature_engine_:
+        if self.config.feature_engine == "onnxruntime" and not self.feature_engine_:
             self._ort = OrtFeatures.build(self.embedder, batch.numpy())
             self.feature_engine_ = "onnxruntime" if self._ort is not None else "torch (fallback)"
         if self._ort is not None:

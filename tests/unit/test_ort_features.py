@@ -16,13 +16,7 @@ from tests.helpers.tiny_models import gradient_images, register_tiny_backbone
 
 TINY = register_tiny_backbone("tiny_test_ort_features")
 SIZE = 32
-CONFIG = {
-    "backbone": TINY,
-    "pretrained": False,
-    "image_size": SIZE,
-    "coreset_ratio": 0.5,
-    "feature_engine": "onnxruntime",
-}
+CONFIG = {"backbone": TINY, "pretrained": False, "image_size": SIZE, "coreset_ratio": 0.5}
 
 
 def test_onnxruntime_features_match_torch() -> None:
@@ -94,29 +88,3 @@ def test_exported_graph_is_cached_and_checked_again(
     fourth = create_detector("patchcore", CONFIG)
     fourth.embed(images)
     assert fourth.feature_engine_ == "onnxruntime" and cached[0].stat().st_size > 100
-
-
-def test_auto_engine_uses_torch_for_small_sets_until_a_graph_is_cached(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
-    """ "auto": a small first call (no cached graph) runs torch and exports nothing; a call with
-    at least ORT_MIN_IMAGES images exports and uses ONNX Runtime; once the graph is cached a
-    small call uses it too. The features are the same either way (parity tolerance)."""
-    from edgead.models import patchcore
-
-    monkeypatch.setenv("EDGEAD_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(patchcore, "ORT_MIN_IMAGES", 4)
-    auto = {**CONFIG, "feature_engine": "auto"}
-    images = gradient_images(3, 2, SIZE, False)
-    small = create_detector("patchcore", auto)
-    ref = small.embed(images)
-    assert small.feature_engine_.startswith("torch (auto: 3 images")
-    assert not list(tmp_path.rglob("*.onnx"))
-    large = create_detector("patchcore", auto)
-    got = large.embed(np.concatenate([images, images]))
-    assert large.feature_engine_ == "onnxruntime"
-    assert len(list(tmp_path.rglob("*.onnx"))) == 1
-    small_cached = create_detector("patchcore", auto)
-    np.testing.assert_allclose(small_cached.embed(images), ref, atol=1e-4 * np.abs(ref).max())
-    assert small_cached.feature_engine_ == "onnxruntime"
-    np.testing.assert_allclose(got[:3], ref, atol=1e-4 * np.abs(ref).max())
