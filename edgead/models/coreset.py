@@ -2,8 +2,9 @@
 
 The algorithm is the classic farthest-point (Gonzalez) greedy: start from a seeded random
 vector, then repeatedly add the vector farthest from everything selected so far, and keep for
-every vector its squared distance to the nearest selected one. Distances are measured after a
-seeded Gaussian random projection to `projection_dim` dimensions (Johnson-Lindenstrauss).
+every vector its squared distance to the nearest selected one. Distances are exact by default;
+with `projection_dim` > 0 they are measured after a seeded Gaussian random projection to that
+many dimensions (Johnson-Lindenstrauss; for wide features).
 
 Each step's work is one (N,) minimum and one argmax. The distances from all N vectors to the
 next centres come from blocked matrix products: when the farthest vector is not among the
@@ -120,7 +121,7 @@ def greedy_coreset(
     features: np.ndarray,
     ratio: float,
     *,
-    projection_dim: int = 128,
+    projection_dim: int = 0,
     seed: int = 0,
     start_index: int | None = None,
     dtype: str = "float32",
