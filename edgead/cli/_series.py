@@ -74,20 +74,21 @@ def run_rows_command(
     rate_hz: float | None,
     trusted_keys: list[str] | None = None,
 ) -> None:
-    """`edgead run BUNDLE --source FILE.csv|-`: replay a recording (at --fps rows/s) or read JSON
-    lines on stdin, push rows into the bundle's ring buffer, write one JSON line per scored row
-    (stdout, or OUT/results.jsonl plus OUT/summary.json)."""
+    """`edgead run BUNDLE --source FILE.csv|-|mqtt://host:port/topic`: replay a recording (at
+    --fps rows/s), read JSON lines on stdin or one JSON row per MQTT message, push rows into
+    the bundle's ring buffer, write one JSON line per scored row (stdout, or OUT/results.jsonl
+    plus OUT/summary.json)."""
     from edgead._io import write_json_atomic
     from edgead.runtime import Detector
     from edgead.runtime.loop import JsonlWriter, stop_on_signals
-    from edgead.runtime.rows_source import jsonl_rows, run_rows
+    from edgead.runtime.rows_source import run_rows
 
     stop = threading.Event()
     with Detector.load(
         model, device=device, backend=backend, threads=threads, trusted_keys=trusted_keys
     ) as det:
         names = det.manifest.input.feature_names
-        rows = jsonl_rows(sys.stdin, names) if source == "-" else csv_replay(source, names, rate_hz)
+        rows = _row_source(source, names, rate_hz, stop)
         writer = JsonlWriter(
             None if out is None else out / "results.jsonl", sys.stdout if out is None else None
         )
@@ -105,6 +106,21 @@ def run_rows_command(
         f"{summary.anomalies}; backend {record['backend']}",
         highlight=False,
     )
+
+
+def _row_source(
+    source: str, names: Sequence[str] | None, rate_hz: float | None, stop: threading.Event
+) -> Iterator[SensorRow]:
+    """The rows of `source`: '-' = JSON lines on stdin, mqtt(s):// = an MQTT topic (until
+    Ctrl-C / SIGTERM or --max-frames), else a recording replayed at `rate_hz`."""
+    from edgead.runtime.mqtt_rows import is_mqtt_source, mqtt_rows
+    from edgead.runtime.rows_source import jsonl_rows
+
+    if source == "-":
+        return jsonl_rows(sys.stdin, names)
+    if is_mqtt_source(source):
+        return mqtt_rows(source, names, stop_event=stop)
+    return csv_replay(source, names, rate_hz)
 
 
 def csv_replay(

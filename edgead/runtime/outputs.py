@@ -231,26 +231,27 @@ class MqttTarget:
     tls: bool = False
 
 
-def parse_mqtt_url(url: str) -> MqttTarget:
-    """MqttTarget from mqtt://host:1883/topic (mqtts:// for TLS, default ports 1883 / 8883).
+def parse_mqtt_url(url: str, option: str = "--mqtt") -> MqttTarget:
+    """MqttTarget from mqtt://host:1883/topic (mqtts:// for TLS, default ports 1883 / 8883);
+    `option` names the CLI option in errors.
 
     Raises:
         ConfigError: another scheme, no host, or no topic.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"--mqtt expects mqtt://host:port/topic (or mqtts://), got {url!r}")
+        raise ConfigError(f"{option} expects mqtt://host:port/topic (or mqtts://), got {url!r}")
     topic = unquote(parts.path.lstrip("/"))
     if not parts.hostname or not topic or "+" in topic or "#" in url:
         raise ConfigError(
-            f"--mqtt {url!r} needs a host and a topic without wildcards, "
+            f"{option} {url!r} needs a host and a topic without wildcards, "
             "e.g. mqtt://127.0.0.1:1883/line1/inspection"
         )
     tls = parts.scheme == "mqtts"
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
-        raise ConfigError(f"--mqtt {url!r}: bad port ({exc})") from exc
+        raise ConfigError(f"{option} {url!r}: bad port ({exc})") from exc
     return MqttTarget(
         host=parts.hostname,
         port=port,
