@@ -16,6 +16,7 @@ constant Gather indices).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +34,13 @@ def is_whole_groups(mask_ratio: float) -> bool:
     """True when 0 < mask_ratio < 1 and 1 / (1 - mask_ratio) is a whole number (0.5, 0.75...)."""
     k = mask_groups(mask_ratio)
     return 0.0 < mask_ratio < 1.0 and k >= 1 and abs(1.0 / (1.0 - mask_ratio) - k) < 1e-6
+
+
+def transformer_sizes(cfg: Any) -> dict[str, int]:
+    """TokenMAE's keyword sizes from a config holding embed_dim, depth, num_heads,
+    decoder_dim, decoder_depth, score_draws and a `groups` property (MAEConfig, MAE1dConfig)."""
+    names = ("embed_dim", "depth", "num_heads", "decoder_dim", "decoder_depth", "score_draws")
+    return {**{name: int(getattr(cfg, name)) for name in names}, "groups": int(cfg.groups)}
 
 
 class Block(nn.Module):

@@ -45,7 +45,7 @@ from edgead.models._image_common import (
     seeded_net_and_inputs,
     train_epochs,
 )
-from edgead.models._mae_core import TokenMAE, is_whole_groups, mask_groups
+from edgead.models._mae_core import TokenMAE, is_whole_groups, mask_groups, transformer_sizes
 from edgead.models.base import ImagePreprocess, Progress, no_progress, register_detector
 from edgead.models.patchcore import PatchCoreEmbedder
 
@@ -143,17 +143,8 @@ class MaskedAutoencoder(TokenMAE):
         self, cfg: MAEConfig, token_dim: int | None = None, grid: int | None = None
     ) -> None:
         g = cfg.grid if grid is None else grid
-        super().__init__(
-            g * g,
-            3 * cfg.patch_size * cfg.patch_size if token_dim is None else token_dim,
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            decoder_dim=cfg.decoder_dim,
-            decoder_depth=cfg.decoder_depth,
-            groups=cfg.groups,
-            score_draws=cfg.score_draws,
-        )
+        pixels = 3 * cfg.patch_size * cfg.patch_size
+        super().__init__(g * g, token_dim or pixels, **transformer_sizes(cfg))
         self.pool = cfg.image_size // cfg.work_size
         self.patch = cfg.patch_size
         self.grid = g

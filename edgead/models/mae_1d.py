@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgead.errors import ConfigError
-from edgead.models._mae_core import TokenMAE, is_whole_groups, mask_groups
+from edgead.models._mae_core import TokenMAE, is_whole_groups, mask_groups, transformer_sizes
 from edgead.models._windows import (
     WINDOW_SCORES,
     WindowNetDetector,
@@ -111,17 +111,7 @@ class TimeMAENet(TokenMAE):
     """forward(x float32 (B, L, D) standardised) -> float32 (B,) masked-patch error score."""
 
     def __init__(self, n_features: int, cfg: MAE1dConfig) -> None:
-        super().__init__(
-            cfg.n_patches,
-            cfg.patch_rows * n_features,
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            decoder_dim=cfg.decoder_dim,
-            decoder_depth=cfg.decoder_depth,
-            groups=cfg.groups,
-            score_draws=cfg.score_draws,
-        )
+        super().__init__(cfg.n_patches, cfg.patch_rows * n_features, **transformer_sizes(cfg))
         self.patch_rows = cfg.patch_rows
         self.n_features = n_features
         self.max_feature = cfg.score == "max_feature"

@@ -21,8 +21,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from edgead.errors import ConfigError, DataError
-from edgead.runtime.outputs import parse_mqtt_url
+from edgead.errors import DataError
+from edgead.runtime.outputs import mqtt_client, parse_mqtt_url
 from edgead.runtime.rows_source import SensorRow, parse_json_row
 
 logger = logging.getLogger(__name__)
@@ -60,22 +60,10 @@ def mqtt_rows(
             `connect_timeout_s` (raised on the first `next()`).
     """
     target = parse_mqtt_url(url, option="--source")
-    try:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-    except ImportError as exc:
-        raise ConfigError(
-            "an MQTT row source needs paho-mqtt: pip install 'edgead[station]' (or paho-mqtt)"
-        ) from exc
+    _, client = mqtt_client(target, client_id, "an MQTT row source")
     payloads: queue.Queue[bytes] = queue.Queue(maxsize=max_pending)
     dropped: list[int] = []  # one entry per message dropped on a full queue (GIL-atomic append)
     subscribed = threading.Event()
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
-    if target.username:
-        client.username_pw_set(target.username, target.password)
-    if target.tls:
-        client.tls_set()
-    client.reconnect_delay_set(min_delay=1, max_delay=10)
 
     def on_connect(c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         logger.info("mqtt source: connected to %s:%d (%s)", target.host, target.port, reason)

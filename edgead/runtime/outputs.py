@@ -262,6 +262,29 @@ def parse_mqtt_url(url: str, option: str = "--mqtt") -> MqttTarget:
     )
 
 
+def mqtt_client(target: MqttTarget, client_id: str, option: str) -> tuple[Any, Any]:
+    """(the paho.mqtt.client module, a paho Client for `target`: credentials, TLS, 1-10 s
+    reconnect back-off; not connected yet).
+
+    Raises:
+        ConfigError: paho-mqtt is not installed (`option` names what needed it).
+    """
+    try:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+    except ImportError as exc:
+        raise ConfigError(
+            f"{option} needs paho-mqtt: pip install 'edgead[station]' (or paho-mqtt)"
+        ) from exc
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+    if target.username:
+        client.username_pw_set(target.username, target.password)
+    if target.tls:
+        client.tls_set()
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    return mqtt, client
+
+
 def mqtt_sink(
     url: str,
     outbox: Path,
@@ -281,19 +304,7 @@ def mqtt_sink(
         ConfigError: bad URL, or paho-mqtt is not installed.
     """
     target = parse_mqtt_url(url)
-    try:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-    except ImportError as exc:
-        raise ConfigError(
-            "--mqtt needs paho-mqtt: pip install 'edgead[station]' (or paho-mqtt)"
-        ) from exc
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
-    if target.username:
-        client.username_pw_set(target.username, target.password)
-    if target.tls:
-        client.tls_set()
-    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    mqtt, client = mqtt_client(target, client_id, "--mqtt")
 
     def on_connect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         logger.info("mqtt: connected to %s:%d (%s)", target.host, target.port, reason)
