@@ -46,8 +46,8 @@ class MAE1dConfig:
     score: "mean" or "max_feature" (as conv_ae_1d).
 
     patch_rows and mask_ratio were chosen by two-fold leave-files-out selection on SKAB valve1
-    (docs/timeseries.md); window 40 and score "max_feature" are conv_ae_1d's defaults, taken as
-    they are.
+    (benchmarks/skab_select.py, docs/timeseries.md: both folds chose ratio 0.5, one p = 5, the
+    other p = 4); window 40 and score "max_feature" are conv_ae_1d's defaults, taken as they are.
     """
 
     window: int = 40

@@ -29,6 +29,8 @@ TINY_MAE = {**TINY, "patch_rows": 2, "score_draws": 4, "embed_dim": 16, "decoder
 
 def _tiny(name: str) -> dict:
     return TINY_MAE if name == "mae_1d" else TINY
+
+
 FEATURES = ("flow", "pressure", "temp")
 
 
