@@ -133,6 +133,7 @@ def run(
 
     if is_window_bundle(model, trusted_keys_or_none(trusted_key)):
         device, backend, threads = _resolve_device(device, backend, threads)
+        sinks = _sink_factories(mqtt or [], webhook or [], out, outbox, max_pending)
         run_rows_command(
             model,
             source,
@@ -143,6 +144,7 @@ def run(
             max_rows=max_frames,
             rate_hz=fps,
             trusted_keys=trusted_keys_or_none(trusted_key),
+            sink_factories=sinks,
         )
         return
 

@@ -7,8 +7,9 @@
 A source yields `SensorRow`s (index in the stream, time stamp or None, float32 (D,) values or
 None with the reason when the row was unusable). `run_rows` pushes each good row into
 `Detector.push` (one ring buffer per stream) and emits one JSON-ready record per scored window:
-{"stream", "row", "time", "raw_score", "score", "is_anomaly"}. Every row read is exactly one of
-scored, warming up (the first window - 1 rows, and rows between strided windows) or corrupt.
+{"stream", "row", "time", "raw_score", "score", "is_anomaly"} (`edgead run` adds "run_id" and
+"seq"). Every row read is exactly one of scored, warming up (the first window - 1 rows, and
+rows between strided windows) or corrupt.
 """
 
 from __future__ import annotations

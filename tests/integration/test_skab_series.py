@@ -80,11 +80,12 @@ _BAD = {200: b"not json", 500: b'{"Accelerometer1RMS": 1.0}', 800: b"[1.0, 2.0]"
 def test_skab_rows_over_mqtt_score_as_predict(skab_run: tuple[Path, Path], tmp_path: Path) -> None:
     """`edgead run BUNDLE --source mqtt://...` against a real Mosquitto broker on 127.0.0.1:
     every row of the file as one JSON message (plus three bad ones) -> the same scores, in the
-    same order and with the same time stamps, as `edgead predict` on the file."""
+    same order and with the same time stamps, as `edgead predict` on the file; with --mqtt the
+    scored records go back to the broker on another topic."""
     import paho.mqtt.client as mqtt
 
     from edgead.data.timeseries import load_series
-    from tests._broker import Mosquitto
+    from tests._broker import Mosquitto, Subscriber, first_occurrences
 
     _, bundle = skab_run
     series = load_series(SKAB_FILE, drop_columns=("anomaly", "changepoint"))
@@ -97,11 +98,12 @@ def test_skab_rows_over_mqtt_score_as_predict(skab_run: tuple[Path, Path], tmp_p
     for position in sorted(_BAD, reverse=True):
         messages.insert(position, _BAD[position].decode())
     broker = Mosquitto(tmp_path / "broker").start()
+    scores_topic = Subscriber(broker.port, "skab/scores")  # the run's --mqtt output
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "edgead.cli.main", "run", str(bundle), "--device", "cpu",
         "--source", f"{broker.url_base}/skab/valve1", "--out", str(out),
-        "--max-frames", str(len(messages)),
+        "--max-frames", str(len(messages)), "--mqtt", f"{broker.url_base}/skab/scores",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
@@ -117,9 +119,11 @@ def test_skab_rows_over_mqtt_score_as_predict(skab_run: tuple[Path, Path], tmp_p
         client.loop_stop()
         _, rest = proc.communicate(timeout=120)
         log += rest
+        published = scores_topic.wait_for(series.n_rows - 39)
     finally:
         if proc.poll() is None:
             proc.kill()
+        scores_topic.close()
         broker.stop()
     assert proc.returncode == 0, log[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -134,6 +138,10 @@ def test_skab_rows_over_mqtt_score_as_predict(skab_run: tuple[Path, Path], tmp_p
     np.testing.assert_allclose(
         [r["raw_score"] for r in ran], [p["raw_score"] for p in predicted], rtol=1e-6
     )
+    # --mqtt: every scored row's record also published, in order (at least once)
+    assert first_occurrences(published) == [(r["run_id"], r["seq"]) for r in ran]
+    first = {(m["run_id"], m["seq"]): m for m in reversed(published)}
+    assert [first[(r["run_id"], r["seq"])] for r in ran] == ran
 
 
 def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float) -> str:
