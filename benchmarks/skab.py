@@ -9,8 +9,8 @@ rule for every model; SKAB's notebooks use the 0.99 quantile x 1.5 as the "UCL")
 (false-alarm rate, % of normal rows flagged) and MAR (missed-alarm rate, % of anomalous rows not
 flagged) are computed from the decision counts pooled over all files.
 
-Window models (window_ae, window_vae, conv_ae_1d) are exported per file to an ONNX bundle by the
-project's exporter (with its parity check) and scored by the torch-free runtime
+Window models (window_ae, window_vae, conv_ae_1d, mae_1d) are exported per file to an ONNX
+bundle by the project's exporter (with its parity check) and scored by the torch-free runtime
 (`Detector.score_series`, decisions = the runtime's `is_anomaly` at the bundle's threshold); the
 largest relative difference between the bundle's and the torch model's scores is reported.
 `--no-export` scores with torch only (quicker while developing). Baselines on single rows:
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-WINDOW_MODELS = ("conv_ae_1d", "window_ae", "window_vae")
+WINDOW_MODELS = ("conv_ae_1d", "mae_1d", "window_ae", "window_vae")
 BASELINES = ("iforest", "pca_t2")
 ALL_MODELS = WINDOW_MODELS + BASELINES
 #: SKAB README (waico/SKAB, commit 80bac4a), outlier detection, all files: (F1, FAR %, MAR %).

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,30 +74,46 @@ def run_rows_command(
     max_rows: int | None,
     rate_hz: float | None,
     trusted_keys: list[str] | None = None,
+    sink_factories: Sequence[Callable[[str], Any]] = (),
 ) -> None:
-    """`edgead run BUNDLE --source FILE.csv|-`: replay a recording (at --fps rows/s) or read JSON
-    lines on stdin, push rows into the bundle's ring buffer, write one JSON line per scored row
-    (stdout, or OUT/results.jsonl plus OUT/summary.json)."""
+    """`edgead run BUNDLE --source FILE.csv|-|mqtt://host:port/topic`: replay a recording (at
+    --fps rows/s), read JSON lines on stdin or one JSON row per MQTT message, push rows into
+    the bundle's ring buffer, write one JSON line per scored row (stdout, or OUT/results.jsonl
+    plus OUT/summary.json) with the run id and a sequence number, and hand the same record to
+    every sink (`sink_factories`, called with the run id: --mqtt / --webhook outputs)."""
     from edgead._io import write_json_atomic
     from edgead.runtime import Detector
     from edgead.runtime.loop import JsonlWriter, stop_on_signals
-    from edgead.runtime.rows_source import jsonl_rows, run_rows
+    from edgead.runtime.results import new_run_id
+    from edgead.runtime.rows_source import run_rows
 
     stop = threading.Event()
+    run_id = new_run_id()
     with Detector.load(
         model, device=device, backend=backend, threads=threads, trusted_keys=trusted_keys
     ) as det:
         names = det.manifest.input.feature_names
-        rows = jsonl_rows(sys.stdin, names) if source == "-" else csv_replay(source, names, rate_hz)
+        rows = _row_source(source, names, rate_hz, stop)
         writer = JsonlWriter(
             None if out is None else out / "results.jsonl", sys.stdout if out is None else None
         )
+        sinks = [factory(run_id) for factory in sink_factories]
+        seq = itertools.count()
+
+        def emit(result: dict[str, Any]) -> None:
+            record = {"run_id": run_id, "seq": next(seq), **result}
+            writer.write(record)
+            for sink in sinks:
+                sink.publish(record)
+
         try:
             with stop_on_signals(stop):
-                summary = run_rows(det, rows, writer.write, max_rows=max_rows, stop_event=stop)
+                summary = run_rows(det, rows, emit, max_rows=max_rows, stop_event=stop)
         finally:
             writer.close()
-        record = {**summary.to_dict(), "backend": det.backend, "source": source}
+            for sink in sinks:
+                sink.close()
+        record = {**summary.to_dict(), "backend": det.backend, "source": source, "run_id": run_id}
     if out is not None:
         write_json_atomic(out / "summary.json", record)
     err_console.print(
@@ -105,6 +122,21 @@ def run_rows_command(
         f"{summary.anomalies}; backend {record['backend']}",
         highlight=False,
     )
+
+
+def _row_source(
+    source: str, names: Sequence[str] | None, rate_hz: float | None, stop: threading.Event
+) -> Iterator[SensorRow]:
+    """The rows of `source`: '-' = JSON lines on stdin, mqtt(s):// = an MQTT topic (until
+    Ctrl-C / SIGTERM or --max-frames), else a recording replayed at `rate_hz`."""
+    from edgead.runtime.mqtt_rows import is_mqtt_source, mqtt_rows
+    from edgead.runtime.rows_source import jsonl_rows
+
+    if source == "-":
+        return jsonl_rows(sys.stdin, names)
+    if is_mqtt_source(source):
+        return mqtt_rows(source, names, stop_event=stop)
+    return csv_replay(source, names, rate_hz)
 
 
 def csv_replay(

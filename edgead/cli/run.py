@@ -31,7 +31,8 @@ def run(
         typer.Option(
             "--source",
             "-s",
-            help="Camera index, /dev/videoN, rtsp/http URL, video file or image folder.",
+            help="Camera index, /dev/videoN, rtsp/http URL, video file or image folder "
+            "(sensor bundles: a .csv/.parquet file, '-' for stdin, or mqtt://host:port/topic).",
         ),
     ],
     device: Annotated[
@@ -121,8 +122,9 @@ def run(
 ) -> None:
     """Score a camera, stream, video or folder frame by frame; Ctrl-C or SIGTERM stops cleanly.
 
-    Sensor-window bundles take rows instead: --source FILE.csv (replayed at --fps rows/s) or
-    '-' (JSON lines on stdin); one JSON line per scored row.
+    Sensor-window bundles take rows instead: --source FILE.csv (replayed at --fps rows/s), '-'
+    (JSON lines on stdin) or mqtt://host:port/topic (one JSON row per message); one JSON line
+    per scored row.
     """
     import sys
     import threading
@@ -131,6 +133,7 @@ def run(
 
     if is_window_bundle(model, trusted_keys_or_none(trusted_key)):
         device, backend, threads = _resolve_device(device, backend, threads)
+        sinks = _sink_factories(mqtt or [], webhook or [], out, outbox, max_pending)
         run_rows_command(
             model,
             source,
@@ -141,6 +144,7 @@ def run(
             max_rows=max_frames,
             rate_hz=fps,
             trusted_keys=trusted_keys_or_none(trusted_key),
+            sink_factories=sinks,
         )
         return
 

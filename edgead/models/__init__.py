@@ -18,6 +18,7 @@ from edgead.models import (  # noqa: F401, E402 - imported for their registratio
     knn,
     lof,
     mae,
+    mae_1d,
     ocsvm,
     padim,
     patchcore,

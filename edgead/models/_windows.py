@@ -1,10 +1,11 @@
-"""Shared pieces of the time-series window detectors (window_ae, window_vae, conv_ae_1d).
+"""Shared pieces of the time-series window detectors (window_ae, window_vae, conv_ae_1d, mae_1d).
 
 A window detector is fitted on sensor rows in time order and scores sliding windows of
 `window` rows (`edgead.ops.windows`: a window's score belongs to its last row, nothing looks
 ahead). Standardisation (per feature, fitted on the training rows) is part of the state and of
 the exported graph, which takes raw windows float32 (B, L, D) and returns ("score",) (B,).
 
+- `window_score`: a window's score from its per-row, per-feature errors (mean / max_feature).
 - `WindowsGraph`: the export module (raw windows -> standardise -> scorer).
 - `WindowNetDetector`: fit / score / state / export; a subclass builds its network with
   `_build_network(length, n_features)` returning a module with `forward(x (B, L, D)) -> (B,)`
@@ -28,6 +29,19 @@ from edgead.ops.rows import check_rows
 from edgead.ops.windows import check_window, sliding_windows
 
 POSTPROCESS_KIND = "window"
+#: window scores from per-row, per-feature errors: the mean, or the worst feature's mean.
+WINDOW_SCORES = ("mean", "max_feature")
+
+
+def window_score(errors: torch.Tensor, max_feature: bool) -> torch.Tensor:
+    """float32 (B,) window scores from squared errors (B, T, D) (T rows or time steps).
+
+    max_feature=False: the mean over T and D; True: the largest per-feature mean over T (one
+    sensor going wrong is not diluted by the ones that are fine). Export-safe.
+    """
+    if max_feature:
+        return errors.mean(dim=1).amax(dim=1)
+    return errors.mean(dim=(1, 2))
 
 
 def validate_window_config(cfg: Any) -> None:

@@ -18,10 +18,13 @@ import torch
 from torch import nn
 
 from edgead.errors import ConfigError
-from edgead.models._windows import WindowNetDetector, validate_window_config
+from edgead.models._windows import (
+    WINDOW_SCORES,
+    WindowNetDetector,
+    validate_window_config,
+    window_score,
+)
 from edgead.models.base import register_detector
-
-SCORES = ("mean", "max_feature")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,12 +64,12 @@ class ConvAE1dConfig:
             and len(self.channels) == 2
             and min(self.channels) >= 1
             and 0 <= self.score_rows <= self.window
-            and self.score in SCORES
+            and self.score in WINDOW_SCORES
         )
         if not ok:
             raise ConfigError(
                 f"ConvAE1dConfig: need window a multiple of 4, an odd kernel, two positive "
-                f"channels, 0 <= score_rows <= window and score in {SCORES}; got "
+                f"channels, 0 <= score_rows <= window and score in {WINDOW_SCORES}; got "
                 f"window={self.window}, kernel={self.kernel}, channels={self.channels}, "
                 f"score_rows={self.score_rows}, score={self.score!r}"
             )
@@ -112,9 +115,7 @@ class ConvAE1dNet(nn.Module):
         err = self.errors(x)
         if self.score_rows:
             err = err[:, -self.score_rows :]
-        if self.max_feature:
-            return err.mean(dim=1).amax(dim=1)
-        return err.mean(dim=(1, 2))
+        return window_score(err, self.max_feature)
 
 
 @register_detector("conv_ae_1d")

@@ -76,6 +76,9 @@ class CSIConfig:
     proj_dim: projection width; temperature: contrastive temperature; rot_weight: weight of
     the rotation loss. epochs, lr, weight_decay, batch_size: Adam training budget (a batch of B
     images becomes 2 views x 4 rotations x B instances).
+
+    train_fraction=1.0 was chosen among 0.3 / 0.6 / 1.0 on ELPV cells that the image-methods
+    benchmark does not use (benchmarks/csi_select.py; docs/image_methods.md).
     """
 
     image_size: int = 256

@@ -14,9 +14,10 @@ standardised per channel with the training images' mean and std; the decoder pre
 standardised feature vectors of the hidden tokens, the error is their mean squared error
 (standardised units). The backbone is part of the graph and is not trained; only the ViT is.
 
-Scoring is deterministic: the graph holds `score_draws` FIXED masks (constant index buffers
-drawn once from a seeded permutation, split into 1 / (1 - mask_ratio) disjoint visible groups,
-so every patch is hidden in the same number of draws). Per patch, the squared error (pixels:
+Scoring is deterministic (the core shared with "mae_1d": edgead/models/_mae_core.py): the
+graph holds `score_draws` FIXED masks (constant index buffers drawn once from a seeded
+permutation, split into 1 / (1 - mask_ratio) disjoint visible groups, so every patch is hidden
+in the same number of draws). Per patch, the squared error (pixels:
 0..1 intensity^2, mean over its pixels and RGB; features: standardised units, mean over the
 channels) is averaged over the draws that hid it:
 - anomaly map: those per-patch errors, (B, g, g) ("graph" kind; upsampled to S and blurred;
@@ -44,11 +45,10 @@ from edgead.models._image_common import (
     seeded_net_and_inputs,
     train_epochs,
 )
+from edgead.models._mae_core import TokenMAE, is_whole_groups, mask_groups, transformer_sizes
 from edgead.models.base import ImagePreprocess, Progress, no_progress, register_detector
 from edgead.models.patchcore import PatchCoreEmbedder
 
-#: seed of the fixed scoring masks (part of the graph, so not a training seed).
-_MASK_SEED = 1234
 #: what the MAE reconstructs.
 TARGETS = ("pixels", "features")
 
@@ -91,7 +91,7 @@ class MAEConfig:
     @property
     def groups(self) -> int:
         """Disjoint visible groups per permutation: 1 / (1 - mask_ratio)."""
-        return int(round(1.0 / (1.0 - self.mask_ratio))) if self.mask_ratio < 1 else 0
+        return mask_groups(self.mask_ratio)
 
     @property
     def grid(self) -> int:
@@ -113,8 +113,7 @@ class MAEConfig:
         )  # "features": the token grid is the backbone's, checked when the net is built
         ok = (
             (self.target == "features" or pixels_ok)
-            and 0.0 < self.mask_ratio < 1.0
-            and abs(1.0 / (1.0 - self.mask_ratio) - k) < 1e-6
+            and is_whole_groups(self.mask_ratio)
             and self.score_draws >= k
             and self.score_draws % k == 0
             and self.embed_dim % self.num_heads == 0
@@ -133,81 +132,22 @@ class MAEConfig:
             )
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block (attention written out, so it exports to plain ONNX ops)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, dim) -> (B, T, dim)."""
-        b, t, d = x.shape
-        qkv = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, d_head)
-        attn = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
-        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.norm2(x))
-
-
-def _fixed_masks(cfg: MAEConfig, n_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order int64 (K, P): visible patch ids first, then hidden ones; hidden float32 (K, P))."""
-    gen = torch.Generator().manual_seed(_MASK_SEED)
-    per_group = n_patches // cfg.groups
-    orders = []
-    for _ in range(cfg.score_draws // cfg.groups):
-        perm = torch.randperm(n_patches, generator=gen)
-        for i in range(cfg.groups):
-            keep = perm[i * per_group : (i + 1) * per_group]
-            rest = torch.cat([perm[: i * per_group], perm[(i + 1) * per_group :]])
-            orders.append(torch.cat([keep.sort().values, rest.sort().values]))
-    order = torch.stack(orders)
-    hidden = torch.ones(len(orders), n_patches)
-    hidden.scatter_(1, order[:, :per_group], 0.0)
-    return order, hidden
-
-
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(TokenMAE):
     """uint8 (B, S, S, 3) -> ("score" (B,), "anomaly_map" (B, g, g)); see the module docstring.
 
-    The transformer works on any tokens (B, P, token_dim); `patches` makes pixel tokens, and
-    `FeatureMAEGraph` feeds it backbone feature tokens through `forward_tokens`.
+    The transformer (`TokenMAE`) works on any tokens (B, P, token_dim); `patches` makes pixel
+    tokens, and `FeatureMAEGraph` feeds it backbone feature tokens through `forward_tokens`.
     """
 
     def __init__(
         self, cfg: MAEConfig, token_dim: int | None = None, grid: int | None = None
     ) -> None:
-        super().__init__()
+        g = cfg.grid if grid is None else grid
+        pixels = 3 * cfg.patch_size * cfg.patch_size
+        super().__init__(g * g, token_dim or pixels, **transformer_sizes(cfg))
         self.pool = cfg.image_size // cfg.work_size
         self.patch = cfg.patch_size
-        self.grid = cfg.grid if grid is None else grid
-        n_patches = self.grid * self.grid
-        self.n_keep = n_patches // cfg.groups
-        pixels = 3 * cfg.patch_size * cfg.patch_size if token_dim is None else token_dim
-        self.embed = nn.Linear(pixels, cfg.embed_dim)
-        self.pos = nn.Parameter(torch.randn(1, n_patches, cfg.embed_dim) * 0.02)
-        self.encoder = nn.Sequential(
-            *[Block(cfg.embed_dim, cfg.num_heads) for _ in range(cfg.depth)]
-        )
-        self.enc_norm = nn.LayerNorm(cfg.embed_dim)
-        self.to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
-        self.dec_pos = nn.Parameter(torch.randn(1, n_patches, cfg.decoder_dim) * 0.02)
-        self.decoder = nn.Sequential(
-            *[Block(cfg.decoder_dim, cfg.num_heads) for _ in range(cfg.decoder_depth)]
-        )
-        self.dec_norm = nn.LayerNorm(cfg.decoder_dim)
-        self.to_pixels = nn.Linear(cfg.decoder_dim, pixels)
-        order, hidden = _fixed_masks(cfg, n_patches)
-        self.register_buffer("keep", order[:, : self.n_keep].contiguous(), persistent=False)
-        self.register_buffer("restore", order.argsort(dim=1), persistent=False)
-        self.register_buffer("hidden", hidden, persistent=False)
-        self.register_buffer("hidden_count", hidden.sum(dim=0), persistent=False)
+        self.grid = g
 
     def patches(self, images: torch.Tensor) -> torch.Tensor:
         """float32 (B, P, 3 p p) patches in 0..1 from uint8 (B, S, S, 3)."""
@@ -218,38 +158,9 @@ class MaskedAutoencoder(nn.Module):
         x = x.reshape(b, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, g * g, 3 * p * p)
 
-    def _decode(
-        self, visible: torch.Tensor, restore: torch.Tensor | None, index: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Pixels (B, P, 3 p p) from encoded visible tokens (B, n_keep, D): mask tokens appended,
-        put back in patch order (constant `restore` (P,), or per-image `index` (B, P))."""
-        b = visible.shape[0]
-        n_hidden = self.pos.shape[1] - visible.shape[1]
-        full = torch.cat([self.to_decoder(visible), self.mask_token.expand(b, n_hidden, -1)], 1)
-        if restore is not None:
-            full = full.index_select(1, restore)
-        elif index is not None:
-            full = torch.gather(full, 1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
-        return self.to_pixels(self.dec_norm(self.decoder(full + self.dec_pos)))
-
-    def predict_fixed(self, patches: torch.Tensor, draw: int) -> torch.Tensor:
-        """Predicted pixels (B, P, 3 p p) seeing only the visible patches of fixed draw `draw`
-        (constant indices: plain Gather ops in the exported graph)."""
-        tokens = self.embed(patches) + self.pos
-        encoded = self.enc_norm(self.encoder(tokens.index_select(1, self.keep[draw])))
-        return self._decode(encoded, self.restore[draw], None)
-
     def train_loss(self, patches: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Mean squared error of the hidden patches under a fresh random mask per image."""
-        b, n_patches = patches.shape[0], patches.shape[1]
-        order = torch.rand(b, n_patches, generator=generator).argsort(dim=1)
-        keep = order[:, : self.n_keep]
-        tokens = self.embed(patches) + self.pos
-        visible = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        pred = self._decode(self.enc_norm(self.encoder(visible)), None, order.argsort(dim=1))
-        hidden = torch.ones(b, n_patches).scatter_(1, keep, 0.0)
-        err = ((pred - patches) ** 2).mean(dim=-1)
-        return (err * hidden).sum() / hidden.sum()
+        return self.train_losses(patches, generator).mean()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score (B,), anomaly_map (B, g, g)) from uint8 (B, S, S, 3), fixed masks."""
@@ -257,14 +168,7 @@ class MaskedAutoencoder(nn.Module):
 
     def forward_tokens(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score (B,), anomaly_map (B, g, g)) from tokens (B, P, token_dim), fixed masks."""
-        errors = torch.stack(
-            [
-                ((self.predict_fixed(patches, k) - patches) ** 2).mean(dim=-1)
-                for k in range(self.keep.shape[0])
-            ],
-            dim=1,
-        )  # (B, K, P)
-        per_patch = (errors * self.hidden).sum(dim=1) / self.hidden_count
+        per_patch = self.hidden_errors(patches, lambda err: err.mean(dim=-1))  # (B, P)
         return per_patch.mean(dim=1), per_patch.reshape(-1, self.grid, self.grid)
 
 

@@ -231,26 +231,27 @@ class MqttTarget:
     tls: bool = False
 
 
-def parse_mqtt_url(url: str) -> MqttTarget:
-    """MqttTarget from mqtt://host:1883/topic (mqtts:// for TLS, default ports 1883 / 8883).
+def parse_mqtt_url(url: str, option: str = "--mqtt") -> MqttTarget:
+    """MqttTarget from mqtt://host:1883/topic (mqtts:// for TLS, default ports 1883 / 8883);
+    `option` names the CLI option in errors.
 
     Raises:
         ConfigError: another scheme, no host, or no topic.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"--mqtt expects mqtt://host:port/topic (or mqtts://), got {url!r}")
+        raise ConfigError(f"{option} expects mqtt://host:port/topic (or mqtts://), got {url!r}")
     topic = unquote(parts.path.lstrip("/"))
     if not parts.hostname or not topic or "+" in topic or "#" in url:
         raise ConfigError(
-            f"--mqtt {url!r} needs a host and a topic without wildcards, "
+            f"{option} {url!r} needs a host and a topic without wildcards, "
             "e.g. mqtt://127.0.0.1:1883/line1/inspection"
         )
     tls = parts.scheme == "mqtts"
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
-        raise ConfigError(f"--mqtt {url!r}: bad port ({exc})") from exc
+        raise ConfigError(f"{option} {url!r}: bad port ({exc})") from exc
     return MqttTarget(
         host=parts.hostname,
         port=port,
@@ -259,6 +260,29 @@ def parse_mqtt_url(url: str) -> MqttTarget:
         password=unquote(parts.password) if parts.password else None,
         tls=tls,
     )
+
+
+def mqtt_client(target: MqttTarget, client_id: str, option: str) -> tuple[Any, Any]:
+    """(the paho.mqtt.client module, a paho Client for `target`: credentials, TLS, 1-10 s
+    reconnect back-off; not connected yet).
+
+    Raises:
+        ConfigError: paho-mqtt is not installed (`option` names what needed it).
+    """
+    try:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+    except ImportError as exc:
+        raise ConfigError(
+            f"{option} needs paho-mqtt: pip install 'edgead[station]' (or paho-mqtt)"
+        ) from exc
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+    if target.username:
+        client.username_pw_set(target.username, target.password)
+    if target.tls:
+        client.tls_set()
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    return mqtt, client
 
 
 def mqtt_sink(
@@ -280,19 +304,7 @@ def mqtt_sink(
         ConfigError: bad URL, or paho-mqtt is not installed.
     """
     target = parse_mqtt_url(url)
-    try:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-    except ImportError as exc:
-        raise ConfigError(
-            "--mqtt needs paho-mqtt: pip install 'edgead[station]' (or paho-mqtt)"
-        ) from exc
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
-    if target.username:
-        client.username_pw_set(target.username, target.password)
-    if target.tls:
-        client.tls_set()
-    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    mqtt, client = mqtt_client(target, client_id, "--mqtt")
 
     def on_connect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         logger.info("mqtt: connected to %s:%d (%s)", target.host, target.port, reason)

@@ -1,13 +1,15 @@
 """Row sources for sensor bundles and the loop that scores them row by row. Torch-free.
 
-    rows = csv_replay("plant.csv", feature_names, rate_hz=1.0)   # or jsonl_rows(sys.stdin, ...)
+    rows = csv_replay("plant.csv", feature_names, rate_hz=1.0)   # or jsonl_rows(sys.stdin, ...),
+                                              # or mqtt_rows(url, ...) (edgead.runtime.mqtt_rows)
     summary = run_rows(detector, rows, emit=print_json_line)
 
 A source yields `SensorRow`s (index in the stream, time stamp or None, float32 (D,) values or
 None with the reason when the row was unusable). `run_rows` pushes each good row into
 `Detector.push` (one ring buffer per stream) and emits one JSON-ready record per scored window:
-{"stream", "row", "time", "raw_score", "score", "is_anomaly"}. Every row read is exactly one of
-scored, warming up (the first window - 1 rows, and rows between strided windows) or corrupt.
+{"stream", "row", "time", "raw_score", "score", "is_anomaly"} (`edgead run` adds "run_id" and
+"seq"). Every row read is exactly one of scored, warming up (the first window - 1 rows, and
+rows between strided windows) or corrupt.
 """
 
 from __future__ import annotations
@@ -72,31 +74,45 @@ def paced(rows: Iterable[SensorRow], rate_hz: float | None) -> Iterator[SensorRo
 
 
 def jsonl_rows(stream: IO[str], feature_names: Sequence[str] | None) -> Iterator[SensorRow]:
-    """Rows from JSON lines: a list of D numbers, or an object keyed by the feature names (plus
-    an optional time stamp under datetime / timestamp / time / date). Blank lines are skipped;
-    a bad line yields a row with a problem.
-    """
+    """Rows from JSON lines (`parse_json_row`). Blank lines are skipped; a bad line yields a
+    row with a problem."""
     index = 0
     for line in stream:
         if not line.strip():
             continue
-        stamp: str | None = None
-        try:
-            value = json.loads(line)
-            if isinstance(value, dict):
-                if not feature_names:
-                    raise DataError("this bundle has no feature names; send rows as JSON lists")
-                missing = [n for n in feature_names if n not in value]
-                if missing:
-                    raise DataError(f"missing features {missing}")
-                keys = [k for k in value if k.strip().lower() in TIME_NAMES]
-                stamp = str(value[keys[0]]) if keys else None
-                value = [value[n] for n in feature_names]
-            values = np.asarray(value, dtype=np.float32).reshape(-1)
-            yield SensorRow(index, stamp, values)
-        except (ValueError, TypeError, DataError) as exc:
-            yield SensorRow(index, stamp, None, f"line {index + 1}: {exc}")
+        yield parse_json_row(line, feature_names, index, f"line {index + 1}")
         index += 1
+
+
+def parse_json_row(
+    text: str | bytes, feature_names: Sequence[str] | None, index: int, where: str
+) -> SensorRow:
+    """One row from a JSON text: a list of D numbers, or an object keyed by the feature names
+    (plus an optional time stamp under datetime / timestamp / time / date).
+
+    Args:
+        index: the row's index in its stream; where: names it in a problem ("line 3").
+
+    Returns:
+        SensorRow with float32 (D,) values, or with values None and `problem` saying why (the
+        length and finiteness are checked by `Detector.push`).
+    """
+    stamp: str | None = None
+    try:
+        value = json.loads(text)
+        if isinstance(value, dict):
+            if not feature_names:
+                raise DataError("this bundle has no feature names; send rows as JSON lists")
+            missing = [n for n in feature_names if n not in value]
+            if missing:
+                raise DataError(f"missing features {missing}")
+            keys = [k for k in value if k.strip().lower() in TIME_NAMES]
+            stamp = str(value[keys[0]]) if keys else None
+            value = [value[n] for n in feature_names]
+        values = np.asarray(value, dtype=np.float32).reshape(-1)
+        return SensorRow(index, stamp, values)
+    except (ValueError, TypeError, DataError) as exc:
+        return SensorRow(index, stamp, None, f"{where}: {exc}")
 
 
 def run_rows(

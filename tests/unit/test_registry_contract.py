@@ -77,6 +77,16 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "window_ae": {"window": 8, "epochs": 2, "batch_size": 16},
     "window_vae": {"window": 8, "epochs": 2, "batch_size": 16},
     "conv_ae_1d": {"window": 8, "epochs": 2, "batch_size": 16},
+    "mae_1d": {
+        "window": 8,
+        "patch_rows": 2,
+        "score_draws": 2,
+        "embed_dim": 16,
+        "decoder_dim": 8,
+        "num_heads": 2,
+        "epochs": 2,
+        "batch_size": 16,
+    },
 }
 
 

@@ -21,8 +21,16 @@ from edgead.ops.windows import RingBuffer, sliding_windows, window_end_rows
 
 torch.set_num_threads(1)
 
-WINDOW_MODELS = ("window_ae", "window_vae", "conv_ae_1d")
+WINDOW_MODELS = ("window_ae", "window_vae", "conv_ae_1d", "mae_1d")
 TINY = {"window": 8, "epochs": 2, "batch_size": 16}
+#: mae_1d: 4 time patches of 2 rows, half hidden per draw, a 16-wide encoder
+TINY_MAE = {**TINY, "patch_rows": 2, "score_draws": 4, "embed_dim": 16, "decoder_dim": 8}
+
+
+def _tiny(name: str) -> dict:
+    return TINY_MAE if name == "mae_1d" else TINY
+
+
 FEATURES = ("flow", "pressure", "temp")
 
 
@@ -110,12 +118,12 @@ def test_window_detector_fit_score_state_and_bundle(name: str, tmp_path: Path) -
     from edgead.runtime import Detector
 
     rows = _rows()
-    det = create_detector(name, TINY)
+    det = create_detector(name, _tiny(name))
     det.fit(rows, seed=0)
     scores = det.score(rows).scores
     assert scores.shape == (len(rows) - 7,) and np.isfinite(scores).all()
     np.testing.assert_allclose(det.score(det.windows_of(rows)).scores, scores, rtol=1e-6)
-    again = create_detector(name, TINY)
+    again = create_detector(name, _tiny(name))
     again.load_state_arrays(det.state_arrays())
     np.testing.assert_allclose(again.score(rows).scores, scores, rtol=1e-6)
 
@@ -155,7 +163,26 @@ def test_conv_ae_1d_flags_a_level_shift() -> None:
     assert np.median(anomalous) > np.max(normal)
 
 
+def test_mae_1d_fixed_masks_and_a_level_shift() -> None:
+    rows = _rows(160)
+    det = create_detector("mae_1d", {**TINY_MAE, "epochs": 40})
+    det.fit(rows[:120], seed=0)
+    hidden = det.net.hidden.numpy()  # the graph's constant masks: 4 draws over 4 patches
+    assert hidden.shape == (4, 4) and (hidden.sum(axis=1) == 2).all()  # half hidden per draw
+    np.testing.assert_array_equal(hidden.sum(axis=0), np.full(4, 2))  # each patch twice
+    normal = det.score(rows[:120]).scores
+    np.testing.assert_array_equal(normal, det.score(rows[:120]).scores)  # no random masks
+    shifted = rows[120:].copy()
+    shifted[:, 0] += 3.0
+    anomalous = det.score(np.concatenate([rows[112:120], shifted])).scores
+    assert np.median(anomalous) > np.max(normal)
+
+
 def test_window_configs_are_checked() -> None:
+    with pytest.raises(ConfigError, match="patch_rows dividing window"):
+        create_detector("mae_1d", {"window": 8, "patch_rows": 3})
+    with pytest.raises(ConfigError, match="dividing window / patch_rows"):
+        create_detector("mae_1d", {"window": 10, "patch_rows": 2, "mask_ratio": 0.75})
     with pytest.raises(ConfigError, match="multiple of 4"):
         create_detector("conv_ae_1d", {"window": 10})
     with pytest.raises(ConfigError, match="window length"):
