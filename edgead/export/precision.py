@@ -212,7 +212,7 @@ def int8_members(
         accuracy: (validate, validation images uint8 (N, S, S, 3), max_drop) for NNCF's
             accuracy control (`nncf_validator`); None quantizes without it.
     """
-    from edgead.export.quantize import quantize_onnx_int8, quantize_openvino_int8
+    from edgead.export.quantize import int8_openvino_ir, quantize_onnx_int8, quantize_openvino_int8
 
     out = dict(members)
     report: dict[str, Any] = {"scope": scope, "calibration_images": int(len(calibration))}
@@ -223,14 +223,16 @@ def int8_members(
         xml_member = graphs["openvino"]
         bin_member = xml_member[: -len(".xml")] + ".bin"
         validate, val_images, max_drop = accuracy if accuracy is not None else (None, None, 0.0)
+        xml, weights, keep_float = int8_openvino_ir(members[onnx_member])
         xml, weights, ov_report = quantize_openvino_int8(
-            members[xml_member],
-            members[bin_member],
+            xml,
+            weights,
             calibration,
             scope,
             validate=validate,
             validation_images=val_images,
             max_drop=max_drop,
+            keep_float=keep_float,
         )
         out[xml_member], out[bin_member] = xml, weights
         report["openvino"] = ov_report
