@@ -50,6 +50,7 @@ from edgead.export.index import (
 from edgead.export.parity import check_graph_parity, check_score_parity
 from edgead.export.precision import (
     CONTROLLED,
+    INT8_OPENVINO,
     INT8_SCOPES,
     check_precision,
     int8_members,
@@ -700,7 +701,7 @@ def _control_precision(
         cand_members = members
         if precision == "int8":
             accuracy = None
-            if "openvino" in reference:
+            if "openvino" in reference and INT8_OPENVINO == "nncf":
                 validate = nncf_validator(candidate, labels, masks, reference["openvino"][0])
                 accuracy = (validate, _stack_images(images), max_drop)
             cand_members, quant = int8_members(
