@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             "precision": det.manifest.precision,
             "maps": maps,
         }
-        st = rows[label]["stages_p50_ms"]
+        st, row = rows[label]["stages_p50_ms"], rows[label]
         print(
-            f"{label:48s} p50 {rows[label]['p50_ms']:6.2f} ms  cpu {rows[label]['cpu_ms_per_frame']:6.2f}"
+            f"{label:48s} p50 {row['p50_ms']:6.2f} ms  cpu {row['cpu_ms_per_frame']:6.2f}"
             f"  pre {st['preprocess']:5.2f}  graph {st['graph']:5.2f}  search {st['search']:5.2f}"
             f"  post {st['postprocess']:5.2f}"
         )
