@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import time
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  pre {st['preprocess']:5.2f}  graph {st['graph']:5.2f}  search {st['search']:5.2f}"
             f"  post {st['postprocess']:5.2f}"
         )
-    from edgead.bench import git_sha
+    from edgead.bench import git_sha, write_report
 
     payload = {
         "benchmark": "e2e_interleaved",
@@ -147,13 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1m": load,
         "results": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = (
-        Path(args.results_file)
-        if args.results_file
-        else RESULTS / f"e2e_interleaved_{dt.datetime.now():%Y%m%d_%H%M%S}.json"
-    )
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    out = write_report(payload, args.results_file, RESULTS, "e2e_interleaved")
     print(f"wrote {out} (load average {load[0]:.1f} -> {load[1]:.1f})")
     for det, _ in variants.values():
         det.close()

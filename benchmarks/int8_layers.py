@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -154,13 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         "n_test": len(test),
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = (
-        Path(args.results_file)
-        if args.results_file
-        else RESULTS / f"int8_layers_{dt.datetime.now():%Y%m%d_%H%M%S}.json"
-    )
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    from edgead.bench import write_report
+
+    out = write_report(payload, args.results_file, RESULTS, "int8_layers")
     print(f"wrote {out}")
     return 0
 
