@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgead.export.graphs import export_onnx
-from edgead.export.quantize import pools_as_convs, quantize_onnx_int8
+from edgead.export.quantize import input_nodes, pools_as_convs, quantize_onnx_int8
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -45,7 +45,7 @@ class _PoolNet(nn.Module):
                 conv.bias.uniform_(-60.0, 3.0)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
-        x = images.float().permute(0, 3, 1, 2) / 127.5 - 1.0
+        x = images.float().permute(0, 3, 1, 2) * (1 / 127.5) + torch.full((1, 3, 1, 1), -1.0)
         x = self.act(self.stem(x))
         y = self.project(self.act(self.depthwise(self.act(self.expand(x))))) + self.skip(x)
         feats = self.pool(y)
@@ -131,6 +131,21 @@ def test_relu6_is_fused_into_the_conv_quantization(fp32_graph: bytes) -> None:
     ]
     assert relu_scales
     assert max(relu_scales) <= 6.0 / 255 + 1e-6
+
+
+def test_input_normalisation_stays_float(fp32_graph: bytes) -> None:
+    """The nodes before the first Conv (cast, layout, scaling) are not quantized: ONNX Runtime
+    would run a broadcast QLinearAdd over the whole image, for the same Conv input."""
+    graph = onnx.load_from_string(fp32_graph).graph
+    first_conv = next(i for i, n in enumerate(graph.node) if n.op_type == "Conv")
+    assert input_nodes(fp32_graph) == [n.name for n in graph.node[:first_conv]]
+    int8 = onnx.load_from_string(
+        quantize_onnx_int8(fp32_graph, _images(8, seed=2), "images", "all")
+    ).graph
+    assert "QLinearAdd" not in {n.op_type for n in int8.node}
+    quantized_inputs = {n.input[0] for n in int8.node if n.op_type == "QuantizeLinear"}
+    before_conv = {o for n in graph.node[:first_conv] for o in n.output}
+    assert len(quantized_inputs & before_conv) == 1  # only the Conv's own input is quantized
 
 
 def test_calibration_falls_back_to_training_inputs() -> None:
