@@ -143,6 +143,80 @@ def pools_as_convs(onnx_model: bytes) -> tuple[bytes, list[str]]:
     return model.SerializeToString(), replaced
 
 
+def _constant_values(model: Any) -> dict[str, np.ndarray]:
+    """Tensor name -> value of every initializer and Constant node output of `model`."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def affine_input_as_conv(onnx_model: bytes) -> tuple[bytes, list[str]]:
+    """(graph, names of the new nodes): the input normalisation `x * scale + shift` (per-channel
+    constants on NCHW, `UInt8Normalize`) as one float 1x1 depthwise Conv (weight scale, bias
+    shift), kept out of quantization.
+
+    In an int8 graph ONNX Runtime runs the quantized Convs in NHWC and drops the input's
+    Transpose, so a separate Mul and Add broadcast a 3-vector over every pixel: 2.2 of 10.4 ms of
+    efficientnet_lite0's int8 graph on one thread (0.16 ms in fp32, where they stay NCHW). As a
+    Conv it takes the fast path (int8 graph 10.4 -> 7.2 ms, outputs identical on MPDD). Graphs
+    without this Mul -> Add pair before the first Conv are returned unchanged.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(onnx_model))
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.value_info, *model.graph.input]
+    }
+    consts = _constant_values(model)
+    nodes = list(model.graph.node)
+    head = nodes[: next((i for i, n in enumerate(nodes) if n.op_type == "Conv"), 0)]
+    for mul in (n for n in head if n.op_type == "Mul"):
+        shape = shapes.get(mul.input[0], [])
+        readers = [n for n in nodes if mul.output[0] in n.input]
+        if len(shape) != 4 or not shape[1] or len(readers) != 1:
+            continue
+        add = readers[0]
+        if add.op_type != "Add" or add.input[0] != mul.output[0]:
+            continue
+        if mul.input[1] not in consts or add.input[1] not in consts:
+            continue
+        channels = shape[1]
+        try:
+            scale = np.broadcast_to(consts[mul.input[1]], (1, channels, 1, 1)).reshape(channels)
+            shift = np.broadcast_to(consts[add.input[1]], (1, channels, 1, 1)).reshape(channels)
+        except ValueError:  # not per-channel constants
+            continue
+        name = f"{mul.name or mul.output[0]}_affine_as_conv"
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(
+                    scale.astype(np.float32).reshape(channels, 1, 1, 1), f"{name}_w"
+                ),
+                numpy_helper.from_array(shift.astype(np.float32), f"{name}_b"),
+            ]
+        )
+        conv = helper.make_node(
+            "Conv",
+            [mul.input[0], f"{name}_w", f"{name}_b"],
+            list(add.output),
+            name=name,
+            kernel_shape=[1, 1],
+            group=channels,
+        )
+        rebuilt = [conv if n is mul else n for n in nodes if n is not add]
+        del model.graph.node[:]
+        model.graph.node.extend(rebuilt)
+        model.graph.ClearField("value_info")
+        return model.SerializeToString(), [name]
+    return onnx_model, []
+
+
 def input_nodes(onnx_model: bytes) -> list[str]:
     """Names of the nodes before the first Conv (the graph's own input normalisation: Cast,
     Transpose, Mul, Add): kept float. Quantized, ONNX Runtime runs the broadcast Add as a
@@ -203,7 +277,8 @@ def quantize_onnx_int8(
             return None if batch is None else {input_name: batch}
 
     prepared, pool_convs = pools_as_convs(onnx_model)
-    keep_float = search_nodes(prepared) + pool_convs + input_nodes(prepared)
+    prepared, affine = affine_input_as_conv(prepared)
+    keep_float = search_nodes(prepared) + pool_convs + affine + input_nodes(prepared)
     with tempfile.TemporaryDirectory(prefix="edgead-qdq-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(prepared)

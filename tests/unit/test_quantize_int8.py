@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from edgead.export.graphs import export_onnx
-from edgead.export.quantize import input_nodes, pools_as_convs, quantize_onnx_int8
+from edgead.export.quantize import (
+    affine_input_as_conv,
+    input_nodes,
+    pools_as_convs,
+    quantize_onnx_int8,
+)
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -146,6 +151,17 @@ def test_input_normalisation_stays_float(fp32_graph: bytes) -> None:
     quantized_inputs = {n.input[0] for n in int8.node if n.op_type == "QuantizeLinear"}
     before_conv = {o for n in graph.node[:first_conv] for o in n.output}
     assert len(quantized_inputs & before_conv) == 1  # only the Conv's own input is quantized
+
+
+def test_affine_input_as_conv_computes_the_same_normalisation(fp32_graph: bytes) -> None:
+    """x * scale + shift becomes one depthwise 1x1 Conv (ONNX Runtime's fast path in int8)."""
+    rewritten, names = affine_input_as_conv(fp32_graph)
+    assert len(names) == 1
+    ops = [n.op_type for n in onnx.load_from_string(rewritten).graph.node]
+    assert ops.index("Conv") < ops.index("Clip") and "Mul" not in ops
+    x = _images(3, seed=4)
+    np.testing.assert_allclose(_ort(rewritten, x), _ort(fp32_graph, x), rtol=1e-5, atol=1e-5)
+    assert affine_input_as_conv(rewritten)[1] == []  # nothing left to rewrite
 
 
 def test_calibration_falls_back_to_training_inputs() -> None:
