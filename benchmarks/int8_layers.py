@@ -80,14 +80,25 @@ def _quantize(fp32: bytes, calibration: np.ndarray, old: bool) -> bytes:
 
     if not old:
         return quantize.quantize_onnx_int8(fp32, calibration, "images", "all")
-    saved = quantize.SCOPE_OPS["all"], quantize.pools_as_convs, quantize.input_nodes
+    saved = (
+        quantize.SCOPE_OPS["all"],
+        quantize.pools_as_convs,
+        quantize.input_nodes,
+        quantize.affine_input_as_conv,
+    )
     quantize.SCOPE_OPS["all"] = ["Conv", "MatMul"]
     quantize.pools_as_convs = lambda model: (model, [])  # type: ignore[assignment]
     quantize.input_nodes = lambda model: []  # type: ignore[assignment]
+    quantize.affine_input_as_conv = lambda model: (model, [])  # type: ignore[assignment]
     try:
         return quantize.quantize_onnx_int8(fp32, calibration, "images", "all")
     finally:
-        quantize.SCOPE_OPS["all"], quantize.pools_as_convs, quantize.input_nodes = saved
+        (
+            quantize.SCOPE_OPS["all"],
+            quantize.pools_as_convs,
+            quantize.input_nodes,
+            quantize.affine_input_as_conv,
+        ) = saved
 
 
 def _stats(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
