@@ -31,25 +31,27 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _images(folder: str, size: tuple[int, int], n: int) -> np.ndarray:
+def _images(folder: str, size: tuple[int, int], n: int, resize: str) -> np.ndarray:
+    """uint8 (n, H, W, 3) RGB: the first n PNGs of `folder`, resized as the runtime does."""
     import cv2
 
     from edgead.ops.image import resize_frame
 
     files = sorted(Path(folder).glob("*.png"))[:n]
-    return np.stack([resize_frame(cv2.imread(str(f)), size, "area", "BGR") for f in files])
+    return np.stack([resize_frame(cv2.imread(str(f)), size, resize, "BGR") for f in files])
 
 
 def _variants(bundle: Any, calib: np.ndarray, threads: int) -> dict[str, Callable[..., Any]]:
     import onnxruntime as ort
     import openvino as ov
 
-    from edgead.export.quantize import quantize_onnx_int8, quantize_openvino_int8
+    from edgead.export.quantize import int8_openvino_ir, quantize_onnx_int8, quantize_openvino_int8
 
     onnx_fp32 = bundle.member("model.onnx")
     xml, weights = bundle.member("model.xml"), bundle.member("model.bin")
     onnx_int8 = quantize_onnx_int8(onnx_fp32, calib, "images", "all")
-    xml8, weights8, _ = quantize_openvino_int8(xml, weights, calib, "all")
+    xml8, weights8, keep_float = int8_openvino_ir(onnx_fp32)
+    xml8, weights8, _ = quantize_openvino_int8(xml8, weights8, calib, "all", keep_float=keep_float)
 
     def ort_fn(model: bytes) -> Callable[[np.ndarray], np.ndarray]:
         opts = ort.SessionOptions()
@@ -82,6 +84,7 @@ def _variants(bundle: Any, calib: np.ndarray, threads: int) -> dict[str, Callabl
         "OpenVINO f32": ov_fn(xml, weights, "f32"),
         "OpenVINO bf16": ov_fn(xml, weights, "bf16"),
         "OpenVINO int8 (NNCF)": ov_fn(xml8, weights8, "f32"),
+        "OpenVINO int8 (NNCF) bf16 hint": ov_fn(xml8, weights8, "bf16"),
         "OpenVINO int8 (ORT's QDQ graph)": ov_fn(onnx_int8, b"", "f32"),
     }
 
@@ -102,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle = read_bundle(args.bundle)
     size = tuple(int(v) for v in bundle.manifest.input.image_size)  # type: ignore[union-attr]
-    calib = _images(args.calibration, size, args.n_calibration)  # type: ignore[arg-type]
-    test = _images(args.test, size, 8)  # type: ignore[arg-type]
+    resize = bundle.manifest.input.resize  # type: ignore[union-attr]
+    calib = _images(args.calibration, size, args.n_calibration, resize)  # type: ignore[arg-type]
+    test = _images(args.test, size, 8, resize)  # type: ignore[arg-type]
     variants = _variants(bundle, calib, args.threads)
     reference = {"ORT": variants["ORT fp32"], "OpenVINO": variants["OpenVINO f32"]}
     rows: dict[str, dict[str, Any]] = {}

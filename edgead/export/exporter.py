@@ -50,6 +50,7 @@ from edgead.export.index import (
 from edgead.export.parity import check_graph_parity, check_score_parity
 from edgead.export.precision import (
     CONTROLLED,
+    INT8_OPENVINO,
     INT8_SCOPES,
     check_precision,
     int8_members,
@@ -89,12 +90,27 @@ class ExportData:
     normal_val: the run's held-out normal validation inputs (uint8 (N, S, S, 3) or float32
         (N, D)), or a zero-argument callable that loads them (None when they cannot be
         reproduced); a compressed index re-fits the threshold on them.
+    train_inputs: the run's training inputs (a sequence, loaded per item), or None; int8
+        calibrates on them when the run held nothing out (cross-fitted threshold).
     """
 
     test_inputs: Any = None
     test_labels: np.ndarray | None = None
     test_masks: Any = None
     normal_val: Any = None
+    train_inputs: Any = None
+
+    def calibration_inputs(self, limit: int = 64) -> np.ndarray | None:
+        """Normal inputs to calibrate int8 on: the held-out ones, else up to `limit` training
+        inputs spread over the set (logged), else None."""
+        held_out = self.normal_inputs()
+        if held_out is not None and len(held_out):
+            return held_out
+        if self.train_inputs is None or not len(self.train_inputs):
+            return None
+        picks = np.unique(np.linspace(0, len(self.train_inputs) - 1, limit).astype(int))
+        logger.info("int8 calibrates on %d training inputs (none held out)", len(picks))
+        return np.stack([np.asarray(self.train_inputs[int(i)]) for i in picks])
 
     def normal_inputs(self) -> np.ndarray | None:
         """The held-out normal validation inputs (loaded on first use), or None."""
@@ -668,11 +684,11 @@ def _control_precision(
     # bundle has IR), so the scores compared here come from it too
     main_backend = backends[-1]
     fp32_scores = runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
-    calibration = data.normal_inputs() if precision == "int8" else None
+    calibration = data.calibration_inputs() if precision == "int8" else None
     if precision == "int8" and (calibration is None or not len(calibration)):
         raise ExportError(
-            "--precision int8 calibrates on the run's held-out normal images, which could not "
-            "be reproduced (see the log); retrain with val_fraction > 0 or use fp32 / bf16"
+            "--precision int8 calibrates on the run's normal images (held out, else training), "
+            "which could not be read (see the log); export with the run's data or use fp32 / bf16"
         )
     tried: list[dict[str, Any]] = []
     scopes: tuple[str, ...] = ("graph",)
@@ -685,7 +701,7 @@ def _control_precision(
         cand_members = members
         if precision == "int8":
             accuracy = None
-            if "openvino" in reference:
+            if "openvino" in reference and INT8_OPENVINO == "nncf":
                 validate = nncf_validator(candidate, labels, masks, reference["openvino"][0])
                 accuracy = (validate, _stack_images(images), max_drop)
             cand_members, quant = int8_members(
@@ -1056,6 +1072,7 @@ def _parity_inputs_from_data(
         test_labels=np.asarray(labels) if has_test else None,
         test_masks=masks if has_test else None,
         normal_val=lambda: _run_validation_inputs(detector, data_path, meta, split),
+        train_inputs=train,
     )
     return (np.stack(picked) if picked else None), export_data
 
