@@ -87,23 +87,44 @@ def _distance_rows(columns: torch.Tensor, sq_norms: torch.Tensor, rows: torch.Te
     return dots.numpy()
 
 
+def _centred_columns(
+    vectors: torch.Tensor, chunk_rows: int = 65536
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """((D, N) float32 columns of `vectors` (N, D) centred on their mean and scaled to largest
+    norm 1; float32 (N,) their squared norms), built row chunk by row chunk so that no centred
+    (N, D) copy exists beside the result (the input is not modified)."""
+    n_vectors = vectors.shape[0]
+    mean = vectors.mean(dim=0, keepdim=True)
+    scale = 0.0
+    for start in range(0, n_vectors, chunk_rows):
+        norms = (vectors[start : start + chunk_rows] - mean).norm(dim=1)
+        scale = max(scale, float(norms.max()))
+    columns = torch.empty(vectors.shape[1], n_vectors, dtype=torch.float32)
+    sq_norms = torch.empty(n_vectors, dtype=torch.float32)
+    for start in range(0, n_vectors, chunk_rows):
+        centred = vectors[start : start + chunk_rows] - mean
+        if scale > 0:  # largest norm 1: half-precision products cannot overflow
+            centred /= scale
+        sq_norms[start : start + chunk_rows] = (centred * centred).sum(dim=1)
+        columns[:, start : start + chunk_rows] = centred.T
+    return columns, sq_norms
+
+
 def _projected_columns(
     features: np.ndarray, projection_dim: int, seed: int, dtype: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """((P, N) projected, centred vectors scaled to largest norm 1, in `dtype`; float32 (N,)
-    their squared norms). Raises DataError on NaN or infinite input."""
+    their squared norms). Raises DataError on NaN or infinite input.
+
+    The (P, N) layout: a block's (B, P) x (P, N) product gives its distance rows in the layout
+    the per-step minimum reads, with no transposed copy of the (B, N) result."""
     feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     if not bool(torch.isfinite(feats).all()):
         raise DataError("coreset input holds NaN or infinite values; check the feature extractor")
-    proj = random_projection(feats, projection_dim, seed)
-    proj -= proj.mean(dim=0, keepdim=True)
-    scale = float(proj.norm(dim=1).max())
-    if scale > 0:  # largest norm 1: half-precision products cannot overflow
-        proj /= scale
-    sq_norms = (proj * proj).sum(dim=1)
-    # (P, N): a block's (B, P) x (P, N) product gives its distance rows in the layout the
-    # per-step minimum reads, with no transposed copy of the (B, N) result.
-    return proj.T.contiguous().to(_DTYPES[dtype]), sq_norms
+    if 0 < projection_dim < feats.shape[1]:
+        feats = random_projection(feats, projection_dim, seed)
+    columns, sq_norms = _centred_columns(feats)
+    return columns.to(_DTYPES[dtype]), sq_norms
 
 
 def _first_centre(n_vectors: int, seed: int, start_index: int | None) -> int:
