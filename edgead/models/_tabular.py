@@ -342,6 +342,40 @@ def _mean_loss(
     return total / rows.shape[0]
 
 
+def standardized_net_state(standardizer: Standardizer, net: nn.Module) -> dict[str, np.ndarray]:
+    """A fitted (standardizer, network) pair as arrays: "std.mean", "std.scale" and the
+    network's weights as "net.<param>" (float32 copies)."""
+    arrays = standardizer.state_arrays()
+    arrays.update(
+        {f"net.{k}": v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+    )
+    return arrays
+
+
+def load_standardized_net(
+    name: str, arrays: dict[str, np.ndarray], build: Callable[[int], nn.Module]
+) -> tuple[Standardizer, nn.Module]:
+    """(standardizer, eval-mode network) from `standardized_net_state`'s arrays; `build(D)`
+    makes the untrained network for D input features (D from the stored standardizer).
+
+    Raises:
+        DataError: the arrays do not fit the network the config builds (named by `name`).
+    """
+    try:
+        standardizer = Standardizer.from_arrays(arrays)
+        net = build(int(standardizer.mean.shape[0]))
+        net.load_state_dict(
+            {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k[:4] == "net."}
+        )
+    except (KeyError, RuntimeError) as exc:
+        raise DataError(
+            f"{name}: stored state does not match the config ({exc}); "
+            "was the run written with another config or detector?"
+        ) from exc
+    net.eval()
+    return standardizer, net
+
+
 class TabularNetDetector(BaseDetector):
     """fit / score / state / export for a torch network over standardised rows.
 
@@ -458,31 +492,11 @@ class TabularNetDetector(BaseDetector):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Standardizer ("std.mean", "std.scale") and weights ("net.<param>")."""
-        standardizer, net = self._fitted()
-        arrays = standardizer.state_arrays()
-        arrays.update(
-            {f"net.{k}": v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-        )
-        return arrays
+        return standardized_net_state(*self._fitted())
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Rebuild the network from the config and the stored input width, then load weights."""
-        try:
-            standardizer = Standardizer.from_arrays(arrays)
-            net = self._build_model(int(standardizer.mean.shape[0]))
-            state = {
-                k[4:]: torch.from_numpy(np.array(v))
-                for k, v in arrays.items()
-                if k.startswith("net.")
-            }
-            net.load_state_dict(state)
-        except (KeyError, RuntimeError) as exc:
-            raise DataError(
-                f"{self.name}: stored state does not match the config ({exc}); "
-                "was the run written with another config or detector?"
-            ) from exc
-        net.eval()
-        self.standardizer, self.net = standardizer, net
+        self.standardizer, self.net = load_standardized_net(self.name, arrays, self._build_model)
 
     def export_spec(self) -> ExportSpec:
         """RowsGraph(standardizer, net): raw rows (B, D) -> ("score",) (B,)."""

@@ -23,7 +23,12 @@ import torch
 from torch import nn
 
 from edgead.errors import ConfigError, DataError
-from edgead.models._tabular import Standardizer, train_network
+from edgead.models._tabular import (
+    Standardizer,
+    load_standardized_net,
+    standardized_net_state,
+    train_network,
+)
 from edgead.models.base import BaseDetector, ExportSpec, Progress, ScoreOutput, no_progress
 from edgead.ops.rows import check_rows
 from edgead.ops.windows import check_window, sliding_windows
@@ -208,28 +213,13 @@ class WindowNetDetector(BaseDetector):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Standardizer ("std.*") and weights ("net.<param>")."""
-        standardizer, net = self._fitted()
-        arrays = standardizer.state_arrays()
-        arrays.update(
-            {f"net.{k}": v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-        )
-        return arrays
+        return standardized_net_state(*self._fitted())
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Rebuild the network from the config and the stored feature count, then load it."""
-        try:
-            standardizer = Standardizer.from_arrays(arrays)
-            net = self._build_network(self.window, int(standardizer.mean.shape[0]))
-            net.load_state_dict(
-                {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k[:4] == "net."}
-            )
-        except (KeyError, RuntimeError) as exc:
-            raise DataError(
-                f"{self.name}: stored state does not match the config ({exc}); "
-                "was the run written with another config or detector?"
-            ) from exc
-        net.eval()
-        self.standardizer, self.net = standardizer, net
+        self.standardizer, self.net = load_standardized_net(
+            self.name, arrays, lambda n_features: self._build_network(self.window, n_features)
+        )
 
     def export_spec(self) -> ExportSpec:
         """WindowsGraph: raw windows (B, L, D) -> ("score",) (B,); postprocess kind "window"."""
