@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             per_seed.append(result)
             log.info("%s seed %d: %s", spec, seed, json.dumps(result))
         rows.append({"bank": spec, "seeds": per_seed})
-        cells = [np.array([r[kind] for r in per_seed]) for kind in ("max", "reweight9", "top3")]
+        cells = [np.array([r[kind] for r in per_seed]) for kind in SCORES]
         stats = " | ".join(f"{c.mean():.4f} +- {c.std():.4f}" for c in cells)
         lines.append(f"| {spec} | {len(per_seed)} | {stats} |")
         print("\n".join(lines), flush=True)

@@ -62,13 +62,6 @@ def module_fingerprint(module: nn.Module, example: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def cached_graph(module: nn.Module, image_size: int) -> Path:
-    """Where the cached feature graph of `module` for uint8 (B, S, S, 3) input with
-    S = `image_size` lives (whether or not it exists yet)."""
-    example = torch.zeros((1, image_size, image_size, 3), dtype=torch.uint8)
-    return cache_dir() / f"{module_fingerprint(module, example)}.onnx"
-
-
 def _export_bytes(module: nn.Module, example: torch.Tensor, path: Path) -> bytes:
     """The module as ONNX (opset `OPSET`, dynamic batch), from the cached file `path` or
     exported now and written there (a cache that cannot be written is skipped, logged at debug
@@ -139,7 +132,7 @@ class OrtFeatures:
             logger.warning("onnxruntime is not installed: features are extracted with torch")
             return None
         example = torch.from_numpy(np.ascontiguousarray(first_batch))
-        cached = cached_graph(module, int(example.shape[1]))
+        cached = cache_dir() / f"{module_fingerprint(module, example)}.onnx"
         session = None
         while session is None:
             try:

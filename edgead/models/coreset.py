@@ -53,7 +53,8 @@ def coreset_size(n_vectors: int, ratio: float) -> int:
 def random_projection(
     features: torch.Tensor, projection_dim: int, seed: int, chunk_rows: int = 65536
 ) -> torch.Tensor:
-    """float32 (N, P) Gaussian random projection of `features` (N, D); a copy when P <= 0 or P >= D.
+    """float32 (N, P) Gaussian random projection of `features` (N, D); `features` itself (not a
+    copy: callers must not modify it) when P <= 0 or P >= D.
 
     Args:
         features: float32 (N, D).
@@ -63,7 +64,7 @@ def random_projection(
     """
     n_dims = features.shape[1]
     if projection_dim <= 0 or projection_dim >= n_dims:
-        return features.clone()
+        return features
     gen = torch.Generator().manual_seed(seed)
     matrix = torch.randn(n_dims, projection_dim, generator=gen) / math.sqrt(projection_dim)
     out = torch.empty(features.shape[0], projection_dim, dtype=torch.float32)
@@ -121,9 +122,7 @@ def _projected_columns(
     feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     if not bool(torch.isfinite(feats).all()):
         raise DataError("coreset input holds NaN or infinite values; check the feature extractor")
-    if 0 < projection_dim < feats.shape[1]:
-        feats = random_projection(feats, projection_dim, seed)
-    columns, sq_norms = _centred_columns(feats)
+    columns, sq_norms = _centred_columns(random_projection(feats, projection_dim, seed))
     return columns.to(_DTYPES[dtype]), sq_norms
 
 
