@@ -36,6 +36,22 @@ def is_whole_groups(mask_ratio: float) -> bool:
     return 0.0 < mask_ratio < 1.0 and k >= 1 and abs(1.0 / (1.0 - mask_ratio) - k) < 1e-6
 
 
+def token_mae_sizes_ok(cfg: Any) -> bool:
+    """Whether the fields every token MAE config shares can work: k = 1 / (1 - mask_ratio) a
+    whole number, score_draws a positive multiple of k, num_heads >= 1 dividing embed_dim and
+    decoder_dim, both depths >= 1 (MAEConfig, MAE1dConfig; each checks its own token count)."""
+    k = mask_groups(cfg.mask_ratio)
+    return (
+        is_whole_groups(cfg.mask_ratio)
+        and cfg.score_draws >= k
+        and cfg.score_draws % k == 0
+        and cfg.num_heads >= 1
+        and cfg.embed_dim % cfg.num_heads == 0
+        and cfg.decoder_dim % cfg.num_heads == 0
+        and min(cfg.depth, cfg.decoder_depth) >= 1
+    )
+
+
 def transformer_sizes(cfg: Any) -> dict[str, int]:
     """TokenMAE's keyword sizes from a config holding embed_dim, depth, num_heads,
     decoder_dim, decoder_depth, score_draws and a `groups` property (MAEConfig, MAE1dConfig)."""

@@ -45,7 +45,7 @@ from edgead.models._image_common import (
     seeded_net_and_inputs,
     train_epochs,
 )
-from edgead.models._mae_core import TokenMAE, is_whole_groups, mask_groups, transformer_sizes
+from edgead.models._mae_core import TokenMAE, mask_groups, token_mae_sizes_ok, transformer_sizes
 from edgead.models.base import ImagePreprocess, Progress, no_progress, register_detector
 from edgead.models.patchcore import PatchCoreEmbedder
 
@@ -113,12 +113,8 @@ class MAEConfig:
         )  # "features": the token grid is the backbone's, checked when the net is built
         ok = (
             (self.target == "features" or pixels_ok)
-            and is_whole_groups(self.mask_ratio)
-            and self.score_draws >= k
-            and self.score_draws % k == 0
-            and self.embed_dim % self.num_heads == 0
-            and self.decoder_dim % self.num_heads == 0
-            and min(self.depth, self.decoder_depth, self.epochs, self.batch_size) >= 1
+            and token_mae_sizes_ok(self)
+            and min(self.epochs, self.batch_size) >= 1
             and self.lr > 0
             and self.weight_decay >= 0
             and self.blur_sigma >= 0

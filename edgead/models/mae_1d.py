@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgead.errors import ConfigError
-from edgead.models._mae_core import TokenMAE, is_whole_groups, mask_groups, transformer_sizes
+from edgead.models._mae_core import TokenMAE, mask_groups, token_mae_sizes_ok, transformer_sizes
 from edgead.models._windows import (
     WINDOW_SCORES,
     WindowNetDetector,
@@ -85,14 +85,9 @@ class MAE1dConfig:
         ok = (
             self.patch_rows >= 1
             and self.window % self.patch_rows == 0
-            and is_whole_groups(self.mask_ratio)
+            and token_mae_sizes_ok(self)
             and self.n_patches % k == 0
             and self.n_patches // k >= 1
-            and self.score_draws >= k
-            and self.score_draws % k == 0
-            and self.embed_dim % self.num_heads == 0
-            and self.decoder_dim % self.num_heads == 0
-            and min(self.depth, self.decoder_depth, self.num_heads) >= 1
             and self.score in WINDOW_SCORES
         )
         if not ok:
