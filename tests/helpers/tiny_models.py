@@ -10,6 +10,15 @@ from edgead.models.backbones import FeatureExtractor, FeatureInfo, list_backbone
 
 TINY_MEAN = (0.4, 0.5, 0.6)
 TINY_STD = (0.2, 0.25, 0.3)
+#: the smallest transformer sizes a test MAE (image or time patches) trains with in seconds.
+TINY_MAE_SIZES = {
+    "embed_dim": 16,
+    "depth": 1,
+    "num_heads": 2,
+    "decoder_dim": 8,
+    "decoder_depth": 1,
+    "score_draws": 4,
+}
 
 
 class TinyBackbone(FeatureExtractor):

@@ -13,7 +13,7 @@ import torch
 
 from edgead.errors import ConfigError, DataError, NotFittedError
 from edgead.models.base import create_detector, get_detector_class, list_detectors
-from tests.helpers.tiny_models import gradient_images, register_tiny_backbone
+from tests.helpers.tiny_models import TINY_MAE_SIZES, gradient_images, register_tiny_backbone
 
 TINY = register_tiny_backbone("tiny_test_image_methods")
 SIZE = 32
@@ -59,12 +59,7 @@ CONFIGS: dict[str, dict] = {
         "target": "pixels",
         "work_size": 16,
         "patch_size": 4,
-        "embed_dim": 16,
-        "depth": 1,
-        "num_heads": 2,
-        "decoder_dim": 8,
-        "decoder_depth": 1,
-        "score_draws": 4,
+        **TINY_MAE_SIZES,
         "epochs": 10,
         "batch_size": 8,
     },

@@ -12,7 +12,12 @@ import torch
 
 from edgead.errors import ConfigError
 from edgead.models.base import create_detector
-from tests.helpers.tiny_models import TINY_MEAN, gradient_images, register_tiny_backbone
+from tests.helpers.tiny_models import (
+    TINY_MAE_SIZES,
+    TINY_MEAN,
+    gradient_images,
+    register_tiny_backbone,
+)
 
 TINY = register_tiny_backbone("tiny_test_mae_features")
 SIZE = 32  # tiny backbone strides 4 and 8: an 8 x 8 token grid of 6 + 10 channels
@@ -21,12 +26,7 @@ CONFIG = {
     "target": "features",
     "backbone": TINY,
     "pretrained": False,
-    "embed_dim": 16,
-    "depth": 1,
-    "num_heads": 2,
-    "decoder_dim": 8,
-    "decoder_depth": 1,
-    "score_draws": 4,
+    **TINY_MAE_SIZES,
     "epochs": 15,
     "batch_size": 8,
 }

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from edgead.models.base import create_detector, get_detector_class, list_detectors
-from tests.helpers.tiny_models import gradient_images, register_tiny_backbone
+from tests.helpers.tiny_models import TINY_MAE_SIZES, gradient_images, register_tiny_backbone
 
 TINY = register_tiny_backbone("tiny_test_registry_contract")
 SIZE = 32
@@ -49,12 +49,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "target": "features",
         "backbone": TINY,
         "pretrained": False,
-        "embed_dim": 16,
-        "depth": 1,
-        "num_heads": 2,
-        "decoder_dim": 8,
-        "decoder_depth": 1,
-        "score_draws": 4,
+        **TINY_MAE_SIZES,
         "epochs": 2,
     },
     "csi": {
