@@ -228,14 +228,14 @@ def int8_members(
     onnx_member = graphs["onnx"]
     out[onnx_member] = quantize_onnx_int8(members[onnx_member], calibration, input_name, scope)
     report["onnx"] = "onnxruntime.quantization.quantize_static (QDQ, u8 act / s8 per-channel)"
-    if "openvino" in graphs and openvino == "qdq":
-        xml_member = graphs["openvino"]
-        bin_member = xml_member[: -len(".xml")] + ".bin"
+    if "openvino" not in graphs:
+        return out, report
+    xml_member = graphs["openvino"]
+    bin_member = xml_member[: -len(".xml")] + ".bin"
+    if openvino == "qdq":
         out[xml_member], out[bin_member] = export_openvino_ir(out[onnx_member], fp16=False)
         report["openvino"] = {"method": "the QDQ graph converted to IR (FakeQuantize)"}
-    elif "openvino" in graphs:
-        xml_member = graphs["openvino"]
-        bin_member = xml_member[: -len(".xml")] + ".bin"
+    else:
         validate, val_images, max_drop = accuracy if accuracy is not None else (None, None, 0.0)
         xml, weights, keep_float = int8_openvino_ir(members[onnx_member])
         xml, weights, ov_report = quantize_openvino_int8(
