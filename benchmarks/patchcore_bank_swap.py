@@ -6,15 +6,14 @@ way, scoring test images prepared another way (PatchCore, cached features, sever
     .venv/bin/python benchmarks/patchcore_bank_swap.py --data /tmp/gray_big --test-prep area_u8 \\
         --banks area_u8:gauss128,pil_u8:gauss128 --seeds 0,1,2
 
-A bank is `TRAIN_PREP:PROJECTION[:RATIO[:DTYPE]]`: the training images' preprocessing (as in
+A bank is `TRAIN_PREP:PROJECTION[:RATIO]`: the training images' preprocessing (as in
 `patchcore_ablation.py`: `area_u8` = OpenCV area resize to uint8, edgead's resize before
 issue 12; `pil_u8` = Pillow's antialiased bilinear to uint8, edgead's `bilinear_aa` and
 anomalib's torchvision resize up to rounding; `torch_f32` = anomalib's own reading, Pillow +
 torchvision in float, no rounding), the coreset's distance space (`gauss128`: edgead's 128-d
 Gaussian projection; `none`: exact distances; `anomalib`: anomalib 2.7's
 `SparseRandomProjection(eps=0.9)` and random start, needs the compare extra) and the coreset
-ratio (default 0.01) and the dtype of the coreset's block products (`float32`, default, or
-`bfloat16`). Every bank scores the SAME test features (`--test-prep`), so a difference
+ratio (default 0.01). Every bank scores the SAME test features (`--test-prep`), so a difference
 between rows comes from the bank alone; each seed draws the projection and the first centre.
 Image score: max patch distance and the mean of the 3 largest (edgead's default since issue 12).
 
@@ -40,11 +39,8 @@ SCHEMA_VERSION = 1
 log = logging.getLogger("patchcore_bank_swap")
 
 
-def bank_indices(
-    features: np.ndarray, projection: str, ratio: float, seed: int, dtype: str = "float32"
-) -> np.ndarray:
-    """Coreset indices into `features` (N, D) for one bank setting and seed; `dtype` is the
-    coreset's block-product dtype (edgead's projections only)."""
+def bank_indices(features: np.ndarray, projection: str, ratio: float, seed: int) -> np.ndarray:
+    """Coreset indices into `features` (N, D) for one bank setting and seed."""
     from edgead.models.coreset import greedy_coreset
 
     if projection == "anomalib":
@@ -62,7 +58,7 @@ def bank_indices(
     dims = {"gauss128": 128, "none": 0}
     if projection not in dims:
         raise SystemExit(f"unknown projection {projection!r}: gauss128, none or anomalib")
-    return greedy_coreset(features, ratio, projection_dim=dims[projection], seed=seed, dtype=dtype)
+    return greedy_coreset(features, ratio, projection_dim=dims[projection], seed=seed)
 
 
 def image_aurocs(test_emb: np.ndarray, bank: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -108,13 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     for spec in [b for b in args.banks.split(",") if b]:
         prep, projection, *rest = spec.split(":")
         ratio = float(rest[0]) if rest else 0.01
-        dtype = rest[1] if len(rest) > 1 else "float32"
         train_emb, _ = cached_embeddings(data, prep, 224, list(dataset.train_paths), "train")
         features = np.ascontiguousarray(train_emb.reshape(-1, train_emb.shape[-1]))
         per_seed = []
         for seed in [int(s) for s in args.seeds.split(",")]:
             t0 = time.perf_counter()
-            keep = bank_indices(features, projection, ratio, seed, dtype)
+            keep = bank_indices(features, projection, ratio, seed)
             result = {"seed": seed, **image_aurocs(test_emb, features[keep], labels)}
             result["seconds"] = time.perf_counter() - t0
             per_seed.append(result)

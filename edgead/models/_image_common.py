@@ -4,7 +4,9 @@
   normalised float32 (B, 3, S, S) out, so preprocessing travels inside the graph.
 - `build_backbone`: a frozen feature extractor from `edgead.models.backbones`, built
   deterministically (a seeded init when `pretrained=False`, for tests).
-- `check_images` / `iter_batches`: input validation and batching of uint8 image sequences.
+- `check_images` / `iter_batches` / `map_batches`: input validation and batching of uint8 image
+  sequences (lazily loaded images are read one batch ahead by a small thread pool, or by the
+  worker threads that also run the model).
 - `maps_to_output`: grid maps -> `ScoreOutput` with the same post-processing as the runtime.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -35,6 +38,9 @@ logger = logging.getLogger(__name__)
 #: Seed used to initialise a backbone built with `pretrained=False` (tests), so that a detector
 #: rebuilt from a run directory gets the very same random weights.
 _RANDOM_BACKBONE_SEED = 0
+#: threads that read (decode + resize) lazily loaded images one batch ahead of the model; OpenCV's
+#: decoders and Pillow's resize release the GIL, so reading overlaps the forward pass.
+LOAD_THREADS = 2
 
 
 class UInt8Normalize(nn.Module):
@@ -133,13 +139,67 @@ def iter_batches(
     progress: Progress = no_progress,
     description: str = "images",
 ) -> Iterator[torch.Tensor]:
-    """Yield uint8 (b, S, S, 3) tensors of at most `batch_size` images, reporting progress."""
+    """Yield uint8 (b, S, S, 3) tensors of at most `batch_size` images, reporting progress.
+
+    Images that are not already one numpy array (a lazily loaded Sequence: each access decodes
+    a file) are read by `LOAD_THREADS` threads, the next batch while the caller works on this
+    one; at most two batches are in memory. A loader's exception is raised here, in order."""
     n_images = len(images)
-    for start in range(0, n_images, batch_size):
+    starts = range(0, n_images, batch_size)
+    if isinstance(images, np.ndarray):
+        for start in starts:
+            stop = min(start + batch_size, n_images)
+            yield torch.from_numpy(np.ascontiguousarray(images[start:stop], dtype=np.uint8))
+            progress(stop, n_images, description)
+        return
+
+    def load(index: int) -> np.ndarray:
+        return np.asarray(images[index], dtype=np.uint8)
+
+    with ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="edgead-load") as pool:
+
+        def submit(start: int) -> list[Future[np.ndarray]]:
+            return [pool.submit(load, i) for i in range(start, min(start + batch_size, n_images))]
+
+        pending = submit(0)
+        for start in starts:
+            current, pending = pending, submit(start + batch_size)
+            yield torch.from_numpy(np.stack([future.result() for future in current]))
+            progress(min(start + batch_size, n_images), n_images, description)
+
+
+def map_batches(
+    fn: Callable[[np.ndarray], np.ndarray],
+    images: Sequence[np.ndarray] | np.ndarray,
+    batch_size: int,
+    workers: int,
+    progress: Progress = no_progress,
+    description: str = "images",
+) -> list[np.ndarray]:
+    """[fn(uint8 (b, S, S, 3) batch) for consecutive batches of at most `batch_size` images], in
+    order, computed by `workers` threads that each read (decode + resize) and run their own
+    batches. For a `fn` that releases the GIL and runs on its calling thread (a single-threaded
+    ONNX Runtime session): reading and the model then share the cores with no idle time. The
+    first failure is raised here, after the batches not yet started are cancelled."""
+    n_images = len(images)
+
+    def task(start: int) -> np.ndarray:
         stop = min(start + batch_size, n_images)
-        batch = np.stack([np.asarray(images[i], dtype=np.uint8) for i in range(start, stop)])
-        yield torch.from_numpy(batch)
-        progress(stop, n_images, description)
+        return fn(np.stack([np.asarray(images[i], dtype=np.uint8) for i in range(start, stop)]))
+
+    results: list[np.ndarray] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="edgead-map") as pool:
+        starts = range(0, n_images, batch_size)
+        futures = [pool.submit(task, start) for start in starts]
+        try:
+            for start, future in zip(starts, futures, strict=True):
+                results.append(future.result())
+                progress(min(start + batch_size, n_images), n_images, description)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return results
 
 
 def maps_to_output(

@@ -9,10 +9,12 @@ many dimensions (Johnson-Lindenstrauss; for wide features).
 Each step's work is one (N,) minimum and one argmax. The distances from all N vectors to the
 next centres come from blocked matrix products: when the farthest vector is not among the
 vectors of the current block, the `block_size` currently farthest vectors are taken as the next
-block and their distance rows are computed with one (N, P) x (P, B) product. The farthest
-vectors tend to stay farthest, so one pass over the data serves many steps, and the result is
-the same as the plain greedy (it is exact, not an approximation). There is no Python loop over
-vectors. Torch is used on the CPU only.
+block and their squared distance rows are computed with one (B, P + 2) x (P + 2, N) product
+(the norms ride along as two extra rows), run by numpy's BLAS: for these shapes about twice
+torch's CPU mm on the development machine. The farthest vectors tend to stay farthest, so one
+pass over the data serves many steps, and the result is the same as the plain greedy (it is
+exact, not an approximation). There is no Python loop over vectors. Torch only draws the
+seeded first centre and projection.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from edgead.errors import ConfigError, DataError
 from edgead.models.base import Progress, no_progress
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -73,57 +73,108 @@ def random_projection(
     return out
 
 
-def _distance_rows(columns: torch.Tensor, sq_norms: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
-    """float32 (B, N) squared distances from the vectors `rows` (B,) to all N vectors.
+def _distance_rows(columns: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """float32 (B, N) squared distances from the vectors `rows` (B,) to all N vectors, written
+    into `out` (at least (B, N)) by one matrix product.
 
     Args:
-        columns: (P, N) projected vectors, one per column (float32 or half precision).
-        sq_norms: float32 (N,) their squared norms.
+        columns: float32 (P + 2, N) augmented columns from `_augmented_columns`: the centred
+            vectors x, then |x|^2, then ones.
         rows: int64 (B,) indices of the block's centres.
+        out: float32 (>= B, N) buffer, reused between blocks.
     """
-    centres = columns[:, rows].T.contiguous()  # (B, P)
-    dots = torch.mm(centres, columns).float()  # (B, N)
-    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, summed in float32.
-    dots.mul_(-2.0).add_(sq_norms[None, :]).add_(sq_norms[rows][:, None])
-    return dots.numpy()
+    n_dims = columns.shape[0] - 2
+    # |x - c|^2 = |c|^2 - 2 c.x + |x|^2 as one product: [-2c, 1, |c|^2] . [x, |x|^2, 1].
+    centres = np.empty((len(rows), n_dims + 2), dtype=np.float32)
+    centres[:, :n_dims] = columns[:n_dims, rows].T
+    centres[:, :n_dims] *= -2.0
+    centres[:, n_dims] = 1.0
+    centres[:, n_dims + 1] = columns[n_dims, rows]
+    block = out[: len(rows)]
+    np.matmul(centres, columns, out=block)  # numpy's BLAS: ~2x torch's mm for this shape here
+    return block
 
 
-def _centred_columns(
-    vectors: torch.Tensor, chunk_rows: int = 65536
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """((D, N) float32 columns of `vectors` (N, D) centred on their mean and scaled to largest
-    norm 1; float32 (N,) their squared norms), built row chunk by row chunk so that no centred
-    (N, D) copy exists beside the result (the input is not modified)."""
-    n_vectors = vectors.shape[0]
-    mean = vectors.mean(dim=0, keepdim=True)
-    scale = 0.0
+def _augmented_columns(vectors: np.ndarray, chunk_rows: int = 16384) -> np.ndarray:
+    """float32 (D + 2, N) columns of `vectors` (N, D) centred on their mean and scaled to largest
+    norm 1, then their squared norms, then ones (so one product gives squared distances), built
+    `chunk_rows` rows at a time in one reused buffer, so that no centred (N, D) copy exists
+    beside the result (the input is not modified)."""
+    n_vectors, n_dims = vectors.shape
+    mean = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+    chunk = np.empty((min(chunk_rows, n_vectors), n_dims), dtype=np.float32)
+    sq_norms = np.empty(n_vectors, dtype=np.float32)
     for start in range(0, n_vectors, chunk_rows):
-        norms = (vectors[start : start + chunk_rows] - mean).norm(dim=1)
-        scale = max(scale, float(norms.max()))
-    columns = torch.empty(vectors.shape[1], n_vectors, dtype=torch.float32)
-    sq_norms = torch.empty(n_vectors, dtype=torch.float32)
+        centred = chunk[: min(chunk_rows, n_vectors - start)]
+        np.subtract(vectors[start : start + chunk_rows], mean, out=centred)
+        np.einsum("ij,ij->i", centred, centred, out=sq_norms[start : start + chunk_rows])
+    scale_sq = float(sq_norms.max())
+    columns = np.empty((n_dims + 2, n_vectors), dtype=np.float32)
     for start in range(0, n_vectors, chunk_rows):
-        centred = vectors[start : start + chunk_rows] - mean
-        if scale > 0:  # largest norm 1: half-precision products cannot overflow
-            centred /= scale
-        sq_norms[start : start + chunk_rows] = (centred * centred).sum(dim=1)
-        columns[:, start : start + chunk_rows] = centred.T
-    return columns, sq_norms
+        centred = chunk[: min(chunk_rows, n_vectors - start)]
+        np.subtract(vectors[start : start + chunk_rows], mean, out=centred)
+        columns[:n_dims, start : start + chunk_rows] = centred.T
+    if scale_sq > 0:  # largest norm 1: distances in [0, 4], summed in float32
+        columns[:n_dims] /= np.float32(np.sqrt(scale_sq))
+        sq_norms /= np.float32(scale_sq)
+    columns[n_dims] = sq_norms
+    columns[n_dims + 1] = 1.0
+    return columns
 
 
-def _projected_columns(
-    features: np.ndarray, projection_dim: int, seed: int, dtype: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """((P, N) projected, centred vectors scaled to largest norm 1, in `dtype`; float32 (N,)
-    their squared norms). Raises DataError on NaN or infinite input.
+def _projected_columns(features: np.ndarray, projection_dim: int, seed: int) -> np.ndarray:
+    """float32 (P + 2, N) augmented columns (`_augmented_columns`) of the projected `features`.
+    Raises DataError on NaN or infinite input.
 
-    The (P, N) layout: a block's (B, P) x (P, N) product gives its distance rows in the layout
-    the per-step minimum reads, with no transposed copy of the (B, N) result."""
-    feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    if not bool(torch.isfinite(feats).all()):
+    The (P + 2, N) layout: a block's (B, P + 2) x (P + 2, N) product gives its distance rows in
+    the layout the per-step minimum reads, with no transposed copy of the (B, N) result."""
+    vectors = np.ascontiguousarray(features, dtype=np.float32)
+    # a float64 sum of finite float32 values cannot overflow; any NaN or inf makes it non-finite
+    if not np.isfinite(vectors.sum(dtype=np.float64)):
         raise DataError("coreset input holds NaN or infinite values; check the feature extractor")
-    columns, sq_norms = _centred_columns(random_projection(feats, projection_dim, seed))
-    return columns.to(_DTYPES[dtype]), sq_norms
+    if 0 < projection_dim < vectors.shape[1]:
+        vectors = random_projection(torch.from_numpy(vectors), projection_dim, seed).numpy()
+    return _augmented_columns(vectors)
+
+
+#: `_likely_next` runs the greedy on the POOL_FACTOR x B currently farthest vectors.
+POOL_FACTOR = 4
+
+
+def _likely_next(columns: np.ndarray, min_sq: np.ndarray, idx: int, n_block: int) -> np.ndarray:
+    """int64 (B,) the vectors whose distance rows the next block computes, `idx` (the next
+    centre) first: the greedy itself run on the `POOL_FACTOR * B` currently farthest vectors,
+    with their exact distances to each other, until it has picked B of them.
+
+    Those are exactly the next picks for as long as the farthest vector overall stays inside
+    the pool; taking the B farthest vectors instead wastes rows on near-duplicates (once one of
+    a tight group is picked the others are no longer far). On real PatchCore features this cut
+    the blocks by 25-40 % (efficientnet_lite0, D = 152, 42k-235k vectors, 1 %).
+
+    Args:
+        columns: float32 (P + 2, N) augmented columns (`_augmented_columns`).
+        min_sq: float32 (N,) current squared distance to the nearest centre (-1: selected).
+        idx: the next centre (the argmax of `min_sq`).
+        n_block: B.
+    """
+    n_vectors = min_sq.shape[0]
+    n_pool = min(POOL_FACTOR * n_block, n_vectors)
+    pool = np.argpartition(min_sq, n_vectors - n_pool)[n_vectors - n_pool :]
+    if not np.any(pool == idx):  # a tie at the pool's edge: make room for the next centre
+        pool[np.argmin(min_sq[pool])] = idx
+    n_dims = columns.shape[0] - 2
+    vectors = columns[:n_dims, pool]
+    sq_norms = columns[n_dims, pool]
+    dist_sq = sq_norms[:, None] + sq_norms[None, :] - 2.0 * (vectors.T @ vectors)
+    pool_min = min_sq[pool]  # a copy (fancy indexing)
+    order: list[int] = []
+    best = int(np.flatnonzero(pool == idx)[0])
+    while len(order) < n_block and pool_min[best] >= 0:
+        order.append(int(pool[best]))
+        np.minimum(pool_min, dist_sq[best], out=pool_min)
+        pool_min[best] = -1.0  # picked
+        best = int(np.argmax(pool_min))
+    return np.asarray(order, dtype=np.int64)
 
 
 def _first_centre(n_vectors: int, seed: int, start_index: int | None) -> int:
@@ -144,8 +195,7 @@ def greedy_coreset(
     projection_dim: int = 0,
     seed: int = 0,
     start_index: int | None = None,
-    dtype: str = "float32",
-    block_size: int = 32,
+    block_size: int = 64,
     progress: Progress = no_progress,
     stats: CoresetStats | None = None,
 ) -> np.ndarray:
@@ -158,9 +208,6 @@ def greedy_coreset(
         seed: seeds the projection and the first centre.
         start_index: the first centre (None: a seeded random vector); it is the first index
             returned, as in anomalib's KCenterGreedy.
-        dtype: dtype of the projected vectors in the block products: "float32" (default;
-            fastest on CPUs without native half-precision units), "float16" or "bfloat16"
-            (half the memory; fast on CPUs with AVX512-FP16/AMX). Running distances stay float32.
         block_size: B, centres whose distance rows one pass over the data computes.
         progress: called as progress(done, total, "coreset") about every 1 % of the steps.
         stats: when given, filled with the run's cost.
@@ -170,12 +217,10 @@ def greedy_coreset(
 
     Raises:
         DataError: `features` is not a non-empty 2-D array of finite values.
-        ConfigError: bad ratio, dtype or block size.
+        ConfigError: bad ratio or block size.
     """
     if features.ndim != 2 or features.shape[0] == 0:
         raise DataError(f"coreset needs a non-empty (N, D) array, got shape {features.shape}")
-    if dtype not in _DTYPES:
-        raise ConfigError(f"coreset dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     if block_size < 1:
         raise ConfigError(f"coreset block_size must be >= 1, got {block_size}")
     n_vectors = features.shape[0]
@@ -184,27 +229,23 @@ def greedy_coreset(
     t0 = time.perf_counter()
     if n_select >= n_vectors:
         return np.arange(n_vectors, dtype=np.int64)
-    columns, sq_norms = _projected_columns(features, projection_dim, seed, dtype)
+    columns = _projected_columns(features, projection_dim, seed)
     first = _first_centre(n_vectors, seed, start_index)
     selected = np.empty(n_select, dtype=np.int64)
     # The per-step (N,) work runs in numpy: single-threaded, so no thread-pool barrier per step
     # (on a busy 2-core machine a torch parallel region per step costs ~10 ms of waiting).
     min_sq = np.full(n_vectors, np.inf, dtype=np.float32)
     block_rows: dict[int, int] = {}
-    block = np.empty((0, n_vectors), dtype=np.float32)
+    buffer = np.empty((n_block, n_vectors), dtype=np.float32)
+    block = buffer[:0]
     n_blocks = 0
     report_every = max(1, n_select // 100)
     idx = first
     for step in range(n_select):
         if idx not in block_rows:
-            if step:
-                cand = np.argpartition(min_sq, n_vectors - n_block)[n_vectors - n_block :]
-                if not np.any(cand == idx):
-                    cand[0] = idx
-            else:
-                cand = np.array([idx])
+            cand = _likely_next(columns, min_sq, idx, n_block) if step else np.array([idx])
             # (B, N) squared distances from the block's vectors to every vector: one pass.
-            block = _distance_rows(columns, sq_norms, torch.from_numpy(cand))
+            block = _distance_rows(columns, cand, buffer)
             block_rows = {int(c): r for r, c in enumerate(cand.tolist())}
             n_blocks += 1
         selected[step] = idx

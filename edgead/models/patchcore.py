@@ -40,8 +40,9 @@ from edgead.models._image_common import (
     check_images,
     feature_grid,
     iter_batches,
+    map_batches,
 )
-from edgead.models._ort_features import OrtFeatures
+from edgead.models._ort_features import PARITY_IMAGES, WORKER_BATCH, OrtFeatures
 from edgead.models.base import (
     BaseDetector,
     ExportSpec,
@@ -60,6 +61,8 @@ _INDEX_FACTORY = "Flat"
 #: at most this many training images get a cross-fitted score (a 99th percentile needs ~100s).
 MAX_HELDOUT_IMAGES = 256
 FEATURE_ENGINES = ("onnxruntime", "torch")
+#: images embedded and scored together by `PatchCore.score` (bounds the embeddings held).
+SCORE_CHUNK = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +82,8 @@ class PatchCoreConfig:
     projection_dim: random-projection dimension of the coreset's distances (<= 0, default:
         exact distances in the D-dim feature space; a projection only pays for wide features:
         at D = 152 a 128-d one cost 0.007 ELPV image AUROC, issue 12).
-    batch_size: images per backbone forward.
+    batch_size: images per torch backbone forward (ONNX Runtime runs `WORKER_BATCH`-image batches
+        on several threads).
     val_fraction: share of the normal training images held out of the bank by `edgead.training`
         to set the threshold and score normalisation (0: none, every image goes into the bank).
     threshold_folds: k of the k-fold cross-fitting that gives every training image (at most
@@ -232,10 +236,35 @@ class PatchCore(BaseDetector):
     ) -> np.ndarray:
         """float32 (N, h*w, D) patch embeddings of uint8 (S, S, 3) RGB images."""
         check_images(images, self.config.image_size)
-        parts: list[np.ndarray] = []
+        return self._embed(images, progress, description)
+
+    def _embed(
+        self,
+        images: Sequence[np.ndarray] | np.ndarray,
+        progress: Progress = no_progress,
+        description: str = "patchcore: features",
+    ) -> np.ndarray:
+        """`embed` of checked images: the first `PARITY_IMAGES` images decide the engine (and
+        are its parity batch); through ONNX Runtime the rest go in batches of `WORKER_BATCH`
+        to `OrtFeatures.workers` threads that each read and run their own batches."""
+        n_images = len(images)
+        n_head = min(n_images, PARITY_IMAGES)
+
+        def report(done: int, total: int, what: str) -> None:
+            progress(n_head + done, n_images, what)
+
         with torch.inference_mode():
-            for batch in iter_batches(images, self.config.batch_size, progress, description):
-                parts.append(self._features(batch))
+            head = np.stack([np.asarray(images[i], dtype=np.uint8) for i in range(n_head)])
+            parts = [self._features(torch.from_numpy(head))]
+            progress(n_head, n_images, description)
+            rest = images[n_head:]
+            if self._ort is not None:
+                parts += map_batches(
+                    self._ort, rest, WORKER_BATCH, self._ort.workers, report, description
+                )
+            else:
+                batches = iter_batches(rest, self.config.batch_size, report, description)
+                parts += [self._features(batch) for batch in batches]
         return np.concatenate(parts)
 
     def _features(self, batch: torch.Tensor) -> np.ndarray:
@@ -372,12 +401,13 @@ class PatchCore(BaseDetector):
         size_hw = (cfg.image_size, cfg.image_size)
         scores: list[np.ndarray] = []
         maps: list[np.ndarray] = []
-        with torch.inference_mode():
-            for batch in iter_batches(data, cfg.batch_size, progress, "patchcore: score"):
-                emb = self._features(batch)
-                scored = score_nn_embeddings(emb, self._nn_index(), post, size_hw, bank)
-                scores.append(scored.raw)
-                maps.append(scored.maps)  # type: ignore[arg-type]
+        n_images = len(data)
+        for start in range(0, n_images, SCORE_CHUNK):
+            emb = self._embed(data[start : start + SCORE_CHUNK])
+            scored = score_nn_embeddings(emb, self._nn_index(), post, size_hw, bank)
+            scores.append(scored.raw)
+            maps.append(scored.maps)  # type: ignore[arg-type]
+            progress(min(start + SCORE_CHUNK, n_images), n_images, "patchcore: score")
         return ScoreOutput(
             scores=np.concatenate(scores).astype(np.float32), anomaly_maps=np.concatenate(maps)
         )

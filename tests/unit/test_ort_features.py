@@ -3,6 +3,7 @@ failure falls back to torch (logged), on a tiny random-weight backbone."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -88,3 +89,34 @@ def test_exported_graph_is_cached_and_checked_again(
     fourth = create_detector("patchcore", CONFIG)
     fourth.embed(images)
     assert fourth.feature_engine_ == "onnxruntime" and cached[0].stat().st_size > 100
+
+
+def test_parity_record_skips_torch_only_for_the_recorded_graph_and_runtime(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A passed parity check is recorded beside the cached graph; the next fit with the same
+    graph bytes and onnxruntime version trusts it, any other record (another runtime version,
+    an oversized or garbled file) sends the graph through the check again."""
+    monkeypatch.setenv("EDGEAD_CACHE_DIR", str(tmp_path))
+    images = gradient_images(3, 2, SIZE, False)
+    create_detector("patchcore", CONFIG).embed(images)
+    records = list((tmp_path / "onnx_features").glob("*.parity.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert 0.0 <= record["parity_rel_err"] <= _ort_features.PARITY_RTOL
+
+    def embed_logs() -> str:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="edgead.models._ort_features"):
+            det = create_detector("patchcore", CONFIG)
+            det.embed(images)
+        assert det.feature_engine_ == "onnxruntime"
+        return caplog.text
+
+    assert "checked when it was cached" in embed_logs()
+    records[0].write_text(json.dumps({**record, "onnxruntime": "0.0.0"}))
+    assert "checked when it was cached" not in embed_logs()  # checked again, record rewritten
+    assert json.loads(records[0].read_text())["onnxruntime"] != "0.0.0"
+    for garbage in (b"[1, 2]", b"{", b" " * (_ort_features.MAX_RECORD_BYTES + 1)):
+        records[0].write_bytes(garbage)
+        assert "parity with torch: " in embed_logs()
