@@ -239,10 +239,7 @@ class PatchCore(BaseDetector):
         return self._embed(images, progress, description)
 
     def _embed(
-        self,
-        images: Sequence[np.ndarray] | np.ndarray,
-        progress: Progress = no_progress,
-        description: str = "patchcore: features",
+        self, images: Sequence[np.ndarray] | np.ndarray, progress: Progress, description: str
     ) -> np.ndarray:
         """`embed` of checked images: the first `PARITY_IMAGES` images decide the engine (and
         are its parity batch); through ONNX Runtime the rest go in batches of `WORKER_BATCH`
@@ -403,7 +400,7 @@ class PatchCore(BaseDetector):
         maps: list[np.ndarray] = []
         n_images = len(data)
         for start in range(0, n_images, SCORE_CHUNK):
-            emb = self._embed(data[start : start + SCORE_CHUNK])
+            emb = self._embed(data[start : start + SCORE_CHUNK], no_progress, "")
             scored = score_nn_embeddings(emb, self._nn_index(), post, size_hw, bank)
             scores.append(scored.raw)
             maps.append(scored.maps)  # type: ignore[arg-type]
