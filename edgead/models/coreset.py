@@ -8,13 +8,13 @@ many dimensions (Johnson-Lindenstrauss; for wide features).
 
 Each step's work is one (N,) minimum and one argmax. The distances from all N vectors to the
 next centres come from blocked matrix products: when the farthest vector is not among the
-vectors of the current block, the `block_size` currently farthest vectors are taken as the next
-block and their squared distance rows are computed with one (B, P + 2) x (P + 2, N) product
-(the norms ride along as two extra rows), run by numpy's BLAS: for these shapes about twice
-torch's CPU mm on the development machine. The farthest vectors tend to stay farthest, so one
-pass over the data serves many steps, and the result is the same as the plain greedy (it is
-exact, not an approximation). There is no Python loop over vectors. Torch only draws the
-seeded first centre and projection.
+vectors of the current block, the next block is the B = `block_size` vectors the greedy itself
+picks next from the 4B currently farthest ones (`_likely_next`), and their squared distance
+rows are computed with one (B, P + 2) x (P + 2, N) product (the norms ride along as two extra
+rows), run by numpy's BLAS: for these shapes about twice torch's CPU mm on the development
+machine. The farthest vectors tend to stay farthest, so one pass over the data serves many
+steps, and the result is the same as the plain greedy (it is exact, not an approximation).
+There is no Python loop over vectors. Torch only draws the seeded first centre and projection.
 """
 
 from __future__ import annotations
