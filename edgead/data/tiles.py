@@ -35,12 +35,12 @@ class TiledImages(Sequence[np.ndarray]):
         return len(self.frames) * self.n_tiles
 
     def _tiles(self, frame_index: int) -> np.ndarray:
-        if self._cached is None or self._cached[0] != frame_index:
-            self._cached = (
-                frame_index,
-                cut_tiles(np.asarray(self.frames[frame_index]), self.tiling),
-            )
-        return self._cached[1]
+        # read the cache once: loader threads may replace it between the check and the return
+        cached = self._cached
+        if cached is None or cached[0] != frame_index:
+            cached = (frame_index, cut_tiles(np.asarray(self.frames[frame_index]), self.tiling))
+            self._cached = cached
+        return cached[1]
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, (int, np.integer)):

@@ -138,18 +138,20 @@ def iter_batches(
     batch_size: int,
     progress: Progress = no_progress,
     description: str = "images",
+    start: int = 0,
 ) -> Iterator[torch.Tensor]:
-    """Yield uint8 (b, S, S, 3) tensors of at most `batch_size` images, reporting progress.
+    """Yield uint8 (b, S, S, 3) tensors of at most `batch_size` images of `images[start:]`,
+    reporting progress (counted from `start`).
 
     Images that are not already one numpy array (a lazily loaded Sequence: each access decodes
     a file) are read by `LOAD_THREADS` threads, the next batch while the caller works on this
     one; at most two batches are in memory. A loader's exception is raised here, in order."""
     n_images = len(images)
-    starts = range(0, n_images, batch_size)
+    starts = range(start, n_images, batch_size)
     if isinstance(images, np.ndarray):
-        for start in starts:
-            stop = min(start + batch_size, n_images)
-            yield torch.from_numpy(np.ascontiguousarray(images[start:stop], dtype=np.uint8))
+        for first in starts:
+            stop = min(first + batch_size, n_images)
+            yield torch.from_numpy(np.ascontiguousarray(images[first:stop], dtype=np.uint8))
             progress(stop, n_images, description)
         return
 
@@ -161,11 +163,11 @@ def iter_batches(
         def submit(start: int) -> list[Future[np.ndarray]]:
             return [pool.submit(load, i) for i in range(start, min(start + batch_size, n_images))]
 
-        pending = submit(0)
-        for start in starts:
-            current, pending = pending, submit(start + batch_size)
+        pending = submit(start)
+        for first in starts:
+            current, pending = pending, submit(first + batch_size)
             yield torch.from_numpy(np.stack([future.result() for future in current]))
-            progress(min(start + batch_size, n_images), n_images, description)
+            progress(min(first + batch_size, n_images), n_images, description)
 
 
 def map_batches(
@@ -175,26 +177,28 @@ def map_batches(
     workers: int,
     progress: Progress = no_progress,
     description: str = "images",
+    start: int = 0,
 ) -> list[np.ndarray]:
-    """[fn(uint8 (b, S, S, 3) batch) for consecutive batches of at most `batch_size` images], in
-    order, computed by `workers` threads that each read (decode + resize) and run their own
-    batches. For a `fn` that releases the GIL and runs on its calling thread (a single-threaded
-    ONNX Runtime session): reading and the model then share the cores with no idle time. The
-    first failure is raised here, after the batches not yet started are cancelled."""
+    """[fn(uint8 (b, S, S, 3) batch) for consecutive batches of at most `batch_size` images of
+    `images[start:]`], in order, computed by `workers` threads that each read (decode + resize)
+    and run their own batches (`images` is indexed, never sliced: a lazy Sequence stays lazy).
+    For a `fn` that releases the GIL and runs on its calling thread (a single-threaded ONNX
+    Runtime session): reading and the model then share the cores with no idle time. The first
+    failure is raised here, after the batches not yet started are cancelled."""
     n_images = len(images)
 
-    def task(start: int) -> np.ndarray:
-        stop = min(start + batch_size, n_images)
-        return fn(np.stack([np.asarray(images[i], dtype=np.uint8) for i in range(start, stop)]))
+    def task(first: int) -> np.ndarray:
+        stop = min(first + batch_size, n_images)
+        return fn(np.stack([np.asarray(images[i], dtype=np.uint8) for i in range(first, stop)]))
 
     results: list[np.ndarray] = []
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="edgead-map") as pool:
-        starts = range(0, n_images, batch_size)
-        futures = [pool.submit(task, start) for start in starts]
+        starts = range(start, n_images, batch_size)
+        futures = [pool.submit(task, first) for first in starts]
         try:
-            for start, future in zip(starts, futures, strict=True):
+            for first, future in zip(starts, futures, strict=True):
                 results.append(future.result())
-                progress(min(start + batch_size, n_images), n_images, description)
+                progress(min(first + batch_size, n_images), n_images, description)
         except BaseException:
             for future in futures:
                 future.cancel()

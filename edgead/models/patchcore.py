@@ -244,23 +244,19 @@ class PatchCore(BaseDetector):
         """`embed` of checked images: the first `PARITY_IMAGES` images decide the engine (and
         are its parity batch); through ONNX Runtime the rest go in batches of `WORKER_BATCH`
         to `OrtFeatures.workers` threads that each read and run their own batches."""
-        n_images = len(images)
-        n_head = min(n_images, PARITY_IMAGES)
-
-        def report(done: int, total: int, what: str) -> None:
-            progress(n_head + done, n_images, what)
-
+        n_head = min(len(images), PARITY_IMAGES)
         with torch.inference_mode():
             head = np.stack([np.asarray(images[i], dtype=np.uint8) for i in range(n_head)])
             parts = [self._features(torch.from_numpy(head))]
-            progress(n_head, n_images, description)
-            rest = images[n_head:]
+            progress(n_head, len(images), description)
             if self._ort is not None:
+                workers = self._ort.workers
                 parts += map_batches(
-                    self._ort, rest, WORKER_BATCH, self._ort.workers, report, description
+                    self._ort, images, WORKER_BATCH, workers, progress, description, n_head
                 )
             else:
-                batches = iter_batches(rest, self.config.batch_size, report, description)
+                batch_size = self.config.batch_size
+                batches = iter_batches(images, batch_size, progress, description, n_head)
                 parts += [self._features(batch) for batch in batches]
         return np.concatenate(parts)
 

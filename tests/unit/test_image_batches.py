@@ -4,13 +4,16 @@ progress, errors, and lazily loaded images read by worker threads."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from edgead.data.base import LazySequence
+from edgead.data.tiles import TiledImages
 from edgead.errors import DataError
 from edgead.models._image_common import iter_batches, map_batches
+from edgead.ops.tiling import Tiling
 
 
 def _images(n: int) -> np.ndarray:
@@ -61,3 +64,31 @@ def test_map_batches_raises_the_loaders_error() -> None:
         map_batches(lambda b: b, _lazy(8, fail_at=5), 2, workers=2)
     with pytest.raises(DataError, match="image 1 is unreadable"):
         list(iter_batches(_lazy(4, fail_at=1), 2))
+
+
+def test_start_skips_images_without_slicing() -> None:
+    class NoSlices(list):  # type: ignore[type-arg]
+        def __getitem__(self, index):  # type: ignore[no-untyped-def]
+            assert isinstance(index, int), "sliced"
+            return super().__getitem__(index)
+
+    images = NoSlices(list(_images(7)))
+    out = map_batches(lambda b: b[:, 0, 0, 0].copy(), images, 2, workers=2, start=3)
+    np.testing.assert_array_equal(np.concatenate(out), [3, 4, 5, 6])
+    got = [b.numpy()[:, 0, 0, 0] for b in iter_batches(images, 3, start=4)]
+    np.testing.assert_array_equal(np.concatenate(got), [4, 5, 6])
+
+
+def test_tiles_read_by_worker_threads_are_the_right_tiles() -> None:
+    """`TiledImages` keeps one decoded frame; workers reading different frames at once must
+    still each get their own frame's tiles."""
+    def slow_frame(i: int) -> np.ndarray:
+        time.sleep(0.002)  # a decode: lets another worker replace the cached frame meanwhile
+        return np.full((8, 8, 3), i, np.uint8)
+
+    frames = LazySequence(list(range(12)), slow_frame)
+    tiles = TiledImages(frames, Tiling((8, 8), 4))
+    assert len(tiles) == 48
+    for _ in range(5):
+        out = map_batches(lambda b: b[:, 0, 0, 0].copy(), tiles, 3, workers=4)
+        np.testing.assert_array_equal(np.concatenate(out), np.repeat(np.arange(12), 4))
