@@ -82,6 +82,7 @@ def test_start_skips_images_without_slicing() -> None:
 def test_tiles_read_by_worker_threads_are_the_right_tiles() -> None:
     """`TiledImages` keeps one decoded frame; workers reading different frames at once must
     still each get their own frame's tiles."""
+
     def slow_frame(i: int) -> np.ndarray:
         time.sleep(0.002)  # a decode: lets another worker replace the cached frame meanwhile
         return np.full((8, 8, 3), i, np.uint8)
