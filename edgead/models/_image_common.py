@@ -160,8 +160,8 @@ def iter_batches(
 
     with ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="edgead-load") as pool:
 
-        def submit(start: int) -> list[Future[np.ndarray]]:
-            return [pool.submit(load, i) for i in range(start, min(start + batch_size, n_images))]
+        def submit(first: int) -> list[Future[np.ndarray]]:
+            return [pool.submit(load, i) for i in range(first, min(first + batch_size, n_images))]
 
         pending = submit(start)
         for first in starts:

@@ -139,10 +139,10 @@ def recorded_parity(path: Path, graph: bytes, runtime_version: str) -> float | N
         if len(data) > MAX_RECORD_BYTES:
             return None
         record = json.loads(data)
+        if not isinstance(record, dict):
+            return None
         rel_err = float(record["parity_rel_err"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if not isinstance(record, dict):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     fields = _record_fields(graph, runtime_version)
     if any(record.get(key) != value for key, value in fields.items()):
