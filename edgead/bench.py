@@ -468,12 +468,13 @@ def _graph_key(manifest: Any, choice: BackendChoice) -> str:
 
 
 def run_precision(manifest: Any, choice: BackendChoice, backend_used: str) -> str:
-    """Precision the graph really ran at: model.onnx is fp32 except under TensorRT builds."""
+    """Precision the graph really ran at: model.onnx is fp32 (an int8 bundle's is its QDQ int8
+    graph) except under TensorRT builds."""
     if choice.backend == "openvino":
         return str(manifest.precision)
     if choice.backend == "tensorrt" or backend_used.endswith("TensorrtExecutionProvider"):
         return str(manifest.build.get("tensorrt", {}).get("precision", manifest.precision))
-    return "fp32"
+    return "int8" if manifest.precision == "int8" else "fp32"
 
 
 def _add_accuracy(results: list[dict[str, Any]], manifests: dict[str, Any]) -> None:

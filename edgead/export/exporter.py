@@ -57,12 +57,17 @@ from edgead.export.precision import (
     measure_change,
     nncf_validator,
     over_budget,
+    reference_error,
     runtime_aurocs,
 )
 from edgead.models.base import BaseDetector, ExportSpec
 from edgead.ops.progress import Progress, no_progress
 from edgead.runrecord import RunSplit
-from edgead.runtime.reference import pick_reference, reference_members
+from edgead.runtime.reference import (
+    MEASURED_TOLERANCE_MARGIN,
+    pick_reference,
+    reference_members,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -726,6 +731,12 @@ def _control_precision(
         tried.append({"scope": scope, "rejected": report["rejected"], "auroc_change": changes})
         logger.info("precision %s (%s): %s", precision, scope, changes)
         if report["rejected"] is None:
+            if precision == "int8":  # devices check their int8 backend against this tolerance
+                errors = {b: reference_error(candidate, b) for b in backends}
+                cand_manifest = with_tolerance(
+                    cand_manifest, "int8", MEASURED_TOLERANCE_MARGIN * max(errors.values())
+                )
+                report["reference_max_rel_err"] = errors
             scores = runtime_raw_scores(candidate, parity_inputs, manifest.modality, main_backend)
             report["score_median_ratio"] = float(
                 np.median(scores / np.maximum(np.abs(fp32_scores), 1e-12))
@@ -740,6 +751,13 @@ def _control_precision(
         "runtime on the run's test images; nothing was written. Use --precision fp32 (or "
         "bf16), or a larger --max-auroc-drop"
     )
+
+
+def with_tolerance(manifest: Manifest, precision: str, tolerance: float) -> Manifest:
+    """`manifest` with `tolerance` as its reference tolerance for `precision`."""
+    reference = dict(manifest.reference)
+    reference["tolerance"] = {**dict(reference.get("tolerance") or {}), precision: tolerance}
+    return dataclasses.replace(manifest, reference=reference)
 
 
 def _wants_auto(detector: BaseDetector, config: ExportConfig) -> bool:

@@ -57,6 +57,18 @@ def check_precision(target: str, precision: str) -> None:
         )
 
 
+def reference_error(bundle: Path, backend: str) -> float:
+    """Largest max |output - torch fp32 reference| / max |reference| of `bundle`'s graph on its
+    reference inputs through `backend` ("onnxruntime" | "openvino", CPU)."""
+    from edgead.runtime.detector import Detector
+
+    with Detector.load(bundle, device="cpu", backend=backend) as det:
+        if det.fallbacks:
+            raise ExportError(f"reference check needs {backend}: {det.fallbacks[-1]}")
+        errors = det.reference_errors()
+    return max(float(e["max_rel_err"]) for e in errors.values())
+
+
 def runtime_aurocs(
     bundle: Path,
     backend: str,

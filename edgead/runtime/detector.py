@@ -58,6 +58,7 @@ from edgead.runtime.reference import (
     check_reference,
     has_reference,
     measure_reference,
+    reference_errors,
 )
 from edgead.runtime.series import (
     RowResult,
@@ -367,6 +368,15 @@ class Detector:
             BundleError: the bundle carries no reference outputs.
         """
         return measure_reference(self._bundle, self._engine())
+
+    def reference_errors(self) -> dict[str, dict[str, float]]:
+        """{output name: {"max_abs_err", "max_rel_err"}} of the backend in use on the bundle's
+        reference inputs, with no tolerance applied (the exporter sets int8 tolerances from it).
+
+        Raises:
+            BundleError: the bundle carries no reference outputs.
+        """
+        return reference_errors(self._bundle, self._engine())[0]
 
     @property
     def backend(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,13 @@ import numpy as np
 import pytest
 
 from edgead.bundle import read_bundle
-from edgead.errors import ExportError
+from edgead.errors import BundleError, ExportError
 from edgead.export import export_detector
 from edgead.export import exporter as exporter_mod
 from edgead.export.exporter import ExportData
 from edgead.export.quantize import quantize_onnx_int8, search_nodes
+from edgead.runtime.detector import Detector
+from edgead.runtime.reference import tolerance_for
 from tests.helpers.tiny_detectors import (
     TinyPatch,
     fitted_tiny,
@@ -67,6 +70,18 @@ def test_int8_graph_keeps_the_search_float_and_records_the_auroc_change(
     for backend in ("onnxruntime", "openvino"):
         change = report["auroc_change"][backend]
         assert change["image_auroc_drop"] <= report["max_auroc_drop"]
+    # the int8 tolerance devices check backends against: measured here, twice the worst error
+    errors = report["reference_max_rel_err"]
+    tolerance = m.reference["tolerance"]["int8"]
+    assert set(errors) == {"onnxruntime", "openvino"}
+    assert tolerance == pytest.approx(2.0 * max(errors.values())) and tolerance > 1e-3
+    for backend in ("onnxruntime", "openvino"):
+        with Detector.load(out, device="cpu", backend=backend, verify=True) as det:
+            check = det.reference_check
+            assert check is not None and check.precision == "int8" and check.passed
+    older = dataclasses.replace(m, reference={**m.reference, "tolerance": {"fp32": 1e-3}})
+    with pytest.raises(BundleError, match="re-export"):
+        tolerance_for(older, "int8")  # an int8 bundle exported before tolerances were recorded
     bundle = read_bundle(out)
     onnx_int8 = bundle.member("model.onnx")
     assert b"QuantizeLinear" in onnx_int8  # a QDQ graph (what TensorRT builds int8 from)
