@@ -67,9 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-vectors", type=int, default=600_000, help="synthetic: N")
     parser.add_argument("--dim", type=int, default=152, help="synthetic: D")
     parser.add_argument("--ratio", type=float, default=0.01)
-    parser.add_argument("--projection-dim", type=int, default=128)
-    parser.add_argument("--block-size", type=int, default=32)
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--projection-dim", type=int, default=0, help="0: exact (the default)")
+    parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -106,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
             args.ratio,
             projection_dim=args.projection_dim,
             seed=args.seed,
-            dtype=args.dtype,
             block_size=args.block_size,
             stats=stats,
         )
@@ -141,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         "dim": int(features.shape[1]),
         "ratio": args.ratio,
         "projection_dim": args.projection_dim,
-        "dtype": args.dtype,
         "block_size": args.block_size,
         "results": {"runs": runs, "best_seconds": min(r["seconds"] for r in runs)},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
