@@ -12,9 +12,10 @@ vectors of the current block, the next block is B = `block_size` likely next cen
 what the greedy itself picks next among the 2B farthest vectors, half the farthest vectors
 left; `_likely_next`), and their squared distance rows are computed with one
 (B, P + 2) x (P + 2, N) product (the norms ride along as two extra rows), run by numpy's BLAS:
-for these shapes about twice torch's CPU mm on the development machine. The farthest vectors tend to stay farthest, so one pass over the data serves many
-steps, and the result is the same as the plain greedy (it is exact, not an approximation).
-There is no Python loop over vectors. Torch only draws the seeded first centre and projection.
+for these shapes about twice torch's CPU mm on the development machine. The farthest vectors
+tend to stay farthest, so one pass over the data serves many steps, and the result is the same
+as the plain greedy (it is exact, not an approximation). There is no Python loop over vectors.
+Torch only draws the seeded first centre and projection.
 """
 
 from __future__ import annotations
