@@ -99,26 +99,22 @@ def _distance_rows(columns: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np
 def _augmented_columns(vectors: np.ndarray, chunk_rows: int = 16384) -> np.ndarray:
     """float32 (D + 2, N) columns of `vectors` (N, D) centred on their mean and scaled to largest
     norm 1, then their squared norms, then ones (so one product gives squared distances), built
-    `chunk_rows` rows at a time in one reused buffer, so that no centred (N, D) copy exists
-    beside the result (the input is not modified)."""
+    in one pass of `chunk_rows` rows at a time through one reused buffer, so that no centred
+    (N, D) copy exists beside the result (the input is not modified)."""
     n_vectors, n_dims = vectors.shape
     mean = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
     chunk = np.empty((min(chunk_rows, n_vectors), n_dims), dtype=np.float32)
-    sq_norms = np.empty(n_vectors, dtype=np.float32)
-    for start in range(0, n_vectors, chunk_rows):
-        centred = chunk[: min(chunk_rows, n_vectors - start)]
-        np.subtract(vectors[start : start + chunk_rows], mean, out=centred)
-        np.einsum("ij,ij->i", centred, centred, out=sq_norms[start : start + chunk_rows])
-    scale_sq = float(sq_norms.max())
     columns = np.empty((n_dims + 2, n_vectors), dtype=np.float32)
+    sq_norms = columns[n_dims]  # a view: the row filled in place
     for start in range(0, n_vectors, chunk_rows):
         centred = chunk[: min(chunk_rows, n_vectors - start)]
         np.subtract(vectors[start : start + chunk_rows], mean, out=centred)
         columns[:n_dims, start : start + chunk_rows] = centred.T
+        np.einsum("ij,ij->i", centred, centred, out=sq_norms[start : start + chunk_rows])
+    scale_sq = float(sq_norms.max())
     if scale_sq > 0:  # largest norm 1: distances in [0, 4], summed in float32
         columns[:n_dims] /= np.float32(np.sqrt(scale_sq))
         sq_norms /= np.float32(scale_sq)
-    columns[n_dims] = sq_norms
     columns[n_dims + 1] = 1.0
     return columns
 
