@@ -129,10 +129,10 @@ def _record_fields(graph: bytes, runtime_version: str) -> dict[str, Any]:
     }
 
 
-def recorded_parity(path: Path, graph: bytes, runtime_version: str) -> float | None:
-    """The relative difference recorded for the cached graph `path` when its record matches
-    `graph` and this onnxruntime version and passed the tolerance; None otherwise (no record,
-    unreadable, another graph or runtime)."""
+def recorded_parity(path: Path, fields: dict[str, Any]) -> float | None:
+    """The relative difference recorded for the cached graph `path` when its record holds
+    `fields` (`_record_fields` of this graph and onnxruntime version) and passed the tolerance;
+    None otherwise (no record, unreadable, another graph or runtime)."""
     try:
         with _parity_record(path).open("rb") as fh:
             data = fh.read(MAX_RECORD_BYTES + 1)
@@ -144,16 +144,15 @@ def recorded_parity(path: Path, graph: bytes, runtime_version: str) -> float | N
         rel_err = float(record["parity_rel_err"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    fields = _record_fields(graph, runtime_version)
     if any(record.get(key) != value for key, value in fields.items()):
         return None
     return rel_err if rel_err <= PARITY_RTOL else None
 
 
-def write_parity_record(path: Path, graph: bytes, runtime_version: str, rel_err: float) -> None:
-    """Record a passed parity check of the cached graph `path` (skipped, logged at debug level,
-    when the cache cannot be written)."""
-    record = {**_record_fields(graph, runtime_version), "parity_rel_err": rel_err}
+def write_parity_record(path: Path, fields: dict[str, Any], rel_err: float) -> None:
+    """Record a passed parity check of the cached graph `path` with its `_record_fields`
+    (skipped, logged at debug level, when the cache cannot be written)."""
+    record = {**fields, "parity_rel_err": rel_err}
     try:
         write_bytes_atomic(_parity_record(path), json.dumps(record).encode())
     except OSError as exc:
@@ -213,7 +212,8 @@ class OrtFeatures:
                 logger.warning("ONNX Runtime feature path unavailable (%s); using torch", exc)
                 return None
         runner = cls(session, "images")
-        recorded = recorded_parity(cached, graph, ort.__version__)
+        fields = _record_fields(graph, ort.__version__)
+        recorded = recorded_parity(cached, fields)
         if recorded is not None:
             runner.parity_rel_err = recorded
             logger.info(
@@ -238,7 +238,7 @@ class OrtFeatures:
                 PARITY_RTOL,
             )
             return None
-        write_parity_record(cached, graph, ort.__version__, runner.parity_rel_err)
+        write_parity_record(cached, fields, runner.parity_rel_err)
         logger.info(
             "features through ONNX Runtime (parity with torch: %.2g relative)",
             runner.parity_rel_err,
