@@ -170,6 +170,11 @@ def iter_batches(
             progress(min(first + batch_size, n_images), n_images, description)
 
 
+def load_batch(images: Sequence[np.ndarray] | np.ndarray, first: int, stop: int) -> np.ndarray:
+    """uint8 (stop - first, S, S, 3): images first..stop-1 read (a lazy Sequence decodes each)."""
+    return np.stack([np.asarray(images[i], dtype=np.uint8) for i in range(first, stop)])
+
+
 def map_batches(
     fn: Callable[[np.ndarray], np.ndarray],
     images: Sequence[np.ndarray] | np.ndarray,
@@ -188,8 +193,7 @@ def map_batches(
     n_images = len(images)
 
     def task(first: int) -> np.ndarray:
-        stop = min(first + batch_size, n_images)
-        return fn(np.stack([np.asarray(images[i], dtype=np.uint8) for i in range(first, stop)]))
+        return fn(load_batch(images, first, min(first + batch_size, n_images)))
 
     results: list[np.ndarray] = []
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="edgead-map") as pool:

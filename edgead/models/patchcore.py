@@ -40,6 +40,7 @@ from edgead.models._image_common import (
     check_images,
     feature_grid,
     iter_batches,
+    load_batch,
     map_batches,
 )
 from edgead.models._ort_features import PARITY_IMAGES, WORKER_BATCH, OrtFeatures
@@ -246,7 +247,7 @@ class PatchCore(BaseDetector):
         to `OrtFeatures.workers` threads that each read and run their own batches."""
         n_head = min(len(images), PARITY_IMAGES)
         with torch.inference_mode():
-            head = np.stack([np.asarray(images[i], dtype=np.uint8) for i in range(n_head)])
+            head = load_batch(images, 0, n_head)
             parts = [self._features(torch.from_numpy(head))]
             progress(n_head, len(images), description)
             if self._ort is not None:
